@@ -1,0 +1,308 @@
+package postgres
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"gopkg.in/yaml.v3"
+)
+
+// Mode is how a table's changes are written.
+type Mode string
+
+const (
+	// ModeEnvelope writes Debezium-style envelopes (before, after, source,
+	// op, ts_ms) keyed by the primary key, and a tombstone after a delete.
+	ModeEnvelope Mode = "envelope"
+	// ModeUpsert writes the row itself (the after-image) keyed by the
+	// primary key, and only a tombstone for a delete: a compacted topic of
+	// the table's current rows.
+	ModeUpsert Mode = "upsert"
+)
+
+// SnapshotMode says what the first start does.
+type SnapshotMode string
+
+const (
+	// SnapshotInitial reads every published table in a snapshot consistent
+	// with the slot before streaming (default).
+	SnapshotInitial SnapshotMode = "initial"
+	// SnapshotNever streams from the slot's position without a snapshot.
+	SnapshotNever SnapshotMode = "never"
+)
+
+// Config configures a Reader. Zero values take the defaults documented on
+// each field; Validate reports what is missing or wrong.
+type Config struct {
+	// Name identifies the reader: the key of its position record, the
+	// default slot and publication name, and its transactional id.
+	// Default "loanflow_cdc".
+	Name string `yaml:"name"`
+	// DatabaseURL is the PostgreSQL connection URL (postgres://...). The
+	// user needs the REPLICATION attribute (or superuser) and must own the
+	// published tables to create the publication. Required.
+	DatabaseURL string `yaml:"database_url"`
+	// Slot is the logical replication slot. Default Name.
+	Slot string `yaml:"slot"`
+	// Publication is the publication the slot streams. Default Name.
+	Publication string `yaml:"publication"`
+	// Tables are the tables to capture, with their routing. Required unless
+	// the publication already exists (then its tables are captured in
+	// envelope mode unless listed here).
+	Tables []TableConfig `yaml:"tables"`
+	// TopicPrefix of envelope topics: <prefix>.<schema>.<table>. Default
+	// "cdc".
+	TopicPrefix string `yaml:"topic_prefix"`
+	// Snapshot is the first start's behaviour. Default initial.
+	Snapshot SnapshotMode `yaml:"snapshot"`
+	// SnapshotTxnMaxRows bounds the rows of one Kafka transaction during the
+	// snapshot. Default 50000.
+	SnapshotTxnMaxRows int `yaml:"snapshot_txn_max_rows"`
+	// EnsureReplicaIdentityFull runs ALTER TABLE ... REPLICA IDENTITY FULL
+	// on captured tables that have TOAST-able columns, so unchanged TOAST
+	// values and before-images are complete. Otherwise such a table is an
+	// error at start. Default false.
+	EnsureReplicaIdentityFull bool `yaml:"ensure_replica_identity_full"`
+
+	// Brokers are the Kafka seed brokers. Required.
+	Brokers []string `yaml:"brokers"`
+	// SchemaRegistryURL is the Confluent-compatible schema registry.
+	// Required.
+	SchemaRegistryURL string `yaml:"schema_registry_url"`
+	// TransactionalID is the Kafka transactional id; a restarted reader with
+	// the same id fences its predecessor. Default "loanflow-cdc-" + Name.
+	TransactionalID string `yaml:"transactional_id"`
+	// PositionsTopic is the compacted topic holding the committed source
+	// position, written in the same transaction as the changes. Default
+	// "_loanflow_cdc_positions".
+	PositionsTopic string `yaml:"positions_topic"`
+	// DeadLetterTopic receives changes whose values cannot be encoded.
+	// Default "dlq.cdc-" + Name.
+	DeadLetterTopic string `yaml:"dead_letter_topic"`
+	// TopicPartitions for topics the reader creates. Default 6.
+	TopicPartitions int `yaml:"topic_partitions"`
+	// TopicReplicationFactor for topics the reader creates; -1 is the
+	// broker default. Default -1.
+	TopicReplicationFactor int `yaml:"topic_replication_factor"`
+	// TransactionTimeout is the Kafka transaction timeout. Default 60s.
+	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
+
+	// TxnMaxRecords bounds the change records of one Kafka transaction; a
+	// larger PostgreSQL transaction is split over several Kafka transactions
+	// (the position then records how far into it the reader got). Default
+	// 20000.
+	TxnMaxRecords int `yaml:"txn_max_records"`
+	// TxnMaxBytes bounds the encoded bytes of one Kafka transaction, in the
+	// same way. Default 16 MiB.
+	TxnMaxBytes int `yaml:"txn_max_bytes"`
+	// CommitInterval is the longest a decoded change waits before its Kafka
+	// transaction commits. The reader commits as soon as it has nothing
+	// more to read, so this only matters under sustained load. Default 50ms.
+	CommitInterval time.Duration `yaml:"commit_interval"`
+	// QueueMaxBatches bounds the batches between the WAL receiver and the
+	// Kafka writer. Default 64.
+	QueueMaxBatches int `yaml:"queue_max_batches"`
+	// StatusInterval is how often the reader reports its flushed position
+	// to PostgreSQL. Default 1s.
+	StatusInterval time.Duration `yaml:"status_interval"`
+	// HeartbeatInterval is how often the reader emits a heartbeat with
+	// pg_logical_emit_message, which moves the slot on an idle database and
+	// sends heartbeat records to every partition of the CDC topics; 0
+	// disables heartbeats. Default 5s.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// ReconnectBackoffMax caps the wait between reconnection attempts after
+	// a lost connection. Default 5s.
+	ReconnectBackoffMax time.Duration `yaml:"reconnect_backoff_max"`
+
+	// MetricsAddr serves Prometheus metrics at /metrics when set (used by
+	// `loanflow cdc run`; library users register Metrics themselves).
+	MetricsAddr string `yaml:"metrics_addr"`
+
+	// Registerer receives the reader's metrics. Default: none.
+	Registerer prometheus.Registerer `yaml:"-"`
+	// Logger. Default slog.Default().
+	Logger *slog.Logger `yaml:"-"`
+	// OnCommit, if set, is called after every Kafka commit with the commit
+	// time of the newest PostgreSQL transaction in it and its change count
+	// (benchmarks measure latency with it). It runs on the writer goroutine.
+	OnCommit func(CommitInfo) `yaml:"-"`
+}
+
+// CommitInfo describes one Kafka transaction commit.
+type CommitInfo struct {
+	// Changes is the number of change records committed.
+	Changes int
+	// CommitTimes are the PostgreSQL commit times of the transactions that
+	// completed in this Kafka transaction.
+	CommitTimes []time.Time
+	// Position is the committed source position.
+	Position Position
+	// At is when the Kafka commit returned.
+	At time.Time
+}
+
+// TableConfig routes one table.
+type TableConfig struct {
+	// Table is schema.table, or table in schema public.
+	Table string `yaml:"table"`
+	// Mode is envelope (default) or upsert.
+	Mode Mode `yaml:"mode"`
+	// Topic overrides the topic: default <prefix>.<schema>.<table>.
+	Topic string `yaml:"topic"`
+}
+
+// route is a resolved TableConfig.
+type route struct {
+	mode   Mode
+	topic  string
+	prefix string
+}
+
+// LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
+// strings such as "5s" or "250ms".
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("%w: reading %s: %v", ErrConfig, path, err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("%w: parsing %s: %v", ErrConfig, path, err)
+	}
+	return c, nil
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.Name, "loanflow_cdc")
+	def(&c.Slot, c.Name)
+	def(&c.Publication, c.Name)
+	def(&c.TopicPrefix, "cdc")
+	def((*string)(&c.Snapshot), string(SnapshotInitial))
+	def(&c.TransactionalID, "loanflow-cdc-"+c.Name)
+	def(&c.PositionsTopic, "_loanflow_cdc_positions")
+	def(&c.DeadLetterTopic, "dlq.cdc-"+c.Name)
+	defInt := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
+	}
+	defInt(&c.SnapshotTxnMaxRows, 50000)
+	defInt(&c.TopicPartitions, 6)
+	defInt(&c.TopicReplicationFactor, -1)
+	defInt(&c.TxnMaxRecords, 20000)
+	defInt(&c.TxnMaxBytes, 16<<20)
+	defInt(&c.QueueMaxBatches, 64)
+	defDur := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defDur(&c.TransactionTimeout, 60*time.Second)
+	defDur(&c.CommitInterval, 50*time.Millisecond)
+	defDur(&c.StatusInterval, time.Second)
+	defDur(&c.HeartbeatInterval, 5*time.Second)
+	defDur(&c.ReconnectBackoffMax, 5*time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	for i := range c.Tables {
+		t := &c.Tables[i]
+		if !strings.Contains(t.Table, ".") && t.Table != "" {
+			t.Table = "public." + t.Table
+		}
+		def((*string)(&t.Mode), string(ModeEnvelope))
+		def(&t.Topic, c.TopicPrefix+"."+t.Table)
+	}
+	return c
+}
+
+// identRE is what the reader accepts as a slot or publication name
+// (PostgreSQL's rules for slots: lower-case letters, digits, underscore).
+var identRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Validate reports every problem with c (after defaults), joined.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
+	}
+	if c.DatabaseURL == "" {
+		bad("database_url is required (postgres://user@host:port/db)")
+	}
+	if len(c.Brokers) == 0 {
+		bad("brokers is required (host:port of the Kafka seed brokers)")
+	}
+	if c.SchemaRegistryURL == "" {
+		bad("schema_registry_url is required (http://host:port of the schema registry)")
+	}
+	if !identRE.MatchString(c.Slot) {
+		bad("slot %q: use 1-63 lower-case letters, digits and underscores", c.Slot)
+	}
+	if !identRE.MatchString(c.Publication) {
+		bad("publication %q: use 1-63 lower-case letters, digits and underscores", c.Publication)
+	}
+	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
+		bad("snapshot %q: use initial or never", c.Snapshot)
+	}
+	seen := map[string]bool{}
+	for _, t := range c.Tables {
+		if t.Table == "" || strings.Count(t.Table, ".") != 1 {
+			bad("tables: %q is not schema.table", t.Table)
+		}
+		if seen[t.Table] {
+			bad("tables: %s listed twice", t.Table)
+		}
+		seen[t.Table] = true
+		if t.Mode != ModeEnvelope && t.Mode != ModeUpsert {
+			bad("tables: %s: mode %q: use envelope or upsert", t.Table, t.Mode)
+		}
+	}
+	for name, v := range map[string]int{
+		"snapshot_txn_max_rows": c.SnapshotTxnMaxRows, "txn_max_records": c.TxnMaxRecords,
+		"txn_max_bytes": c.TxnMaxBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions,
+	} {
+		if v <= 0 {
+			bad("%s must be positive, got %d", name, v)
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"transaction_timeout": c.TransactionTimeout, "commit_interval": c.CommitInterval,
+		"status_interval": c.StatusInterval, "reconnect_backoff_max": c.ReconnectBackoffMax,
+	} {
+		if d <= 0 {
+			bad("%s must be positive, got %v", name, d)
+		}
+	}
+	if c.HeartbeatInterval < 0 {
+		bad("heartbeat_interval must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// routeFor returns the route of a table, defaulting to an envelope topic.
+func (c *Config) routeFor(schema, name string) *route {
+	q := schema + "." + name
+	for _, t := range c.Tables {
+		if t.Table == q {
+			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix}
+		}
+	}
+	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix}
+}
+
+// topicPrefix is the logical server name written to source.name.
+func (r *route) topicPrefix() string { return r.prefix }

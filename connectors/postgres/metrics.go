@@ -1,0 +1,71 @@
+package postgres
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the reader's Prometheus collectors, labelled by reader name.
+type metrics struct {
+	lagBytes      prometheus.Gauge
+	lagSeconds    prometheus.Gauge
+	changes       prometheus.Counter
+	changesPerSec prometheus.Gauge
+	committedLSN  prometheus.Gauge
+	commits       prometheus.Counter
+	deadLetters   prometheus.Counter
+	heartbeats    prometheus.Counter
+	commitLatency prometheus.Observer
+	snapRows      *prometheus.CounterVec
+	snapExpected  *prometheus.GaugeVec
+	snapProgress  prometheus.Gauge
+	restarts      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, name string) *metrics {
+	l := prometheus.Labels{"reader": name}
+	g := func(n, help string) prometheus.Gauge {
+		return registerCollector(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: n, Help: help, ConstLabels: l})).(prometheus.Gauge)
+	}
+	c := func(n, help string) prometheus.Counter {
+		return registerCollector(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: n, Help: help, ConstLabels: l})).(prometheus.Counter)
+	}
+	return &metrics{
+		lagBytes:      g("loanflow_cdc_replication_lag_bytes", "Server WAL end minus the LSN committed in Kafka."),
+		lagSeconds:    g("loanflow_cdc_replication_lag_seconds", "Time from PostgreSQL commit to Kafka commit of the newest committed transaction; 0 when idle."),
+		changes:       c("loanflow_cdc_changes_total", "Change records committed to Kafka."),
+		changesPerSec: g("loanflow_cdc_changes_per_second", "Change records committed per second over the last few seconds."),
+		committedLSN:  g("loanflow_cdc_committed_lsn", "Flush LSN of the position committed in Kafka (what the slot may confirm)."),
+		commits:       c("loanflow_cdc_kafka_commits_total", "Kafka transactions committed."),
+		deadLetters:   c("loanflow_cdc_dead_letters_total", "Changes sent to the dead-letter topic."),
+		heartbeats:    c("loanflow_cdc_heartbeats_total", "Heartbeat messages turned into heartbeat records."),
+		commitLatency: registerCollector(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "loanflow_cdc_commit_latency_seconds", Help: "PostgreSQL commit to Kafka commit, per transaction.",
+			ConstLabels: l, Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		})).(prometheus.Histogram),
+		snapRows: registerCollector(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loanflow_cdc_snapshot_rows_total", Help: "Rows read by the initial snapshot, per table.", ConstLabels: l,
+		}, []string{"table"})).(*prometheus.CounterVec),
+		snapExpected: registerCollector(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loanflow_cdc_snapshot_rows_expected", Help: "Rows of each table in the snapshot (counted in the snapshot).", ConstLabels: l,
+		}, []string{"table"})).(*prometheus.GaugeVec),
+		snapProgress: g("loanflow_cdc_snapshot_progress_ratio", "Fraction of snapshot rows read (1 when done)."),
+		restarts:     c("loanflow_cdc_session_restarts_total", "Sessions restarted after a retryable error."),
+	}
+}
+
+// registerCollector registers col, or returns the collector already registered
+// under the same description (a reader restarted in one process).
+func registerCollector(reg prometheus.Registerer, col prometheus.Collector) prometheus.Collector {
+	if reg == nil {
+		return col
+	}
+	if err := reg.Register(col); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			return are.ExistingCollector
+		}
+	}
+	return col
+}

@@ -1,0 +1,261 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+)
+
+// Reader is the CDC reader. Run blocks until ctx ends or a fatal error.
+type Reader struct {
+	cfg Config
+	reg Registry
+	m   *metrics
+}
+
+// NewReader validates cfg (after defaults) and returns a reader. The
+// schema registry client is created from cfg.SchemaRegistryURL.
+func NewReader(cfg Config) (*Reader, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	reg, err := NewSRRegistry(cfg.SchemaRegistryURL)
+	if err != nil {
+		return nil, err
+	}
+	return &Reader{cfg: cfg, reg: reg, m: newMetrics(cfg.Registerer, cfg.Name)}, nil
+}
+
+// Config returns the reader's configuration with defaults applied.
+func (r *Reader) Config() Config { return r.cfg }
+
+// Run runs sessions until ctx ends (returning nil) or a fatal error (see
+// errors.go); retryable errors (lost connections, Kafka errors) start a new
+// session after a backoff, which resumes from the position in Kafka.
+func (r *Reader) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		err := r.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if isFatal(err) {
+			return err
+		}
+		r.m.restarts.Inc()
+		r.cfg.Logger.Warn("cdc: session ended, restarting", "slot", r.cfg.Slot, "error", err, "backoff", backoff)
+		if time.Since(start) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, r.cfg.ReconnectBackoffMax)
+	}
+}
+
+// session is one run of: fence and read the position, set up the
+// publication and slot, snapshot if needed, stream.
+func (r *Reader) session(ctx context.Context) error {
+	prod, err := kgo.NewClient(
+		kgo.SeedBrokers(r.cfg.Brokers...),
+		kgo.TransactionalID(r.cfg.TransactionalID),
+		kgo.TransactionTimeout(r.cfg.TransactionTimeout),
+		kgo.RecordPartitioner(newPartitioner()),
+		kgo.ProducerLinger(0),
+		kgo.MaxBufferedRecords(20000),
+	)
+	if err != nil {
+		return fmt.Errorf("%w: kafka client: %v", ErrConfig, err)
+	}
+	defer prod.Close()
+	adm := kadm.NewClient(prod)
+	if err := r.ensureInternalTopics(ctx, adm); err != nil {
+		return err
+	}
+	pos, found, err := readPosition(ctx, prod, r.cfg.Brokers, r.cfg.PositionsTopic, r.cfg.Name)
+	if err != nil {
+		return err
+	}
+	meta, err := connect(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer meta.Close(context.WithoutCancel(ctx))
+	return r.stream(ctx, prod, adm, meta, pos, found)
+}
+
+func (r *Reader) ensureInternalTopics(ctx context.Context, adm *kadm.Client) error {
+	if _, err := ensureTopic(ctx, adm, r.cfg.PositionsTopic, 1, int16(r.cfg.TopicReplicationFactor), true); err != nil {
+		return err
+	}
+	_, err := ensureTopic(ctx, adm, r.cfg.DeadLetterTopic, 1, int16(r.cfg.TopicReplicationFactor), false)
+	return err
+}
+
+// plan decides whether the session takes a new snapshot.
+func (r *Reader) plan(ctx context.Context, meta *pgx.Conn, pos Position, found bool) (snapshot bool, err error) {
+	slot, err := querySlot(ctx, meta, r.cfg.Slot)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case found && pos.Snapshot == nil:
+		if err := checkSlot(slot, pos, r.cfg.Slot); err != nil {
+			return false, err
+		}
+		return false, terminateSlotUser(ctx, meta, r.cfg.Slot)
+	case !slot.exists && (found || r.cfg.Snapshot == SnapshotInitial):
+		return true, nil
+	case !slot.exists:
+		return true, nil // snapshot never: the slot is created without reading
+	case r.cfg.Snapshot == SnapshotNever && !found:
+		r.cfg.Logger.Info("cdc: adopting slot without a snapshot", "slot", r.cfg.Slot, "confirmed_flush_lsn", slot.confirmedFlush.String())
+		return false, terminateSlotUser(ctx, meta, r.cfg.Slot)
+	}
+	// A snapshot was interrupted (or the slot predates any position): the
+	// exported snapshot died with its connection, so start it over with a
+	// new slot. Nothing of this slot was ever confirmed past the snapshot.
+	r.cfg.Logger.Warn("cdc: restarting the snapshot with a new slot", "slot", r.cfg.Slot, "had_position", found)
+	return true, dropSlot(ctx, meta, r.cfg.Slot)
+}
+
+func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client, meta *pgx.Conn, pos Position, found bool) error {
+	pub, err := setupPublication(ctx, meta, &r.cfg)
+	if err != nil {
+		return err
+	}
+	if err := checkIdentity(ctx, meta, &r.cfg, pub); err != nil {
+		return err
+	}
+	snap, err := r.plan(ctx, meta, pos, found)
+	if err != nil {
+		return err
+	}
+	repl, err := connectReplication(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	db := meta.Config().Database
+	flushed := new(atomic.Uint64)
+	flushed.Store(uint64(pos.FlushLSN))
+	tables := map[uint32]*table{}
+	queue := make(chan []item, r.cfg.QueueMaxBatches)
+	w := &writer{
+		cfg: &r.cfg, cl: prod, adm: adm, reg: r.reg, m: r.m, db: db, resume: pos,
+		codecs: map[*table]*codec{}, topics: map[string]int32{}, committed: pos, pending: pos, flushed: flushed,
+		lastCommit: time.Now(),
+	}
+	if err := r.knownTopics(ctx, w, pub); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.run(gctx, queue) })
+	g.Go(func() error {
+		defer close(queue)
+		return r.produceItems(gctx, repl, queue, tables, flushed, db, pub, snap)
+	})
+	if r.cfg.HeartbeatInterval > 0 {
+		g.Go(func() error { return r.heartbeats(gctx) })
+	}
+	return g.Wait()
+}
+
+// knownTopics creates the topics of the published tables up front, so
+// heartbeats reach every partition of every CDC topic even before a
+// table's first change.
+func (r *Reader) knownTopics(ctx context.Context, w *writer, pub []pubTable) error {
+	for _, p := range pub {
+		rt := r.cfg.routeFor(p.schema, p.name)
+		if err := w.ensureTopic(ctx, rt.topic, rt.mode == ModeUpsert); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// produceItems runs the snapshot (if planned) and then the receiver; it is
+// the only user of the replication connection.
+func (r *Reader) produceItems(ctx context.Context, repl *pgconn.PgConn, queue chan<- []item, tables map[uint32]*table, flushed *atomic.Uint64, db string, pub []pubTable, snap bool) error {
+	if snap {
+		if err := r.snapshot(ctx, repl, queue, tables, db, pub); err != nil {
+			return err
+		}
+	}
+	if err := startReplication(ctx, repl, &r.cfg); err != nil {
+		return err
+	}
+	meta, err := connect(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer meta.Close(context.WithoutCancel(ctx))
+	rc := &receiver{cfg: &r.cfg, conn: repl, meta: meta, tables: tables, out: queue, flushed: flushed, m: r.m, db: db,
+		batch: make([]item, 0, batchMaxItems)}
+	return rc.run(ctx)
+}
+
+func (r *Reader) snapshot(ctx context.Context, repl *pgconn.PgConn, queue chan<- []item, tables map[uint32]*table, db string, pub []pubTable) error {
+	lsn, name, err := createSlotWithSnapshot(ctx, repl, r.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if r.cfg.Snapshot == SnapshotNever {
+		queue <- []item{{kind: itSnapMark, final: true, pos: &Position{LSN: lsn, Complete: true, FlushLSN: lsn}}}
+		return nil
+	}
+	conn, err := connect(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	s := &snapshotter{cfg: &r.cfg, m: r.m, out: queue, tables: tables, db: db, lsn: lsn, at: time.Now(), batch: make([]item, 0, batchMaxItems)}
+	return s.run(ctx, conn, name, pub)
+}
+
+// heartbeats emits a non-transactional logical message every interval: it
+// is decoded even when no published table changes, so the slot moves and
+// every CDC partition receives a heartbeat record.
+func (r *Reader) heartbeats(ctx context.Context) error {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	t := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		var err error
+		if conn == nil {
+			if conn, err = connect(ctx, r.cfg.DatabaseURL); err != nil {
+				r.cfg.Logger.Warn("cdc: heartbeat connection failed", "error", err)
+				continue
+			}
+		}
+		_, err = conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)`, heartbeatPrefix)
+		if err != nil && ctx.Err() == nil {
+			r.cfg.Logger.Warn("cdc: heartbeat failed", "error", err)
+			conn.Close(context.WithoutCancel(ctx))
+			conn = nil
+		}
+	}
+}
+

@@ -1,0 +1,124 @@
+package postgres
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Replica identity settings (pg_class.relreplident).
+const (
+	identityDefault = 'd'
+	identityNothing = 'n'
+	identityFull    = 'f'
+	identityIndex   = 'i'
+)
+
+// table is one version of a published relation: its columns as of a
+// Relation message (or the catalog, for the snapshot) and how it is routed.
+// A table is immutable once built; a schema change builds a new version, so
+// a change always carries the exact version it was decoded with.
+type table struct {
+	relID        uint32
+	schema, name string
+	identity     byte
+	cols         []tableCol
+	// keyIdx are the primary-key columns, the Kafka record key; empty when
+	// the table has no primary key (records then have a null key).
+	keyIdx []int
+	route  *route
+	// version counts the versions of this relation seen by this process.
+	version int
+}
+
+type tableCol struct {
+	name   string // PostgreSQL column name
+	field  string // Avro field name
+	oid    uint32
+	typMod int32
+	typ    colType
+}
+
+// qualified is schema.table.
+func (t *table) qualified() string { return t.schema + "." + t.name }
+
+// sameShape reports whether two versions have the same columns and key,
+// in which case no new schema version is needed.
+func (t *table) sameShape(o *table) bool {
+	if o == nil || len(t.cols) != len(o.cols) || !slices.Equal(t.keyIdx, o.keyIdx) {
+		return false
+	}
+	for i := range t.cols {
+		a, b := t.cols[i], o.cols[i]
+		if a.name != b.name || a.oid != b.oid || a.typMod != b.typMod {
+			return false
+		}
+	}
+	return t.identity == o.identity
+}
+
+// newTable builds a table version from relation metadata. pk names the
+// primary-key columns (from the catalog); when nil, the relation's key
+// flags are used if the replica identity is the default (the primary key).
+func newTable(rel *msgRelation, pk []string, rt *route) (*table, error) {
+	t := &table{relID: rel.id, schema: rel.namespace, name: rel.name, identity: rel.replicaIdentity, route: rt}
+	seen := map[string]string{}
+	for i, c := range rel.columns {
+		ct, err := mapType(c.typOID, c.typMod)
+		if err != nil {
+			return nil, fmt.Errorf("column %s.%s: %w", t.qualified(), c.name, err)
+		}
+		f := avroName(c.name)
+		if prev, dup := seen[f]; dup {
+			return nil, fmt.Errorf("%w: columns %q and %q of %s both map to Avro field %q", ErrSchema, prev, c.name, t.qualified(), f)
+		}
+		seen[f] = c.name
+		t.cols = append(t.cols, tableCol{name: c.name, field: f, oid: c.typOID, typMod: c.typMod, typ: ct})
+		if pk == nil && rel.replicaIdentity == identityDefault && c.key {
+			t.keyIdx = append(t.keyIdx, i)
+		}
+	}
+	for _, name := range pk {
+		i := slices.IndexFunc(t.cols, func(c tableCol) bool { return c.name == name })
+		if i < 0 {
+			return nil, fmt.Errorf("%w: primary-key column %q of %s not in the relation", ErrSchema, name, t.qualified())
+		}
+		t.keyIdx = append(t.keyIdx, i)
+	}
+	if rt != nil && rt.mode == ModeUpsert && len(t.keyIdx) == 0 {
+		return nil, fmt.Errorf("%w: table %s is routed in upsert mode but has no primary key", ErrConfig, t.qualified())
+	}
+	return t, nil
+}
+
+// avroName turns a column name into a valid Avro name: letters, digits and
+// underscores, not starting with a digit.
+func avroName(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z'):
+			b.WriteRune(r)
+		case r >= '0' && r <= '9':
+			if i == 0 {
+				b.WriteByte('_')
+			}
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	if b.Len() == 0 {
+		return "_"
+	}
+	return b.String()
+}
+
+// avroNamespace turns a topic name into an Avro namespace.
+func avroNamespace(topic string) string {
+	parts := strings.Split(topic, ".")
+	for i, p := range parts {
+		parts[i] = avroName(p)
+	}
+	return strings.Join(parts, ".")
+}

@@ -1,0 +1,196 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// snapshotter reads every published table inside the snapshot exported by
+// slot creation, so the rows it emits (op r) are exactly the state at the
+// slot's consistent point and streaming continues with the first
+// transaction after it: a row committed during the snapshot is either in
+// the snapshot or in the stream, never both, never neither.
+type snapshotter struct {
+	cfg      *Config
+	m        *metrics
+	out      chan<- []item
+	tables   map[uint32]*table
+	db       string
+	lsn      pglogrepl.LSN
+	at       time.Time
+	batch    []item
+	rows     int64
+	expected int64
+	prev     *event
+	lastLog  time.Time
+}
+
+// createSlotWithSnapshot creates the slot on the replication connection and
+// returns its consistent point and exported snapshot. The snapshot lives
+// until the next command on repl, so it must be imported before repl is
+// used again.
+func createSlotWithSnapshot(ctx context.Context, repl *pgconn.PgConn, slot string) (pglogrepl.LSN, string, error) {
+	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		return 0, "", fmt.Errorf("creating slot %s: %w", slot, err)
+	}
+	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return 0, "", fmt.Errorf("slot %s consistent point: %w", slot, err)
+	}
+	return lsn, res.SnapshotName, nil
+}
+
+// run reads the tables in the imported snapshot and queues their rows,
+// committing a position mark every snapshot_txn_max_rows rows and a final
+// mark that moves the position to the consistent point.
+func (s *snapshotter) run(ctx context.Context, conn *pgx.Conn, snapshotName string, pub []pubTable) error {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("beginning snapshot transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshotName, "'", "''")+"'"); err != nil {
+		return fmt.Errorf("importing snapshot %s: %w", snapshotName, err)
+	}
+	tabs, counts, err := s.prepare(ctx, tx, pub)
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("cdc: snapshot started", "slot", s.cfg.Slot, "lsn", s.lsn.String(), "tables", len(tabs), "rows", s.expected)
+	for i, t := range tabs {
+		if err := s.table(ctx, tx, t, counts[i]); err != nil {
+			return err
+		}
+	}
+	if s.prev != nil {
+		s.prev.snapshot = "last"
+		s.add(ctx, item{kind: itChange, ev: s.prev})
+	}
+	s.batch = append(s.batch, item{kind: itSnapMark, final: true, pos: &Position{LSN: s.lsn, Complete: true, FlushLSN: s.lsn}})
+	if err := s.flush(ctx); err != nil {
+		return err
+	}
+	s.m.snapProgress.Set(1)
+	s.cfg.Logger.Info("cdc: snapshot read", "slot", s.cfg.Slot, "rows", s.rows)
+	return tx.Commit(ctx)
+}
+
+func (s *snapshotter) prepare(ctx context.Context, tx pgx.Tx, pub []pubTable) ([]*table, []int64, error) {
+	var (
+		tabs   []*table
+		counts []int64
+	)
+	for _, p := range pub {
+		rel, pk, err := catalogRelation(ctx, tx, p)
+		if err != nil {
+			return nil, nil, err
+		}
+		t, err := newTable(rel, pk, s.cfg.routeFor(p.schema, p.name))
+		if err != nil {
+			return nil, nil, err
+		}
+		s.tables[rel.id] = t
+		var n int64
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+p.ident()).Scan(&n); err != nil {
+			return nil, nil, fmt.Errorf("counting %s: %w", p.ident(), err)
+		}
+		s.m.snapExpected.WithLabelValues(t.qualified()).Set(float64(n))
+		s.expected += n
+		tabs, counts = append(tabs, t), append(counts, n)
+	}
+	return tabs, counts, nil
+}
+
+// table streams the rows of one table (text format, one row at a time).
+func (s *snapshotter) table(ctx context.Context, tx pgx.Tx, t *table, expected int64) error {
+	cols := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		cols[i] = pgx.Identifier{c.name}.Sanitize()
+	}
+	sql := "SELECT " + strings.Join(cols, ", ") + " FROM " + pgx.Identifier{t.schema, t.name}.Sanitize()
+	rr := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil)
+	counter := s.m.snapRows.WithLabelValues(t.qualified())
+	for rr.NextRow() {
+		if err := s.row(ctx, t, rr.Values()); err != nil {
+			rr.Close()
+			return err
+		}
+		counter.Inc()
+	}
+	if _, err := rr.Close(); err != nil {
+		return fmt.Errorf("reading %s in the snapshot: %w", t.qualified(), err)
+	}
+	s.cfg.Logger.Info("cdc: snapshot table done", "table", t.qualified(), "rows", expected)
+	return nil
+}
+
+// row queues one row (holding the previous back so the last row of the
+// snapshot can be marked "last").
+func (s *snapshotter) row(ctx context.Context, t *table, vals [][]byte) error {
+	size := 0
+	for _, v := range vals {
+		size += len(v)
+	}
+	buf := make([]byte, 0, size)
+	tuple := make([]colValue, len(vals))
+	for i, v := range vals {
+		if v == nil {
+			tuple[i] = colValue{kind: kindNull}
+			continue
+		}
+		buf = append(buf, v...)
+		tuple[i] = colValue{kind: kindText, data: buf[len(buf)-len(v) : len(buf) : len(buf)]}
+	}
+	ev := &event{op: opRead, t: t, new: tuple, commitLSN: s.lsn, commitTime: s.at, snapshot: "true", db: s.db}
+	if s.prev != nil {
+		if err := s.add(ctx, item{kind: itChange, ev: s.prev}); err != nil {
+			return err
+		}
+	}
+	s.prev = ev
+	s.rows++
+	if s.rows%int64(s.cfg.SnapshotTxnMaxRows) == 0 {
+		s.batch = append(s.batch, item{kind: itSnapMark, pos: &Position{Snapshot: &SnapshotProgress{ConsistentLSN: s.lsn, Rows: s.rows}}})
+	}
+	s.progress()
+	return nil
+}
+
+func (s *snapshotter) progress() {
+	if s.expected > 0 {
+		s.m.snapProgress.Set(float64(s.rows) / float64(s.expected))
+	}
+	if time.Since(s.lastLog) >= 5*time.Second {
+		s.lastLog = time.Now()
+		s.cfg.Logger.Info("cdc: snapshot progress", "slot", s.cfg.Slot, "rows", s.rows, "of", s.expected)
+	}
+}
+
+func (s *snapshotter) add(ctx context.Context, it item) error {
+	s.batch = append(s.batch, it)
+	if len(s.batch) >= batchMaxItems {
+		return s.flush(ctx)
+	}
+	return nil
+}
+
+func (s *snapshotter) flush(ctx context.Context) error {
+	if len(s.batch) == 0 {
+		return nil
+	}
+	select {
+	case s.out <- s.batch:
+		s.batch = make([]item, 0, batchMaxItems)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,321 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// changeID identifies one row change: its LSN and primary key.
+type changeID struct {
+	lsn pglogrepl.LSN
+	id  int64
+}
+
+var oracleRE = regexp.MustCompile(`^table public\.items: (INSERT|UPDATE|DELETE): (?:old-key: )?id\[integer\]:(-?\d+)`)
+
+// oracleChanges reads every change of table items from an independent
+// test_decoding slot: the truth the reader's output is counted against.
+func oracleChanges(t *testing.T, c *pgx.Conn, slot string) map[changeID]bool {
+	t.Helper()
+	rows, err := c.Query(context.Background(), "SELECT lsn::text, data FROM pg_logical_slot_get_changes($1, NULL, NULL)", slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[changeID]bool{}
+	for rows.Next() {
+		var lsnText, data string
+		if err := rows.Scan(&lsnText, &data); err != nil {
+			t.Fatal(err)
+		}
+		m := oracleRE.FindStringSubmatch(data)
+		if m == nil {
+			continue
+		}
+		lsn, _ := pglogrepl.ParseLSN(lsnText)
+		id, _ := strconv.ParseInt(m[2], 10, 64)
+		out[changeID{lsn, id}] = true
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// posSample is one slot-safety sample: the slot's confirmed_flush_lsn and,
+// read after it, the positions topic's last stable offset.
+type posSample struct {
+	confirmed pglogrepl.LSN
+	lso       int64
+}
+
+// positionLog follows the positions topic (read_committed) and records
+// each committed position of the reader with its offset.
+type positionLog struct {
+	mu   sync.Mutex
+	recs []struct {
+		offset int64
+		flush  pglogrepl.LSN
+	}
+}
+
+func (p *positionLog) follow(ctx context.Context, t *testing.T, brokers []string, topic, name string) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer cl.Close()
+	for ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			if string(r.Key) != name {
+				return
+			}
+			var pos Position
+			if err := jsonUnmarshal(r.Value, &pos); err != nil {
+				t.Errorf("position record: %v", err)
+				return
+			}
+			p.mu.Lock()
+			p.recs = append(p.recs, struct {
+				offset int64
+				flush  pglogrepl.LSN
+			}{r.Offset, pos.FlushLSN})
+			p.mu.Unlock()
+		})
+	}
+}
+
+// committedBefore is the highest flush LSN committed at an offset below lso.
+func (p *positionLog) committedBefore(lso int64) pglogrepl.LSN {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var max pglogrepl.LSN
+	for _, r := range p.recs {
+		if r.offset < lso && r.flush > max {
+			max = r.flush
+		}
+	}
+	return max
+}
+
+// TestCrashExactlyOnce SIGKILLs the reader process every few seconds
+// during 50,000 mixed changes and a 10,000-row single-transaction COPY and
+// counts, per (LSN, key), what read_committed consumers see against an
+// independent test_decoding slot.
+func TestCrashExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test starts processes")
+	}
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.conn()
+	e.exec(c, "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL, n numeric(12,2) NOT NULL)")
+	e.exec(c, "ALTER TABLE items REPLICA IDENTITY FULL")
+	e.exec(c, "INSERT INTO items SELECT g, 'seed', 1 FROM generate_series(0, 999) g")
+	cfg := e.cfg
+	cfg.Tables = []TableConfig{{Table: "items"}}
+	cfg.TxnMaxRecords = 2000 // the COPY spans several Kafka transactions
+	cfg.Logger = nil
+	cfgPath := writeConfig(t, cfg)
+	oracle := testenvName(cfg.Name, "oracle")
+	e.exec(c, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", oracle)
+	t.Cleanup(func() { c.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", oracle) })
+
+	logf, _ := os.CreateTemp("", "cdc-child-*.log")
+	defer os.Remove(logf.Name())
+	child := startChild(t, cfgPath, logf)
+	defer func() { _ = child.Process.Kill(); _, _ = child.Process.Wait() }()
+	e.waitSnapshot(c, cfg.Name)
+
+	sctx, stopSampling := context.WithCancel(ctx)
+	var plog positionLog
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); plog.follow(sctx, t, e.brokers, cfg.PositionsTopic, cfg.Name) }()
+	var samples []posSample
+	go func() { defer wg.Done(); samples = e.sampleSlot(sctx, cfg.Name, cfg.PositionsTopic) }()
+
+	loadDone := make(chan error, 1)
+	copied := make(chan struct{})
+	go func() { loadDone <- pacedLoad(ctx, e, copied) }()
+
+	kills := 0
+	rng := rand.New(rand.NewPCG(7, 7))
+	kill := func() {
+		_ = child.Process.Signal(syscall.SIGKILL)
+		_, _ = child.Process.Wait()
+		kills++
+		child = startChild(t, cfgPath, logf)
+	}
+loop:
+	for {
+		select {
+		case err := <-loadDone:
+			if err != nil {
+				t.Fatal(err)
+			}
+			break loop
+		case <-copied:
+			copied = nil
+			time.Sleep(150 * time.Millisecond) // mid-way through the big transaction
+			kill()
+		case <-time.After(time.Duration(1500+rng.IntN(2000)) * time.Millisecond):
+			kill()
+		}
+	}
+	e.waitFlushed(c, cfg.Name, e.currentLSN(c), 3*time.Minute)
+	stopSampling()
+	wg.Wait()
+
+	want := oracleChanges(t, c, oracle)
+	seen := map[changeID]int{}
+	for _, r := range e.readAll(cfg.TopicPrefix + ".public.items") {
+		if r.heartbeat() || r.value == nil || r.value["op"] == "r" {
+			continue
+		}
+		src := r.value["source"].(map[string]any)
+		seen[changeID{pglogrepl.LSN(src["lsn"].(int64)), int64(r.key["id"].(int32))}]++
+	}
+	lost, dup, extra := 0, 0, 0
+	for id := range want {
+		if seen[id] == 0 {
+			lost++
+		}
+	}
+	for id, n := range seen {
+		if n > 1 {
+			dup += n - 1
+		}
+		if !want[id] {
+			extra++
+		}
+	}
+	ahead := 0
+	for _, s := range samples {
+		if committed := plog.committedBefore(s.lso); s.confirmed > committed {
+			ahead++
+			t.Errorf("slot confirmed %s while Kafka had committed only %s", s.confirmed, committed)
+		}
+	}
+	fmt.Printf("crash test: kills=%d changes=%d lost=%d duplicated=%d unexpected=%d slot_samples=%d slot_ahead=%d\n",
+		kills, len(want), lost, dup, extra, len(samples), ahead)
+	if lost != 0 || dup != 0 || extra != 0 || kills < 10 || len(want) < 40000 {
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("lost=%d duplicated=%d unexpected=%d kills=%d changes=%d\nchild log:\n%s", lost, dup, extra, kills, len(want), tail(b, 4000))
+	}
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+func testenvName(base, suffix string) string {
+	s := base + "_" + suffix
+	if len(s) > 63 {
+		s = s[len(s)-63:]
+	}
+	return s
+}
+
+// pacedLoad runs 50,000 mixed changes over about 35 s, with a 10,000-row
+// single-transaction COPY half-way (signalled on copied).
+func pacedLoad(ctx context.Context, e *cdcEnv, copied chan<- struct{}) error {
+	c, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	for i := 0; i < 50; i++ {
+		if err := workload(ctx, c, "items", 1000, 5000, uint64(i)); err != nil {
+			return err
+		}
+		if i == 25 {
+			src := make([][]any, 10000)
+			for j := range src {
+				src[j] = []any{200000 + j, "copy", "1.00"}
+			}
+			if _, err := c.CopyFrom(ctx, pgx.Identifier{"items"}, []string{"id", "v", "n"}, pgx.CopyFromRows(src)); err != nil {
+				return err
+			}
+			close(copied)
+		}
+		time.Sleep(700 * time.Millisecond)
+	}
+	return nil
+}
+
+// waitSnapshot waits until the reader's slot exists and has moved past its
+// creation point (the snapshot is committed and streaming confirmed).
+func (e *cdcEnv) waitSnapshot(c *pgx.Conn, slot string) {
+	e.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	var first pglogrepl.LSN
+	for time.Now().Before(deadline) {
+		l := e.confirmedFlush(c, slot)
+		if first == 0 {
+			first = l
+		} else if l > first {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("slot %s did not start streaming", slot)
+}
+
+// sampleSlot samples confirmed_flush_lsn and then the positions topic's
+// last stable offset every 100 ms.
+func (e *cdcEnv) sampleSlot(ctx context.Context, slot, topic string) []posSample {
+	c, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		e.t.Error(err)
+		return nil
+	}
+	defer c.Close(context.Background())
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	if err != nil {
+		e.t.Error(err)
+		return nil
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	var out []posSample
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return out
+		case <-tick.C:
+		}
+		s := posSample{confirmed: e.confirmedFlush(c, slot)}
+		offs, err := adm.ListCommittedOffsets(ctx, topic)
+		if err != nil {
+			continue
+		}
+		o, ok := offs.Lookup(topic, 0)
+		if !ok || o.Err != nil {
+			continue
+		}
+		s.lso = o.Offset
+		out = append(out, s)
+	}
+}
+

@@ -1,0 +1,141 @@
+// Package postgres is Loanflow's PostgreSQL change-data-capture reader: it
+// streams committed row changes from a logical replication slot (pgoutput,
+// protocol version 1, through github.com/jackc/pglogrepl) into Kafka,
+// exactly once, as Avro registered in a Confluent-compatible schema
+// registry.
+//
+//	r, err := postgres.NewReader(cfg) // cfg: Config, or LoadConfig(file)
+//	err = r.Run(ctx)                  // blocks; nil after ctx ends
+//
+// `loanflow cdc run --config FILE` runs the same reader as its own process.
+//
+// # Records
+//
+// Each published table goes to cdc.<schema>.<table> (prefix configurable),
+// keyed by its primary key (Avro record Key, subject <topic>-key), as a
+// Debezium-style envelope (subject <topic>-value): before, after, source
+// {version, connector, name, ts_ms, snapshot, db, sequence, schema, table,
+// txId, lsn, xmin}, op (c, u, d, r for snapshot reads, t for TRUNCATE) and
+// ts_ms. source.lsn is the change's own WAL position and sequence is
+// ["<commit lsn>","<change lsn>"], so (source.lsn, key) identifies a change.
+// A delete is followed by a tombstone (the key with a null value). An UPDATE
+// that changes the primary key is written as a delete of the old key (and
+// its tombstone) and a create of the new one. TRUNCATE writes an op=t
+// envelope with a null key to every partition of the table's topic.
+//
+// A table configured with mode upsert instead writes the row itself (the
+// after-image) keyed by its primary key, to a compacted topic, and only a
+// tombstone for a delete (e.g. customer_360). TRUNCATE of an upsert table
+// cannot be expressed per key and goes to the dead-letter topic.
+//
+// Row schemas are built from PostgreSQL relation metadata: the key columns
+// keep their type, other columns are nullable unions with default null, so
+// adding or dropping a column is a BACKWARD- and FORWARD-compatible change.
+// When a Relation message describes a table whose columns differ from the
+// known version, the next change of that table registers a new schema
+// version (TopicNameStrategy subjects). A change the registry rejects (409,
+// e.g. a column type change) stops the reader with ErrSchema naming the
+// subject.
+//
+// Type mapping: bool→boolean; int2, int4→int; int8, oid→long;
+// float4→float; float8→double; numeric(p,s)→bytes decimal(p,s)
+// (unconstrained numeric, or a negative scale, → its exact text as string);
+// text, varchar, char, name and other scalar types (enums, inet, interval,
+// money, ...) → string of their text form; uuid→string (logicalType uuid);
+// json, jsonb→string; bytea→bytes; timestamptz→long timestamp-micros;
+// timestamp→long local-timestamp-micros; date→int date; time→long
+// time-micros; one-dimensional arrays of the above (bool, bytea, int2/4/8,
+// text, varchar, bpchar, float4/8, numeric, uuid, json, jsonb, date,
+// timestamp, timestamptz) → array of nullable items. Other array types fail
+// at the table's Relation message with ErrUnsupportedType; a value that has
+// no Avro form (numeric NaN, infinite timestamps, a multi-dimensional array)
+// sends the change to the dead-letter topic (dlq.cdc-<name>) with the error
+// and its source in headers.
+//
+// # Unchanged TOAST values and REPLICA IDENTITY
+//
+// pgoutput does not send a TOASTed value an UPDATE left unchanged. The
+// reader takes it from the old tuple, which REPLICA IDENTITY FULL provides
+// (complete and detoasted), and never emits it as null. At start the reader
+// therefore requires REPLICA IDENTITY FULL on captured tables that have
+// TOAST-able columns (or sets it, with ensure_replica_identity_full); should
+// a value still be missing (identity changed while running), the reader
+// stops with ErrUnchangedToast. Before-images follow the identity: FULL
+// gives every column, DEFAULT only the key columns (other fields null).
+//
+// # Snapshot
+//
+// On first start (no position in Kafka) the reader creates the slot with an
+// exported snapshot, imports it (SET TRANSACTION SNAPSHOT in a REPEATABLE
+// READ transaction) and reads every published table, writing op=r records
+// (source.snapshot true, last for the final row) in Kafka transactions of
+// snapshot_txn_max_rows rows, then streams from the slot's consistent point:
+// a row committed during the snapshot is in exactly one of the two.
+// Progress is logged and exported as metrics. The exported snapshot dies
+// with its connection, so an interrupted snapshot starts over with a new
+// slot; rows already written by the interrupted attempt stay in the topic
+// and are overwritten by the new attempt's rows (a row deleted in between
+// keeps its stale snapshot record).
+//
+// # Exactly once
+//
+// The writer produces the change records and a position record (topic
+// _loanflow_cdc_positions, compacted, key = reader name) in one Kafka
+// transaction, with a transactional id stable per reader, so a restarted
+// reader fences its predecessor (any open transaction of it is aborted).
+// A session starts by committing a sentinel record in a transaction (which
+// fences) and reading the positions topic read_committed up to it. The
+// position holds the commit LSN of the newest transaction in Kafka, how many
+// of its changes are there (a transaction with more than txn_max_records
+// changes or txn_max_bytes is split over several Kafka transactions, which
+// bounds memory: PostgreSQL spills big transactions to disk and the reader
+// holds at most one Kafka transaction's records), and the flush LSN below
+// which everything is in Kafka. On restart, transactions and changes the
+// position covers are skipped. The slot's confirmed_flush_lsn is reported
+// (standby status update) only from the committed flush LSN, so it never
+// runs ahead of Kafka.
+//
+// If the slot is missing while Kafka holds a position, the reader stops
+// with ErrSlotGone; if the slot's confirmed_flush_lsn is past the committed
+// position (dropped and recreated, or advanced by someone else), it stops
+// with ErrSlotGap naming the slot and the gap. It never skips WAL.
+//
+// # Heartbeats
+//
+// Every heartbeat_interval the reader runs pg_logical_emit_message(false,
+// 'loanflow.heartbeat', <ms>), whose content is the database clock in
+// milliseconds since the Unix epoch. When that message arrives outside a
+// transaction, the writer sends one heartbeat record to every partition of
+// every topic it writes and moves the flush position to the message, so the
+// slot advances on an idle database. Keepalives from the server move the
+// flush position too when nothing is pending (WAL of other databases).
+//
+// Heartbeat records carry the header "loanflow.heartbeat" whose value is
+// the heartbeat's event time, in milliseconds since the Unix epoch, as
+// decimal ASCII; the record timestamp is the same instant, the key is
+// "__loanflow_heartbeat" (raw bytes, not Avro) and the value is null.
+// Consumers must check for the header before decoding: a heartbeat says
+// "this partition has no change committed before this time still to come",
+// up to the commit-timestamp skew between concurrent transactions (a few
+// milliseconds), which an engine's bounded out-of-orderness absorbs. Change
+// records carry the PostgreSQL commit time as their timestamp.
+//
+// # Goroutines and errors
+//
+// Run owns everything: per session, one goroutine reads the replication
+// connection (the snapshot first, then pgoutput), one writes Kafka, and one
+// emits heartbeats; they are joined before a session ends. The queue
+// between reader and writer is bounded (queue_max_batches batches of at most
+// 512 items). Retryable errors (lost connections, Kafka errors) end the
+// session and a new one resumes from Kafka after a capped backoff; fatal
+// errors (see errors.go: configuration, protocol, slot gone or recreated,
+// schema rejected, fenced) are returned by Run.
+//
+// Metrics (label reader): loanflow_cdc_replication_lag_bytes,
+// loanflow_cdc_replication_lag_seconds, loanflow_cdc_changes_total,
+// loanflow_cdc_changes_per_second, loanflow_cdc_committed_lsn,
+// loanflow_cdc_commit_latency_seconds, loanflow_cdc_snapshot_rows_total,
+// loanflow_cdc_snapshot_rows_expected, loanflow_cdc_snapshot_progress_ratio,
+// loanflow_cdc_kafka_commits_total, loanflow_cdc_dead_letters_total,
+// loanflow_cdc_heartbeats_total, loanflow_cdc_session_restarts_total.
+package postgres

@@ -318,4 +318,3 @@ func (e *cdcEnv) sampleSlot(ctx context.Context, slot, topic string) []posSample
 		out = append(out, s)
 	}
 }
-

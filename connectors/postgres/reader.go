@@ -258,4 +258,3 @@ func (r *Reader) heartbeats(ctx context.Context) error {
 		}
 	}
 }
-

@@ -1,0 +1,256 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/loanflow/loanflow/api/audit"
+	"github.com/loanflow/loanflow/api/internal/money"
+	"github.com/loanflow/loanflow/api/pii"
+)
+
+type applicantReq struct {
+	Name        string `json:"name"`
+	SSN         string `json:"ssn"`
+	Address     string `json:"address,omitempty"`
+	DateOfBirth string `json:"date_of_birth,omitempty"`
+}
+
+type applicationReq struct {
+	ApplicationID string       `json:"application_id,omitempty"`
+	POSTerminalID string       `json:"pos_terminal_id"`
+	CustomerID    *string      `json:"customer_id,omitempty"`
+	Amount        string       `json:"amount"`
+	Currency      string       `json:"currency"`
+	EventTime     *time.Time   `json:"event_time,omitempty"`
+	Applicant     applicantReq `json:"applicant"`
+}
+
+func (q *applicationReq) validate() (money.Amount, string, error) {
+	if q.ApplicationID == "" {
+		q.ApplicationID = "app_" + newRequestID()
+	}
+	if !idPattern.MatchString(q.ApplicationID) {
+		return 0, "", errors.New("application_id must be 1-64 of [A-Za-z0-9_.:-]")
+	}
+	if !idPattern.MatchString(q.POSTerminalID) {
+		return 0, "", errors.New("pos_terminal_id is required (1-64 of [A-Za-z0-9_.:-])")
+	}
+	if q.CustomerID != nil && !idPattern.MatchString(*q.CustomerID) {
+		return 0, "", errors.New("customer_id must be 1-64 of [A-Za-z0-9_.:-]")
+	}
+	a, err := money.Parse(q.Amount)
+	if err != nil || a <= 0 {
+		return 0, "", errors.New(`amount must be a positive decimal string with at most 2 decimals, e.g. "1500.00"`)
+	}
+	if !validCurrency(q.Currency) {
+		return 0, "", errors.New("currency must be a three-letter ISO 4217 code, e.g. USD")
+	}
+	if q.Applicant.Name == "" || len(q.Applicant.Name) > 200 || len(q.Applicant.Address) > 500 || len(q.Applicant.DateOfBirth) > 10 {
+		return 0, "", errors.New("applicant.name is required (at most 200 characters); address at most 500, date_of_birth at most 10")
+	}
+	ssn, err := pii.NormalizeSSN(q.Applicant.SSN)
+	if err != nil {
+		return 0, "", errors.New("applicant.ssn must be nine digits (dashes allowed)")
+	}
+	return a, ssn, nil
+}
+
+func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	if p.Lender == "" {
+		writeProblem(w, r, http.StatusForbidden, "no-lender", "only a lender's client can submit applications")
+		return
+	}
+	var req applicationReq
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	amount, ssn, err := req.validate()
+	if err != nil {
+		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-application", err.Error())
+		return
+	}
+	app, err := s.sealApplication(req, p.Lender, amount, ssn)
+	if err != nil {
+		s.log.Error("sealing application", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not encrypt the application")
+		return
+	}
+	val, err := s.codecs.EncodeApplication(app)
+	if err != nil {
+		s.log.Error("encoding application", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not encode the application")
+		return
+	}
+	rec := &kgo.Record{Topic: s.cfg.ApplicationsTopic, Key: []byte(app.ApplicationID), Value: val}
+	if err := s.producer.ProduceSync(r.Context(), rec).FirstErr(); err != nil {
+		s.log.Error("producing application", "request_id", requestID(r.Context()), "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, r, http.StatusServiceUnavailable, "broker-unavailable", "the application could not be queued; retry with the same application_id")
+		return
+	}
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultOK)) {
+		return
+	}
+	w.Header().Set("Location", "/v1/loan-applications/"+app.ApplicationID+"/decision")
+	writeJSON(w, http.StatusAccepted, map[string]string{
+		"application_id": app.ApplicationID, "status": "PENDING",
+		"decision_url": "/v1/loan-applications/" + app.ApplicationID + "/decision",
+	})
+}
+
+// sealApplication encrypts the applicant's details (bound to the
+// application row) and computes the SSN blind index.
+func (s *Server) sealApplication(req applicationReq, lender string, amount money.Amount, ssn string) (Application, error) {
+	details, _ := json.Marshal(applicantReq{Name: req.Applicant.Name, SSN: ssn, Address: req.Applicant.Address, DateOfBirth: req.Applicant.DateOfBirth})
+	ct, err := s.keys.Encrypt(pii.Field{Table: "loan_applications", Column: "applicant_details", Row: req.ApplicationID}, details)
+	if err != nil {
+		return Application{}, err
+	}
+	idx, _, err := s.keys.BlindIndex(ssn)
+	if err != nil {
+		return Application{}, err
+	}
+	et := time.Now().UTC()
+	if req.EventTime != nil {
+		et = req.EventTime.UTC()
+	}
+	return Application{ApplicationID: req.ApplicationID, POSTerminalID: req.POSTerminalID, LenderID: lender,
+		CustomerID: req.CustomerID, Amount: amount.String(), Currency: req.Currency, EventTime: et,
+		ApplicantDetails: ct, SSNIndex: idx}, nil
+}
+
+// getDecision long-polls for an application's decision (?timeout=10s).
+func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	id := r.PathValue("id")
+	timeout, err := parseTimeout(r.URL.Query().Get("timeout"), s.cfg.LongPollMax)
+	if err != nil {
+		writeProblem(w, r, http.StatusBadRequest, "bad-timeout", err.Error())
+		return
+	}
+	d, ok, ch := s.hub.decision(id)
+	if !ok {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case d = <-ch:
+			ok = true
+		case <-t.C:
+		case <-r.Context().Done():
+		case <-s.closing:
+		}
+		if !ok {
+			s.hub.cancelWait(id, ch)
+		}
+	}
+	if ok && d.LenderID != p.Lender {
+		s.notFoundAudited(w, r, "decision.read", "application/"+id)
+		return
+	}
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusAccepted, map[string]string{"application_id": id, "status": "PENDING"})
+		return
+	}
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "decision.read", "application/"+id, "", audit.ResultOK)) {
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func parseTimeout(v string, max time.Duration) (time.Duration, error) {
+	if v == "" {
+		return min(10*time.Second, max), nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, err2 := strconv.Atoi(v)
+		if err2 != nil {
+			return 0, fmt.Errorf("timeout must be a duration such as 10s (at most %v)", max)
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 || d > max {
+		return 0, fmt.Errorf("timeout must be within 0..%v", max)
+	}
+	return d, nil
+}
+
+// streamDecisions serves the caller's decisions as server-sent events.
+func (s *Server) streamDecisions(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	if p.Lender == "" {
+		writeProblem(w, r, http.StatusForbidden, "no-lender", "decision streams are per lender")
+		return
+	}
+	if q := r.URL.Query().Get("lender"); q != "" && q != p.Lender {
+		s.notFoundAudited(w, r, "decision.stream", "decisions/lender="+q)
+		return
+	}
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "decision.stream", "decisions/lender="+p.Lender, "", audit.ResultOK)) {
+		return
+	}
+	s.serveEvents(w, r, p.Lender, map[string]bool{"decision": true}, nil)
+}
+
+// serveEvents writes SSE until the client leaves, the server shuts down
+// or the subscriber falls too far behind.
+func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender string, want map[string]bool, initial []event) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "streaming unsupported")
+		return
+	}
+	if !s.streams.TryAcquire(1) {
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, r, http.StatusServiceUnavailable, "too-many-streams", "too many open event streams; retry later")
+		return
+	}
+	defer s.streams.Release(1)
+	sub := s.hub.subscribe(lender, s.cfg.SSEBuffer)
+	defer s.hub.unsubscribe(sub)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	_, _ = fmt.Fprint(w, "retry: 2000\n\n")
+	for _, ev := range initial {
+		writeEvent(w, ev)
+	}
+	fl.Flush()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	for {
+		select {
+		case ev := <-sub.ch:
+			if want[ev.name] {
+				writeEvent(w, ev)
+				fl.Flush()
+			}
+		case <-ping.C:
+			_, _ = fmt.Fprint(w, ": ping\n\n")
+			fl.Flush()
+		case <-sub.done:
+			return
+		case <-r.Context().Done():
+			return
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+func writeEvent(w http.ResponseWriter, ev event) {
+	b, _ := json.Marshal(ev.data)
+	_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, strings.ReplaceAll(string(b), "\n", ""))
+}

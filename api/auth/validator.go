@@ -1,0 +1,290 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jws"
+	"github.com/lestrrat-go/jwx/v3/jwt"
+)
+
+var (
+	// ErrUnauthorized wraps every token rejection.
+	ErrUnauthorized = errors.New("auth: unauthorized")
+	// ErrUnknownKey is returned by a KeySource for a kid it does not hold.
+	ErrUnknownKey = errors.New("auth: unknown key id")
+)
+
+// KeySource yields verification keys by kid. Key may refresh its set when
+// kid is unknown (subject to its own rate limit).
+type KeySource interface {
+	Key(ctx context.Context, kid string) (jwk.Key, error)
+}
+
+// Key implements KeySource for the in-process dev issuer.
+func (is *Issuer) Key(_ context.Context, kid string) (jwk.Key, error) {
+	if k, ok := is.PublicSet().LookupKeyID(kid); ok {
+		return k, nil
+	}
+	return nil, ErrUnknownKey
+}
+
+// HTTPKeySource caches an issuer's JWKS fetched over HTTP; an unknown kid
+// refetches at most once per MinRefetchInterval.
+type HTTPKeySource struct {
+	URL                string
+	Client             *http.Client
+	MinRefetchInterval time.Duration // default 30s
+	MaxBodyBytes       int64         // default 1 MiB
+
+	mu struct {
+		sync.Mutex
+		set       jwk.Set
+		lastFetch time.Time
+	}
+}
+
+// Key returns the key named kid from the cached set.
+func (s *HTTPKeySource) Key(ctx context.Context, kid string) (jwk.Key, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.set != nil {
+		if k, ok := s.mu.set.LookupKeyID(kid); ok {
+			return k, nil
+		}
+	}
+	if !s.mu.lastFetch.IsZero() && time.Since(s.mu.lastFetch) < s.minInterval() {
+		return nil, ErrUnknownKey
+	}
+	if err := s.fetchLocked(ctx); err != nil {
+		return nil, err
+	}
+	if k, ok := s.mu.set.LookupKeyID(kid); ok {
+		return k, nil
+	}
+	return nil, ErrUnknownKey
+}
+
+func (s *HTTPKeySource) minInterval() time.Duration {
+	if s.MinRefetchInterval > 0 {
+		return s.MinRefetchInterval
+	}
+	return 30 * time.Second
+}
+
+func (s *HTTPKeySource) fetchLocked(ctx context.Context) error {
+	s.mu.lastFetch = time.Now()
+	c := s.Client
+	if c == nil {
+		c = &http.Client{Timeout: 5 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL, nil)
+	if err != nil {
+		return fmt.Errorf("auth: JWKS request: %w", err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("auth: fetching JWKS %s: %w", s.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("auth: fetching JWKS %s: status %d", s.URL, resp.StatusCode)
+	}
+	limit := s.MaxBodyBytes
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return fmt.Errorf("auth: reading JWKS: %w", err)
+	}
+	set, err := jwk.Parse(body)
+	if err != nil {
+		return fmt.Errorf("auth: parsing JWKS: %w", err)
+	}
+	s.mu.set = set
+	return nil
+}
+
+// ValidatorConfig configures token validation.
+type ValidatorConfig struct {
+	Issuer   string // exact iss
+	Audience string // must be in aud
+	Keys     KeySource
+	// Skew tolerated on exp/nbf/iat. Default 30s, at most 5m.
+	Skew time.Duration
+	// LenderClaim names the claim holding the lender id. Default lender_id.
+	LenderClaim string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Validate reports a bad field.
+func (c ValidatorConfig) Validate() error {
+	switch {
+	case c.Issuer == "":
+		return errors.New("auth: ValidatorConfig.Issuer is required")
+	case c.Audience == "":
+		return errors.New("auth: ValidatorConfig.Audience is required")
+	case c.Keys == nil:
+		return errors.New("auth: ValidatorConfig.Keys is required")
+	case c.Skew < 0 || c.Skew > 5*time.Minute:
+		return errors.New("auth: ValidatorConfig.Skew must be within 0..5m")
+	}
+	return nil
+}
+
+// Validator checks access tokens.
+type Validator struct{ cfg ValidatorConfig }
+
+// NewValidator returns a validator for cfg.
+func NewValidator(cfg ValidatorConfig) (*Validator, error) {
+	if cfg.Skew == 0 {
+		cfg.Skew = 30 * time.Second
+	}
+	if cfg.LenderClaim == "" {
+		cfg.LenderClaim = ClaimLender
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Validator{cfg: cfg}, nil
+}
+
+// Principal is the verified caller.
+type Principal struct {
+	Subject string
+	Lender  string
+	Scopes  map[string]bool
+}
+
+// Has reports whether the principal holds scope (admin holds every scope).
+func (p Principal) Has(scope string) bool { return p.Scopes[scope] || p.Scopes[ScopeAdmin] }
+
+func reject(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrUnauthorized}, args...)...)
+}
+
+// pinnedAlg returns the one algorithm a key may verify: its alg member, or
+// for EC and OKP keys without one the algorithm their curve implies.
+func pinnedAlg(k jwk.Key) (jwa.SignatureAlgorithm, error) {
+	if a, ok := k.Algorithm(); ok {
+		sa, ok := jwa.LookupSignatureAlgorithm(a.String())
+		if !ok {
+			return sa, fmt.Errorf("key alg %q is not a signature algorithm", a)
+		}
+		return sa, nil
+	}
+	if ek, ok := k.(jwk.ECDSAPublicKey); ok {
+		crv, _ := ek.Crv()
+		switch crv {
+		case jwa.P256():
+			return jwa.ES256(), nil
+		case jwa.P384():
+			return jwa.ES384(), nil
+		case jwa.P521():
+			return jwa.ES512(), nil
+		}
+	}
+	if k.KeyType() == jwa.OKP() {
+		return jwa.EdDSA(), nil
+	}
+	return jwa.EmptySignatureAlgorithm(), errors.New("key has no alg and none can be pinned")
+}
+
+var allowedAlgs = map[string]bool{"ES256": true, "ES384": true, "ES512": true, "RS256": true, "RS384": true, "RS512": true, "PS256": true, "PS384": true, "PS512": true, "EdDSA": true}
+
+// header checks the protected header and returns the key to verify with.
+func (v *Validator) header(ctx context.Context, raw []byte) (jwk.Key, jwa.SignatureAlgorithm, error) {
+	none := jwa.EmptySignatureAlgorithm()
+	msg, err := jws.Parse(raw, jws.WithCompact())
+	if err != nil {
+		return nil, none, reject("malformed token")
+	}
+	sigs := msg.Signatures()
+	if len(sigs) != 1 {
+		return nil, none, reject("want exactly one signature")
+	}
+	h := sigs[0].ProtectedHeaders()
+	hAlg, _ := h.Algorithm()
+	if !allowedAlgs[hAlg.String()] {
+		return nil, none, reject("algorithm %q not accepted", hAlg.String())
+	}
+	if typ, _ := h.Type(); !strings.EqualFold(typ, TokenType) && !strings.EqualFold(typ, "application/"+TokenType) {
+		return nil, none, reject("typ %q is not %s", typ, TokenType)
+	}
+	if crit, ok := h.Critical(); ok && len(crit) > 0 {
+		return nil, none, reject("unsupported crit header")
+	}
+	kid, ok := h.KeyID()
+	if !ok || kid == "" {
+		return nil, none, reject("token has no kid")
+	}
+	key, err := v.cfg.Keys.Key(ctx, kid)
+	if err != nil {
+		return nil, none, reject("kid %q: %v", kid, err)
+	}
+	alg, err := pinnedAlg(key)
+	if err != nil || !allowedAlgs[alg.String()] {
+		return nil, none, reject("kid %q has no acceptable pinned algorithm", kid)
+	}
+	if alg != hAlg {
+		return nil, none, reject("header alg %s differs from key's pinned %s", hAlg, alg)
+	}
+	return key, alg, nil
+}
+
+// Validate verifies a compact JWS access token and returns its principal.
+func (v *Validator) Validate(ctx context.Context, token string) (Principal, error) {
+	raw := []byte(token)
+	if len(raw) == 0 || len(raw) > 16<<10 {
+		return Principal{}, reject("empty or oversized token")
+	}
+	key, alg, err := v.header(ctx, raw)
+	if err != nil {
+		return Principal{}, err
+	}
+	tok, err := jwt.Parse(raw,
+		jwt.WithKey(alg, key),
+		jwt.WithValidate(true),
+		jwt.WithIssuer(v.cfg.Issuer),
+		jwt.WithAudience(v.cfg.Audience),
+		jwt.WithAcceptableSkew(v.cfg.Skew),
+		jwt.WithClock(jwt.ClockFunc(v.cfg.Now)),
+		jwt.WithRequiredClaim("exp"),
+	)
+	if err != nil {
+		return Principal{}, reject("%v", err)
+	}
+	return v.principal(tok)
+}
+
+func (v *Validator) principal(tok jwt.Token) (Principal, error) {
+	sub, _ := tok.Subject()
+	p := Principal{Subject: sub, Scopes: map[string]bool{}}
+	var scope string
+	if err := tok.Get(ClaimScope, &scope); err == nil {
+		for _, s := range strings.Fields(scope) {
+			p.Scopes[s] = true
+		}
+	}
+	var lender string
+	if err := tok.Get(v.cfg.LenderClaim, &lender); err == nil {
+		p.Lender = lender
+	}
+	if p.Lender == "" && !p.Scopes[ScopeAdmin] {
+		return Principal{}, reject("token has no %s claim", v.cfg.LenderClaim)
+	}
+	return p, nil
+}

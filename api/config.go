@@ -1,0 +1,205 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/loanflow/loanflow/api/pii"
+)
+
+// Config configures the API server. Zero fields take the defaults below
+// (see SetDefaults); Validate reports what is wrong and how to fix it.
+type Config struct {
+	// Addr is the listen address. Default 127.0.0.1:8080.
+	Addr string
+	// DatabaseURL is the PostgreSQL DSN (required).
+	DatabaseURL string
+	// DBMaxConns bounds the connection pool. Default 20.
+	DBMaxConns int32
+	// RedisURL is the cache (required), e.g. redis://127.0.0.1:6379/0.
+	RedisURL string
+	// KafkaBrokers are seed brokers (required).
+	KafkaBrokers []string
+	// Topics read and written by the API.
+	ApplicationsTopic string // default loan_applications
+	DecisionsTopic    string // default loan_decisions
+	MetricsTopic      string // default portfolio_metrics
+	// SchemaRegistryURL is the Confluent-compatible registry of the Avro
+	// serde (required).
+	SchemaRegistryURL string
+
+	// PublicURL is how clients reach this server; it is the dev issuer's
+	// iss. Default http://<Addr>.
+	PublicURL string
+	// Audience is the aud this API requires. Default "loanflow-api".
+	Audience string
+	// DevIssuer serves /oauth/token and /.well-known/jwks.json. Default on
+	// when ExternalIssuer is empty.
+	DevIssuer bool
+	// ExternalIssuer and ExternalJWKSURL validate tokens of another issuer
+	// instead of the dev one.
+	ExternalIssuer  string
+	ExternalJWKSURL string
+	// JWKSURL, when set, makes the validator fetch the dev issuer's keys
+	// over HTTP as it would for an external issuer (tests use it).
+	JWKSURL string
+	// JWKSMinRefetchInterval bounds refetches on unknown kids. Default 30s.
+	JWKSMinRefetchInterval time.Duration
+	// TokenTTL of dev-issued tokens. Default 15m.
+	TokenTTL time.Duration
+	// KeyRotationInterval rotates the dev signing key. Default 24h; 0 keeps
+	// the default, negative disables.
+	KeyRotationInterval time.Duration
+	// ClockSkew tolerated on exp/nbf. Default 30s.
+	ClockSkew time.Duration
+
+	// PII keysets (required).
+	PII pii.Config
+	// KeysReloadInterval checks the keyset files for rotation. Default 10s.
+	KeysReloadInterval time.Duration
+
+	// CacheTTL and CacheTTLJitter for profile:{id}. Defaults 5m and 1m.
+	CacheTTL       time.Duration
+	CacheTTLJitter time.Duration
+	// RedisTimeout bounds one Redis command. Default 50ms.
+	RedisTimeout time.Duration
+	// BreakerFailures consecutive Redis failures open the breaker; it
+	// probes again after BreakerOpenTimeout. Defaults 5 and 2s.
+	BreakerFailures    uint32
+	BreakerOpenTimeout time.Duration
+
+	// RateLimitPerSec and RateLimitBurst per lender (a lender row may
+	// override). Defaults 200 and 400.
+	RateLimitPerSec float64
+	RateLimitBurst  int
+	// MaxLenders bounds the per-lender limiter table. Default 10000.
+	MaxLenders int
+	// MaxBodyBytes bounds request bodies. Default 64 KiB.
+	MaxBodyBytes int64
+	// LongPollMax bounds ?timeout= of the decision long-poll. Default 30s.
+	LongPollMax time.Duration
+	// DecisionCacheSize bounds remembered decisions and application
+	// lenders. Default 100000.
+	DecisionCacheSize int
+	// SSEBuffer bounds queued events per stream. Default 256.
+	SSEBuffer int
+	// MaxStreams bounds concurrent SSE streams. Default 1000.
+	MaxStreams int
+	// ShutdownTimeout bounds graceful shutdown. Default 15s.
+	ShutdownTimeout time.Duration
+	// RequestTimeout bounds a non-streaming request. Default 10s.
+	RequestTimeout time.Duration
+
+	// OperatorMetricsURLs are Prometheus endpoints of the pipeline (workers,
+	// CDC) shown on the operator page.
+	OperatorMetricsURLs []string
+	// OperatorGroups are consumer groups whose lag the operator page shows.
+	// Empty lists every group.
+	OperatorGroups []string
+
+	// Logger; default JSON to stderr.
+	Logger *slog.Logger
+}
+
+// SetDefaults fills zero fields.
+func (c *Config) SetDefaults() {
+	def := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:8080"
+	}
+	if c.DBMaxConns == 0 {
+		c.DBMaxConns = 20
+	}
+	if c.ApplicationsTopic == "" {
+		c.ApplicationsTopic = "loan_applications"
+	}
+	if c.DecisionsTopic == "" {
+		c.DecisionsTopic = "loan_decisions"
+	}
+	if c.MetricsTopic == "" {
+		c.MetricsTopic = "portfolio_metrics"
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.Addr
+	}
+	if c.Audience == "" {
+		c.Audience = "loanflow-api"
+	}
+	if c.ExternalIssuer == "" {
+		c.DevIssuer = true
+	}
+	def(&c.JWKSMinRefetchInterval, 30*time.Second)
+	def(&c.TokenTTL, 15*time.Minute)
+	def(&c.KeyRotationInterval, 24*time.Hour)
+	def(&c.ClockSkew, 30*time.Second)
+	def(&c.KeysReloadInterval, 10*time.Second)
+	def(&c.CacheTTL, 5*time.Minute)
+	def(&c.CacheTTLJitter, time.Minute)
+	def(&c.RedisTimeout, 50*time.Millisecond)
+	def(&c.BreakerOpenTimeout, 2*time.Second)
+	def(&c.LongPollMax, 30*time.Second)
+	def(&c.ShutdownTimeout, 15*time.Second)
+	def(&c.RequestTimeout, 10*time.Second)
+	if c.BreakerFailures == 0 {
+		c.BreakerFailures = 5
+	}
+	if c.RateLimitPerSec == 0 {
+		c.RateLimitPerSec = 200
+	}
+	if c.RateLimitBurst == 0 {
+		c.RateLimitBurst = 400
+	}
+	if c.MaxLenders == 0 {
+		c.MaxLenders = 10000
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 64 << 10
+	}
+	if c.DecisionCacheSize == 0 {
+		c.DecisionCacheSize = 100000
+	}
+	if c.SSEBuffer == 0 {
+		c.SSEBuffer = 256
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = 1000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first bad field.
+func (c *Config) Validate() error {
+	var errs []error
+	req := func(ok bool, msg string) {
+		if !ok {
+			errs = append(errs, errors.New("api: "+msg))
+		}
+	}
+	req(c.DatabaseURL != "", "DatabaseURL is required (--database-url or DATABASE_URL)")
+	req(c.RedisURL != "", "RedisURL is required (--redis-url or REDIS_URL)")
+	req(len(c.KafkaBrokers) > 0, "KafkaBrokers is required (--brokers or KAFKA_BROKERS)")
+	req(c.SchemaRegistryURL != "", "SchemaRegistryURL is required (--schema-registry or SCHEMA_REGISTRY_URL)")
+	if _, err := url.Parse(c.PublicURL); err != nil {
+		errs = append(errs, fmt.Errorf("api: PublicURL: %w", err))
+	}
+	req(c.DevIssuer || c.ExternalJWKSURL != "", "ExternalJWKSURL is required with ExternalIssuer")
+	req(c.CacheTTL > 0 && c.CacheTTLJitter >= 0, "CacheTTL must be positive and CacheTTLJitter non-negative")
+	req(c.RateLimitPerSec > 0 && c.RateLimitBurst > 0, "rate limits must be positive")
+	req(c.MaxBodyBytes >= 1024, "MaxBodyBytes must be at least 1024")
+	req(c.LongPollMax > 0 && c.LongPollMax <= 5*time.Minute, "LongPollMax must be within (0, 5m]")
+	req(c.DBMaxConns > 0, "DBMaxConns must be positive")
+	req(c.ClockSkew >= 0 && c.ClockSkew <= 5*time.Minute, "ClockSkew must be within 0..5m")
+	if err := c.PII.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

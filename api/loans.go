@@ -1,0 +1,507 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/loanflow/loanflow/api/audit"
+	"github.com/loanflow/loanflow/api/auth"
+	"github.com/loanflow/loanflow/api/internal/money"
+)
+
+// Loan statuses and the transitions allowed between them.
+const (
+	StatusActive     = "ACTIVE"
+	StatusDelinquent = "DELINQUENT"
+	StatusDefaulted  = "DEFAULTED"
+	StatusPaid       = "PAID"
+	StatusChargedOff = "CHARGED_OFF"
+)
+
+var transitions = map[string][]string{
+	StatusActive:     {StatusPaid, StatusDelinquent, StatusDefaulted},
+	StatusDelinquent: {StatusActive, StatusPaid, StatusDefaulted},
+	StatusDefaulted:  {StatusChargedOff},
+}
+
+func legalTransition(from, to string) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+func knownStatus(s string) bool {
+	switch s {
+	case StatusActive, StatusDelinquent, StatusDefaulted, StatusPaid, StatusChargedOff:
+		return true
+	}
+	return false
+}
+
+// decodeBody decodes one strict JSON object, writing the problem itself.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, extra := dec.Token(); extra != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	switch {
+	case err == nil:
+		return true
+	case isTooLarge(err):
+		writeProblem(w, r, http.StatusRequestEntityTooLarge, "body-too-large", "request body exceeds the size limit")
+	default:
+		writeProblem(w, r, http.StatusBadRequest, "malformed-body", "request body is not valid JSON for this route: "+sanitizeJSONErr(err))
+	}
+	return false
+}
+
+// sanitizeJSONErr keeps decoder errors free of request values.
+func sanitizeJSONErr(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("syntax error at offset %d", se.Offset)
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return err.Error()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "body is empty or truncated"
+	}
+	return "invalid JSON"
+}
+
+type createLoanReq struct {
+	CustomerID string `json:"customer_id"`
+	Amount     string `json:"amount"`
+	Currency   string `json:"currency"`
+	TermMonths int    `json:"term_months"`
+}
+
+func (q *createLoanReq) validate() (money.Amount, error) {
+	if q.CustomerID == "" || len(q.CustomerID) > 64 {
+		return 0, errors.New("customer_id is required (at most 64 characters)")
+	}
+	a, err := money.Parse(q.Amount)
+	if err != nil || a <= 0 {
+		return 0, errors.New(`amount must be a positive decimal string with at most 2 decimals, e.g. "1500.00"`)
+	}
+	if !validCurrency(q.Currency) {
+		return 0, errors.New("currency must be a three-letter ISO 4217 code, e.g. USD")
+	}
+	if q.TermMonths < 1 || q.TermMonths > 480 {
+		return 0, errors.New("term_months must be within 1..480")
+	}
+	return a, nil
+}
+
+func validCurrency(c string) bool {
+	if len(c) != 3 {
+		return false
+	}
+	for i := 0; i < 3; i++ {
+		if c[i] < 'A' || c[i] > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// storedResponse is what an idempotency key replays.
+type storedResponse struct {
+	hash   []byte
+	status int
+	body   []byte
+	etag   string
+}
+
+func (s *Server) createLoan(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	if p.Lender == "" {
+		writeProblem(w, r, http.StatusForbidden, "no-lender", "only a lender's client can create loans")
+		return
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" || len(key) > 255 {
+		writeProblem(w, r, http.StatusBadRequest, "idempotency-key-required", "send an Idempotency-Key header (1-255 characters)")
+		return
+	}
+	var req createLoanReq
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	amount, err := req.validate()
+	if err != nil {
+		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-loan", err.Error())
+		return
+	}
+	req.Amount = amount.String()
+	canon, _ := json.Marshal(req)
+	sum := sha256.Sum256(canon)
+	resp, replayed, err := s.createLoanTx(r.Context(), p, key, sum[:], req, amount)
+	s.finishIdempotent(w, r, resp, replayed, sum[:], err)
+}
+
+func (s *Server) finishIdempotent(w http.ResponseWriter, r *http.Request, resp storedResponse, replayed bool, hash []byte, err error) {
+	switch {
+	case errors.Is(err, errNoCustomer):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer", "customer_id does not name a customer")
+		return
+	case err != nil:
+		s.log.Error("creating loan", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not create the loan")
+		return
+	case replayed && !bytes.Equal(resp.hash, hash):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "idempotency-key-reused",
+			"this Idempotency-Key was used with a different request body")
+		return
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	if resp.etag != "" {
+		w.Header().Set("ETag", resp.etag)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(resp.status)
+	_, _ = w.Write(resp.body)
+}
+
+var errNoCustomer = errors.New("api: unknown customer")
+
+// createLoanTx creates the loan and records the idempotency key in one
+// transaction. A concurrent request with the same key blocks on the key's
+// unique index until this one commits, then replays its stored response.
+func (s *Server) createLoanTx(ctx context.Context, p auth.Principal, key string, hash []byte, req createLoanReq, amount money.Amount) (storedResponse, bool, error) {
+	var out storedResponse
+	replayed := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (lender_id, idem_key, request_hash, response_status, response_body)
+			VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING`, p.Lender, key, hash)
+		if err != nil {
+			return fmt.Errorf("claiming idempotency key: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			replayed = true
+			return tx.QueryRow(ctx, `SELECT request_hash, response_status, response_body, response_etag
+				FROM idempotency_keys WHERE lender_id = $1 AND idem_key = $2`, p.Lender, key).
+				Scan(&out.hash, &out.status, &out.body, &out.etag)
+		}
+		loan, err := insertLoan(ctx, tx, p.Lender, req, amount)
+		if err != nil {
+			return err
+		}
+		out = storedResponse{hash: hash, status: http.StatusCreated, etag: etag(loan.Version)}
+		out.body, _ = json.Marshal(loan)
+		if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response_status = $3, response_body = $4, response_etag = $5, resource_id = $6
+			WHERE lender_id = $1 AND idem_key = $2`, p.Lender, key, out.status, out.body, out.etag, loan.LoanID); err != nil {
+			return fmt.Errorf("storing idempotent response: %w", err)
+		}
+		return audit.Append(ctx, tx, s.auditEntry(ctx, p, "loan.create", "loan/"+loan.LoanID, "", audit.ResultOK))
+	})
+	return out, replayed, err
+}
+
+func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq, amount money.Amount) (Loan, error) {
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", req.CustomerID).Scan(&exists); err != nil {
+		return Loan{}, fmt.Errorf("checking customer: %w", err)
+	}
+	if !exists {
+		return Loan{}, errNoCustomer
+	}
+	row := tx.QueryRow(ctx, `INSERT INTO loans (loan_id, customer_id, lender_id, amount, balance, currency, term_months, status)
+		VALUES ($1, $2, $3, $4::numeric, $4::numeric, $5, $6, 'ACTIVE') RETURNING `+loanCols,
+		"ln_"+newRequestID(), req.CustomerID, lender, amount.String(), req.Currency, req.TermMonths)
+	l, err := scanLoan(row)
+	if err != nil {
+		return l, fmt.Errorf("inserting loan: %w", err)
+	}
+	return l, nil
+}
+
+func (s *Server) auditEntry(ctx context.Context, p auth.Principal, action, resource, purpose, result string) audit.Entry {
+	return audit.Entry{Actor: p.Subject, Lender: p.Lender, Action: action, Resource: resource,
+		Purpose: purpose, Result: result, RequestID: requestID(ctx), At: time.Now()}
+}
+
+// auditRead appends a read's audit row before its response is sent.
+func (s *Server) auditRead(w http.ResponseWriter, r *http.Request, e audit.Entry) bool {
+	if err := s.audit.Append(r.Context(), e); err != nil {
+		s.log.Error("audit append", "request_id", requestID(r.Context()), "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, r, http.StatusServiceUnavailable, "audit-unavailable", "the audit log could not be written; retry")
+		return false
+	}
+	return true
+}
+
+// notFoundAudited answers 404 for a resource the caller may not see (or
+// that does not exist) and audits the denied access.
+func (s *Server) notFoundAudited(w http.ResponseWriter, r *http.Request, action, resource string) {
+	p, _ := principalOf(r.Context())
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, action, resource, "", audit.ResultDenied)) {
+		return
+	}
+	writeProblem(w, r, http.StatusNotFound, "not-found", "no such "+strings.Split(resource, "/")[0])
+}
+
+type patchLoanReq struct {
+	Status  *string `json:"status"`
+	Balance *string `json:"balance"`
+}
+
+func parseIfMatch(h string) (int64, bool) {
+	h = strings.TrimPrefix(strings.TrimSpace(h), "W/")
+	if len(h) < 3 || h[0] != '"' || h[len(h)-1] != '"' {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(h[1:len(h)-1], 10, 64)
+	return v, err == nil && v > 0
+}
+
+func (s *Server) patchLoan(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	id := r.PathValue("id")
+	im := r.Header.Get("If-Match")
+	if im == "" {
+		writeProblem(w, r, http.StatusPreconditionRequired, "if-match-required", `send If-Match: "<version>" from the loan's ETag`)
+		return
+	}
+	ver, ok := parseIfMatch(im)
+	if !ok {
+		writeProblem(w, r, http.StatusBadRequest, "bad-if-match", `If-Match must be a quoted version, e.g. "3"`)
+		return
+	}
+	var req patchLoanReq
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.Status == nil && req.Balance == nil {
+		writeProblem(w, r, http.StatusUnprocessableEntity, "empty-patch", "send status and/or balance")
+		return
+	}
+	var bal *money.Amount
+	if req.Balance != nil {
+		a, err := money.Parse(*req.Balance)
+		if err != nil || a < 0 {
+			writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-balance", `balance must be a non-negative decimal string, e.g. "120.50"`)
+			return
+		}
+		bal = &a
+	}
+	if req.Status != nil && !knownStatus(*req.Status) {
+		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-status", "status must be one of ACTIVE, DELINQUENT, DEFAULTED, PAID, CHARGED_OFF")
+		return
+	}
+	s.applyPatch(w, r, p, id, ver, req.Status, bal)
+}
+
+// patchError is a client-facing outcome of a patch.
+type patchError struct {
+	status int
+	kind   string
+	detail string
+	etag   string
+}
+
+func (e *patchError) Error() string { return e.detail }
+
+func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, p auth.Principal, id string, ver int64, status *string, bal *money.Amount) {
+	ctx := r.Context()
+	var out Loan
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		cur, err := s.store.loan(ctx, tx, p.Lender, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return &patchError{status: http.StatusNotFound}
+		}
+		if err != nil {
+			return err
+		}
+		if cur.Version != ver {
+			return &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", etag: etag(cur.Version),
+				detail: fmt.Sprintf("If-Match version %d is stale; the loan is at version %d", ver, cur.Version)}
+		}
+		next, perr := nextState(cur, status, bal)
+		if perr != nil {
+			return perr
+		}
+		row := tx.QueryRow(ctx, `UPDATE loans SET status = $4, balance = $5::numeric, version = version + 1, updated_at = now()
+			WHERE loan_id = $1 AND lender_id = $2 AND version = $3 RETURNING `+loanCols, id, p.Lender, ver, next.Status, next.Balance)
+		out, err = scanLoan(row)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", detail: "the loan changed concurrently; re-read it"}
+		}
+		if err != nil {
+			return fmt.Errorf("updating loan: %w", err)
+		}
+		return audit.Append(ctx, tx, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
+	})
+	s.finishPatch(w, r, out, err)
+}
+
+func (s *Server) finishPatch(w http.ResponseWriter, r *http.Request, out Loan, err error) {
+	var pe *patchError
+	switch {
+	case errors.As(err, &pe) && pe.status == http.StatusNotFound:
+		s.notFoundAudited(w, r, "loan.update", "loan/"+r.PathValue("id"))
+	case errors.As(err, &pe):
+		if pe.etag != "" {
+			w.Header().Set("ETag", pe.etag)
+		}
+		writeProblem(w, r, pe.status, pe.kind, pe.detail)
+	case err != nil:
+		s.log.Error("updating loan", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not update the loan")
+	default:
+		w.Header().Set("ETag", etag(out.Version))
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+// nextState validates a status and/or balance change against cur.
+func nextState(cur Loan, status *string, bal *money.Amount) (Loan, error) {
+	next := cur
+	if cur.Status == StatusPaid || cur.Status == StatusChargedOff {
+		return next, &patchError{status: http.StatusConflict, kind: "loan-closed",
+			detail: fmt.Sprintf("loan is %s; no further changes are allowed", cur.Status)}
+	}
+	if status != nil && *status != cur.Status {
+		if !legalTransition(cur.Status, *status) {
+			return next, &patchError{status: http.StatusConflict, kind: "illegal-transition",
+				detail: fmt.Sprintf("illegal status transition %s -> %s", cur.Status, *status)}
+		}
+		next.Status = *status
+	}
+	amount, _ := money.Parse(cur.Amount)
+	if bal != nil {
+		if *bal > amount {
+			return next, &patchError{status: http.StatusUnprocessableEntity, kind: "invalid-balance",
+				detail: fmt.Sprintf("balance %s exceeds the loan amount %s", bal, amount)}
+		}
+		next.Balance = bal.String()
+	}
+	if next.Status == StatusPaid {
+		if bal != nil && *bal != 0 {
+			return next, &patchError{status: http.StatusUnprocessableEntity, kind: "invalid-balance", detail: "a PAID loan has balance 0.00"}
+		}
+		next.Balance = money.Amount(0).String()
+	}
+	return next, nil
+}
+
+func (s *Server) getLoan(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	id := r.PathValue("id")
+	l, err := s.readLoan(r.Context(), p.Lender, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		s.notFoundAudited(w, r, "loan.read", "loan/"+id)
+		return
+	}
+	if err != nil {
+		s.log.Error("reading loan", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not read the loan")
+		return
+	}
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "loan.read", "loan/"+id, "", audit.ResultOK)) {
+		return
+	}
+	w.Header().Set("ETag", etag(l.Version))
+	writeJSON(w, http.StatusOK, l)
+}
+
+func (s *Server) readLoan(ctx context.Context, lender, id string) (Loan, error) {
+	row := s.pool.QueryRow(ctx, "SELECT "+loanCols+" FROM loans WHERE loan_id = $1 AND lender_id = $2", id, lender)
+	return scanLoan(row)
+}
+
+type loanPage struct {
+	Items      []Loan `json:"items"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+func (s *Server) listLoans(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	q := r.URL.Query()
+	lender := p.Lender
+	if l := q.Get("lender"); l != "" && l != p.Lender {
+		if !p.Scopes[auth.ScopeAdmin] {
+			s.notFoundAudited(w, r, "loan.list", "loans/lender="+l)
+			return
+		}
+		lender = l
+	}
+	limit := 50
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 200 {
+			writeProblem(w, r, http.StatusBadRequest, "bad-limit", "limit must be within 1..200")
+			return
+		}
+		limit = n
+	}
+	after := ""
+	if c := q.Get("cursor"); c != "" {
+		b, err := base64.RawURLEncoding.DecodeString(c)
+		if err != nil || len(b) == 0 || len(b) > 128 {
+			writeProblem(w, r, http.StatusBadRequest, "bad-cursor", "cursor is not one this API returned")
+			return
+		}
+		after = string(b)
+	}
+	page, err := s.pageLoans(r.Context(), lender, after, limit)
+	if err != nil {
+		s.log.Error("listing loans", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not list loans")
+		return
+	}
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "loan.list", "loans/lender="+lender, "", audit.ResultOK)) {
+		return
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func (s *Server) pageLoans(ctx context.Context, lender, after string, limit int) (loanPage, error) {
+	rows, err := s.pool.Query(ctx, "SELECT "+loanCols+" FROM loans WHERE lender_id = $1 AND loan_id > $2 ORDER BY loan_id LIMIT $3",
+		lender, after, limit+1)
+	if err != nil {
+		return loanPage{}, err
+	}
+	defer rows.Close()
+	page := loanPage{Items: []Loan{}}
+	for rows.Next() {
+		l, err := scanLoan(rows)
+		if err != nil {
+			return page, err
+		}
+		page.Items = append(page.Items, l)
+	}
+	if err := rows.Err(); err != nil {
+		return page, err
+	}
+	if len(page.Items) > limit {
+		page.Items = page.Items[:limit]
+		page.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(page.Items[limit-1].LoanID))
+	}
+	return page, nil
+}

@@ -1,0 +1,242 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/loanflow/loanflow/api/audit"
+	"github.com/loanflow/loanflow/api/auth"
+	"github.com/loanflow/loanflow/api/internal/money"
+	"github.com/loanflow/loanflow/api/pii"
+)
+
+// Permissible-purpose codes (FCRA §604 style) a credit pull must carry.
+var permissiblePurposes = map[string]bool{
+	"CREDIT_TRANSACTION": true, // underwriting a credit application
+	"ACCOUNT_REVIEW":     true, // reviewing an existing account
+	"COLLECTION":         true, // collecting on an account
+	"CONSUMER_REQUEST":   true, // written instruction of the consumer
+	"INSURANCE":          true, // insurance underwriting
+}
+
+// CreditProfile is the cached, PII-free view of a customer's credit.
+type CreditProfile struct {
+	CustomerID      string          `json:"customer_id"`
+	Score           int             `json:"score"`
+	ScoreHistory    json.RawMessage `json:"score_history"`
+	CreditLimit     string          `json:"credit_limit"`
+	CurrentBalance  string          `json:"current_balance"`
+	AvailableCredit string          `json:"available_credit"`
+	RiskTier        string          `json:"risk_tier"`
+	Status          string          `json:"status"`
+	Version         int64           `json:"version"`
+	UpdatedAt       time.Time       `json:"updated_at"`
+}
+
+// PII is a customer's decrypted personal data (pii:read only; never cached).
+type PII struct {
+	Name        string `json:"name"`
+	SSN         string `json:"ssn"`
+	Address     string `json:"address,omitempty"`
+	DateOfBirth string `json:"date_of_birth,omitempty"`
+}
+
+type profileResponse struct {
+	CreditProfile
+	Source string `json:"source"` // cache | database
+	PII    *PII   `json:"pii,omitempty"`
+}
+
+var errNoProfile = errors.New("api: no such credit profile")
+
+func cacheKey(id string) string { return "profile:" + id }
+
+// profileCache is cache-aside over Redis behind a circuit breaker, with
+// misses coalesced per id.
+func (s *Server) cachedProfile(ctx context.Context, id string) (CreditProfile, string, error) {
+	if b, err := s.cacheGet(ctx, id); err == nil {
+		var cp CreditProfile
+		if json.Unmarshal(b, &cp) == nil {
+			s.metrics.cache.WithLabelValues("hit").Inc()
+			return cp, "cache", nil
+		}
+	}
+	v, err, _ := s.flight.Do(id, func() (any, error) {
+		// Detached from the first caller's cancellation; bounded.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+		defer cancel()
+		cp, err := s.loadProfile(cctx, id)
+		if err != nil {
+			return nil, err
+		}
+		s.cacheSet(cctx, cp)
+		return cp, nil
+	})
+	if err != nil {
+		return CreditProfile{}, "", err
+	}
+	return v.(CreditProfile), "database", nil
+}
+
+// cacheGet returns the cached bytes; any error (miss, Redis down, breaker
+// open) sends the caller to PostgreSQL.
+func (s *Server) cacheGet(ctx context.Context, id string) ([]byte, error) {
+	b, err := s.breaker.Execute(func() ([]byte, error) {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+		defer cancel()
+		return s.redis.Get(cctx, cacheKey(id)).Bytes()
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, redis.Nil):
+		s.metrics.cache.WithLabelValues("miss").Inc()
+	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		s.metrics.cache.WithLabelValues("bypass").Inc()
+	default:
+		s.metrics.cache.WithLabelValues("error").Inc()
+	}
+	return b, err
+}
+
+func (s *Server) cacheSet(ctx context.Context, cp CreditProfile) {
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return
+	}
+	ttl := s.cfg.CacheTTL
+	if j := s.cfg.CacheTTLJitter; j > 0 {
+		ttl += time.Duration(rand.Int64N(int64(j)))
+	}
+	_, _ = s.breaker.Execute(func() ([]byte, error) {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+		defer cancel()
+		return nil, s.redis.Set(cctx, cacheKey(cp.CustomerID), b, ttl).Err()
+	})
+}
+
+func newBreaker(cfg *Config, m *metrics) *gobreaker.CircuitBreaker[[]byte] {
+	return gobreaker.NewCircuitBreaker[[]byte](gobreaker.Settings{
+		Name:        "redis",
+		MaxRequests: 1,
+		Timeout:     cfg.BreakerOpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.BreakerFailures },
+		IsSuccessful: func(err error) bool {
+			return err == nil || errors.Is(err, redis.Nil)
+		},
+		OnStateChange: func(_ string, _, to gobreaker.State) { m.breaker.Set(float64(to)) },
+	})
+}
+
+func (s *Server) loadProfile(ctx context.Context, id string) (CreditProfile, error) {
+	var cp CreditProfile
+	var hist []byte
+	err := s.pool.QueryRow(ctx, `SELECT c.customer_id, p.current_score, p.score_history, c.credit_limit::text,
+		c.current_balance::text, c.risk_tier, c.status, c.version, GREATEST(p.updated_at, c.updated_at)
+		FROM customers c JOIN credit_profiles p USING (customer_id) WHERE c.customer_id = $1`, id).
+		Scan(&cp.CustomerID, &cp.Score, &hist, &cp.CreditLimit, &cp.CurrentBalance, &cp.RiskTier, &cp.Status, &cp.Version, &cp.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return cp, errNoProfile
+	}
+	if err != nil {
+		return cp, fmt.Errorf("api: loading profile: %w", err)
+	}
+	cp.ScoreHistory = hist
+	lim, err1 := money.Parse(cp.CreditLimit)
+	bal, err2 := money.Parse(cp.CurrentBalance)
+	if err := errors.Join(err1, err2); err != nil {
+		return cp, fmt.Errorf("api: stored money: %w", err)
+	}
+	cp.CreditLimit, cp.CurrentBalance = lim.String(), bal.String()
+	avail := lim - bal
+	if avail < 0 {
+		avail = 0
+	}
+	cp.AvailableCredit = avail.String()
+	return cp, nil
+}
+
+func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	id := r.PathValue("id")
+	purpose := r.URL.Query().Get("purpose")
+	if purpose == "" {
+		purpose = r.Header.Get("X-Permissible-Purpose")
+	}
+	if !permissiblePurposes[purpose] {
+		writeProblem(w, r, http.StatusBadRequest, "permissible-purpose-required",
+			"send a permissible-purpose code (?purpose= or X-Permissible-Purpose): CREDIT_TRANSACTION, ACCOUNT_REVIEW, COLLECTION, CONSUMER_REQUEST or INSURANCE")
+		return
+	}
+	if len(id) == 0 || len(id) > 64 {
+		writeProblem(w, r, http.StatusBadRequest, "bad-id", "customer id must be 1-64 characters")
+		return
+	}
+	cp, source, err := s.cachedProfile(r.Context(), id)
+	if errors.Is(err, errNoProfile) {
+		if s.auditRead(w, r, s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultDenied)) {
+			writeProblem(w, r, http.StatusNotFound, "not-found", "no such credit profile")
+		}
+		return
+	}
+	if err != nil {
+		s.log.Error("credit profile", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not read the credit profile")
+		return
+	}
+	resp := profileResponse{CreditProfile: cp, Source: source}
+	entries := []audit.Entry{s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultOK)}
+	if r.URL.Query().Get("include") == "pii" {
+		if !p.Has(auth.ScopePIIRead) {
+			writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "decrypting PII needs scope pii:read")
+			return
+		}
+		pi, err := s.decryptCustomer(r.Context(), id)
+		if err != nil {
+			s.log.Error("decrypting PII", "request_id", requestID(r.Context()), "err", err)
+			writeProblem(w, r, http.StatusInternalServerError, "internal", "could not decrypt PII")
+			return
+		}
+		resp.PII = &pi
+		entries = append(entries, s.auditEntry(r.Context(), p, "pii.read", "customer/"+id, purpose, audit.ResultOK))
+	}
+	for _, e := range entries {
+		if !s.auditRead(w, r, e) {
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) decryptCustomer(ctx context.Context, id string) (PII, error) {
+	var name, ssn, addr, dob []byte
+	err := s.pool.QueryRow(ctx, "SELECT name_ct, ssn_ct, address_ct, dob_ct FROM customers WHERE customer_id = $1", id).
+		Scan(&name, &ssn, &addr, &dob)
+	if err != nil {
+		return PII{}, err
+	}
+	var out PII
+	for _, c := range []struct {
+		col string
+		ct  []byte
+		dst *string
+	}{{"name_ct", name, &out.Name}, {"ssn_ct", ssn, &out.SSN}, {"address_ct", addr, &out.Address}, {"dob_ct", dob, &out.DateOfBirth}} {
+		if c.ct == nil {
+			continue
+		}
+		pt, err := s.keys.Decrypt(pii.Field{Table: "customers", Column: c.col, Row: id}, c.ct)
+		if err != nil {
+			return PII{}, err
+		}
+		*c.dst = string(pt)
+	}
+	return out, nil
+}

@@ -1,0 +1,351 @@
+package api
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/loanflow/loanflow/api/audit"
+	"github.com/loanflow/loanflow/api/auth"
+	"github.com/loanflow/loanflow/api/migrations"
+	"github.com/loanflow/loanflow/api/pii"
+)
+
+//go:embed web/*.html
+var webFS embed.FS
+
+// Server is the Loanflow HTTP API. New connects it; Run serves until its
+// context ends, then shuts down gracefully; Close releases the rest.
+type Server struct {
+	cfg        Config
+	log        *slog.Logger
+	pool       *pgxpool.Pool
+	store      *store
+	redis      *redis.Client
+	breaker    *gobreaker.CircuitBreaker[[]byte]
+	flight     singleflight.Group
+	keys       *pii.Keyring
+	issuer     *auth.Issuer
+	validator  *auth.Validator
+	audit      *audit.Writer
+	producer   *kgo.Client
+	consumer   *kgo.Client
+	codecs     Codecs
+	hub        *hub
+	limits     limiters
+	streams    *semaphore.Weighted
+	registry   *prometheus.Registry
+	metrics    *metrics
+	badRecords prometheus.Counter
+	handler    http.Handler
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup // background loops
+	bgCancel  context.CancelFunc
+}
+
+// New validates cfg, applies the migrations and connects PostgreSQL, Redis
+// and Kafka. codecs may be nil, in which case the Avro serde of package
+// schemas is used through cfg.SchemaRegistryURL.
+func New(ctx context.Context, cfg Config, codecs Codecs) (*Server, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, closing: make(chan struct{}), codecs: codecs}
+	if err := s.connect(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.handler = s.routes()
+	bg, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	s.start(bg, s.runHub)
+	s.start(bg, s.reloadKeys)
+	s.start(bg, s.rotateSigningKeys)
+	return s, nil
+}
+
+func (s *Server) start(ctx context.Context, fn func(context.Context)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn(ctx)
+	}()
+}
+
+func (s *Server) connect(ctx context.Context) error {
+	if _, err := migrations.Up(ctx, s.cfg.DatabaseURL); err != nil {
+		return err
+	}
+	pcfg, err := pgxpool.ParseConfig(s.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("api: parsing DatabaseURL: %w", err)
+	}
+	pcfg.MaxConns = s.cfg.DBMaxConns
+	if s.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+		return fmt.Errorf("api: connecting to PostgreSQL: %w", err)
+	}
+	s.store = &store{pool: s.pool}
+	if err := s.connectRedis(); err != nil {
+		return err
+	}
+	if s.keys, err = pii.Open(ctx, s.cfg.PII); err != nil {
+		return err
+	}
+	if err := s.setupAuth(); err != nil {
+		return err
+	}
+	s.registry = prometheus.NewRegistry()
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.metrics = newMetrics(s.registry)
+	s.badRecords = prometheus.NewCounter(prometheus.CounterOpts{Name: "loanflow_api_undecodable_records_total", Help: "Topic records the API could not decode."})
+	s.registry.MustRegister(s.badRecords)
+	s.breaker = newBreaker(&s.cfg, s.metrics)
+	s.hub = newHub(s.cfg.DecisionCacheSize, s.cfg.MaxLenders)
+	s.streams = semaphore.NewWeighted(int64(s.cfg.MaxStreams))
+	s.audit = audit.NewWriter(s.pool, audit.WriterConfig{})
+	return s.connectKafka(ctx)
+}
+
+func (s *Server) connectRedis() error {
+	opts, err := redis.ParseURL(s.cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("api: parsing RedisURL: %w", err)
+	}
+	opts.DialTimeout = 200 * time.Millisecond
+	opts.ReadTimeout = s.cfg.RedisTimeout
+	opts.WriteTimeout = s.cfg.RedisTimeout
+	opts.MaxRetries = -1 // the breaker, not retries, handles an outage
+	opts.PoolSize = 64
+	s.redis = redis.NewClient(opts)
+	return nil
+}
+
+func (s *Server) setupAuth() error {
+	var err error
+	if s.cfg.DevIssuer {
+		s.issuer, err = auth.NewIssuer(auth.IssuerConfig{Issuer: s.cfg.PublicURL, TokenTTL: s.cfg.TokenTTL})
+		if err != nil {
+			return err
+		}
+	}
+	vc := auth.ValidatorConfig{Issuer: s.cfg.PublicURL, Audience: s.cfg.Audience, Skew: s.cfg.ClockSkew}
+	switch {
+	case s.cfg.ExternalIssuer != "":
+		vc.Issuer = s.cfg.ExternalIssuer
+		vc.Keys = &auth.HTTPKeySource{URL: s.cfg.ExternalJWKSURL, MinRefetchInterval: s.cfg.JWKSMinRefetchInterval}
+	case s.cfg.JWKSURL != "":
+		vc.Keys = &auth.HTTPKeySource{URL: s.cfg.JWKSURL, MinRefetchInterval: s.cfg.JWKSMinRefetchInterval}
+	default:
+		vc.Keys = s.issuer
+	}
+	s.validator, err = auth.NewValidator(vc)
+	return err
+}
+
+func (s *Server) connectKafka(ctx context.Context) error {
+	var err error
+	if s.codecs == nil {
+		if s.codecs, err = NewAvroCodecs(ctx, s.cfg.SchemaRegistryURL, s.cfg.ApplicationsTopic, s.cfg.DecisionsTopic, s.cfg.MetricsTopic); err != nil {
+			return err
+		}
+	}
+	s.producer, err = kgo.NewClient(kgo.SeedBrokers(s.cfg.KafkaBrokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerLinger(0), kgo.RecordDeliveryTimeout(5*time.Second))
+	if err != nil {
+		return fmt.Errorf("api: Kafka producer: %w", err)
+	}
+	s.consumer, err = kgo.NewClient(kgo.SeedBrokers(s.cfg.KafkaBrokers...),
+		kgo.ConsumeTopics(s.cfg.DecisionsTopic, s.cfg.MetricsTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.MetadataMinAge(time.Second))
+	if err != nil {
+		return fmt.Errorf("api: Kafka consumer: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	p := func(scope string, h http.HandlerFunc) http.HandlerFunc { return s.protect(route{scope: scope}, h) }
+	mux.HandleFunc("GET /v1/credit-profiles/{id}", p(auth.ScopeCreditRead, s.getCreditProfile))
+	mux.HandleFunc("POST /v1/loans", p(auth.ScopeLoansWrite, s.createLoan))
+	mux.HandleFunc("PATCH /v1/loans/{id}", p(auth.ScopeLoansWrite, s.patchLoan))
+	mux.HandleFunc("GET /v1/loans", p(auth.ScopeLoansWrite, s.listLoans))
+	mux.HandleFunc("GET /v1/loans/{id}", p(auth.ScopeLoansWrite, s.getLoan))
+	mux.HandleFunc("POST /v1/loan-applications", p(auth.ScopeApplicationsWrite, s.postApplication))
+	mux.HandleFunc("GET /v1/loan-applications/{id}/decision", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.getDecision))
+	mux.HandleFunc("GET /v1/decisions/stream", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.streamDecisions))
+	mux.HandleFunc("GET /v1/portfolio", p(auth.ScopePortfolioRead, s.getPortfolio))
+	mux.HandleFunc("POST /v1/customers", p(auth.ScopeAdmin, s.postCustomer))
+	mux.HandleFunc("POST /v1/admin/lenders", p(auth.ScopeAdmin, s.postLender))
+	mux.HandleFunc("POST /v1/admin/clients", p(auth.ScopeAdmin, s.postClient))
+	mux.HandleFunc("GET /v1/admin/pipeline-health", p(auth.ScopeAdmin, s.getHealth))
+	mux.HandleFunc("GET /dashboard", s.dashboardPage)
+	mux.HandleFunc("POST /dashboard/login", s.dashboardLogin)
+	mux.HandleFunc("GET /dashboard/events", s.protect(route{scope: auth.ScopePortfolioRead, cookieOK: true, stream: true}, s.dashboardEvents))
+	mux.HandleFunc("GET /operator", s.operatorPage)
+	if s.issuer != nil {
+		mux.HandleFunc("POST /oauth/token", s.token)
+		mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, r, http.StatusNotFound, "not-found", "no such route")
+	})
+	return s.instrument(mux)
+}
+
+// readyz reports ready when PostgreSQL and Kafka answer; Redis being down
+// degrades (lookups fall back to PostgreSQL) but does not fail readiness.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	out := map[string]string{"postgres": "ok", "kafka": "ok", "redis": "ok"}
+	code := http.StatusOK
+	if err := s.pool.Ping(ctx); err != nil {
+		out["postgres"], code = "down", http.StatusServiceUnavailable
+	}
+	if err := s.producer.Ping(ctx); err != nil {
+		out["kafka"], code = "down", http.StatusServiceUnavailable
+	}
+	if err := s.redis.Ping(ctx).Err(); err != nil {
+		out["redis"] = "degraded: serving from PostgreSQL"
+	}
+	writeJSON(w, code, out)
+}
+
+// Handler is the API's HTTP handler (for tests and embedding).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Registry is the server's Prometheus registry.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// Pool is the server's PostgreSQL pool.
+func (s *Server) Pool() *pgxpool.Pool { return s.pool }
+
+// Issuer is the dev issuer (nil when an external issuer is configured).
+func (s *Server) Issuer() *auth.Issuer { return s.issuer }
+
+// Keys is the PII keyring.
+func (s *Server) Keys() *pii.Keyring { return s.keys }
+
+// Serve serves on ln until ctx ends, then shuts down gracefully: it stops
+// accepting, ends streams and long-polls, and waits up to ShutdownTimeout
+// for in-flight requests.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	hs.RegisterOnShutdown(s.signalClosing)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("api: serving: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	<-errc
+	if err != nil {
+		return fmt.Errorf("api: shutting down: %w", err)
+	}
+	return nil
+}
+
+// Run listens on cfg.Addr and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("api: listening on %s: %w", s.cfg.Addr, err)
+	}
+	s.log.Info("api listening", "addr", ln.Addr().String(), "public_url", s.cfg.PublicURL)
+	return s.Serve(ctx, ln)
+}
+
+func (s *Server) signalClosing() { s.closeOnce.Do(func() { close(s.closing) }) }
+
+// Close stops background loops and releases connections. Call after Serve
+// returned.
+func (s *Server) Close() {
+	s.signalClosing()
+	if s.bgCancel != nil {
+		s.bgCancel()
+	}
+	s.wg.Wait()
+	if s.audit != nil {
+		s.audit.Close()
+	}
+	for _, c := range []*kgo.Client{s.consumer, s.producer} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	if s.redis != nil {
+		_ = s.redis.Close()
+	}
+	if s.pool != nil {
+		s.pool.Close()
+	}
+}
+
+func (s *Server) reloadKeys(ctx context.Context) {
+	t := time.NewTicker(s.cfg.KeysReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if ok, err := s.keys.Reload(); err != nil {
+				s.log.Error("reloading PII keysets", "err", err)
+			} else if ok {
+				s.log.Info("PII keysets reloaded", "primary_key_id", s.keys.PrimaryKeyID())
+			}
+		}
+	}
+}
+
+func (s *Server) rotateSigningKeys(ctx context.Context) {
+	if s.issuer == nil || s.cfg.KeyRotationInterval < 0 {
+		return
+	}
+	t := time.NewTicker(s.cfg.KeyRotationInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if kid, err := s.issuer.Rotate(); err != nil {
+				s.log.Error("rotating signing key", "err", err)
+			} else {
+				s.log.Info("signing key rotated", "kid", kid)
+			}
+		}
+	}
+}
+
+var _ = errors.New

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -76,6 +77,7 @@ type metrics struct {
 	cache    *prometheus.CounterVec
 	breaker  prometheus.Gauge
 	limited  prometheus.Counter
+	dbLoads  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -96,8 +98,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		limited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loanflow_api_rate_limited_total", Help: "Requests refused with 429.",
 		}),
+		dbLoads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loanflow_api_profile_db_loads_total", Help: "Credit profiles loaded from PostgreSQL (coalesced misses).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.cache, m.breaker, m.limited)
+	reg.MustRegister(m.requests, m.duration, m.cache, m.breaker, m.limited, m.dbLoads)
 	return m
 }
 
@@ -132,9 +137,12 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 			}
 			s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(code)).Inc()
 			s.metrics.duration.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+			level := slog.LevelDebug
 			if code >= 500 {
-				s.log.Warn("request", "route", route, "method", r.Method, "status", code, "request_id", id, "duration_ms", time.Since(start).Milliseconds())
+				level = slog.LevelWarn
 			}
+			s.log.Log(r.Context(), level, "request", "route", route, "method", r.Method, "status", code,
+				"request_id", id, "duration_ms", time.Since(start).Milliseconds())
 		}()
 		next.ServeHTTP(rec, r)
 	})

@@ -137,6 +137,7 @@ func newBreaker(cfg *Config, m *metrics) *gobreaker.CircuitBreaker[[]byte] {
 }
 
 func (s *Server) loadProfile(ctx context.Context, id string) (CreditProfile, error) {
+	s.metrics.dbLoads.Inc()
 	var cp CreditProfile
 	var hist []byte
 	err := s.pool.QueryRow(ctx, `SELECT c.customer_id, p.current_score, p.score_history, c.credit_limit::text,

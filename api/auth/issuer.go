@@ -80,6 +80,7 @@ type Grant struct {
 
 type signingKey struct {
 	kid  string
+	raw  *ecdsa.PrivateKey // signs; the header's kid is set explicitly
 	priv jwk.Key
 	pub  jwk.Key
 }
@@ -138,7 +139,7 @@ func (is *Issuer) Rotate() (string, error) {
 	}
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	is.mu.keys = append(is.mu.keys, signingKey{kid: kid, priv: priv, pub: pub})
+	is.mu.keys = append(is.mu.keys, signingKey{kid: kid, raw: raw, priv: priv, pub: pub})
 	if n := len(is.mu.keys) - 1 - is.cfg.RetainKeys; n > 0 {
 		is.mu.keys = append([]signingKey(nil), is.mu.keys[n:]...)
 	}
@@ -199,7 +200,7 @@ func (is *Issuer) Sign(claims map[string]any, extraHeaders map[string]any) (stri
 			return "", fmt.Errorf("auth: header %s: %w", name, err)
 		}
 	}
-	out, err := jws.Sign(payload, jws.WithKey(jwa.ES256(), k.priv, jws.WithProtectedHeaders(hdr)))
+	out, err := jws.Sign(payload, jws.WithKey(jwa.ES256(), k.raw, jws.WithProtectedHeaders(hdr)))
 	if err != nil {
 		return "", fmt.Errorf("auth: signing: %w", err)
 	}

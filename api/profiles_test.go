@@ -1,0 +1,145 @@
+package api
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/loanflow/loanflow/internal/testenv"
+)
+
+type profileResp struct {
+	CreditProfile
+	Source string `json:"source"`
+	PII    *PII   `json:"pii"`
+}
+
+func (e *env) profile(tok, id string) (profileResp, response) {
+	e.t.Helper()
+	r := e.do("GET", "/v1/credit-profiles/"+id+"?purpose=CREDIT_TRANSACTION", tok, nil)
+	var p profileResp
+	if r.status == 200 {
+		r.json(e.t, &p)
+	}
+	return p, r
+}
+
+func TestCreditProfileCacheAndPurpose(t *testing.T) {
+	e := newEnv(t)
+	tok := e.lender("bank-p")
+	pii := e.lender("bank-pii", "pii:read")
+	e.customer("c-p", "Katherine Johnson", "333-44-5555")
+	if r := e.do("GET", "/v1/credit-profiles/c-p", tok, nil); r.status != 400 {
+		t.Fatalf("no purpose: %d", r.status)
+	}
+	p, r := e.profile(tok, "c-p")
+	if r.status != 200 || p.Source != "database" || p.Score != 710 || p.AvailableCredit != "10000.00" || p.PII != nil {
+		t.Fatalf("first: %d %s", r.status, r.body)
+	}
+	if p, _ := e.profile(tok, "c-p"); p.Source != "cache" {
+		t.Fatalf("second lookup source %q, want cache", p.Source)
+	}
+	if _, r := e.profile(tok, "nobody"); r.status != 404 {
+		t.Fatalf("unknown: %d", r.status)
+	}
+	if r := e.do("GET", "/v1/credit-profiles/c-p?purpose=CREDIT_TRANSACTION&include=pii", tok, nil); r.status != 403 {
+		t.Fatalf("pii without scope: %d", r.status)
+	}
+	r = e.do("GET", "/v1/credit-profiles/c-p?purpose=ACCOUNT_REVIEW&include=pii", pii, nil)
+	var full profileResp
+	r.json(t, &full)
+	if r.status != 200 || full.PII == nil || full.PII.Name != "Katherine Johnson" || full.PII.SSN != "333445555" {
+		t.Fatalf("pii read: %d %s", r.status, r.body)
+	}
+	var n int
+	_ = e.srv.Pool().QueryRow(context.Background(), "SELECT count(*) FROM audit_log WHERE action = 'pii.read' AND purpose = 'ACCOUNT_REVIEW' AND lender_id = 'bank-pii'").Scan(&n)
+	if n != 1 {
+		t.Fatalf("pii.read audit rows = %d", n)
+	}
+	// Coalescing: concurrent misses for one id hit PostgreSQL once.
+	e.customer("c-hot", "Dorothy Vaughan", "444-55-6666")
+	before := counter(t, e, "loanflow_api_profile_db_loads_total")
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); <-start; e.profile(tok, "c-hot") }()
+	}
+	close(start)
+	wg.Wait()
+	if got := counter(t, e, "loanflow_api_profile_db_loads_total") - before; got != 1 {
+		t.Fatalf("20 concurrent lookups of a cold id loaded it %v times from PostgreSQL, want 1", got)
+	}
+}
+
+func counter(t *testing.T, e *env, name string) float64 {
+	mfs, err := e.srv.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+func cacheCount(t *testing.T, e *env, result string) float64 {
+	mfs, err := e.srv.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "loanflow_api_profile_cache_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// TestRedisOutage: lookups keep answering from PostgreSQL while Redis is
+// stopped, and use the cache again once it is back.
+func TestRedisOutage(t *testing.T) {
+	rd := testenv.NewRedis(t)
+	e := newEnv(t, func(c *Config) { c.RedisURL = rd.URL() })
+	tok := e.lender("bank-r")
+	for _, id := range []string{"r-1", "r-2"} {
+		e.customer(id, "Mary Jackson", "555-66-7777")
+	}
+	e.profile(tok, "r-1")
+	if p, _ := e.profile(tok, "r-1"); p.Source != "cache" {
+		t.Fatalf("before outage: %s", p.Source)
+	}
+	rd.Stop()
+	for i := 0; i < 50; i++ {
+		p, r := e.profile(tok, "r-"+string(rune('1'+i%2)))
+		if r.status != 200 || p.Source != "database" {
+			t.Fatalf("lookup %d during outage: %d %s", i, r.status, r.body)
+		}
+	}
+	if cacheCount(t, e, "bypass") == 0 {
+		t.Fatal("circuit breaker never opened")
+	}
+	if err := rd.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "cache used again", func() bool {
+		p, r := e.profile(tok, "r-2")
+		return r.status == 200 && p.Source == "cache"
+	})
+	c := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer c.Close()
+	if n, _ := c.Exists(context.Background(), "profile:r-2").Result(); n != 1 {
+		t.Fatal("profile:r-2 not cached after recovery")
+	}
+	_ = time.Second
+}

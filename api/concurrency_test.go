@@ -38,7 +38,10 @@ func TestConcurrentConflictingUpdates(t *testing.T) {
 		}
 		loans = append(loans, l.LoanID)
 	}
-	type accepted struct{ loan string; version int64 }
+	type accepted struct {
+		loan    string
+		version int64
+	}
 	var (
 		mu        sync.Mutex
 		wins      = map[accepted]int{}

@@ -18,10 +18,10 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/sr/srfake"
 
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/connectors/schemaregistry"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/loanflow/loanflow/schemas"
 )
@@ -71,7 +71,7 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	dsn := testenv.NewDatabase(t)
 	rd := testenv.Redis(t)
 	e.brokers = testenv.Broker(t).Addrs()
-	e.registry = startRegistry(t)
+	e.registry = startRegistry(t, e.brokers)
 	topics := [3]string{testenv.Name(t, "apps"), testenv.Name(t, "decisions"), testenv.Name(t, "metrics")}
 	createTopics(t, e.brokers, topics[:]...)
 	dir := t.TempDir()
@@ -127,9 +127,30 @@ func (e *env) stopOnce() {
 	}
 }
 
-func startRegistry(t testing.TB) string {
-	reg := srfake.New()
-	t.Cleanup(reg.Close)
+// startRegistry runs the embedded schema registry on the shared broker,
+// storing its schemas in a topic of this test.
+func startRegistry(t testing.TB, brokers []string) string {
+	t.Helper()
+	reg, err := schemaregistry.New(schemaregistry.Config{Brokers: brokers, Listen: "127.0.0.1:0", Topic: testenv.Name(t, "schemas")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- reg.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("schema registry: %v", err)
+		}
+	})
+	select {
+	case <-reg.Ready():
+	case err := <-done:
+		t.Fatalf("schema registry: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("schema registry not ready")
+	}
 	return reg.URL()
 }
 

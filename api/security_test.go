@@ -36,7 +36,11 @@ func TestCrossLenderAccess(t *testing.T) {
 	dec, met, _ := e.avro()
 	e.produce(e.cfg.DecisionsTopic, decisionRecord(t, dec, "app-a-1", "bank-a", "APPROVED", 700))
 	e.produce(e.cfg.MetricsTopic, metricRecord(t, met, "bank-a", time.Now().UTC().Truncate(time.Minute), 3, "1500.00"))
-	waitFor(t, "decision consumed", func() bool { _, ok, ch := e.srv.hub.decision("app-a-1"); e.srv.hub.cancelWait("app-a-1", ch); return ok })
+	waitFor(t, "decision consumed", func() bool {
+		_, ok, ch := e.srv.hub.decision("app-a-1")
+		e.srv.hub.cancelWait("app-a-1", ch)
+		return ok
+	})
 
 	type attempt struct {
 		method, path string
@@ -151,9 +155,12 @@ func TestBadTokens(t *testing.T) {
 	tampered := parts[0] + "." + b64json(claims(func(c map[string]any) { c["lender_id"] = "bank-other"; c["scope"] = "admin" })) + "." + parts[2]
 	foreign := foreignToken(t, claims(nil), kid)
 	corpus := map[string]string{
-		"alg none":               none,
-		"HS256 with public key":  hsPub,
-		"expired":                sign(claims(func(c map[string]any) { c["exp"] = now.Add(-time.Hour).Unix(); c["iat"] = now.Add(-2 * time.Hour).Unix() }), nil),
+		"alg none":              none,
+		"HS256 with public key": hsPub,
+		"expired": sign(claims(func(c map[string]any) {
+			c["exp"] = now.Add(-time.Hour).Unix()
+			c["iat"] = now.Add(-2 * time.Hour).Unix()
+		}), nil),
 		"future nbf":             sign(claims(func(c map[string]any) { c["nbf"] = now.Add(time.Hour).Unix() }), nil),
 		"no exp":                 sign(claims(func(c map[string]any) { delete(c, "exp") }), nil),
 		"wrong iss":              sign(claims(func(c map[string]any) { c["iss"] = e.url + "/evil" }), nil),

@@ -1,0 +1,51 @@
+// Package api is Loanflow's HTTP API and live dashboard: credit-profile
+// lookups, the loan lifecycle, POS ingest, decision delivery, portfolio
+// metrics, and the OAuth2 dev issuer, on the standard library's ServeMux
+// with method and path patterns. Errors are RFC 9457 problem+json.
+//
+// # Routes
+//
+//	GET   /v1/credit-profiles/{id}             credit:read; ?purpose= required; ?include=pii needs pii:read
+//	POST  /v1/loans                            loans:write; Idempotency-Key required
+//	PATCH /v1/loans/{id}                       loans:write; If-Match: "<version>" required
+//	GET   /v1/loans, /v1/loans/{id}            loans:write; cursor paging
+//	POST  /v1/loan-applications                applications:write; 202, Avro to loan_applications
+//	GET   /v1/loan-applications/{id}/decision  applications:write; long-poll (?timeout=)
+//	GET   /v1/decisions/stream                 applications:write; server-sent events
+//	GET   /v1/portfolio                        portfolio:read
+//	POST  /v1/customers, /v1/admin/lenders, /v1/admin/clients, GET /v1/admin/pipeline-health   admin
+//	GET   /dashboard, /dashboard/events, POST /dashboard/login   live lender dashboard (cookie session)
+//	GET   /operator                            pipeline health page (admin)
+//	POST  /oauth/token, GET /.well-known/jwks.json   dev issuer (client credentials, ES256)
+//	GET   /healthz, /readyz, /metrics
+//
+// # Concepts
+//
+// The lender of a request comes only from the verified lender_id claim;
+// a lender's loans, decisions and portfolio are invisible to every other
+// lender (404, audited). Every read and write of credit or loan data is
+// audited (package audit): writes in their own transaction, reads before
+// the response is sent. Credit profiles are cached in Redis as profile:{id}
+// (no PII, TTL with jitter), misses are coalesced with singleflight, and a
+// circuit breaker sends lookups straight to PostgreSQL while Redis is
+// down. Idempotency keys are claimed in the transaction that creates the
+// loan, so concurrent requests with one key execute once and the others
+// replay the stored response. Updates are optimistic: the If-Match version
+// is the row's version and the UPDATE is conditional on it. PII is
+// encrypted with package pii before it is stored or produced.
+//
+// # Goroutines
+//
+// New starts three background loops (the decision/metric consumer, the
+// PII keyset reloader, the signing-key rotator) and the audit writer; Serve
+// runs the HTTP server; Close, after Serve returned, stops and waits for
+// all of them. Streams and long-polls end when shutdown begins; other
+// requests finish within ShutdownTimeout.
+//
+// # Errors
+//
+// New returns configuration and connection errors prefixed "api:";
+// handlers never panic on bad input (fuzz tests) and answer 4xx problems
+// that say what to fix. ErrInvalid and ErrConflict come from the admin
+// functions (CreateLender, CreateClient, CreateCustomer).
+package api

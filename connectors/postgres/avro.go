@@ -6,34 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/twmb/avro"
-	"github.com/twmb/franz-go/pkg/sr"
+	"github.com/loanflow/loanflow/schemas"
 )
 
 // Version of the reader, written to source.version.
 const Version = "0.1.0"
-
-// sourceSchema is the source block of the envelope; it matches
-// schemas/avro/cdc_source.avsc field for field.
-var sourceSchema = map[string]any{
-	"type": "record", "name": "Source", "namespace": "io.loanflow.cdc",
-	"fields": []any{
-		field("version", "string"),
-		field("connector", "string"),
-		field("name", "string"),
-		field("ts_ms", "long"),
-		map[string]any{"name": "snapshot", "type": "string", "default": "false"},
-		field("db", "string"),
-		optField("sequence", "string"),
-		field("schema", "string"),
-		field("table", "string"),
-		optField("txId", "long"),
-		optField("lsn", "long"),
-		optField("xmin", "long"),
-	},
-}
 
 func field(name string, typ any) map[string]any { return map[string]any{"name": name, "type": typ} }
 
@@ -74,21 +53,6 @@ func keySchema(t *table, ns string) map[string]any {
 	return map[string]any{"type": "record", "name": "Key", "namespace": ns, "fields": fields}
 }
 
-// envelopeSchema is the Debezium-style envelope of a table; it is
-// schemas/avro/cdc_envelope.avsc with the table's row as Value.
-func envelopeSchema(t *table, ns string) map[string]any {
-	return map[string]any{
-		"type": "record", "name": "Envelope", "namespace": ns,
-		"fields": []any{
-			optField("before", rowSchema(t, "Value", ns)),
-			optField("after", "Value"),
-			field("source", sourceSchema),
-			field("op", "string"),
-			optField("ts_ms", "long"),
-		},
-	}
-}
-
 // Registry registers schemas and returns their ids. The reader uses a
 // Confluent-compatible schema registry through franz-go's sr client.
 type Registry interface {
@@ -97,47 +61,33 @@ type Registry interface {
 	Register(ctx context.Context, subject, schema string) (int, error)
 }
 
-// SRRegistry is a Registry on franz-go's sr.Client, caching ids.
-type SRRegistry struct {
-	cl *sr.Client
-	mu struct {
-		sync.Mutex
-		ids map[[2]string]int
-	}
-}
-
-// NewSRRegistry returns a Registry talking to the registry at url.
-func NewSRRegistry(url string) (*SRRegistry, error) {
-	cl, err := sr.NewClient(sr.URLs(url))
+// NewRegistry returns a Registry on the project's registry client
+// (schemas.Client, franz-go's sr underneath), which caches ids.
+func NewRegistry(url string) (Registry, error) {
+	cl, err := schemas.NewClient(schemas.ClientConfig{URLs: []string{url}})
 	if err != nil {
 		return nil, fmt.Errorf("%w: schema registry client: %v", ErrConfig, err)
 	}
-	r := &SRRegistry{cl: cl}
-	r.mu.ids = map[[2]string]int{}
-	return r, nil
+	return registryAdapter{cl}, nil
 }
 
-// Register implements Registry.
-func (r *SRRegistry) Register(ctx context.Context, subject, schema string) (int, error) {
-	k := [2]string{subject, schema}
-	r.mu.Lock()
-	id, ok := r.mu.ids[k]
-	r.mu.Unlock()
-	if ok {
-		return id, nil
-	}
-	ss, err := r.cl.CreateSchema(ctx, subject, sr.Schema{Schema: schema, Type: sr.TypeAvro})
+// registryAdapter turns the client's incompatibility error into ErrSchema
+// with the registry's message (which names the field).
+type registryAdapter struct{ cl *schemas.Client }
+
+func (r registryAdapter) Register(ctx context.Context, subject, schema string) (int, error) {
+	id, err := r.cl.Register(ctx, subject, schema)
 	if err != nil {
-		var re *sr.ResponseError
-		if errors.As(err, &re) && re.StatusCode == 409 {
-			return 0, fmt.Errorf("%w: registry rejected a new version of %s as incompatible (%s); set the subject's compatibility or rename the topic", ErrSchema, subject, re.Message)
+		if errors.Is(err, schemas.ErrIncompatible) {
+			return 0, fmt.Errorf("%w: registry rejected a new version of %s as incompatible: %v; set the subject's compatibility level or use a new topic", ErrSchema, subject, err)
+		}
+		var se *schemas.Error
+		if errors.As(err, &se) && se.Retryable() {
+			return 0, fmt.Errorf("registering %s: %w", subject, err)
 		}
 		return 0, fmt.Errorf("%w: registering %s: %v", ErrSchema, subject, err)
 	}
-	r.mu.Lock()
-	r.mu.ids[k] = ss.ID
-	r.mu.Unlock()
-	return ss.ID, nil
+	return id, nil
 }
 
 // codec encodes the records of one table version: Avro with the Confluent
@@ -152,38 +102,64 @@ type codec struct {
 // TopicNameStrategy subjects <topic>-key and <topic>-value.
 func newCodec(ctx context.Context, reg Registry, t *table) (*codec, error) {
 	ns := avroNamespace(t.route.topic)
-	var val map[string]any
-	if t.route.mode == ModeUpsert {
-		val = rowSchema(t, "Value", ns)
-	} else {
-		val = envelopeSchema(t, ns)
+	val, err := valueSchema(t, ns)
+	if err != nil {
+		return nil, err
 	}
 	c := &codec{fields: make([]string, len(t.cols))}
 	for i, col := range t.cols {
 		c.fields[i] = col.field
 	}
-	var err error
-	if c.value, c.valueID, err = register(ctx, reg, t.route.topic+"-value", val); err != nil {
+	if c.value, c.valueID, err = register(ctx, reg, schemas.ValueSubject(t.route.topic), val); err != nil {
 		return nil, err
 	}
 	if len(t.keyIdx) > 0 {
-		if c.key, c.keyID, err = register(ctx, reg, t.route.topic+"-key", keySchema(t, ns)); err != nil {
+		if c.key, c.keyID, err = register(ctx, reg, schemas.KeySubject(t.route.topic), keySchema(t, ns)); err != nil {
 			return nil, err
 		}
 	}
 	return c, nil
 }
 
-func register(ctx context.Context, reg Registry, subject string, schema map[string]any) (*avro.Schema, int, error) {
+// valueSchema is the envelope (schemas.CDCEnvelopeSchema around the row
+// record) or, in upsert mode, the row record itself.
+func valueSchema(t *table, ns string) (any, error) {
+	row := rowSchema(t, "Value", ns)
+	if t.route.mode == ModeUpsert {
+		return row, nil
+	}
+	parsed, err := parseJSON(row)
+	if err != nil {
+		return nil, fmt.Errorf("%w: row schema of %s: %v", ErrSchema, t.qualified(), err)
+	}
+	env, err := schemas.CDCEnvelopeSchema(t.route.topic, parsed.Root().Fields)
+	if err != nil {
+		return nil, fmt.Errorf("%w: envelope of %s: %v", ErrSchema, t.qualified(), err)
+	}
+	return env, nil
+}
+
+func parseJSON(schema map[string]any) (*avro.Schema, error) {
 	b, err := json.Marshal(schema)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %s: %v", ErrSchema, subject, err)
+		return nil, err
 	}
-	s, err := avro.Parse(string(b))
-	if err != nil {
+	return avro.Parse(string(b))
+}
+
+func register(ctx context.Context, reg Registry, subject string, schema any) (*avro.Schema, int, error) {
+	var s *avro.Schema
+	var err error
+	switch v := schema.(type) {
+	case *avro.Schema:
+		s = v
+	case map[string]any:
+		s, err = parseJSON(v)
+	}
+	if err != nil || s == nil {
 		return nil, 0, fmt.Errorf("%w: %s: built an invalid schema: %v", ErrSchema, subject, err)
 	}
-	id, err := reg.Register(ctx, subject, string(b))
+	id, err := reg.Register(ctx, subject, s.String())
 	if err != nil {
 		return nil, 0, err
 	}

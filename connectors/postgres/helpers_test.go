@@ -17,10 +17,33 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr"
-	"github.com/twmb/franz-go/pkg/sr/srfake"
 
+	"github.com/loanflow/loanflow/connectors/schemaregistry"
 	"github.com/loanflow/loanflow/internal/testenv"
 )
+
+// startRegistry runs the embedded schema registry (storing schemas in
+// topic) until the test ends and returns its URL.
+func startRegistry(t testing.TB, brokers []string, topic string) string {
+	t.Helper()
+	reg, err := schemaregistry.New(schemaregistry.Config{Brokers: brokers, Listen: "127.0.0.1:0", Topic: topic,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- reg.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-reg.Ready():
+	case err := <-done:
+		t.Fatalf("schema registry: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("schema registry not ready")
+	}
+	return reg.URL()
+}
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
@@ -42,15 +65,14 @@ func newEnv(t testing.TB) *cdcEnv {
 	t.Helper()
 	dsn := testenv.NewDatabase(t)
 	brk := testenv.Broker(t)
-	reg := srfake.New()
-	t.Cleanup(reg.Close)
 	name := testenv.Name(t, "cdc")
 	if len(name) > 60 {
 		name = name[len(name)-60:]
 	}
-	e := &cdcEnv{t: t, dsn: dsn, brokers: brk.Addrs(), regURL: reg.URL()}
+	regURL := startRegistry(t, brk.Addrs(), name+"_schemas")
+	e := &cdcEnv{t: t, dsn: dsn, brokers: brk.Addrs(), regURL: regURL}
 	e.cfg = Config{
-		Name: name, DatabaseURL: dsn, Brokers: e.brokers, SchemaRegistryURL: reg.URL(),
+		Name: name, DatabaseURL: dsn, Brokers: e.brokers, SchemaRegistryURL: regURL,
 		TopicPrefix: name, PositionsTopic: name + "_positions", TopicPartitions: 3,
 		StatusInterval: 200 * time.Millisecond, HeartbeatInterval: time.Second,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),

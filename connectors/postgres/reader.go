@@ -27,7 +27,7 @@ func NewReader(cfg Config) (*Reader, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	reg, err := NewSRRegistry(cfg.SchemaRegistryURL)
+	reg, err := NewRegistry(cfg.SchemaRegistryURL)
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/twmb/avro"
 	"github.com/loanflow/loanflow/schemas"
+	"github.com/twmb/avro"
 )
 
 // Version of the reader, written to source.version.

@@ -64,7 +64,10 @@ type envOpt func(*Config)
 // newEnv starts a server against a fresh database, the shared (or given)
 // redis-server, the shared broker with per-test topics and a schema
 // registry, with the dev issuer's keys fetched over HTTP.
-func newEnv(t testing.TB, opts ...envOpt) *env {
+func newEnv(t testing.TB, opts ...envOpt) *env { return newEnvFor(t, opts...) }
+
+// newEnvFor is newEnv for any testing.TB (fuzz targets share one server).
+func newEnvFor(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{t: t, logs: &lockedBuffer{}, client: &http.Client{Timeout: 30 * time.Second}}

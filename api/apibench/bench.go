@@ -1,0 +1,364 @@
+package apibench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/loanflow/loanflow/api"
+	"github.com/loanflow/loanflow/api/auth"
+)
+
+// Config configures a benchmark run.
+type Config struct {
+	Server    *api.Server
+	URL       string // base URL the server listens on
+	RedisAddr string // the server's Redis, for the raw GET baseline
+	// PgBenchDir holds the pgbench binary; PgBenchDSN is a scratch
+	// database for it. Empty skips the pgbench baseline.
+	PgBenchDir string
+	PgBenchDSN string
+
+	LookupRate     int           // req/s; default 5000
+	LookupDuration time.Duration // per phase (hits, misses); default 60s
+	UpdateRate     int           // req/s; default 1000
+	UpdateDuration time.Duration // default 60s
+	MaxInFlight    int           // open-loop concurrency bound; default 512
+	Customers      int           // default 2000
+	Loans          int           // default 500
+}
+
+func (c *Config) setDefaults() {
+	if c.LookupRate == 0 {
+		c.LookupRate = 5000
+	}
+	if c.LookupDuration == 0 {
+		c.LookupDuration = 60 * time.Second
+	}
+	if c.UpdateRate == 0 {
+		c.UpdateRate = 1000
+	}
+	if c.UpdateDuration == 0 {
+		c.UpdateDuration = 60 * time.Second
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 512
+	}
+	if c.Customers == 0 {
+		c.Customers = 2000
+	}
+	if c.Loans == 0 {
+		c.Loans = 500
+	}
+}
+
+// Latency summarizes one measured operation.
+type Latency struct {
+	Name     string
+	Rate     int // offered req/s (0 for closed-loop baselines)
+	Sent     int
+	Errors   int
+	Dropped  int // not sent: MaxInFlight reached
+	P50, P99 time.Duration
+	Max      time.Duration
+	Goal     time.Duration // p99 goal (0: baseline)
+	GoalMet  bool
+	Note     string
+}
+
+// Report is the outcome of Run.
+type Report struct {
+	Results     []Latency
+	PgBenchTPS  float64
+	PgBenchNote string
+}
+
+// Run seeds data, then measures cache hits, cache misses, loan updates and
+// the baselines.
+func Run(ctx context.Context, cfg Config) (Report, error) {
+	cfg.setDefaults()
+	var rep Report
+	b, err := seed(ctx, &cfg)
+	if err != nil {
+		return rep, err
+	}
+	hits := b.openLoop(ctx, "credit lookup (cache hit)", cfg.LookupRate, cfg.LookupDuration, 5*time.Millisecond, b.lookupHit)
+	misses := b.openLoop(ctx, "credit lookup (cache miss)", cfg.LookupRate, cfg.LookupDuration, 20*time.Millisecond, b.lookupMiss)
+	rget := b.closedLoop(ctx, "baseline: go-redis GET", 20000, b.redisGet)
+	psel := b.closedLoop(ctx, "baseline: PostgreSQL point select", 20000, b.pgSelect)
+	upd := b.openLoop(ctx, "loan update (PATCH)", cfg.UpdateRate, cfg.UpdateDuration, 25*time.Millisecond, b.update)
+	rep.Results = []Latency{hits, misses, rget, psel, upd}
+	rep.PgBenchTPS, rep.PgBenchNote = pgbench(ctx, cfg)
+	return rep, nil
+}
+
+type bench struct {
+	cfg    Config
+	client *http.Client
+	token  string
+	rdb    *redis.Client
+	pool   *pgxpool.Pool
+	ids    []string
+	loans  chan loanState
+	mu     sync.Mutex
+	next   int
+}
+
+type loanState struct {
+	id      string
+	version int64
+	cents   int64
+}
+
+func seed(ctx context.Context, cfg *Config) (*bench, error) {
+	s := cfg.Server
+	admin := auth.Principal{Subject: "bench", Scopes: map[string]bool{auth.ScopeAdmin: true}}
+	lender := fmt.Sprintf("bench-%d", time.Now().UnixNano())
+	if err := s.CreateLender(ctx, admin, api.NewLender{LenderID: lender, Name: "Benchmark", RateLimitPerSec: ptr(1e6), RateBurst: ptr(1000000)}); err != nil {
+		return nil, err
+	}
+	creds, err := s.CreateClient(ctx, admin, api.NewClient{ClientID: lender + "-client", LenderID: lender,
+		Scopes: []string{auth.ScopeCreditRead, auth.ScopeLoansWrite}})
+	if err != nil {
+		return nil, err
+	}
+	tok, err := s.IssueToken(ctx, creds.ClientID, creds.ClientSecret)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{MaxIdleConns: cfg.MaxInFlight, MaxIdleConnsPerHost: cfg.MaxInFlight}
+	b := &bench{cfg: *cfg, client: &http.Client{Transport: tr, Timeout: 10 * time.Second}, token: tok,
+		rdb: redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, PoolSize: 64}), pool: s.Pool(), loans: make(chan loanState, cfg.Loans)}
+	for i := 0; i < cfg.Customers; i++ {
+		id := fmt.Sprintf("%s-c%d", lender, i)
+		if err := s.CreateCustomer(ctx, admin, api.NewCustomer{CustomerID: id, Name: "Bench Person", SSN: fmt.Sprintf("%09d", 100000000+i),
+			CreditLimit: "10000.00", RiskTier: "B", Score: 700}); err != nil {
+			return nil, err
+		}
+		b.ids = append(b.ids, id)
+	}
+	return b, b.seedLoans(ctx)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (b *bench) seedLoans(ctx context.Context) error {
+	for i := 0; i < b.cfg.Loans; i++ {
+		body := fmt.Sprintf(`{"customer_id":%q,"amount":"100000.00","currency":"USD","term_months":12}`, b.ids[i%len(b.ids)])
+		resp, err := b.call(ctx, "POST", "/v1/loans", body, "Idempotency-Key", fmt.Sprintf("seed-%d", i))
+		if err != nil {
+			return err
+		}
+		var l api.Loan
+		if err := json.Unmarshal(resp, &l); err != nil {
+			return fmt.Errorf("apibench: seeding loan: %w", err)
+		}
+		b.loans <- loanState{id: l.LoanID, version: l.Version, cents: 10000000}
+	}
+	return nil
+}
+
+var errStatus = errors.New("apibench: unexpected status")
+
+func (b *bench) call(ctx context.Context, method, path, body string, hdr ...string) ([]byte, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = bytes.NewBufferString(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, b.cfg.URL+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := b.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode >= 300 {
+		err = fmt.Errorf("%w %d: %s", errStatus, resp.StatusCode, out)
+	}
+	return out, err
+}
+
+func (b *bench) pick() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.next++
+	return b.ids[b.next%len(b.ids)]
+}
+
+func (b *bench) lookupHit(ctx context.Context) error {
+	_, err := b.call(ctx, "GET", "/v1/credit-profiles/"+b.ids[0]+"?purpose=ACCOUNT_REVIEW", "")
+	return err
+}
+
+// lookupMiss asks for a profile whose cache entry was deleted after its
+// previous lookup.
+func (b *bench) lookupMiss(ctx context.Context) error {
+	id := b.pick()
+	b.rdb.Del(ctx, "profile:"+id)
+	_, err := b.call(ctx, "GET", "/v1/credit-profiles/"+id+"?purpose=ACCOUNT_REVIEW", "")
+	return err
+}
+
+func (b *bench) redisGet(ctx context.Context) error {
+	return b.rdb.Get(ctx, "profile:"+b.ids[0]).Err()
+}
+
+func (b *bench) pgSelect(ctx context.Context) error {
+	var s string
+	return b.pool.QueryRow(ctx, "SELECT risk_tier FROM customers WHERE customer_id = $1", b.pick()).Scan(&s)
+}
+
+func (b *bench) update(ctx context.Context) error {
+	var l loanState
+	select {
+	case l = <-b.loans:
+	default:
+		return errNoLoan
+	}
+	l.cents--
+	body := fmt.Sprintf(`{"balance":"%d.%02d"}`, l.cents/100, l.cents%100)
+	out, err := b.call(ctx, "PATCH", "/v1/loans/"+l.id, body, "If-Match", `"`+strconv.FormatInt(l.version, 10)+`"`)
+	if err == nil {
+		var nl api.Loan
+		if json.Unmarshal(out, &nl) == nil {
+			l.version = nl.Version
+		}
+	} else {
+		l.cents++
+	}
+	b.loans <- l
+	return err
+}
+
+var errNoLoan = errors.New("apibench: every loan has an update in flight")
+
+// openLoop sends rate req/s for d, each on its schedule, and measures
+// latency from the scheduled send time.
+func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Duration, goal time.Duration, op func(context.Context) error) Latency {
+	n := int(d.Seconds() * float64(rate))
+	lat := make([]time.Duration, 0, n)
+	var mu sync.Mutex
+	res := Latency{Name: name, Rate: rate, Goal: goal}
+	sem := make(chan struct{}, b.cfg.MaxInFlight)
+	var wg sync.WaitGroup
+	start := time.Now()
+	interval := time.Second / time.Duration(rate)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		at := start.Add(time.Duration(i) * interval)
+		if w := time.Until(at); w > 0 {
+			time.Sleep(w)
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			res.Dropped++
+			continue
+		}
+		res.Sent++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := op(ctx)
+			el := time.Since(at)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Errors++
+				return
+			}
+			lat = append(lat, el)
+		}()
+	}
+	wg.Wait()
+	summarize(&res, lat)
+	return res
+}
+
+func (b *bench) closedLoop(ctx context.Context, name string, n int, op func(context.Context) error) Latency {
+	res := Latency{Name: name}
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		t := time.Now()
+		if err := op(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			res.Errors++
+			continue
+		}
+		lat = append(lat, time.Since(t))
+		res.Sent++
+	}
+	summarize(&res, lat)
+	return res
+}
+
+func summarize(res *Latency, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	res.P50 = lat[len(lat)/2]
+	res.P99 = lat[len(lat)*99/100]
+	res.Max = lat[len(lat)-1]
+	res.GoalMet = res.Goal == 0 || (res.P99 < res.Goal && res.Errors == 0 && res.Dropped == 0)
+}
+
+var tpsRe = regexp.MustCompile(`tps = ([0-9.]+)`)
+
+// pgbench runs the built-in simple-update script for UpdateDuration.
+func pgbench(ctx context.Context, cfg Config) (float64, string) {
+	if cfg.PgBenchDir == "" || cfg.PgBenchDSN == "" {
+		return 0, "pgbench skipped (no binary directory or scratch database)"
+	}
+	bin := filepath.Join(cfg.PgBenchDir, "pgbench")
+	if out, err := exec.CommandContext(ctx, bin, "-i", "-s", "1", "-q", cfg.PgBenchDSN).CombinedOutput(); err != nil {
+		return 0, fmt.Sprintf("pgbench -i failed: %v: %s", err, out)
+	}
+	secs := strconv.Itoa(max(1, int(cfg.UpdateDuration.Seconds())))
+	out, err := exec.CommandContext(ctx, bin, "-b", "simple-update", "-c", "8", "-j", "2", "-T", secs, cfg.PgBenchDSN).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Sprintf("pgbench failed: %v: %s", err, out)
+	}
+	m := tpsRe.FindSubmatch(out)
+	if m == nil {
+		return 0, "pgbench printed no tps"
+	}
+	tps, _ := strconv.ParseFloat(string(m[1]), 64)
+	return tps, "pgbench -b simple-update -c 8 -j 2 -T " + secs
+}
+
+// Markdown renders the report as a table.
+func (r Report) Markdown() string {
+	var b bytes.Buffer
+	b.WriteString("| operation | offered req/s | sent | errors | dropped | p50 | p99 | max | p99 goal | met |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, l := range r.Results {
+		goal := "baseline"
+		if l.Goal > 0 {
+			goal = "< " + l.Goal.String()
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %v | %v | %v | %s | %v |\n", l.Name, l.Rate, l.Sent, l.Errors, l.Dropped,
+			l.P50.Round(time.Microsecond), l.P99.Round(time.Microsecond), l.Max.Round(time.Microsecond), goal, l.GoalMet)
+	}
+	fmt.Fprintf(&b, "\npgbench simple-update: %.0f TPS (%s)\n", r.PgBenchTPS, r.PgBenchNote)
+	return b.String()
+}

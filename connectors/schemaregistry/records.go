@@ -20,6 +20,12 @@ import (
 //	CLEAR_SUBJECT   {"keytype":"CLEAR_SUBJECT","subject":"s","magic":0}
 //	                → {"subject":"s"}  (soft-deleted versions removed; read only)
 //	NOOP            {"keytype":"NOOP","magic":0}  (ignored)
+//	NOOP            {"keytype":"NOOP","subject":"_loanflow_max_id","magic":0}
+//	                → {"maxId":42}: Loanflow's extension, rewritten with
+//	                  every permanent delete, so that ids stay unique after
+//	                  compaction removed the highest id's records. Its key
+//	                  differs from Confluent's NOOP key, so neither registry's
+//	                  NOOPs compact the other's away.
 //
 // Keys are marshaled from structs with a fixed field order, so the same
 // logical key is always the same bytes and compaction keeps the last value.
@@ -78,6 +84,10 @@ type modeValue struct {
 	Mode string `json:"mode"`
 }
 
+type noopValue struct {
+	MaxID int `json:"maxId"`
+}
+
 type deleteSubjectValue struct {
 	Subject string `json:"subject"`
 	Version int    `json:"version"`
@@ -94,6 +104,9 @@ func mustJSON(v any) []byte {
 func encodeSchemaKey(subject string, version int) []byte {
 	return mustJSON(schemaKey{KeyType: keySchema, Subject: subject, Version: version, Magic: 1})
 }
+
+// maxIDKey is the key of the id watermark record.
+var maxIDKey = encodeSubjectKey(keyNoop, "_loanflow_max_id")
 
 // encodeSubjectKey is a CONFIG or MODE key; subject "" is the global one.
 func encodeSubjectKey(keyType, subject string) []byte {

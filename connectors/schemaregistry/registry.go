@@ -160,7 +160,6 @@ func (r *Registry) serve(ctx context.Context, ln net.Listener) error {
 func (r *Registry) connect(ctx context.Context) error {
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(r.cfg.Brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.Topic: {0: kgo.NewOffset().AtStart()}}),
 		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
@@ -174,6 +173,9 @@ func (r *Registry) connect(ctx context.Context) error {
 		cl.Close()
 		return err
 	}
+	// Consume only once the topic exists, so the reader does not start in
+	// the client's unknown-topic backoff.
+	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.Topic: {0: kgo.NewOffset().AtStart()}})
 	return nil
 }
 

@@ -102,6 +102,7 @@ func (s *state) apply(key, value []byte) error {
 	case keyClearSubject:
 		s.applyClearSubject(subject)
 	case keyNoop:
+		err = s.applyNoop(value)
 	default:
 		err = fmt.Errorf("unknown keytype %q", k.KeyType)
 	}
@@ -205,6 +206,18 @@ func (s *state) removeVersion(subject string, ver int) {
 		return
 	}
 	s.subjects[subject] = vs
+}
+
+func (s *state) applyNoop(value []byte) error {
+	if value == nil {
+		return nil
+	}
+	var v noopValue
+	if err := json.Unmarshal(value, &v); err != nil {
+		return err
+	}
+	s.maxID = max(s.maxID, v.MaxID)
+	return nil
 }
 
 func (s *state) applyDeleteSubject(value []byte) error {

@@ -171,6 +171,9 @@ func (r *Registry) deleteSubject(req *http.Request) (any, error) {
 		}
 		var recs []*kgo.Record
 		out := []int{}
+		if !permanent {
+			all = live // a soft delete reports the versions it hid
+		}
 		for _, v := range all {
 			out = append(out, v.version)
 			if permanent {
@@ -183,9 +186,17 @@ func (r *Registry) deleteSubject(req *http.Request) (any, error) {
 		}
 		if permanent {
 			recs = append(recs, clearSettings(st, subject)...)
+			recs = append(recs, idWatermark(st))
 		}
 		return recs, out, nil
 	})
+}
+
+// idWatermark records the highest id handed out, so that a registry
+// reading the topic after compaction removed a permanently deleted schema
+// does not give its id to another schema.
+func idWatermark(st *state) *kgo.Record {
+	return record(maxIDKey, mustJSON(noopValue{MaxID: st.maxID}))
 }
 
 // clearSettings removes a permanently deleted subject's config and mode.
@@ -206,7 +217,7 @@ func (r *Registry) deleteVersion(req *http.Request) (any, error) {
 		if err := writable(st, subject); err != nil {
 			return nil, nil, err
 		}
-		v, err := resolveVersion(st, req, permanent)
+		v, err := versionToDelete(st, req, permanent)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -214,7 +225,7 @@ func (r *Registry) deleteVersion(req *http.Request) (any, error) {
 		case permanent && !v.deleted:
 			return nil, nil, errf(codeVersionNotSoftDeleted, "Subject '%s' Version %d was not deleted first before being permanently deleted", subject, v.version)
 		case permanent:
-			return []*kgo.Record{record(encodeSchemaKey(subject, v.version), nil)}, v.version, nil
+			return []*kgo.Record{record(encodeSchemaKey(subject, v.version), nil), idWatermark(st)}, v.version, nil
 		case v.deleted:
 			return nil, nil, errf(codeVersionSoftDeleted, "Subject '%s' Version %d was soft deleted.Set permanent=true to delete permanently", subject, v.version)
 		}
@@ -222,6 +233,21 @@ func (r *Registry) deleteVersion(req *http.Request) (any, error) {
 		d.deleted = true
 		return []*kgo.Record{schemaRecord(&d)}, v.version, nil
 	})
+}
+
+// versionToDelete finds the version a DELETE names: "latest" is the newest
+// live version for a soft delete and the newest of all for a permanent one;
+// a numbered version is found even when soft-deleted, so that deleting it
+// again says so (40406) rather than "not found".
+func versionToDelete(st *state, req *http.Request, permanent bool) (*version, error) {
+	ver, err := versionParam(req)
+	if err != nil || ver < 0 {
+		if err != nil {
+			return nil, err
+		}
+		return resolveVersion(st, req, permanent)
+	}
+	return resolveVersion(st, req, true)
 }
 
 // setCompatibility is the body of PUT /config.
@@ -254,15 +280,22 @@ func (r *Registry) deleteConfig(req *http.Request) (any, error) {
 	subject := req.PathValue("subject")
 	return r.mutate(req, func(st *state) ([]*kgo.Record, any, error) {
 		if subject == "" {
-			prev := configValue{CompatibilityLevel: r.compatLevel(st, "")}
+			prev := deletedConfig(r.compatLevel(st, ""))
 			return []*kgo.Record{record(encodeSubjectKey(keyConfig, ""), nil)}, prev, nil
 		}
 		l, ok := st.subjectCompat[subject]
 		if !ok {
 			return nil, nil, errf(codeSubjectCompatNotSet, "Subject '%s' does not have subject-level compatibility configured", subject)
 		}
-		return []*kgo.Record{record(encodeSubjectKey(keyConfig, subject), nil)}, configValue{CompatibilityLevel: l}, nil
+		return []*kgo.Record{record(encodeSubjectKey(keyConfig, subject), nil)}, deletedConfig(l), nil
 	})
+}
+
+// deletedConfig is the answer of DELETE /config: the removed level, under
+// Confluent's key (compatibilityLevel) and the one franz-go's sr client
+// reads (compatibility).
+func deletedConfig(level string) map[string]string {
+	return map[string]string{"compatibilityLevel": level, "compatibility": level}
 }
 
 func (r *Registry) putMode(req *http.Request) (any, error) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"math/big"
-	"reflect"
 	"strconv"
 	"strings"
 
@@ -297,20 +296,45 @@ func digits(u int64) int {
 
 // decimalCustomType wires Decimal to Avro bytes/decimal fields: encode
 // rescales exactly to the field's scale and checks its precision; decode
-// reads the big-endian two's-complement unscaled value.
+// reads the big-endian two's-complement unscaled value. Encode also takes
+// *big.Rat and plain decimal strings (the dynamic path), exactly; a value
+// that needs rounding is an error, never a different amount.
 var decimalCustomType = avro.CustomType{
 	LogicalType: "decimal",
 	AvroType:    "bytes",
-	GoType:      reflect.TypeFor[Decimal](),
 	Encode:      encodeDecimal,
 	Decode:      decodeDecimal,
 }
 
 func encodeDecimal(v any, n *avro.SchemaNode) (any, error) {
-	d, ok := v.(Decimal)
-	if !ok {
-		return nil, avro.ErrSkipCustomType
+	switch x := v.(type) {
+	case Decimal:
+		return decimalBytes(x, n)
+	case *Decimal:
+		if x == nil {
+			return nil, avro.ErrSkipCustomType
+		}
+		return decimalBytes(*x, n)
+	case *big.Rat:
+		if x == nil {
+			return nil, avro.ErrSkipCustomType
+		}
+		return ratBytes(x, n)
+	case big.Rat:
+		return ratBytes(&x, n)
+	case string:
+		r, err := parseDecimalRat(x)
+		if err != nil {
+			return nil, err
+		}
+		return ratBytes(r, n)
+	case float32, float64:
+		return nil, fmt.Errorf("%w: %v is a float; money is exact, use Decimal, *big.Rat or a decimal string", ErrDecimal, x)
 	}
+	return nil, avro.ErrSkipCustomType // []byte: raw unscaled bytes
+}
+
+func decimalBytes(d Decimal, n *avro.SchemaNode) ([]byte, error) {
 	r, err := d.Rescale(n.Scale)
 	if err != nil {
 		return nil, err
@@ -319,6 +343,65 @@ func encodeDecimal(v any, n *avro.SchemaNode) (any, error) {
 		return nil, fmt.Errorf("%w: %s has more than %d digits (decimal(%d,%d))", ErrDecimal, d, n.Precision, n.Precision, n.Scale)
 	}
 	return unscaledBytes(r.unscaled), nil
+}
+
+// ratBytes is the unscaled two's-complement form of r at n's scale.
+func ratBytes(r *big.Rat, n *avro.SchemaNode) ([]byte, error) {
+	if n.Scale < 0 || n.Scale > 1<<10 {
+		return nil, fmt.Errorf("%w: schema scale %d out of range", ErrDecimal, n.Scale)
+	}
+	num := new(big.Int).Mul(r.Num(), new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Scale)), nil))
+	u, rem := new(big.Int).QuoRem(num, r.Denom(), new(big.Int))
+	if rem.Sign() != 0 {
+		return nil, fmt.Errorf("%w: %s cannot be represented at scale %d without rounding", ErrDecimal, r.FloatString(n.Scale+2), n.Scale)
+	}
+	if d := len(new(big.Int).Abs(u).String()); n.Precision > 0 && d > n.Precision && u.Sign() != 0 {
+		return nil, fmt.Errorf("%w: %s has more than %d digits (decimal(%d,%d))", ErrDecimal, r.FloatString(n.Scale), n.Precision, n.Precision, n.Scale)
+	}
+	if u.IsInt64() {
+		return unscaledBytes(u.Int64()), nil
+	}
+	return bigTwosComplement(u), nil
+}
+
+// bigTwosComplement is the minimal big-endian two's-complement form of u.
+func bigTwosComplement(u *big.Int) []byte {
+	if u.Sign() >= 0 {
+		b := u.Bytes()
+		if b[0]&0x80 != 0 {
+			b = append([]byte{0}, b...)
+		}
+		return b
+	}
+	// -u - 1 in bytes, inverted.
+	m := new(big.Int).Neg(u)
+	m.Sub(m, big.NewInt(1))
+	b := m.Bytes()
+	for i := range b {
+		b[i] = ^b[i]
+	}
+	if len(b) == 0 || b[0]&0x80 == 0 {
+		b = append([]byte{0xff}, b...)
+	}
+	return b
+}
+
+// parseDecimalRat parses a plain decimal string (digits, one point, a
+// sign; no exponent, so no huge allocation) of at most 80 characters.
+func parseDecimalRat(s string) (*big.Rat, error) {
+	if len(s) == 0 || len(s) > 80 {
+		return nil, fmt.Errorf("%w: %q is not a decimal number of at most 80 characters", ErrDecimal, s)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c == '.' || (c == '-' || c == '+') && i == 0) {
+			return nil, fmt.Errorf("%w: %q is not a plain decimal number", ErrDecimal, s)
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q is not a decimal number", ErrDecimal, s)
+	}
+	return r, nil
 }
 
 // unscaledBytes is the minimal big-endian two's-complement form of u.

@@ -118,6 +118,11 @@ func (s *Serde[T]) register(ctx context.Context, schema string) error {
 	return nil
 }
 
+// maxDynamicDecimalBytes bounds a decimal's unscaled value on the dynamic
+// path (512 bytes is over 1200 digits; PostgreSQL numeric allows 1000), so
+// a corrupt record cannot make the decoder build a huge rational.
+const maxDynamicDecimalBytes = 512
+
 // schemaOptsFor wires Decimal into typed records; the dynamic path decodes
 // decimals as *big.Rat (any precision) and accepts Decimal on encode.
 func schemaOptsFor[T any]() []avro.SchemaOpt {
@@ -133,6 +138,9 @@ func schemaOptsFor[T any]() []avro.SchemaOpt {
 		b, ok := v.([]byte)
 		if !ok {
 			return nil, avro.ErrSkipCustomType
+		}
+		if len(b) > maxDynamicDecimalBytes {
+			return nil, fmt.Errorf("%w: unscaled value of %d bytes, the limit is %d", ErrDecimal, len(b), maxDynamicDecimalBytes)
 		}
 		return avro.RatFromBytes(b, n.Scale), nil
 	}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -142,8 +143,43 @@ func (c ValidatorConfig) Validate() error {
 	return nil
 }
 
-// Validator checks access tokens.
-type Validator struct{ cfg ValidatorConfig }
+// Validator checks access tokens. Verified tokens are remembered (keyed by
+// their SHA-256, bounded, never past exp) so a client reusing its token
+// does not pay a signature verification per request.
+type Validator struct {
+	cfg ValidatorConfig
+	mu  struct {
+		sync.Mutex
+		seen map[[32]byte]cachedPrincipal
+	}
+}
+
+type cachedPrincipal struct {
+	p   Principal
+	exp time.Time
+}
+
+// maxCachedTokens bounds the verified-token cache.
+const maxCachedTokens = 10000
+
+func (v *Validator) cached(key [32]byte) (Principal, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	c, ok := v.mu.seen[key]
+	if !ok || !v.cfg.Now().Before(c.exp) {
+		return Principal{}, false
+	}
+	return c.p, true
+}
+
+func (v *Validator) remember(key [32]byte, p Principal, exp time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.mu.seen == nil || len(v.mu.seen) >= maxCachedTokens {
+		v.mu.seen = make(map[[32]byte]cachedPrincipal)
+	}
+	v.mu.seen[key] = cachedPrincipal{p: p, exp: exp}
+}
 
 // NewValidator returns a validator for cfg.
 func NewValidator(cfg ValidatorConfig) (*Validator, error) {
@@ -251,6 +287,10 @@ func (v *Validator) Validate(ctx context.Context, token string) (Principal, erro
 	if len(raw) == 0 || len(raw) > 16<<10 {
 		return Principal{}, reject("empty or oversized token")
 	}
+	sum := sha256.Sum256(raw)
+	if p, ok := v.cached(sum); ok {
+		return p, nil
+	}
 	key, alg, err := v.header(ctx, raw)
 	if err != nil {
 		return Principal{}, err
@@ -267,7 +307,14 @@ func (v *Validator) Validate(ctx context.Context, token string) (Principal, erro
 	if err != nil {
 		return Principal{}, reject("%v", err)
 	}
-	return v.principal(tok)
+	p, err := v.principal(tok)
+	if err != nil {
+		return p, err
+	}
+	if exp, ok := tok.Expiration(); ok {
+		v.remember(sum, p, exp)
+	}
+	return p, nil
 }
 
 func (v *Validator) principal(tok jwt.Token) (Principal, error) {

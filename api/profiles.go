@@ -74,6 +74,14 @@ func (s *Server) cachedProfile(ctx context.Context, id string) (CreditProfile, s
 		// Detached from the first caller's cancellation; bounded.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 		defer cancel()
+		// A flight that ended just before this one may have filled the
+		// cache after our first look: check again before PostgreSQL.
+		if b, err := s.cacheGet(cctx, id); err == nil {
+			var cp CreditProfile
+			if json.Unmarshal(b, &cp) == nil {
+				return cp, nil
+			}
+		}
 		cp, err := s.loadProfile(cctx, id)
 		if err != nil {
 			return nil, err

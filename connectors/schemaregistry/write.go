@@ -98,11 +98,11 @@ func (r *Registry) planRegister(st *state, subject string, sr schemaRequest) ([]
 			return nil, nil, err
 		}
 	}
-	id, err := r.pickID(st, sr)
+	ver, err := r.pickVersion(st, subject, sr)
 	if err != nil {
 		return nil, nil, err
 	}
-	ver, err := r.pickVersion(st, subject, sr)
+	id, err := r.pickID(st, sr)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/big"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -359,4 +360,50 @@ func TestDynamicMapPath(t *testing.T) {
 	if c, err := typed.Decode(b2); err != nil || c.After.ID != "loan-1" {
 		t.Fatalf("old typed reader of a new version: %+v (%v)", c, err)
 	}
+}
+
+// TestCorruptLengthsAllocateLittle: records claiming enormous string,
+// bytes and array lengths fail without allocating what they claim.
+func TestCorruptLengthsAllocateLittle(t *testing.T) {
+	s := localSerde[LoanDecision](t, LoanDecisionSchema, 1)
+	good, err := s.Encode(nil, sampleLoanDecision())
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := []byte{0xfe, 0xff, 0xff, 0xff, 0x0f} // zig-zag varint 2^31-1
+	cases := map[string][]byte{
+		// application_id claims a 2 GiB string.
+		"string": append(AppendHeader(nil, 1), huge...),
+		// reason_codes claims 2^31-1 items: keep the fields before it.
+		"array": append(append([]byte(nil), good[:arrayStart(t, good)]...), huge...),
+	}
+	for name, rec := range cases {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := s.Decode(rec)
+		runtime.ReadMemStats(&after)
+		if err == nil {
+			t.Fatalf("%s: decoded", name)
+		}
+		t.Logf("%s: %v", name, err)
+		if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+			t.Errorf("%s: decoding a %d-byte record allocated %d bytes (%v)", name, len(rec), n, err)
+		}
+	}
+}
+
+// arrayStart returns the offset of reason_codes' block count in a
+// LoanDecision record: after application_id, lender_id, customer_id
+// (union) and decision (enum).
+func arrayStart(t *testing.T, b []byte) int {
+	t.Helper()
+	i := HeaderBytes
+	str := func() { n := int(b[i]) >> 1; i += 1 + n }
+	str()    // application_id
+	str()    // lender_id
+	i++      // union index (1: string)
+	str()    // customer_id
+	i++      // decision enum index
+	return i // reason_codes block count
 }

@@ -226,7 +226,7 @@ func (r *Registry) load(ctx context.Context) error {
 	r.mu.RLock()
 	st, next := r.mu.st, r.mu.next
 	r.log.Info("loaded schemas", "topic", r.cfg.Topic, "records", next, "schemas", len(st.ids),
-		"subjects", len(st.subjects), "skipped", st.warnings, "took", time.Since(start))
+		"subjects", len(st.subjects), "skipped", st.warnings, "took", time.Since(start).String())
 	r.mu.RUnlock()
 	return nil
 }

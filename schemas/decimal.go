@@ -350,6 +350,9 @@ func ratBytes(r *big.Rat, n *avro.SchemaNode) ([]byte, error) {
 	if n.Scale < 0 || n.Scale > 1<<10 {
 		return nil, fmt.Errorf("%w: schema scale %d out of range", ErrDecimal, n.Scale)
 	}
+	if d, ok := ratDecimalFast(r, n.Scale); ok {
+		return decimalBytes(d, n)
+	}
 	num := new(big.Int).Mul(r.Num(), new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Scale)), nil))
 	u, rem := new(big.Int).QuoRem(num, r.Denom(), new(big.Int))
 	if rem.Sign() != 0 {
@@ -364,9 +367,32 @@ func ratBytes(r *big.Rat, n *avro.SchemaNode) ([]byte, error) {
 	return bigTwosComplement(u), nil
 }
 
+// ratDecimalFast converts r to a Decimal at scale with int64 arithmetic,
+// when r's numerator and denominator are small and the denominator divides
+// 10^scale (every amount parsed from a decimal string); ok is false when
+// the general path is needed.
+func ratDecimalFast(r *big.Rat, scale int) (Decimal, bool) {
+	if scale > MaxDecimalScale || !r.Num().IsInt64() || !r.Denom().IsInt64() {
+		return Decimal{}, false
+	}
+	num, den := r.Num().Int64(), r.Denom().Int64()
+	p := pow10Table[scale]
+	if den <= 0 || p%den != 0 {
+		return Decimal{}, false
+	}
+	m := p / den
+	if num > math.MaxInt64/m || num < math.MinInt64/m {
+		return Decimal{}, false
+	}
+	return Decimal{unscaled: num * m, scale: int8(scale)}, true
+}
+
 // bigTwosComplement is the minimal big-endian two's-complement form of u.
 func bigTwosComplement(u *big.Int) []byte {
-	if u.Sign() >= 0 {
+	if u.Sign() == 0 {
+		return []byte{0}
+	}
+	if u.Sign() > 0 {
 		b := u.Bytes()
 		if b[0]&0x80 != 0 {
 			b = append([]byte{0}, b...)

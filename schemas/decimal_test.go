@@ -121,3 +121,27 @@ func TestDecimalWire(t *testing.T) {
 		t.Errorf("decimal string: % x %v", b, err)
 	}
 }
+
+// TestRatFastPathMatchesGeneral: the int64 fast path of *big.Rat encoding
+// gives the same bytes (or the same refusal) as the big.Int path.
+func TestRatFastPathMatchesGeneral(t *testing.T) {
+	n := &avro.SchemaNode{Type: "bytes", LogicalType: "decimal", Precision: 18, Scale: 2}
+	for _, s := range []string{"0", "1900", "2499.99", "-0.01", "0.5", "1/3", "7/8", "-92233720368547758.07", "92233720368547758.08", "1234567890123456.78", "12345678901234567.8"} {
+		r, ok := new(big.Rat).SetString(s)
+		if !ok {
+			t.Fatal(s)
+		}
+		fast, fastErr := ratBytes(r, n)
+		// The general path alone: a rational the fast path cannot take.
+		num := new(big.Int).Mul(r.Num(), big.NewInt(100))
+		u, rem := new(big.Int).QuoRem(num, r.Denom(), new(big.Int))
+		generalOK := rem.Sign() == 0 && len(new(big.Int).Abs(u).String()) <= 18
+		if (fastErr == nil) != generalOK {
+			t.Errorf("%s: fast path err %v, general ok %v", s, fastErr, generalOK)
+			continue
+		}
+		if generalOK && string(fast) != string(bigTwosComplement(u)) {
+			t.Errorf("%s: fast % x, general % x", s, fast, bigTwosComplement(u))
+		}
+	}
+}

@@ -12,7 +12,9 @@ import (
 
 type int64Codec struct{}
 
-func (int64Codec) Encode(dst []byte, v int64) ([]byte, error) { return binary.AppendVarint(dst, v), nil }
+func (int64Codec) Encode(dst []byte, v int64) ([]byte, error) {
+	return binary.AppendVarint(dst, v), nil
+}
 func (int64Codec) Decode(src []byte) (int64, error) {
 	v, n := binary.Varint(src)
 	if n <= 0 {

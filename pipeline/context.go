@@ -1,0 +1,168 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/loanflow/loanflow/state"
+)
+
+// ErrRetryable marks an error that should fail the task so it restarts
+// from its last checkpoint (a dependency is down), rather than send the
+// record to the dead-letter topic (the record itself is bad).
+var ErrRetryable = errors.New("pipeline: retryable")
+
+// Retryable wraps err so that HandleError fails the task instead of
+// dead-lettering the record.
+func Retryable(err error) error { return fmt.Errorf("%w: %w", ErrRetryable, err) }
+
+// Context is an operator's view of its task: state, timers, time, side
+// outputs and error handling. It belongs to the task's goroutine.
+type Context struct {
+	task  *Task
+	node  *node
+	m     *opMetrics
+	sides map[string]any
+	wm    int64
+
+	th          TimerHandler
+	eventTimers *state.Timers
+	procTimers  *state.Timers
+	forward     func(Watermark) error
+}
+
+// Name is the operator's name.
+func (c *Context) Name() string { return c.node.name }
+
+// Job is the job's name.
+func (c *Context) Job() string { return c.task.plan.Job }
+
+// Partition is the task's partition index.
+func (c *Context) Partition() int32 { return c.task.partition }
+
+// Logger logs with the job, operator and partition attached.
+func (c *Context) Logger() *slog.Logger {
+	return c.task.log.With("operator", c.node.name)
+}
+
+// Store is the task's keyed state.
+func (c *Context) Store() *state.Store { return c.task.store }
+
+// StateSpec names a state handle of this operator; its mutations go to
+// the operator's changelog topic.
+func (c *Context) StateSpec(name string, ttl time.Duration) state.Spec {
+	return state.Spec{Operator: c.node.name, Name: name, Log: ChangelogTopic(c.task.plan.Job, c.node.name), TTL: ttl}
+}
+
+// OutputConsumed reports whether the operator's main output has readers.
+func (c *Context) OutputConsumed() bool { return c.node.out != nil && c.node.out.used() }
+
+// CurrentWatermark is the operator's input watermark.
+func (c *Context) CurrentWatermark() int64 { return c.wm }
+
+// Now is the task's processing time.
+func (c *Context) Now() time.Time { return c.task.now() }
+
+// Restoring reports whether the task is replaying a source to rebuild
+// state; operators then update state but emit nothing.
+func (c *Context) Restoring() bool { return c.task.restoring }
+
+// EventTimers is the operator's persistent event-time timer queue; the
+// runtime fires its timers through TimerHandler as the watermark passes.
+func (c *Context) EventTimers() (*state.Timers, error) {
+	if c.eventTimers == nil {
+		t, err := state.NewTimers(c.task.store, c.StateSpec("timers/event", 0))
+		if err != nil {
+			return nil, err
+		}
+		c.eventTimers = t
+	}
+	return c.eventTimers, nil
+}
+
+// ProcessingTimers is the operator's persistent processing-time timer
+// queue, fired on the task's ticks.
+func (c *Context) ProcessingTimers() (*state.Timers, error) {
+	if c.procTimers == nil {
+		t, err := state.NewTimers(c.task.store, c.StateSpec("timers/processing", 0))
+		if err != nil {
+			return nil, err
+		}
+		c.procTimers = t
+		c.task.procTimerCtxs = append(c.task.procTimerCtxs, c)
+	}
+	return c.procTimers, nil
+}
+
+func (c *Context) fireEventTimers(upTo int64) error {
+	if c.eventTimers == nil || c.th == nil {
+		return nil
+	}
+	return fireTimers(c.eventTimers, upTo, EventTime, c.th)
+}
+
+func fireTimers(t *state.Timers, upTo int64, d TimeDomain, th TimerHandler) error {
+	for {
+		ts, key, ok, err := t.Pop(upTo)
+		if err != nil || !ok {
+			return err
+		}
+		if err := th.OnTimer(d, key, ts); err != nil {
+			return err
+		}
+	}
+}
+
+// ForwardWatermark sends a watermark downstream; for operators whose
+// WatermarkHandler holds watermarks back.
+func (c *Context) ForwardWatermark(w Watermark) error { return c.forward(w) }
+
+// HandleError decides what a failed record costs: a retryable error fails
+// the task (it restarts from its last checkpoint); any other error sends the
+// record being processed to the dead-letter topic, with the error and its
+// origin, and processing goes on.
+func (c *Context) HandleError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ErrRetryable) {
+		return fmt.Errorf("%s %q: %w", c.node.what, c.node.name, err)
+	}
+	c.m.deadLettered++
+	return c.task.deadLetter(c.node.name, err)
+}
+
+// Wake tells the task loop that the operator has work queued from another
+// goroutine (an async completion); it then calls the operator's Drain.
+func (c *Context) Wake() { c.task.wake() }
+
+// Drainer is implemented by operators that receive work from other
+// goroutines (async I/O): Drain runs on the task goroutine after Wake.
+type Drainer interface {
+	Drain() error
+}
+
+// RegisterDrainer makes the task call d.Drain when woken.
+func (c *Context) RegisterDrainer(d Drainer) { c.task.drainers = append(c.task.drainers, d) }
+
+// Metrics gives the operator's gauges for in-flight async calls.
+func (c *Context) SetInFlight(n int) { c.m.inFlight = int64(n) }
+
+// countOut counts the operator's output records.
+func countOut[T any](ctx *Context, out Collector[T]) Collector[T] {
+	return &counting[T]{out: out, n: &ctx.m.out}
+}
+
+type counting[T any] struct {
+	out Collector[T]
+	n   *int64
+}
+
+func (c *counting[T]) Collect(r Record[T]) error {
+	*c.n++
+	return c.out.Collect(r)
+}
+
+func (c *counting[T]) Watermark(w Watermark) error { return c.out.Watermark(w) }

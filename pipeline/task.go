@@ -1,0 +1,282 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/loanflow/loanflow/state"
+)
+
+// Output is where a task's sinks, repartitions and dead letters go: a
+// Kafka transaction in the Kafka runtime, memory in the local one.
+type Output interface {
+	Emit(r OutRecord) error
+	DeadLetter(d DeadLetter) error
+}
+
+// DeadLetter is a record the job could not process.
+type DeadLetter struct {
+	Job      string
+	Operator string
+	Err      error
+	// Source is the raw record being processed, when it came from a topic.
+	Source *RawRecord
+}
+
+// TaskConfig configures one task: one partition index of one
+// subtopology (or of the whole job in the local runtime).
+type TaskConfig struct {
+	Plan *Plan
+	// Subtopology is the index of the subtopology in Plan, or -1 to run the
+	// whole job fused in one task (local runtime).
+	Subtopology int
+	Partition   int32
+	Store       *state.Store
+	Output      Output
+	// Now is the processing-time clock. Default time.Now.
+	Now     func() time.Time
+	Metrics *Metrics
+	Logger  *slog.Logger
+	// Partitions gives the partition count of a topic the task writes to
+	// by key (repartition topics).
+	Partitions func(topic string) int32
+}
+
+// Task is one instance of a job's operator chain. A runtime driver owns it
+// and calls it from one goroutine only.
+type Task struct {
+	plan      *Plan
+	sub       *Subtopology
+	partition int32
+	store     *state.Store
+	out       Output
+	now       func() time.Time
+	log       *slog.Logger
+	metrics   *Metrics
+	parts     func(string) int32
+
+	instances     []instance
+	contexts      []*Context
+	sources       map[string]sourceInstance // by topic, or by name when local
+	sourceList    []sourceInstance
+	snapshotters  []Snapshotter
+	drainers      []Drainer
+	procTimerCtxs []*Context
+	notify        chan struct{}
+
+	current   *RawRecord
+	restoring bool
+	closed    bool
+}
+
+// NewTask instantiates and opens the operators of one task.
+func NewTask(cfg TaskConfig) (*Task, error) {
+	if cfg.Plan == nil || cfg.Store == nil || cfg.Output == nil {
+		return nil, errors.New("pipeline: TaskConfig needs Plan, Store and Output")
+	}
+	t := &Task{
+		plan: cfg.Plan, partition: cfg.Partition, store: cfg.Store, out: cfg.Output,
+		now: cfg.Now, log: cfg.Logger, metrics: cfg.Metrics, parts: cfg.Partitions,
+		sources: make(map[string]sourceInstance), notify: make(chan struct{}, 1),
+	}
+	if t.now == nil {
+		t.now = time.Now
+	}
+	if t.log == nil {
+		t.log = slog.Default()
+	}
+	t.log = t.log.With("job", cfg.Plan.Job, "partition", cfg.Partition)
+	var roots []*node
+	if cfg.Subtopology >= 0 {
+		if cfg.Subtopology >= len(cfg.Plan.Subtopologies) {
+			return nil, fmt.Errorf("pipeline: job %s has no subtopology %d", cfg.Plan.Job, cfg.Subtopology)
+		}
+		t.sub = cfg.Plan.Subtopologies[cfg.Subtopology]
+		roots = t.sub.roots
+	} else {
+		roots = cfg.Plan.localRoots()
+	}
+	tb := &taskBuild{t: t, inst: make(map[int]instance)}
+	for _, n := range roots {
+		inst, err := tb.instance(n)
+		if err != nil {
+			t.Close()
+			return nil, err
+		}
+		src := inst.(sourceInstance)
+		t.sourceList = append(t.sourceList, src)
+		t.sources[src.routeKey()] = src
+	}
+	for _, src := range t.sourceList {
+		if err := src.start(); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// taskBuild instantiates a task's nodes, each once.
+type taskBuild struct {
+	t    *Task
+	inst map[int]instance
+}
+
+func (tb *taskBuild) fused() bool { return tb.t.sub == nil }
+
+// instance returns n's instance in this task, creating it (and,
+// recursively, its consumers) on first use.
+func (tb *taskBuild) instance(n *node) (instance, error) {
+	if inst, ok := tb.inst[n.id]; ok {
+		return inst, nil
+	}
+	inst, err := n.make(tb)
+	if err != nil {
+		return nil, err
+	}
+	tb.inst[n.id] = inst
+	tb.t.instances = append(tb.t.instances, inst)
+	return inst, nil
+}
+
+func (tb *taskBuild) newContext(n *node) (*Context, error) {
+	c := &Context{task: tb.t, node: n, m: &opMetrics{}, wm: MinTime}
+	for tag, d := range n.sides {
+		if d.dropped && !d.used {
+			c.sides = setSide(c.sides, tag, nil)
+			continue
+		}
+		col, err := d.port.(anyPort).buildAny(tb)
+		if err != nil {
+			return nil, err
+		}
+		c.sides = setSide(c.sides, tag, col)
+	}
+	tb.t.contexts = append(tb.t.contexts, c)
+	return c, nil
+}
+
+func setSide(m map[string]any, tag string, c any) map[string]any {
+	if m == nil {
+		m = make(map[string]any)
+	}
+	m[tag] = c
+	return m
+}
+
+// Partition is the task's partition index.
+func (t *Task) Partition() int32 { return t.partition }
+
+// Store is the task's state.
+func (t *Task) Store() *state.Store { return t.store }
+
+func (t *Task) wake() {
+	select {
+	case t.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Woken fires when an operator has work from another goroutine; the
+// driver then calls Drain.
+func (t *Task) Woken() <-chan struct{} { return t.notify }
+
+// Drain runs work queued by other goroutines (async completions).
+func (t *Task) Drain() error {
+	for _, d := range t.drainers {
+		if err := d.Drain(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FeedRaw decodes a record read from a topic and runs it through the
+// chain. Undecodable records go to the dead-letter topic.
+func (t *Task) FeedRaw(raw *RawRecord) error {
+	src, ok := t.sources[raw.Topic]
+	if !ok {
+		return fmt.Errorf("pipeline: task %d of job %s does not read topic %q", t.partition, t.plan.Job, raw.Topic)
+	}
+	t.current = raw
+	err := src.feedRaw(raw)
+	t.current = nil
+	return err
+}
+
+// SetRestoring switches replay mode on or off: while on, records fed
+// rebuild source-backed state and emit nothing.
+func (t *Task) SetRestoring(on bool) { t.restoring = on }
+
+func (t *Task) deadLetter(op string, err error) error {
+	d := DeadLetter{Job: t.plan.Job, Operator: op, Err: err, Source: t.current}
+	if t.metrics != nil {
+		t.metrics.deadLetters.WithLabelValues(t.plan.Job, op).Inc()
+	}
+	return t.out.DeadLetter(d)
+}
+
+// Tick advances processing time: processing-time timers fire and quiet
+// source partitions are marked idle.
+func (t *Task) Tick() error {
+	now := t.now().UnixMilli()
+	for _, c := range t.procTimerCtxs {
+		if c.th == nil {
+			continue
+		}
+		if err := fireTimers(c.procTimers, now, ProcessingTime, c.th); err != nil {
+			return err
+		}
+	}
+	for _, s := range t.sourceList {
+		if err := s.tick(now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Checkpoint snapshots operator memory into state and flushes the state:
+// emit receives every changelog mutation. The task must not process
+// records until Commit or Close.
+func (t *Task) Checkpoint(emit func(state.Mutation) error) error {
+	for _, s := range t.snapshotters {
+		if err := s.Snapshot(); err != nil {
+			return err
+		}
+	}
+	for _, s := range t.sourceList {
+		if err := s.snapshot(); err != nil {
+			return err
+		}
+	}
+	return t.store.Flush(emit)
+}
+
+// Commit applies the checkpoint to local state once the driver made it
+// durable, recording the log offsets it reflects.
+func (t *Task) Commit(offsets map[string]int64) error {
+	return t.store.Commit(offsets)
+}
+
+// NeedsCheckpoint reports whether dirty state fills the write cache.
+func (t *Task) NeedsCheckpoint() bool { return t.store.NeedsFlush() }
+
+// Close closes every operator; uncommitted state is dropped. The store
+// stays open: its owner closes it.
+func (t *Task) Close() error {
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	var errs []error
+	for i := len(t.instances) - 1; i >= 0; i-- {
+		if err := t.instances[i].close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	t.store.Abort()
+	return errors.Join(errs...)
+}

@@ -47,6 +47,10 @@ func (b *Builder) errorf(format string, args ...any) {
 	b.errs = append(b.errs, fmt.Errorf(format, args...))
 }
 
+// AddError records a configuration error found by an operator
+// constructor; Validate reports it.
+func (b *Builder) AddError(err error) { b.errs = append(b.errs, err) }
+
 func validName(s string) error {
 	if s == "" {
 		return errors.New("name is empty")

@@ -59,6 +59,19 @@ func (c *Context) StateSpec(name string, ttl time.Duration) state.Spec {
 // OutputConsumed reports whether the operator's main output has readers.
 func (c *Context) OutputConsumed() bool { return c.node.out != nil && c.node.out.used() }
 
+// TableStateSpec names state that is a pure function of input i's records
+// (a versioned table). When that input comes straight from a source topic
+// through stateless operators only, the state has no changelog: the
+// source topic is its changelog, replayed on restore. Otherwise it is
+// like StateSpec.
+func (c *Context) TableStateSpec(input int, name string) state.Spec {
+	spec := c.StateSpec(name, 0)
+	if _, ok := c.task.plan.tableSource(c.node, input); ok {
+		spec.Log = ""
+	}
+	return spec
+}
+
 // CurrentWatermark is the operator's input watermark.
 func (c *Context) CurrentWatermark() int64 { return c.wm }
 
@@ -146,6 +159,10 @@ type Drainer interface {
 
 // RegisterDrainer makes the task call d.Drain when woken.
 func (c *Context) RegisterDrainer(d Drainer) { c.task.drainers = append(c.task.drainers, d) }
+
+// CountDropped counts a record dropped on purpose (late data without a
+// side output).
+func (c *Context) CountDropped() { c.m.dropped++ }
 
 // Metrics gives the operator's gauges for in-flight async calls.
 func (c *Context) SetInFlight(n int) { c.m.inFlight = int64(n) }

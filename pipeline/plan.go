@@ -26,6 +26,10 @@ type Subtopology struct {
 	Outputs []string
 	// Changelogs are the changelog topics of its stateful operators.
 	Changelogs []string
+	// TableSources are source topics that also serve as the changelog of
+	// a versioned table built from them: on restore the runtime replays
+	// them from the offset local state reflects up to the committed one.
+	TableSources []string
 	// Partitions is the task count, known after Resolve.
 	Partitions int32
 
@@ -113,6 +117,14 @@ func (b *Builder) Plan() (*Plan, error) {
 		down.Inputs = append(down.Inputs, TopicInput{Topic: n.keyBy.topic, Source: n.name, Repartition: true})
 		down.Changelogs = append(down.Changelogs, ChangelogTopic(b.job, n.name))
 	}
+	for _, n := range b.nodes {
+		for i := range n.inputs {
+			if topic, ok := p.tableSource(n, i); ok {
+				s := p.Subtopologies[n.sub]
+				s.TableSources = append(s.TableSources, topic)
+			}
+		}
+	}
 	for _, s := range p.Subtopologies {
 		sort.Slice(s.roots, func(i, j int) bool { return s.roots[i].id < s.roots[j].id })
 		if err := checkTopics(s); err != nil {
@@ -120,6 +132,43 @@ func (b *Builder) Plan() (*Plan, error) {
 		}
 	}
 	return p, nil
+}
+
+// pureOps are the operator types that keep no state and emit only what
+// their input gives them, so replaying a source through them is harmless.
+var pureOps = map[string]bool{"map": true, "filter": true, "flatMap": true}
+
+// tableSource reports whether input i of n is fed by a source topic
+// through a chain of pure operators that feeds nothing else, so that n's
+// state built from that input can be restored by replaying the topic.
+func (p *Plan) tableSource(n *node, i int) (string, bool) {
+	if i >= len(n.inputs) || n.what != "temporalJoin" || i != 1 {
+		return "", false
+	}
+	consumers := func(x *node) int {
+		c := 0
+		for _, m := range p.nodes {
+			for _, in := range m.inputs {
+				if in == x {
+					c++
+				}
+			}
+		}
+		return c
+	}
+	for up := n.inputs[i]; ; up = up.inputs[0] {
+		if consumers(up) != 1 {
+			return "", false
+		}
+		switch {
+		case up.kind == kindSource:
+			return up.source.topic, up.source.topic != ""
+		case up.kind == kindKeyBy && !up.keyBy.repartition:
+		case up.kind == kindOperator && !up.stateful && pureOps[up.what] && len(up.inputs) == 1 && len(up.sides) == 0:
+		default:
+			return "", false
+		}
+	}
 }
 
 func checkTopics(s *Subtopology) error {

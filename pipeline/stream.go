@@ -10,8 +10,14 @@ type Stream[T any] struct {
 	port *port[T]
 }
 
-// Name is the name of the operator producing the stream.
-func (s Stream[T]) Name() string { return s.n.name }
+// Name is the name of the operator producing the stream ("" for the zero
+// Stream an earlier error left).
+func (s Stream[T]) Name() string {
+	if s.n == nil {
+		return ""
+	}
+	return s.n.name
+}
 
 // Builder is the builder the stream belongs to.
 func (s Stream[T]) Builder() *Builder { return s.n.b }

@@ -193,6 +193,15 @@ func (t *Task) Drain() error {
 	return nil
 }
 
+// InFlight is the number of async calls in flight in the task.
+func (t *Task) InFlight() int {
+	n := 0
+	for _, c := range t.contexts {
+		n += int(c.m.inFlight)
+	}
+	return n
+}
+
 // FeedRaw decodes a record read from a topic and runs it through the
 // chain. Undecodable records go to the dead-letter topic.
 func (t *Task) FeedRaw(raw *RawRecord) error {

@@ -275,6 +275,9 @@ func (l *ListState[V]) Set(key string, vs []V) error {
 // Delete removes key's list.
 func (l *ListState[V]) Delete(key string) error { return l.vs.Delete(key) }
 
+// ListCodec encodes a slice element by element with c.
+func ListCodec[V any](c Codec[V]) Codec[[]V] { return listCodec[V]{c} }
+
 type listCodec[V any] struct{ c Codec[V] }
 
 func (lc listCodec[V]) Encode(dst []byte, vs []V) ([]byte, error) {

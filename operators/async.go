@@ -1,0 +1,318 @@
+package operators
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/loanflow/loanflow/pipeline"
+	"github.com/loanflow/loanflow/state"
+)
+
+// RetryPolicy retries failed or timed-out async calls with exponential
+// backoff and jitter.
+type RetryPolicy struct {
+	// MaxAttempts counts the first call; 1 means no retries. Default 3.
+	MaxAttempts int
+	// InitialBackoff before the second attempt. Default 100ms.
+	InitialBackoff time.Duration
+	// MaxBackoff caps the wait. Default 5s.
+	MaxBackoff time.Duration
+	// Multiplier grows the wait per attempt. Default 2.
+	Multiplier float64
+	// Jitter randomises each wait by ±Jitter of itself. Default 0.2.
+	Jitter float64
+	// Retryable decides whether an error is worth another attempt; default
+	// every error (timeouts included).
+	Retryable func(error) bool
+}
+
+func (r RetryPolicy) withDefaults() RetryPolicy {
+	if r.MaxAttempts <= 0 {
+		r.MaxAttempts = 3
+	}
+	if r.InitialBackoff <= 0 {
+		r.InitialBackoff = 100 * time.Millisecond
+	}
+	if r.MaxBackoff <= 0 {
+		r.MaxBackoff = 5 * time.Second
+	}
+	if r.Multiplier < 1 {
+		r.Multiplier = 2
+	}
+	if r.Jitter <= 0 {
+		r.Jitter = 0.2
+	}
+	return r
+}
+
+// AsyncSpec configures Async.
+type AsyncSpec[In, Out any] struct {
+	// Call performs the external request. ctx is cancelled at its timeout
+	// and when the task stops; Call must honour it.
+	Call func(ctx context.Context, in In) (Out, error)
+	// Ordered emits results in input order; otherwise as they complete
+	// (never across a watermark).
+	Ordered bool
+	// Capacity bounds the calls in flight in one task. Default 100.
+	Capacity int
+	// Timeout bounds each attempt. Default 5s.
+	Timeout time.Duration
+	Retry   RetryPolicy
+	// OnFailure turns a call that failed every attempt into a fallback
+	// record (ok = true). Without it, or when it declines, the input goes
+	// to the dead-letter topic with the error.
+	OnFailure func(in In, err error) (out Out, ok bool)
+	// InCodec stores in-flight inputs in checkpoints: after a restore they
+	// are issued again.
+	InCodec pipeline.Codec[In]
+}
+
+// Async calls an external service for each record without blocking the
+// task: up to Capacity calls are in flight at once, each in its own
+// goroutine; results come back to the task goroutine. In-flight inputs are
+// part of every checkpoint (a checkpoint never waits for them) and are
+// re-issued after a restore, so calls are at-least-once and outputs
+// exactly-once.
+func Async[In, Out any](s pipeline.Stream[In], name string, spec AsyncSpec[In, Out]) pipeline.Stream[Out] {
+	if spec.Call == nil || spec.InCodec == nil {
+		s.Builder().AddError(fmt.Errorf("async %q: Call and InCodec are required", name))
+	}
+	if spec.Capacity <= 0 {
+		spec.Capacity = 100
+	}
+	if spec.Timeout <= 0 {
+		spec.Timeout = 5 * time.Second
+	}
+	spec.Retry = spec.Retry.withDefaults()
+	return pipeline.AddOperator(s, name, pipeline.OperatorSpec{What: "async", Stateful: true}, func() pipeline.Operator[In, Out] {
+		return &asyncOp[In, Out]{spec: spec}
+	})
+}
+
+// asyncEntry is a record in flight, or a watermark queued behind records.
+type asyncEntry[In, Out any] struct {
+	rec     pipeline.Record[In]
+	out     Out
+	err     error
+	done    bool
+	emitted bool
+	isWM    bool
+	wm      pipeline.Watermark
+}
+
+type asyncOp[In, Out any] struct {
+	spec AsyncSpec[In, Out]
+	ctx  *pipeline.Context
+	out  pipeline.Collector[Out]
+	st   *state.ValueState[[]pipeline.Record[In]]
+
+	queue    []*asyncEntry[In, Out] // input order; head at queue[head]
+	head     int
+	inFlight int
+	done     chan *asyncEntry[In, Out]
+
+	callCtx context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Out]) error {
+	a.ctx, a.out = ctx, out
+	a.done = make(chan *asyncEntry[In, Out], a.spec.Capacity)
+	a.callCtx, a.cancel = context.WithCancel(context.Background())
+	ctx.RegisterDrainer(a)
+	var err error
+	if a.st, err = state.Value[[]pipeline.Record[In]](ctx.Store(), ctx.StateSpec("in-flight", 0), state.ListCodec[pipeline.Record[In]](recordCodec[In]{a.spec.InCodec})); err != nil {
+		return err
+	}
+	inflight, _, err := a.st.Get("")
+	if err != nil {
+		return err
+	}
+	for _, r := range inflight {
+		if err := a.Process(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Process starts a call for r, first waiting for room if Capacity calls
+// are in flight.
+func (a *asyncOp[In, Out]) Process(r pipeline.Record[In]) error {
+	for a.inFlight >= a.spec.Capacity {
+		if err := a.complete(<-a.done); err != nil {
+			return err
+		}
+	}
+	e := &asyncEntry[In, Out]{rec: r}
+	a.queue = append(a.queue, e)
+	a.inFlight++
+	a.ctx.SetInFlight(a.inFlight)
+	a.wg.Add(1)
+	go a.call(e)
+	return nil
+}
+
+// call runs on its own goroutine: attempts with timeouts and backoff.
+func (a *asyncOp[In, Out]) call(e *asyncEntry[In, Out]) {
+	defer a.wg.Done()
+	rp := a.spec.Retry
+	bo := &backoff.ExponentialBackOff{InitialInterval: rp.InitialBackoff, RandomizationFactor: rp.Jitter, Multiplier: rp.Multiplier, MaxInterval: rp.MaxBackoff}
+	bo.Reset()
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(a.callCtx, a.spec.Timeout)
+		out, err := a.spec.Call(actx, e.rec.Value)
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && a.callCtx.Err() == nil {
+			err = fmt.Errorf("timed out after %s: %w", a.spec.Timeout, err)
+		}
+		cancel()
+		if err == nil {
+			e.out, e.err = out, nil
+			break
+		}
+		e.err = fmt.Errorf("attempt %d of %d: %w", attempt, rp.MaxAttempts, err)
+		if attempt >= rp.MaxAttempts || a.callCtx.Err() != nil || (rp.Retryable != nil && !rp.Retryable(err)) {
+			break
+		}
+		select {
+		case <-time.After(bo.NextBackOff()):
+		case <-a.callCtx.Done():
+		}
+	}
+	a.done <- e // never blocks: the channel holds Capacity entries
+	a.ctx.Wake()
+}
+
+// Drain handles completed calls (on the task goroutine).
+func (a *asyncOp[In, Out]) Drain() error {
+	for {
+		select {
+		case e := <-a.done:
+			if err := a.complete(e); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+func (a *asyncOp[In, Out]) complete(e *asyncEntry[In, Out]) error {
+	e.done = true
+	a.inFlight--
+	a.ctx.SetInFlight(a.inFlight)
+	if !a.spec.Ordered {
+		if err := a.emit(e); err != nil {
+			return err
+		}
+	}
+	return a.flush()
+}
+
+// emit sends a completed record's result (or fallback, or dead letter).
+func (a *asyncOp[In, Out]) emit(e *asyncEntry[In, Out]) error {
+	e.emitted = true
+	if e.err == nil {
+		return a.out.Collect(pipeline.Record[Out]{Value: e.out, Time: e.rec.Time, Key: e.rec.Key})
+	}
+	if a.spec.OnFailure != nil {
+		if out, ok := a.spec.OnFailure(e.rec.Value, e.err); ok {
+			return a.out.Collect(pipeline.Record[Out]{Value: out, Time: e.rec.Time, Key: e.rec.Key})
+		}
+	}
+	return a.ctx.HandleError(fmt.Errorf("async %q: %w", a.ctx.Name(), e.err))
+}
+
+// flush pops the head of the queue: emitted records, completed records
+// (ordered mode) and the watermarks behind them. A watermark leaves only
+// when every record that arrived before it has left, so none of them turns
+// late downstream; in unordered mode, records that arrived after a
+// watermark may leave before it.
+func (a *asyncOp[In, Out]) flush() error {
+	for a.head < len(a.queue) {
+		e := a.queue[a.head]
+		switch {
+		case e.isWM:
+			if err := a.ctx.ForwardWatermark(e.wm); err != nil {
+				return err
+			}
+		case e.emitted:
+		case e.done && a.spec.Ordered:
+			if err := a.emit(e); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+		a.queue[a.head] = nil
+		a.head++
+	}
+	a.queue, a.head = a.queue[:0], 0
+	return nil
+}
+
+// OnWatermark queues the watermark behind the records in flight.
+func (a *asyncOp[In, Out]) OnWatermark(w pipeline.Watermark) (bool, error) {
+	if a.head == len(a.queue) {
+		return true, nil
+	}
+	if last := a.queue[len(a.queue)-1]; last.isWM {
+		last.wm = w // consecutive watermarks collapse into the newest
+		return false, nil
+	}
+	a.queue = append(a.queue, &asyncEntry[In, Out]{isWM: true, wm: w})
+	return false, a.flush()
+}
+
+// Snapshot stores the inputs of everything not yet emitted.
+func (a *asyncOp[In, Out]) Snapshot() error {
+	var pending []pipeline.Record[In]
+	for _, e := range a.queue[a.head:] {
+		if !e.isWM && !e.emitted {
+			pending = append(pending, e.rec)
+		}
+	}
+	if len(pending) == 0 {
+		return a.st.Delete("")
+	}
+	return a.st.Set("", pending)
+}
+
+func (a *asyncOp[In, Out]) Close() error {
+	a.cancel()
+	a.wg.Wait()
+	return nil
+}
+
+// recordCodec stores a record with its time and key.
+type recordCodec[T any] struct{ c pipeline.Codec[T] }
+
+func (rc recordCodec[T]) Encode(dst []byte, r pipeline.Record[T]) ([]byte, error) {
+	dst = binary.AppendVarint(dst, r.Time)
+	dst = binary.AppendUvarint(dst, uint64(len(r.Key)))
+	dst = append(dst, r.Key...)
+	return rc.c.Encode(dst, r.Value)
+}
+
+func (rc recordCodec[T]) Decode(src []byte) (pipeline.Record[T], error) {
+	var r pipeline.Record[T]
+	t, n := binary.Varint(src)
+	if n <= 0 {
+		return r, errors.New("corrupt in-flight record")
+	}
+	src = src[n:]
+	l, n := binary.Uvarint(src)
+	if n <= 0 || l > uint64(len(src)-n) {
+		return r, errors.New("corrupt in-flight record")
+	}
+	r.Time, r.Key = t, string(src[n:n+int(l)])
+	v, err := rc.c.Decode(src[n+int(l):])
+	r.Value = v
+	return r, err
+}

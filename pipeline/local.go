@@ -15,10 +15,15 @@ type LocalOptions struct {
 	// FS holds the task's state; default an in-memory FS, which survives
 	// Restart (it models the local disk).
 	FS vfs.FS
+	// Dir is the state directory within FS; default "state".
+	Dir string
 	// Start is the initial processing time; default 2026-01-01T00:00:00Z.
 	Start time.Time
 	// MaxCachedEntries bounds the state write cache (0 = default).
 	MaxCachedEntries int
+	// DiscardChangelog counts changelog mutations instead of keeping them
+	// (benchmarks).
+	DiscardChangelog bool
 	Logger           *slog.Logger
 }
 
@@ -31,14 +36,15 @@ type LocalOptions struct {
 // Checkpoint commits them, and Restart (a simulated crash) drops pending
 // outputs and uncommitted state.
 type Local struct {
-	plan  *Plan
-	opts  LocalOptions
-	mu    sync.Mutex
-	clock time.Time
-	store *state.Store
-	task  *Task
-	out   localOutput
-	logs  map[string][]state.Mutation
+	plan   *Plan
+	opts   LocalOptions
+	mu     sync.Mutex
+	clock  time.Time
+	store  *state.Store
+	task   *Task
+	out    localOutput
+	logs   map[string][]state.Mutation
+	logLen map[string]int64
 }
 
 type localOutput struct {
@@ -78,7 +84,7 @@ func NewLocal(b *Builder, opts LocalOptions) (*Local, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Local{plan: plan, opts: opts, clock: opts.Start, logs: make(map[string][]state.Mutation)}
+	l := &Local{plan: plan, opts: opts, clock: opts.Start, logs: make(map[string][]state.Mutation), logLen: make(map[string]int64)}
 	if err := l.open(); err != nil {
 		return nil, err
 	}
@@ -92,7 +98,11 @@ func (l *Local) now() time.Time {
 }
 
 func (l *Local) open() error {
-	st, err := state.Open(state.Options{Dir: "state", FS: l.opts.FS, MaxCachedEntries: l.opts.MaxCachedEntries, Now: l.now})
+	dir := l.opts.Dir
+	if dir == "" {
+		dir = "state"
+	}
+	st, err := state.Open(state.Options{Dir: dir, FS: l.opts.FS, MaxCachedEntries: l.opts.MaxCachedEntries, Now: l.now})
 	if err != nil {
 		return err
 	}
@@ -165,14 +175,17 @@ func (l *Local) AwaitWork(timeout time.Duration) (bool, error) {
 // Kafka transaction would.
 func (l *Local) Checkpoint() error {
 	if err := l.task.Checkpoint(func(m state.Mutation) error {
-		l.logs[m.Log] = append(l.logs[m.Log], m)
+		l.logLen[m.Log]++
+		if !l.opts.DiscardChangelog {
+			l.logs[m.Log] = append(l.logs[m.Log], m)
+		}
 		return nil
 	}); err != nil {
 		return err
 	}
-	offsets := make(map[string]int64)
-	for log, muts := range l.logs {
-		offsets[log] = int64(len(muts))
+	offsets := make(map[string]int64, len(l.logLen))
+	for log, n := range l.logLen {
+		offsets[log] = n
 	}
 	if err := l.task.Commit(offsets); err != nil {
 		return err

@@ -37,7 +37,7 @@ type Options struct {
 	// MaxCachedEntries bounds the write cache across all handles. Clean
 	// entries beyond it are evicted; dirty ones stay until the next
 	// checkpoint, and NeedsFlush reports when they alone exceed it.
-	// Default 262144.
+	// Default 1048576.
 	MaxCachedEntries int
 	// Now is the processing-time clock for TTL. Default time.Now.
 	Now func() time.Time
@@ -46,7 +46,7 @@ type Options struct {
 func (o *Options) withDefaults() Options {
 	out := *o
 	if out.MaxCachedEntries <= 0 {
-		out.MaxCachedEntries = 1 << 18
+		out.MaxCachedEntries = 1 << 20
 	}
 	if out.Now == nil {
 		out.Now = time.Now
@@ -114,6 +114,9 @@ type Spec struct {
 	// TTL expires entries this long after their last write (processing
 	// time); 0 keeps them forever.
 	TTL time.Duration
+	// WriteOnly handles are read back only by Scan when the store opens
+	// (timers): their entries leave the cache as soon as they are flushed.
+	WriteOnly bool
 }
 
 var metaPrefix = []byte{0xff, 0xff, 0xff, 0xff, 'm', 'e', 't', 'a', '/'}
@@ -175,11 +178,18 @@ func (s *Store) check() error {
 
 func (s *Store) now() int64 { return s.opts.Now().UnixMilli() }
 
-// entryAdded accounts for a new cache entry and evicts if over the bound.
+// entryAdded accounts for a new cache entry and, over the bound, evicts
+// clean entries down to 90% of it. Dirty entries cannot leave before the
+// next checkpoint; when they are most of the cache a pass would find
+// little to evict, so it waits for the checkpoint (see NeedsFlush).
 func (s *Store) entryAdded() {
 	s.cached++
-	if s.cached > s.opts.MaxCachedEntries {
-		s.evict(s.cached - s.opts.MaxCachedEntries*9/10)
+	max := s.opts.MaxCachedEntries
+	if s.cached <= max {
+		return
+	}
+	if clean := s.cached - s.dirty; clean > max/10 {
+		s.evict(min(clean, s.cached-max*9/10))
 	}
 }
 

@@ -23,6 +23,7 @@ type timerKey struct {
 
 // NewTimers registers a timer queue on s and loads its persisted timers.
 func NewTimers(s *Store, spec Spec) (*Timers, error) {
+	spec.WriteOnly = true
 	vs, err := Value[struct{}](s, spec, emptyCodec{})
 	if err != nil {
 		return nil, err

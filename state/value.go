@@ -196,6 +196,10 @@ func (vs *ValueState[V]) flush(b *pebble.Batch, emit func(Mutation) error) error
 			}
 		}
 		e.dirty = false
+		if vs.h.spec.WriteOnly {
+			delete(vs.cache, key)
+			vs.h.s.cached--
+		}
 	}
 	return nil
 }

@@ -19,6 +19,11 @@ type Config struct {
 	// Topic is the compacted topic the registry stores schemas in. Default
 	// _schemas. One registry writes a topic at a time (see doc.go).
 	Topic string
+	// TransactionalID is the Kafka transactional id the registry writes
+	// with. A registry starting with the same id fences the previous one,
+	// so one registry writes a topic at a time. Default
+	// loanflow-schema-registry-<Topic>.
+	TransactionalID string
 	// ReplicationFactor of the topic when the registry creates it; -1 (the
 	// default) uses the broker's default.
 	ReplicationFactor int
@@ -49,6 +54,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Topic == "" {
 		c.Topic = "_schemas"
+	}
+	if c.TransactionalID == "" {
+		c.TransactionalID = "loanflow-schema-registry-" + c.Topic
 	}
 	if c.ReplicationFactor == 0 {
 		c.ReplicationFactor = -1

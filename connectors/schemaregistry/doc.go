@@ -52,19 +52,26 @@
 // partition, cleanup.policy=compact; created if missing, and refused if it
 // exists uncompacted). Keys and values are Confluent's JSON (keytype
 // SCHEMA, CONFIG, MODE, DELETE_SUBJECT, CLEAR_SUBJECT, NOOP; see records.go).
-// The in-memory state is derived only by reading the topic in order: at
-// start Run reads it to its end before serving, and a write produces its
-// record and then waits until the reader has applied it, so a restarted
-// registry and a running one go through the same code. Writes are
-// serialized, and each first reads to the topic's current end, so ids and
-// versions are assigned from the latest state; run one writing registry per
-// topic (Confluent's leader election is not implemented), any number may
-// read.
+// The in-memory state is derived only by reading the topic's committed
+// records in order, so a restarted registry and a running one go through
+// the same code. Every write is one Kafka transaction (a permanent subject
+// delete, several records, is atomic; a write cut short by a crash is
+// never seen) and returns once the reader has applied it, so the answer
+// reflects the new state. Writes are serialized.
+//
+// One registry writes a topic at a time: the transactional id
+// (Config.TransactionalID, default loanflow-schema-registry-<topic>)
+// fences the previous writer when a new registry starts. The fenced one
+// answers writes with 50004 and keeps serving reads, following the new
+// writer. Ids are never reused: a watermark record keeps the highest id
+// across compaction of permanently deleted schemas.
 //
 // # Goroutines and errors
 //
 // Run owns everything it starts: the topic reader, the HTTP server and its
-// connections; it returns after all of them stopped. Config.Validate and
+// connections; it returns after all of them stopped. Locks: writeMu
+// serializes writers and is taken before mu, which guards the state; the
+// reader goroutine is the state's only writer. Config.Validate and
 // New report configuration errors; Run returns an error when Kafka is
 // unreachable, the topic is not compacted (ErrTopicNotCompacted) or the
 // listen address is taken. A record of the topic that cannot be read is

@@ -36,6 +36,7 @@ const (
 	codeSchemaTooLarge           = 42209
 	codeStoreError               = 50001
 	codeOperationTimeout         = 50002
+	codeUnknownLeader            = 50004
 	codeBadRequest               = 400
 	codeNotFound                 = 404
 	codeMethodNotAllowed         = 405

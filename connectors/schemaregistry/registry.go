@@ -43,6 +43,10 @@ type Registry struct {
 	// and waits until the tail has applied its record. Lock order: writeMu,
 	// then mu.
 	writeMu sync.Mutex
+	// unsettled is set when a write failed and its transaction's outcome is
+	// not known to be settled; fenced when another registry took over the
+	// topic. Both guarded by writeMu.
+	unsettled, fenced bool
 
 	mu struct {
 		sync.RWMutex
@@ -164,6 +168,11 @@ func (r *Registry) connect(ctx context.Context) error {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
 		kgo.DefaultProduceTopic(r.cfg.Topic),
+		kgo.TransactionalID(r.cfg.TransactionalID),
+		// A write's context does not reach records already batched; this
+		// bounds them too, so a write fails when Kafka is unreachable.
+		kgo.RecordDeliveryTimeout(r.cfg.WriteTimeout),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 	)
 	if err != nil {
 		return fmt.Errorf("schemaregistry: creating Kafka client: %w", err)
@@ -215,12 +224,17 @@ func (r *Registry) ensureTopic(ctx context.Context) error {
 	return nil
 }
 
-// load waits until the tail has applied everything the topic held at start.
+// load takes over writing the topic (fencing any earlier registry with the
+// same transactional id) and waits until the tail has applied everything
+// the topic held.
 func (r *Registry) load(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.LoadTimeout)
 	defer cancel()
 	start := time.Now()
-	if err := r.catchUp(ctx); err != nil {
+	r.writeMu.Lock()
+	err := r.sync(ctx)
+	r.writeMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("schemaregistry: loading %s: %w", r.cfg.Topic, err)
 	}
 	r.mu.RLock()
@@ -229,40 +243,6 @@ func (r *Registry) load(ctx context.Context) error {
 		"subjects", len(st.subjects), "skipped", st.warnings, "took", time.Since(start).String())
 	r.mu.RUnlock()
 	return nil
-}
-
-// catchUp waits until the tail has applied every record the topic holds
-// now (its high watermark).
-func (r *Registry) catchUp(ctx context.Context) error {
-	end, err := r.endOffset(ctx)
-	if err != nil {
-		return err
-	}
-	return r.waitApplied(ctx, end)
-}
-
-// endOffset returns the topic's high watermark, retrying while a just
-// created topic is not in the metadata yet.
-func (r *Registry) endOffset(ctx context.Context) (int64, error) {
-	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
-		ends, err := r.adm.ListEndOffsets(ctx, r.cfg.Topic)
-		if err == nil {
-			o, ok := ends.Lookup(r.cfg.Topic, 0)
-			switch {
-			case !ok:
-				err = errors.New("no answer for partition 0")
-			case o.Err != nil:
-				err = o.Err
-			default:
-				return o.Offset, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("listing the end offset of %s: %w (last error: %v)", r.cfg.Topic, ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-	}
 }
 
 // waitApplied waits until every record below offset end is applied.
@@ -320,22 +300,6 @@ func (r *Registry) setTailErr(err error) {
 	r.mu.tailErr = err
 	close(r.mu.applied)
 	r.mu.applied = make(chan struct{})
-}
-
-// write produces recs (a nil Value is a tombstone) and waits until the
-// tail applied them. The caller holds writeMu.
-func (r *Registry) write(ctx context.Context, recs ...*kgo.Record) error {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.WriteTimeout)
-	defer cancel()
-	res := r.cl.ProduceSync(ctx, recs...)
-	if err := res.FirstErr(); err != nil {
-		return fmt.Errorf("writing to %s: %w", r.cfg.Topic, err)
-	}
-	var last int64
-	for _, pr := range res {
-		last = max(last, pr.Record.Offset)
-	}
-	return r.waitApplied(ctx, last+1)
 }
 
 // parse parses a schema text, caching by identity.

@@ -214,38 +214,31 @@ func hasValue(recs []*kgo.Record, subject string) bool {
 	return false
 }
 
+// readTopic reads the topic's committed records (transaction markers
+// skipped) until a poll finds nothing new for a second.
 func readTopic(t *testing.T, topic string) []*kgo.Record {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	seeds := testenv.Broker(t).Addrs()
-	adm, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
-	ends, err := kadm.NewClient(adm).ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	end, _ := ends.Lookup(topic, 0)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(testenv.Broker(t).Addrs()...),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
 	var out []*kgo.Record
-	for {
-		if len(out) > 0 && out[len(out)-1].Offset >= end.Offset-1 || end.Offset == 0 {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		recs := fs.Records()
+		if len(recs) == 0 {
 			return out
 		}
-		fs := cl.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			t.Fatalf("reading %s: %v", topic, err)
-		}
-		out = append(out, fs.Records()...)
+		out = append(out, recs...)
 	}
+	t.Fatalf("reading %s: still records after 30s", topic)
+	return nil
 }
 
 // TestTopicFormat: what the registry writes is Confluent's KafkaStore
@@ -269,6 +262,7 @@ func TestTopicFormat(t *testing.T) {
 	}
 	recs := readTopic(t, topic)
 	want := []struct{ key, value string }{
+		{`{"keytype":"NOOP","subject":"_loanflow_sync","magic":0}`, ``}, // the sync at start
 		{`{"keytype":"SCHEMA","subject":"fmt-value","version":1,"magic":1}`, fmt.Sprintf(`{"subject":"fmt-value","version":1,"id":%d,"schema":"\"string\"","deleted":false}`, id)},
 		{`{"keytype":"CONFIG","subject":"fmt-value","magic":0}`, `{"compatibilityLevel":"FULL"}`},
 		{`{"keytype":"CONFIG","subject":null,"magic":0}`, `{"compatibilityLevel":"NONE"}`},
@@ -390,5 +384,48 @@ func TestRefusesUncompactedTopic(t *testing.T) {
 	defer cancel()
 	if err := r.Run(ctx); err == nil || !errors.Is(err, ErrTopicNotCompacted) {
 		t.Fatalf("Run on an uncompacted topic: %v", err)
+	}
+}
+
+// TestSecondRegistryFencesFirst: a registry started on a topic another one
+// is writing takes over the writes (the transactional id fences the first);
+// the first then refuses writes with 50004, keeps serving reads, and its
+// reader follows what the new writer commits.
+func TestSecondRegistryFencesFirst(t *testing.T) {
+	topic := testenv.Name(t, "_schemas")
+	first := start(t, Config{Topic: topic})
+	cl1 := srClient(t, first.Registry)
+	ctx := context.Background()
+	id1, err := cl1.RegisterSchema(ctx, "f-value", avroSchema(appV1), -1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second := start(t, Config{Topic: topic})
+	cl2 := srClient(t, second.Registry)
+	_, err = cl1.RegisterSchema(ctx, "f-value", avroSchema(appV2), -1, -1)
+	msg := responseErr(t, err, codeUnknownLeader)
+	if !strings.Contains(msg, "took over") {
+		t.Fatalf("fenced write: %s", msg)
+	}
+	id2, err := cl2.RegisterSchema(ctx, "f-value", avroSchema(appV2), -1, -1)
+	if err != nil || id2 == id1 {
+		t.Fatalf("write to the new registry: id %d (%v)", id2, err)
+	}
+	// The fenced registry still reads, and catches up with the new writer.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		latest, err := cl1.SchemaByVersion(ctx, "f-value", -1)
+		if err == nil && latest.ID == id2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fenced registry does not see version 2: %+v (%v)", latest, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Its failed attempt left nothing behind: exactly two versions.
+	if vs, err := cl2.SubjectVersions(ctx, "f-value"); err != nil || len(vs) != 2 {
+		t.Fatalf("versions %v (%v)", vs, err)
 	}
 }

@@ -13,16 +13,16 @@ import (
 // what it answers. It runs under the state's read lock and must not block.
 type plan func(st *state) (recs []*kgo.Record, resp any, err error)
 
-// mutate runs p with writers serialized: it first reads the topic up to its
-// end (so the plan sees every earlier write), then writes p's records and
-// waits until they are applied, so the answer reflects the new state.
+// mutate runs p with writers serialized: p sees every earlier write
+// applied, its records are written in one transaction, and the answer is
+// given once they are applied, so it reflects the new state.
 func (r *Registry) mutate(req *http.Request, p plan) (any, error) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
-	ctx, cancel := context.WithTimeout(req.Context(), r.cfg.WriteTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), r.cfg.WriteTimeout)
 	defer cancel()
-	if err := r.catchUp(ctx); err != nil {
-		return nil, storeErr(err)
+	if err := r.writable(ctx); err != nil {
+		return nil, err
 	}
 	r.mu.RLock()
 	recs, resp, err := p(r.mu.st)
@@ -31,12 +31,15 @@ func (r *Registry) mutate(req *http.Request, p plan) (any, error) {
 		return resp, err
 	}
 	if err := r.write(ctx, recs...); err != nil {
-		return nil, storeErr(err)
+		return nil, r.writeErr(err)
 	}
 	return resp, nil
 }
 
-func storeErr(err error) *apiError {
+func (r *Registry) writeErr(err error) *apiError {
+	if r.fenced {
+		return errf(codeUnknownLeader, "This registry no longer writes topic %s: another registry with transactional id %s took over; send writes there (%v)", r.cfg.Topic, r.cfg.TransactionalID, err)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return errf(codeOperationTimeout, "Operation timed out: %v", err)
 	}
@@ -67,9 +70,30 @@ func (r *Registry) register(req *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.mutate(req, func(st *state) ([]*kgo.Record, any, error) {
-		return r.planRegister(st, subject, sr)
+	wrote := false
+	resp, err := r.mutate(req, func(st *state) ([]*kgo.Record, any, error) {
+		recs, resp, err := r.planRegister(st, subject, sr)
+		wrote = len(recs) > 0
+		return recs, resp, err
 	})
+	if err != nil || !wrote {
+		return resp, err
+	}
+	return resp, r.verifyRegistered(subject, resp.(idResponse).ID)
+}
+
+// verifyRegistered checks that the subject now holds the schema id a
+// registration answered, which fails only if another writer on the same
+// topic won a race for the id (see doc.go: one writer per topic).
+func (r *Registry) verifyRegistered(subject string, id int) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, v := range r.mu.st.versions(subject, false) {
+		if v.id == id {
+			return nil
+		}
+	}
+	return errf(codeStoreError, "Error in the backend data store: the registration of id %d under '%s' was overtaken by another writer of the storage topic; retry", id, subject)
 }
 
 type idResponse struct {

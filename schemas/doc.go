@@ -72,7 +72,9 @@
 // kind with errors.Is. IsRetryable (true only for ErrRegistryUnavailable)
 // decides between retrying and sending the record to the dead-letter topic:
 // a record that cannot be decoded is never retried, and a registry outage
-// never dead-letters a good record. Decode never panics.
+// never dead-letters a good record. Retryable errors also match
+// pipeline.ErrRetryable, so a job's source fails its task (and restarts
+// from the checkpoint) instead of dead-lettering. Decode never panics.
 //
 // # Goroutines and resources
 //

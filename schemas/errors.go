@@ -3,6 +3,8 @@ package schemas
 import (
 	"errors"
 	"fmt"
+
+	"github.com/loanflow/loanflow/pipeline"
 )
 
 // Error kinds. Every error a Serde or Client returns is an *Error whose Kind
@@ -90,7 +92,15 @@ func (e *Error) Unwrap() []error {
 // schema, and the record belongs in the dead-letter topic.
 func (e *Error) Retryable() bool { return e.Kind == ErrRegistryUnavailable }
 
-// IsRetryable reports whether err (from this package) is retryable.
+// Is makes a retryable error match pipeline.ErrRetryable, so the engine
+// fails the task (to retry from its checkpoint) instead of dead-lettering a
+// good record while the registry is down.
+func (e *Error) Is(target error) bool {
+	return target == pipeline.ErrRetryable && e.Retryable()
+}
+
+// IsRetryable reports whether err (from this package) is retryable; it is
+// errors.Is(err, pipeline.ErrRetryable) for this package's errors.
 func IsRetryable(err error) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Retryable()

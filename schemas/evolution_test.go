@@ -3,6 +3,7 @@ package schemas
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/big"
 	"reflect"
 	"runtime"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loanflow/loanflow/pipeline"
 	"github.com/twmb/franz-go/pkg/sr"
 )
 
@@ -227,8 +229,17 @@ func TestRegistryDownIsRetryable(t *testing.T) {
 		t.Fatalf("decoding its own schema id without the registry: %v", err)
 	}
 	_, err = ro.Decode(append(AppendHeader(nil, s.ID()+1000), own[5:]...))
-	if !errors.Is(err, ErrRegistryUnavailable) || !IsRetryable(err) {
+	if !errors.Is(err, ErrRegistryUnavailable) || !IsRetryable(err) || !errors.Is(err, pipeline.ErrRetryable) {
 		t.Fatalf("unknown id with the registry down: %v", err)
+	}
+	// What the engine does with it: a retryable decode error fails the task
+	// rather than dead-lettering the record; a corrupt record does not.
+	wrapped := fmt.Errorf("decoding record from t/0@1: %w", err)
+	if !errors.Is(wrapped, pipeline.ErrRetryable) {
+		t.Fatal("wrapped registry error does not match pipeline.ErrRetryable")
+	}
+	if _, err := ro.Decode([]byte{1, 2, 3, 4, 5}); errors.Is(err, pipeline.ErrRetryable) {
+		t.Fatalf("a corrupt record matches pipeline.ErrRetryable: %v", err)
 	}
 }
 

@@ -59,6 +59,11 @@
 //	env, err := schemas.CDCEnvelopeSchema("cdc.public.loans", columns)
 //	serde, err := schemas.NewSerde[map[string]any](ctx, cl, schemas.ValueSubject("cdc.public.loans"), env.String())
 //
+// A consumer that has no reader schema (a job that only needs a CDC record's
+// key, or any field of whatever version arrives) uses
+// NewWriterSchemaDecoder[map[string]any]: each record decodes with its own
+// writer schema.
+//
 // A new Relation message means a new envelope schema and a new serde; its
 // registration either gets a new version or fails with ErrIncompatible
 // (the registry's message names the field).

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/loanflow/loanflow/pipeline"
+	"github.com/twmb/avro"
 	"github.com/twmb/franz-go/pkg/sr"
 )
 
@@ -417,4 +418,38 @@ func arrayStart(t *testing.T, b []byte) int {
 	str()    // customer_id
 	i++      // decision enum index
 	return i // reason_codes block count
+}
+
+// TestWriterSchemaDecoder: a consumer without a reader schema decodes CDC
+// keys and envelopes of any version with their own writer schemas.
+func TestWriterSchemaDecoder(t *testing.T) {
+	cl := newRegistry(t)
+	ctx := context.Background()
+	topic := "cdc.public.credit_profiles"
+	key, err := CDCKeySchema(topic, []avro.SchemaField{column("customer_id", stringType())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := NewSerde[map[string]any](ctx, cl, KeySubject(topic), key.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ks.Encode(nil, map[string]any{"customer_id": "cust-9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := NewWriterSchemaDecoder[map[string]any](cl, KeySubject(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := dec.Decode(b)
+	if err != nil || got["customer_id"] != "cust-9" {
+		t.Fatalf("key %v (%v)", got, err)
+	}
+	if _, err := dec.Encode(nil, got); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("encoding with a writer-schema decoder: %v", err)
+	}
+	if _, err := dec.Decode(append(AppendHeader(nil, 9999), b[5:]...)); !errors.Is(err, ErrUnknownSchemaID) {
+		t.Fatalf("unknown id: %v", err)
+	}
 }

@@ -83,6 +83,23 @@ var _ pipeline.Codec[LoanApplication] = (*Serde[LoanApplication])(nil)
 // encode), timestamps time.Time. Registration errors say whether they are
 // retryable (registry unreachable) or not (incompatible schema, 409).
 func NewSerde[T any](ctx context.Context, cl *Client, subject, schema string, opts ...SerdeOption) (*Serde[T], error) {
+	s, err := newSerde[T](cl, subject, opts)
+	if err != nil {
+		return nil, err
+	}
+	reader, err := avro.Parse(schema, s.schemaOpts...)
+	if err != nil {
+		return nil, newErr("parsing schema", ErrInvalidSchema, subject, -1, err)
+	}
+	s.reader = reader
+	if err := s.register(ctx, schema); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newSerde applies the options and the schema wiring for T.
+func newSerde[T any](cl *Client, subject string, opts []SerdeOption) (*Serde[T], error) {
 	s := &Serde[T]{cl: cl, subject: subject, id: -1}
 	s.opts = serdeOptions{maxRecordBytes: DefaultMaxRecordBytes, maxWriters: 64}
 	for _, o := range opts {
@@ -92,14 +109,6 @@ func NewSerde[T any](ctx context.Context, cl *Client, subject, schema string, op
 		return nil, fmt.Errorf("schemas: MaxRecordBytes must exceed %d and MaxWriterSchemas be at least 1", HeaderBytes)
 	}
 	s.schemaOpts = schemaOptsFor[T]()
-	reader, err := avro.Parse(schema, s.schemaOpts...)
-	if err != nil {
-		return nil, newErr("parsing schema", ErrInvalidSchema, subject, -1, err)
-	}
-	s.reader = reader
-	if err := s.register(ctx, schema); err != nil {
-		return nil, err
-	}
 	s.mu.writers = make(map[int]writerEntry)
 	return s, nil
 }
@@ -147,6 +156,17 @@ func schemaOptsFor[T any]() []avro.SchemaOpt {
 	return []avro.SchemaOpt{dyn}
 }
 
+// NewWriterSchemaDecoder returns a Serde that decodes every record with its
+// own writer schema, fetched from the registry by id, without a reader
+// schema: for consumers of topics whose schemas are built at run time (the
+// CDC topics' keys and envelopes) that want whatever the record holds. T is
+// normally map[string]any (or any); a struct T must have a field for every
+// field of every writer schema. It cannot encode (ErrNotRegistered).
+// subject only labels errors.
+func NewWriterSchemaDecoder[T any](cl *Client, subject string, opts ...SerdeOption) (*Serde[T], error) {
+	return newSerde[T](cl, subject, opts)
+}
+
 // ID returns the schema id the serde encodes with, or -1 if a ReadOnly
 // serde's schema is not registered.
 func (s *Serde[T]) ID() int { return s.id }
@@ -154,13 +174,14 @@ func (s *Serde[T]) ID() int { return s.id }
 // Subject returns the registry subject.
 func (s *Serde[T]) Subject() string { return s.subject }
 
-// Schema returns the parsed reader/writer schema.
+// Schema returns the parsed reader/writer schema (nil for a writer-schema
+// decoder).
 func (s *Serde[T]) Schema() *avro.Schema { return s.reader }
 
 // Encode appends the framed Avro encoding of v to dst.
 func (s *Serde[T]) Encode(dst []byte, v T) ([]byte, error) {
 	if s.id < 0 {
-		return dst, newErr("encoding", ErrNotRegistered, s.subject, -1, errors.New("the serde is ReadOnly and its schema is not registered under the subject"))
+		return dst, newErr("encoding", ErrNotRegistered, s.subject, -1, errors.New("the serde is ReadOnly and its schema is not registered under the subject, or a writer-schema decoder"))
 	}
 	start := len(dst)
 	dst = AppendHeader(dst, s.id)
@@ -258,6 +279,9 @@ func (s *Serde[T]) resolve(id int) (writerEntry, error) {
 	w, err := avro.Parse(text, s.schemaOpts...)
 	if err != nil {
 		return writerEntry{err: newErr("decoding", ErrInvalidSchema, s.subject, id, fmt.Errorf("parsing writer schema: %w", err))}, nil
+	}
+	if s.reader == nil {
+		return writerEntry{schema: w}, nil // a writer-schema decoder
 	}
 	r, err := avro.Resolve(w, s.reader)
 	if err != nil {

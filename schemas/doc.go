@@ -68,6 +68,11 @@
 // registration either gets a new version or fails with ErrIncompatible
 // (the registry's message names the field).
 //
+// Customer360FromRows and LoanUpdatedEventFromChange map CDC rows of the
+// database tables (customers, credit_profiles, loans) onto the records, for
+// the jobs that produce customer_360 and LoanUpdatedEvent: the one place
+// where the table columns and the record fields meet.
+//
 // # Errors
 //
 // Every error is an *Error whose Kind is one of ErrBadMagic, ErrTruncated,

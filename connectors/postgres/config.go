@@ -52,6 +52,9 @@ type Config struct {
 	Slot string `yaml:"slot"`
 	// Publication is the publication the slot streams. Default Name.
 	Publication string `yaml:"publication"`
+	// Views are flattened upsert topics built from several tables (e.g.
+	// customer_360); their source tables are captured too.
+	Views []ViewConfig `yaml:"views"`
 	// Tables are the tables to capture, with their routing. Required unless
 	// the publication already exists (then its tables are captured in
 	// envelope mode unless listed here).
@@ -269,6 +272,11 @@ func (c Config) Validate() error {
 		seen[t.Table] = true
 		if t.Mode != ModeEnvelope && t.Mode != ModeUpsert {
 			bad("tables: %s: mode %q: use envelope or upsert", t.Table, t.Mode)
+		}
+	}
+	for i := range c.Views {
+		if err := c.Views[i].validate(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for name, v := range map[string]int{

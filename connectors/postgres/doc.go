@@ -28,6 +28,19 @@
 // tombstone for a delete (e.g. customer_360). TRUNCATE of an upsert table
 // cannot be expressed per key and goes to the dead-letter topic.
 //
+// A view (Config.Views) is a flattened upsert topic built from several
+// tables, such as customer_360 from customers, credit_profiles and loans:
+// a change of a source table marks its key, and before each Kafka commit
+// the reader runs the view's query for the marked keys and writes the rows
+// (keyed by the key column as an Avro string, subject <topic>-key; value in
+// the configured schema, e.g. schemas.Customer360Schema) or a tombstone for
+// a key the query no longer returns, in the same transaction as the
+// changes. The query sees the current database state, at most a commit
+// interval after the change, so a row can include a transaction committed
+// just after the one that triggered it; updated_at and source_lsn, when
+// the query does not return them, are the triggering change's commit time
+// and commit LSN. TRUNCATE does not refresh views.
+//
 // Row schemas are built from PostgreSQL relation metadata: the key columns
 // keep their type, other columns are nullable unions with default null, so
 // adding or dropping a column is a BACKWARD- and FORWARD-compatible change.

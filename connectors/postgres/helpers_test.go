@@ -202,11 +202,12 @@ func (d *decoder) decode(b []byte) (map[string]any, int, error) {
 		}
 		d.schemas[id] = s
 	}
-	var out map[string]any
+	var out any
 	if _, err := s.Decode(b[5:], &out); err != nil {
 		return nil, id, err
 	}
-	return out, id, nil
+	m, _ := out.(map[string]any) // nil for non-record keys
+	return m, id, nil
 }
 
 // readAll reads topics with read_committed up to an end marker it writes

@@ -161,6 +161,15 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if err := r.knownTopics(ctx, w, pub); err != nil {
 		return err
 	}
+	if len(r.cfg.Views) > 0 {
+		if w.viewConn, err = connect(ctx, r.cfg.DatabaseURL); err != nil {
+			return err
+		}
+		defer w.viewConn.Close(context.WithoutCancel(ctx))
+		for i := range r.cfg.Views {
+			w.views = append(w.views, &viewState{cfg: &r.cfg.Views[i], dirty: map[string]viewTouch{}})
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.run(gctx, queue) })
 	g.Go(func() error {

@@ -157,6 +157,14 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 		s, n, _ := strings.Cut(t.Table, ".")
 		want = append(want, pubTable{s, n})
 	}
+	for _, v := range cfg.Views {
+		for _, src := range v.Sources {
+			s, n, _ := strings.Cut(src.Table, ".")
+			if !containsTable(want, pubTable{s, n}) {
+				want = append(want, pubTable{s, n})
+			}
+		}
+	}
 	if !exists {
 		if len(want) == 0 {
 			return nil, fmt.Errorf("%w: publication %s does not exist and no tables are configured", ErrConfig, cfg.Publication)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -36,8 +37,10 @@ type writer struct {
 	db     string
 	resume Position // position read at session start: what Kafka holds
 
-	codecs map[*table]*codec
-	topics map[string]int32 // created topics → partitions
+	codecs   map[*table]*codec
+	views    []*viewState
+	viewConn *pgx.Conn        // view queries; nil without views
+	topics   map[string]int32 // created topics → partitions
 
 	committed Position
 	pending   Position
@@ -226,6 +229,9 @@ func (w *writer) commit(ctx context.Context) error {
 	if err := w.ensureOpen(); err != nil {
 		return err
 	}
+	if err := w.refreshViews(ctx); err != nil {
+		return err
+	}
 	pos := w.pending
 	pos.CommittedAt = time.Now().UTC()
 	rec, err := positionRecord(w.cfg.PositionsTopic, w.cfg.Name, pos)
@@ -290,6 +296,7 @@ func (w *writer) writeEvent(ctx context.Context, ev *event) error {
 	if err := ev.convert(); err != nil {
 		return w.deadLetter(ctx, ev, err)
 	}
+	w.touchViews(ev)
 	if ev.keyChanged() {
 		// A primary-key change is a delete of the old key and a create of
 		// the new one, as Debezium writes it.

@@ -1,0 +1,256 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/twmb/avro"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/loanflow/loanflow/schemas"
+)
+
+// ViewConfig is a flattened upsert topic built from several tables, such as
+// customer_360 (customers + credit_profiles + loans). Whenever a change of
+// a source table touches a key, the reader runs Query for the touched keys
+// and writes each result row, keyed by KeyColumn, to Topic (compacted); a
+// key the query no longer returns gets a tombstone.
+//
+// The query reads the database's current state when the reader processes
+// the change (at most a commit interval later), so a row may already
+// include transactions committed just after the change that triggered it;
+// the next change rewrites it again, and the topic converges to the
+// current state. Fields of the value schema the query does not return are
+// filled from the triggering change: updated_at (its commit time) and
+// source_lsn (its commit LSN), else the field's default.
+type ViewConfig struct {
+	// Topic is the compacted topic, e.g. customer_360. Required.
+	Topic string `yaml:"topic"`
+	// Query selects the rows of the keys in $1 (a text[]), e.g.
+	// "... WHERE c.customer_id = ANY($1)". Required.
+	Query string `yaml:"query"`
+	// KeyColumn is the result column holding the key (written as an Avro
+	// string under <topic>-key). Required.
+	KeyColumn string `yaml:"key_column"`
+	// ValueSchema is the Avro schema of the value (JSON), or
+	// ValueSchemaFile a file holding it. One is required.
+	ValueSchema     string `yaml:"value_schema"`
+	ValueSchemaFile string `yaml:"value_schema_file"`
+	// Sources are the tables whose changes refresh the view, and the column
+	// of each holding the view's key.
+	Sources []ViewSource `yaml:"sources"`
+}
+
+// ViewSource is a table feeding a view.
+type ViewSource struct {
+	Table  string `yaml:"table"`  // schema.table
+	Column string `yaml:"column"` // column holding the view key
+}
+
+// validate checks v and loads its schema file.
+func (v *ViewConfig) validate() error {
+	switch {
+	case v.Topic == "" || v.Query == "" || v.KeyColumn == "":
+		return fmt.Errorf("%w: views: topic, query and key_column are required", ErrConfig)
+	case !strings.Contains(v.Query, "$1"):
+		return fmt.Errorf("%w: views: %s: the query must select the keys in $1 (e.g. WHERE id = ANY($1))", ErrConfig, v.Topic)
+	case len(v.Sources) == 0:
+		return fmt.Errorf("%w: views: %s: at least one source table is required", ErrConfig, v.Topic)
+	}
+	if v.ValueSchema == "" && v.ValueSchemaFile != "" {
+		b, err := os.ReadFile(v.ValueSchemaFile)
+		if err != nil {
+			return fmt.Errorf("%w: views: %s: %v", ErrConfig, v.Topic, err)
+		}
+		v.ValueSchema = string(b)
+	}
+	if _, err := avro.Parse(v.ValueSchema); err != nil {
+		return fmt.Errorf("%w: views: %s: value schema: %v", ErrConfig, v.Topic, err)
+	}
+	for i := range v.Sources {
+		s := &v.Sources[i]
+		if !strings.Contains(s.Table, ".") {
+			s.Table = "public." + s.Table
+		}
+		if s.Column == "" {
+			return fmt.Errorf("%w: views: %s: source %s needs a column", ErrConfig, v.Topic, s.Table)
+		}
+	}
+	return nil
+}
+
+// viewState is a view's codec and the keys touched in the open Kafka
+// transaction. Owned by the writer goroutine.
+type viewState struct {
+	cfg            *ViewConfig
+	value, key     *avro.Schema
+	valueID, keyID int
+	dirty          map[string]viewTouch
+}
+
+type viewTouch struct {
+	lsn pglogrepl.LSN
+	at  time.Time
+}
+
+// touch records the keys a change touches in the views it feeds.
+func (w *writer) touchViews(ev *event) {
+	q := ev.t.qualified()
+	for _, vs := range w.views {
+		for _, src := range vs.cfg.Sources {
+			if src.Table != q {
+				continue
+			}
+			i := slices.IndexFunc(ev.t.cols, func(c tableCol) bool { return c.name == src.Column })
+			if i < 0 {
+				continue
+			}
+			for _, tuple := range [][]colValue{ev.old, ev.new} {
+				if i < len(tuple) && tuple[i].kind == kindText {
+					vs.dirty[string(tuple[i].data)] = viewTouch{lsn: ev.commitLSN, at: ev.commitTime}
+				}
+			}
+		}
+	}
+}
+
+// refreshViews writes the current rows of the touched keys, inside the
+// Kafka transaction about to commit.
+func (w *writer) refreshViews(ctx context.Context) error {
+	for _, vs := range w.views {
+		if len(vs.dirty) == 0 {
+			continue
+		}
+		if err := w.refreshView(ctx, vs); err != nil {
+			return err
+		}
+		clear(vs.dirty)
+	}
+	return nil
+}
+
+func (w *writer) refreshView(ctx context.Context, vs *viewState) error {
+	if err := w.viewCodec(ctx, vs); err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(vs.dirty))
+	for k := range vs.dirty {
+		keys = append(keys, k)
+	}
+	rows, err := w.viewConn.Query(ctx, vs.cfg.Query, pgx.QueryResultFormats{pgx.TextFormatCode}, keys)
+	if err != nil {
+		return fmt.Errorf("view %s: query: %w", vs.cfg.Topic, err)
+	}
+	seen, err := w.viewRows(ctx, vs, rows)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if seen[k] {
+			continue
+		}
+		key, err := vs.key.AppendEncode(frame(nil, vs.keyID), k)
+		if err != nil {
+			return fmt.Errorf("%w: view %s key %q: %v", ErrValue, vs.cfg.Topic, k, err)
+		}
+		if err := w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Timestamp: vs.dirty[k].at}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// viewRows encodes and produces the query's rows; it returns the keys seen.
+func (w *writer) viewRows(ctx context.Context, vs *viewState, rows pgx.Rows) (map[string]bool, error) {
+	defer rows.Close()
+	fds := rows.FieldDescriptions()
+	convs := make([]colType, len(fds))
+	keyIdx := -1
+	for i, fd := range fds {
+		ct, err := mapType(fd.DataTypeOID, fd.TypeModifier)
+		if err != nil {
+			return nil, fmt.Errorf("view %s column %s: %w", vs.cfg.Topic, fd.Name, err)
+		}
+		convs[i] = ct
+		if fd.Name == vs.cfg.KeyColumn {
+			keyIdx = i
+		}
+	}
+	if keyIdx < 0 {
+		return nil, fmt.Errorf("%w: view %s: query returns no column %s", ErrConfig, vs.cfg.Topic, vs.cfg.KeyColumn)
+	}
+	seen := map[string]bool{}
+	for rows.Next() {
+		raw := rows.RawValues()
+		k := string(raw[keyIdx])
+		seen[k] = true
+		if err := w.viewRow(ctx, vs, fds, convs, raw, k); err != nil {
+			return nil, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("view %s: %w", vs.cfg.Topic, err)
+	}
+	return seen, nil
+}
+
+func (w *writer) viewRow(ctx context.Context, vs *viewState, fds []pgconn.FieldDescription, convs []colType, raw [][]byte, k string) error {
+	touch := vs.dirty[k]
+	m := map[string]any{"updated_at": touch.at, "source_lsn": int64(touch.lsn)}
+	for i, fd := range fds {
+		if raw[i] == nil {
+			m[fd.Name] = nil
+			continue
+		}
+		v, err := convs[i].conv(raw[i])
+		if err != nil {
+			return w.viewDeadLetter(ctx, vs, k, err)
+		}
+		m[fd.Name] = v
+	}
+	key, err := vs.key.AppendEncode(frame(nil, vs.keyID), k)
+	if err != nil {
+		return w.viewDeadLetter(ctx, vs, k, err)
+	}
+	val, err := vs.value.AppendEncode(frame(nil, vs.valueID), m)
+	if err != nil {
+		return w.viewDeadLetter(ctx, vs, k, fmt.Errorf("%w: %v", ErrValue, err))
+	}
+	return w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Value: val, Timestamp: touch.at})
+}
+
+func (w *writer) viewDeadLetter(ctx context.Context, vs *viewState, key string, cause error) error {
+	w.m.deadLetters.Inc()
+	w.cfg.Logger.Warn("cdc: view row sent to dead-letter topic", "view", vs.cfg.Topic, "key", key, "error", cause)
+	return w.produce(ctx, &kgo.Record{
+		Topic: w.cfg.DeadLetterTopic, Key: []byte(key), Value: []byte(cause.Error()),
+		Headers: []kgo.RecordHeader{{Key: "error", Value: []byte(cause.Error())}, {Key: "source.topic", Value: []byte(vs.cfg.Topic)}},
+	})
+}
+
+// viewCodec creates the view's topic and registers its schemas once.
+func (w *writer) viewCodec(ctx context.Context, vs *viewState) error {
+	if vs.value != nil {
+		return nil
+	}
+	if err := w.ensureTopic(ctx, vs.cfg.Topic, true); err != nil {
+		return err
+	}
+	val, err := avro.Parse(vs.cfg.ValueSchema)
+	if err != nil {
+		return fmt.Errorf("%w: view %s: %v", ErrConfig, vs.cfg.Topic, err)
+	}
+	key := avro.MustParse(`"string"`)
+	if vs.value, vs.valueID, err = register(ctx, w.reg, schemas.ValueSubject(vs.cfg.Topic), val); err != nil {
+		return err
+	}
+	vs.key, vs.keyID, err = register(ctx, w.reg, schemas.KeySubject(vs.cfg.Topic), key)
+	return err
+}

@@ -96,6 +96,9 @@ type codec struct {
 	key, value     *avro.Schema
 	keyID, valueID int
 	fields         []string // Avro field per column
+	// Scratch maps reused across records (the encoder copies what it
+	// reads); a codec is used by the writer goroutine only.
+	keyMap, beforeMap, afterMap, envMap, srcMap map[string]any
 }
 
 // newCodec builds and registers the key and value schemas of t under the
@@ -106,7 +109,8 @@ func newCodec(ctx context.Context, reg Registry, t *table) (*codec, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &codec{fields: make([]string, len(t.cols))}
+	c := &codec{fields: make([]string, len(t.cols)), keyMap: map[string]any{}, beforeMap: map[string]any{},
+		afterMap: map[string]any{}, envMap: map[string]any{}, srcMap: map[string]any{}}
 	for i, col := range t.cols {
 		c.fields[i] = col.field
 	}
@@ -166,6 +170,9 @@ func register(ctx context.Context, reg Registry, subject string, schema any) (*a
 	return s, id, nil
 }
 
+// opNames are the envelope's op strings.
+var opNames = map[byte]string{opCreate: "c", opUpdate: "u", opDelete: "d", opRead: "r", opTruncate: "t"}
+
 // frame appends the Confluent wire header for schema id.
 func frame(dst []byte, id int) []byte {
 	dst = append(dst, 0)
@@ -178,7 +185,7 @@ func (c *codec) encodeKey(dst []byte, t *table, row []any) ([]byte, error) {
 	if c.key == nil {
 		return nil, nil
 	}
-	m := make(map[string]any, len(t.keyIdx))
+	m := c.keyMap
 	for _, i := range t.keyIdx {
 		if row[i] == nil {
 			return nil, fmt.Errorf("%w: key column %s of %s is null", ErrValue, t.cols[i].name, t.qualified())
@@ -192,11 +199,10 @@ func (c *codec) encodeKey(dst []byte, t *table, row []any) ([]byte, error) {
 	return out, nil
 }
 
-func (c *codec) rowMap(row []any) map[string]any {
+func (c *codec) rowMap(m map[string]any, row []any) map[string]any {
 	if row == nil {
 		return nil
 	}
-	m := make(map[string]any, len(row))
 	for i, v := range row {
 		m[c.fields[i]] = v
 	}
@@ -207,14 +213,15 @@ func (c *codec) rowMap(row []any) map[string]any {
 func (c *codec) encodeValue(dst []byte, t *table, ev *event) ([]byte, error) {
 	var v any
 	if t.route.mode == ModeUpsert {
-		v = c.rowMap(ev.after)
+		v = c.rowMap(c.afterMap, ev.after)
 	} else {
-		env := map[string]any{"before": nil, "after": nil, "op": string(ev.op), "ts_ms": ev.processedMs, "source": ev.source(t)}
+		env := c.envMap
+		env["before"], env["after"], env["op"], env["ts_ms"], env["source"] = nil, nil, opNames[ev.op], ev.processedMs, ev.source(t, c.srcMap)
 		if ev.before != nil {
-			env["before"] = c.rowMap(ev.before)
+			env["before"] = c.rowMap(c.beforeMap, ev.before)
 		}
 		if ev.after != nil {
-			env["after"] = c.rowMap(ev.after)
+			env["after"] = c.rowMap(c.afterMap, ev.after)
 		}
 		v = env
 	}

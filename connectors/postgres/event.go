@@ -52,13 +52,26 @@ type event struct {
 	snapshot   string // "true", "last" or "false"
 	db         string
 
-	// Set by the writer when converting.
+	// Set by convert (on the receiver or snapshot goroutine, which has
+	// spare CPU while the writer encodes): the converted rows, or the
+	// conversion error the writer dead-letters.
 	before, after []any
+	convErr       error
+	converted     bool
 	processedMs   int64
 }
 
 // convert turns the raw tuples into Avro-ready values.
 func (ev *event) convert() error {
+	if ev.converted {
+		return ev.convErr
+	}
+	ev.converted = true
+	ev.convErr = ev.doConvert()
+	return ev.convErr
+}
+
+func (ev *event) doConvert() error {
 	var err error
 	if ev.old != nil {
 		if ev.before, err = convertRow(ev.t, ev.old); err != nil {
@@ -96,13 +109,11 @@ func convertRow(t *table, vals []colValue) ([]any, error) {
 	return row, nil
 }
 
-// source is the envelope's source block.
-func (ev *event) source(t *table) map[string]any {
-	s := map[string]any{
-		"version": Version, "connector": "postgresql", "name": t.route.topicPrefix(),
-		"ts_ms": ev.commitTime.UnixMilli(), "snapshot": ev.snapshot, "db": ev.db,
-		"schema": t.schema, "table": t.name, "sequence": nil, "txId": nil, "lsn": nil, "xmin": nil,
-	}
+// source fills s, the envelope's source block (reused across events).
+func (ev *event) source(t *table, s map[string]any) map[string]any {
+	s["version"], s["connector"], s["name"] = Version, "postgresql", t.route.topicPrefix()
+	s["ts_ms"], s["snapshot"], s["db"] = ev.commitTime.UnixMilli(), ev.snapshot, ev.db
+	s["schema"], s["table"], s["sequence"], s["txId"], s["lsn"], s["xmin"] = t.schema, t.name, nil, nil, nil, nil
 	if ev.op != opRead {
 		s["txId"] = int64(ev.xid)
 		s["lsn"] = int64(ev.lsn)

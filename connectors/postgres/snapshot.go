@@ -150,6 +150,7 @@ func (s *snapshotter) row(ctx context.Context, t *table, vals [][]byte) error {
 		tuple[i] = colValue{kind: kindText, data: buf[len(buf)-len(v) : len(buf) : len(buf)]}
 	}
 	ev := &event{op: opRead, t: t, new: tuple, commitLSN: s.lsn, commitTime: s.at, snapshot: "true", db: s.db}
+	_ = ev.convert()
 	if s.prev != nil {
 		if err := s.add(ctx, item{kind: itChange, ev: s.prev}); err != nil {
 			return err

@@ -248,6 +248,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 		}
 		e := ev(t, opCreate)
 		e.new = m.new
+		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgUpdate:
 		t, err := r.table(m.rel)
@@ -259,6 +260,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 		}
 		e := ev(t, opUpdate)
 		e.old, e.new = m.old, m.new
+		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgDelete:
 		t, err := r.table(m.rel)
@@ -267,6 +269,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 		}
 		e := ev(t, opDelete)
 		e.old = m.old
+		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgTruncate:
 		for _, rel := range m.rels {

@@ -195,6 +195,9 @@ func convFloat64(b []byte) (any, error) {
 // column's scale; NaN and infinities have no Avro decimal form.
 func decimalConverter(scale int) converter {
 	return func(b []byte) (any, error) {
+		if u, ok := decimalBytes(b, scale); ok {
+			return u, nil
+		}
 		r, ok := new(big.Rat).SetString(string(b))
 		if !ok {
 			return nil, fmt.Errorf("%w: numeric %q has no Avro decimal form (NaN or infinity)", ErrValue, b)
@@ -338,4 +341,62 @@ func truncate(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// decimalBytes parses numeric text into the unscaled two's-complement
+// big-endian bytes of an Avro decimal at scale (the encoder writes them as
+// is). Values wider than int64 go through math/big.
+func decimalBytes(b []byte, scale int) ([]byte, bool) {
+	neg := false
+	if len(b) > 0 && (b[0] == '-' || b[0] == '+') {
+		neg = b[0] == '-'
+		b = b[1:]
+	}
+	var u uint64
+	digits, frac, dot := 0, 0, false
+	for _, c := range b {
+		switch {
+		case c == '.' && !dot:
+			dot = true
+		case c >= '0' && c <= '9':
+			if dot {
+				frac++
+			}
+			digits++
+			if digits > 18 {
+				return nil, false
+			}
+			u = u*10 + uint64(c-'0')
+		default:
+			return nil, false
+		}
+	}
+	if digits == 0 || frac > scale {
+		return nil, false
+	}
+	for ; frac < scale; frac++ {
+		if u > (1<<63-1)/10 {
+			return nil, false
+		}
+		u *= 10
+	}
+	v := int64(u)
+	if neg {
+		v = -v
+	}
+	return minimalTwos(v), true
+}
+
+// minimalTwos is v's shortest big-endian two's-complement encoding.
+func minimalTwos(v int64) []byte {
+	var buf [8]byte
+	for i := 7; i >= 0; i-- {
+		buf[i] = byte(v)
+		v >>= 8
+	}
+	i := 0
+	for i < 7 && ((buf[i] == 0 && buf[i+1]&0x80 == 0) || (buf[i] == 0xff && buf[i+1]&0x80 != 0)) {
+		i++
+	}
+	return append([]byte(nil), buf[i:]...)
 }

@@ -1,0 +1,70 @@
+package postgres
+
+import (
+	"math/big"
+	"testing"
+
+	"github.com/twmb/avro"
+)
+
+func TestDecimalConverter(t *testing.T) {
+	s := avro.MustParse(`{"type":"bytes","logicalType":"decimal","precision":20,"scale":3}`)
+	conv := numericType((20<<16 | 3) + 4).conv
+	for _, in := range []string{"0", "1", "-1", "12.5", "-12.345", "127", "128", "-128", "-129", "999999999999999.999", "12345678901234567.891", "0.001"} {
+		v, err := conv([]byte(in))
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		b, err := s.AppendEncode(nil, v)
+		if err != nil {
+			t.Fatalf("%s: encode: %v", in, err)
+		}
+		var out *big.Rat
+		if _, err := s.Decode(b, &out); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := new(big.Rat).SetString(in)
+		if out.Cmp(want) != 0 {
+			t.Errorf("%s: round trip gave %s", in, out.FloatString(3))
+		}
+	}
+	if _, err := conv([]byte("NaN")); err == nil {
+		t.Error("NaN converted")
+	}
+}
+
+func TestSplitArray(t *testing.T) {
+	conv := arrayConverter(convString)
+	v, err := conv([]byte(`{"a,b","c\"d",NULL,"NULL",e}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := v.([]any)
+	want := []any{"a,b", `c"d`, nil, "NULL", "e"}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %#v", got)
+		}
+	}
+	if _, err := conv([]byte(`{{1,2},{3,4}}`)); err == nil {
+		t.Error("multi-dimensional array accepted")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	c := Config{}.WithDefaults()
+	if err := c.Validate(); err == nil {
+		t.Fatal("empty config validated")
+	}
+	c = Config{DatabaseURL: "postgres://x", Brokers: []string{"b:1"}, SchemaRegistryURL: "http://r", Tables: []TableConfig{{Table: "t", Mode: "bogus"}}}.WithDefaults()
+	if err := c.Validate(); err == nil {
+		t.Fatal("bad mode validated")
+	}
+	c.Tables[0].Mode = ModeUpsert
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Tables[0].Table != "public.t" || c.Tables[0].Topic != "cdc.public.t" || c.Slot != "loanflow_cdc" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}

@@ -86,9 +86,12 @@
 // a row committed during the snapshot is in exactly one of the two.
 // Progress is logged and exported as metrics. The exported snapshot dies
 // with its connection, so an interrupted snapshot starts over with a new
-// slot; rows already written by the interrupted attempt stay in the topic
-// and are overwritten by the new attempt's rows (a row deleted in between
-// keeps its stale snapshot record).
+// slot. A snapshot of at most snapshot_txn_max_rows rows (default one
+// million) is a single Kafka transaction, so an interrupted one leaves
+// nothing visible. A larger snapshot is committed in parts; if it is
+// interrupted, the parts already committed stay in the topic and the new
+// attempt overwrites every row that still exists, but a row deleted between
+// the two attempts keeps its stale snapshot record (no tombstone).
 //
 // # Exactly once
 //

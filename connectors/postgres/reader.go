@@ -192,6 +192,11 @@ func (r *Reader) knownTopics(ctx context.Context, w *writer, pub []pubTable) err
 			return err
 		}
 	}
+	for _, v := range r.cfg.Views {
+		if err := w.ensureTopic(ctx, v.Topic, true); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/loanflow/loanflow/internal/testenv"
 )
@@ -22,6 +23,8 @@ func TestIdleDatabaseSlotLagBounded(t *testing.T) {
 	e.exec(c, "CREATE TABLE idle (id int PRIMARY KEY)")
 	cfg := e.cfg
 	cfg.Tables = []TableConfig{{Table: "idle"}}
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
 	e.runReader(cfg)
 	e.waitSnapshot(c, cfg.Name)
 
@@ -61,6 +64,28 @@ func TestIdleDatabaseSlotLagBounded(t *testing.T) {
 	}
 	if maxLag > written/2 {
 		t.Fatalf("slot lag reached %d of %d bytes written: not bounded", maxLag, written)
+	}
+	time.Sleep(1500 * time.Millisecond) // a heartbeat and a status update
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetGauge() != nil:
+				got[mf.GetName()] = m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				got[mf.GetName()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["loanflow_cdc_committed_lsn"] < float64(start) || got["loanflow_cdc_heartbeats_total"] == 0 || got["loanflow_cdc_snapshot_progress_ratio"] != 1 {
+		t.Errorf("metrics: %v", got)
+	}
+	if lagBytes := got["loanflow_cdc_replication_lag_bytes"]; lagBytes > 1<<20 {
+		t.Errorf("replication lag metric %v bytes while idle", lagBytes)
 	}
 }
 

@@ -67,7 +67,7 @@ type Config struct {
 	// SnapshotTxnMaxRows bounds the rows of one Kafka transaction during the
 	// snapshot. A snapshot that fits in one transaction leaves nothing
 	// behind when it is interrupted; a larger one is split (see doc.go).
-	// Keep rows/second × transaction_timeout above it. Default 1000000.
+	// Keep rows/second × transaction_timeout above it. Default 500000.
 	SnapshotTxnMaxRows int `yaml:"snapshot_txn_max_rows"`
 	// EnsureReplicaIdentityFull runs ALTER TABLE ... REPLICA IDENTITY FULL
 	// on captured tables that have TOAST-able columns, so unchanged TOAST
@@ -205,7 +205,7 @@ func (c Config) WithDefaults() Config {
 			*n = v
 		}
 	}
-	defInt(&c.SnapshotTxnMaxRows, 1000000)
+	defInt(&c.SnapshotTxnMaxRows, 500000)
 	defInt(&c.TopicPartitions, 6)
 	defInt(&c.TopicReplicationFactor, -1)
 	defInt(&c.TxnMaxRecords, 20000)

@@ -86,8 +86,8 @@
 // a row committed during the snapshot is in exactly one of the two.
 // Progress is logged and exported as metrics. The exported snapshot dies
 // with its connection, so an interrupted snapshot starts over with a new
-// slot. A snapshot of at most snapshot_txn_max_rows rows (default one
-// million) is a single Kafka transaction, so an interrupted one leaves
+// slot. A snapshot of at most snapshot_txn_max_rows rows (default
+// 500,000) is a single Kafka transaction, so an interrupted one leaves
 // nothing visible. A larger snapshot is committed in parts; if it is
 // interrupted, the parts already committed stay in the topic and the new
 // attempt overwrites every row that still exists, but a row deleted between

@@ -66,7 +66,7 @@ func positionRecord(topic, name string, p Position) (*kgo.Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding position: %w", err)
 	}
-	return &kgo.Record{Topic: topic, Key: []byte(name), Value: b, Partition: 0}, nil
+	return &kgo.Record{Topic: topic, Key: []byte(name), Value: b, Partition: 0, Context: manualPartition}, nil
 }
 
 // sentinelKey is the key of the record a session writes to find the end
@@ -85,7 +85,7 @@ func readPosition(ctx context.Context, prod *kgo.Client, seeds []string, topic, 
 	if err := prod.BeginTransaction(); err != nil {
 		return Position{}, false, fmt.Errorf("beginning fencing transaction: %w", err)
 	}
-	rec := &kgo.Record{Topic: topic, Key: sentinelKey(name), Value: sentinel, Partition: 0}
+	rec := &kgo.Record{Topic: topic, Key: sentinelKey(name), Value: sentinel, Partition: 0, Context: manualPartition}
 	if err := prod.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		_ = prod.EndTransaction(context.WithoutCancel(ctx), kgo.TryAbort)
 		return Position{}, false, fmt.Errorf("writing position sentinel: %w", err)

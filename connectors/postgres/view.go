@@ -48,6 +48,31 @@ type ViewConfig struct {
 	Sources []ViewSource `yaml:"sources"`
 }
 
+// Customer360Query builds customer_360 rows (schemas.Customer360Schema)
+// from the tables of the API's migration: customers, credit_profiles and
+// loans.
+const Customer360Query = `SELECT c.customer_id, c.status, c.risk_tier, p.current_score AS score,
+	c.credit_limit, c.current_balance,
+	EXISTS (SELECT 1 FROM loans l WHERE l.customer_id = c.customer_id AND l.days_past_due > 0) AS delinquent,
+	c.version
+FROM customers c JOIN credit_profiles p USING (customer_id)
+WHERE c.customer_id = ANY($1)`
+
+// Customer360View is the customer_360 view of the API's tables: upsert
+// rows in the Customer360 schema keyed by customer_id, refreshed by changes
+// of customers, credit_profiles and loans. A customer without a credit
+// profile has no row (a tombstone if it had one).
+func Customer360View() ViewConfig {
+	return ViewConfig{
+		Topic: "customer_360", Query: Customer360Query, KeyColumn: "customer_id", ValueSchema: schemas.Customer360Schema,
+		Sources: []ViewSource{
+			{Table: "public.customers", Column: "customer_id"},
+			{Table: "public.credit_profiles", Column: "customer_id"},
+			{Table: "public.loans", Column: "customer_id"},
+		},
+	}
+}
+
 // ViewSource is a table feeding a view.
 type ViewSource struct {
 	Table  string `yaml:"table"`  // schema.table

@@ -10,14 +10,6 @@ import (
 	"github.com/loanflow/loanflow/schemas"
 )
 
-// customer360Query builds customer_360 rows from the migration's tables.
-const customer360Query = `SELECT c.customer_id, c.status, c.risk_tier, p.current_score AS score,
-	c.credit_limit, c.current_balance,
-	EXISTS (SELECT 1 FROM loans l WHERE l.customer_id = c.customer_id AND l.days_past_due > 0) AS delinquent,
-	c.version
-FROM customers c JOIN credit_profiles p USING (customer_id)
-WHERE c.customer_id = ANY($1)`
-
 // TestCustomer360View: changes to customers, credit_profiles and loans
 // keep the compacted customer_360 topic equal to the joined current rows,
 // in the Customer360 schema; a deleted customer gets a tombstone.
@@ -40,10 +32,9 @@ func TestCustomer360View(t *testing.T) {
 	}
 	cfg := e.cfg
 	topic := cfg.TopicPrefix + "_customer_360"
-	cfg.Views = []ViewConfig{{
-		Topic: topic, Query: customer360Query, KeyColumn: "customer_id", ValueSchema: schemas.Customer360Schema,
-		Sources: []ViewSource{{Table: "customers", Column: "customer_id"}, {Table: "credit_profiles", Column: "customer_id"}, {Table: "loans", Column: "customer_id"}},
-	}}
+	view := Customer360View()
+	view.Topic = topic
+	cfg.Views = []ViewConfig{view}
 	e.runReader(cfg)
 	e.waitSnapshot(c, cfg.Name)
 	e.exec(c, "INSERT INTO customers (customer_id, credit_limit, risk_tier) VALUES ('c2', 900.50, 'HIGH')")

@@ -137,3 +137,21 @@ func TestSlotRecreatedStopsReader(t *testing.T) {
 	}
 	t.Logf("reader stopped: %v", err)
 }
+
+// TestMissingTableIsFatal: a configured table that does not exist stops
+// the reader with the database's error instead of retrying forever.
+func TestMissingTableIsFatal(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.cfg
+	cfg.Tables = []TableConfig{{Table: "no_such_table"}}
+	r, err := NewReader(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = r.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "no_such_table") {
+		t.Fatalf("Run = %v, want an error naming the missing table", err)
+	}
+}

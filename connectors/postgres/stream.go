@@ -305,10 +305,19 @@ func resolveToast(t *table, m *msgUpdate) error {
 	return nil
 }
 
-// isFatal reports errors a new session cannot fix.
+// isFatal reports errors a new session cannot fix: the reader's own
+// sentinels, and PostgreSQL errors of authentication (class 28), missing
+// objects or privileges (42) and unknown databases (3D).
 func isFatal(err error) bool {
 	for _, e := range []error{ErrConfig, ErrProtocol, ErrSlotGone, ErrSlotGap, ErrUnchangedToast, ErrReplicaIdentity, ErrSchema, ErrFenced, ErrUnsupportedType} {
 		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && len(pgErr.Code) == 5 {
+		switch pgErr.Code[:2] {
+		case "28", "42", "3D":
 			return true
 		}
 	}

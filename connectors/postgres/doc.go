@@ -59,8 +59,9 @@
 // timestamp→long local-timestamp-micros; date→int date; time→long
 // time-micros; one-dimensional arrays of the above (bool, bytea, int2/4/8,
 // text, varchar, bpchar, float4/8, numeric, uuid, json, jsonb, date,
-// timestamp, timestamptz) → array of nullable items. Other array types fail
-// at the table's Relation message with ErrUnsupportedType; a value that has
+// timestamp, timestamptz) → array of nullable items. Other built-in array
+// types fail at the table's Relation message with ErrUnsupportedType (arrays
+// of user-defined types are carried as their text form); a value that has
 // no Avro form (numeric NaN, infinite timestamps, a multi-dimensional array)
 // sends the change to the dead-letter topic (dlq.cdc-<name>) with the error
 // and its source in headers.

@@ -23,6 +23,9 @@ type DeadLetter struct {
 	Err      error
 	// Source is the raw record being processed, when it came from a topic.
 	Source *RawRecord
+	// Value is the encoded record when there is no source record (an
+	// async call's input, for instance).
+	Value []byte
 }
 
 // TaskConfig configures one task: one partition index of one
@@ -267,6 +270,20 @@ func (t *Task) Checkpoint(emit func(state.Mutation) error) error {
 // Commit applies the checkpoint to local state once the driver made it
 // durable, recording the log offsets it reflects.
 func (t *Task) Commit(offsets map[string]int64) error {
+	return t.store.Commit(offsets)
+}
+
+// CommitLocal commits state rebuilt by replaying a source topic (see
+// SetRestoring) without a changelog: only source-backed state may have
+// changed, so nothing goes to Kafka.
+func (t *Task) CommitLocal(offsets map[string]int64) error {
+	err := t.store.Flush(func(m state.Mutation) error {
+		return fmt.Errorf("pipeline: replay of job %s changed logged state (%s)", t.plan.Job, m.Log)
+	})
+	if err != nil {
+		t.store.Abort()
+		return err
+	}
 	return t.store.Commit(offsets)
 }
 

@@ -82,6 +82,9 @@ type Store struct {
 	pending  *pebble.Batch
 	closed   bool
 	scratch  []byte
+	// newLogs maps handle prefixes registered since the last commit to
+	// their changelog; Commit persists the mapping (see ExportLogs).
+	newLogs map[string]string
 }
 
 // handleImpl is what every state handle gives the store.
@@ -160,6 +163,12 @@ func (s *Store) register(spec Spec) (*handle, error) {
 	s.byID[id] = name
 	p := make([]byte, 4)
 	binary.BigEndian.PutUint32(p, id)
+	if spec.Log != "" {
+		if s.newLogs == nil {
+			s.newLogs = make(map[string]string)
+		}
+		s.newLogs[string(p)] = spec.Log
+	}
 	return &handle{s: s, id: id, prefix: p, spec: spec}, nil
 }
 
@@ -266,6 +275,13 @@ func (s *Store) Commit(offsets map[string]int64) error {
 			return err
 		}
 	}
+	for prefix, log := range s.newLogs {
+		if err := b.Set(handleKey([]byte(prefix)), []byte(log), nil); err != nil {
+			b.Close()
+			return err
+		}
+	}
+	s.newLogs = nil
 	if err := s.db.Apply(b, pebble.NoSync); err != nil {
 		return fmt.Errorf("applying checkpoint to state: %w", err)
 	}
@@ -287,6 +303,52 @@ func (s *Store) Abort() {
 }
 
 func metaKey(log string) []byte { return append(append([]byte(nil), metaPrefix...), log...) }
+
+// handleKey records which changelog a handle prefix belongs to.
+func handleKey(prefix []byte) []byte {
+	return append(append(append([]byte(nil), metaPrefix...), "handle/"...), prefix...)
+}
+
+// ExportLogs calls fn for every committed entry of a handle with a
+// changelog, with that changelog's name: the state as changelog records,
+// for rewriting changelogs from a savepoint.
+func (s *Store) ExportLogs(fn func(log string, key, value []byte) error) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	logs := make(map[string]string)
+	hp := handleKey(nil)
+	err := s.scan(hp, func(k, v []byte) error {
+		logs[string(k[len(hp):])] = string(v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{UpperBound: metaPrefix})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if len(k) < 4 {
+			continue
+		}
+		log, ok := logs[string(k[:4])]
+		if !ok {
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		if err := fn(log, k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

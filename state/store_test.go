@@ -234,3 +234,31 @@ func TestEvictionKeepsDirty(t *testing.T) {
 		}
 	}
 }
+
+func TestExportLogs(t *testing.T) {
+	s := openMem(t, vfs.NewMem())
+	defer s.Close()
+	a, _ := Value[string](s, Spec{Operator: "a", Name: "v", Log: "job-a-changelog"}, strCodec{})
+	b, _ := Value[string](s, Spec{Operator: "b", Name: "v", Log: "job-b-changelog"}, strCodec{})
+	tbl, _ := Value[string](s, Spec{Operator: "join", Name: "versions"}, strCodec{})
+	_ = a.Set("k1", "x")
+	_ = b.Set("k2", "y")
+	_ = tbl.Set("k3", "from-source")
+	muts := checkpoint(t, s, map[string]int64{"job-a-changelog": 1})
+	got := map[string]int{}
+	err := s.ExportLogs(func(log string, key, value []byte) error {
+		got[log]++
+		for _, m := range muts {
+			if m.Log == log && string(m.Key) == string(key) && string(m.Value) != string(value) {
+				t.Errorf("%s %q: exported %q, changelog had %q", log, key, value, m.Value)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["job-a-changelog"] != 1 || got["job-b-changelog"] != 1 || len(got) != 2 {
+		t.Fatalf("exported %v; the source-backed handle must not be exported", got)
+	}
+}

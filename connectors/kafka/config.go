@@ -1,0 +1,165 @@
+package kafka
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Delivery is a job's delivery guarantee.
+type Delivery string
+
+const (
+	// ExactlyOnce commits outputs, state changelogs and input offsets in
+	// one Kafka transaction per checkpoint (the default).
+	ExactlyOnce Delivery = "exactly-once"
+	// AtLeastOnce flushes outputs and then commits offsets, without
+	// transactions: lower latency, duplicates after a crash.
+	AtLeastOnce Delivery = "at-least-once"
+)
+
+// Config configures a worker: one process running some of a job's tasks.
+// Every worker of a job uses the same JobID; the consumer group spreads the
+// tasks over them.
+type Config struct {
+	// Brokers are the seed brokers.
+	Brokers []string
+	// JobID names the job's consumer group (loanflow-<JobID>) and prefixes
+	// its transactional ids; default the job's name.
+	JobID string
+	// WorkerID identifies this worker across restarts; its transactional
+	// id is derived from it, so a restarted worker fences its previous
+	// incarnation at once. Default: host name plus a hash of StateDir.
+	WorkerID string
+	// StateDir holds the worker's local Pebble state, one directory per
+	// task. Required.
+	StateDir string
+	// Delivery is ExactlyOnce (default) or AtLeastOnce.
+	Delivery Delivery
+	// CommitInterval is the time between checkpoints. Default 200ms.
+	CommitInterval time.Duration
+	// TransactionTimeout bounds how long a crashed worker's open
+	// transaction can hold back readers. Default 10s.
+	TransactionTimeout time.Duration
+	// SessionTimeout and RebalanceTimeout of the consumer group. Defaults
+	// 10s and 30s.
+	SessionTimeout   time.Duration
+	RebalanceTimeout time.Duration
+	// QueueBatches bounds each task's input queue, in fetched batches.
+	// Default 16.
+	QueueBatches int
+	// TickInterval is how often tasks advance processing time (timers,
+	// idleness, metrics). Default 100ms.
+	TickInterval time.Duration
+	// DefaultPartitions is the partition count of topics the worker creates
+	// without anything else deciding it (sinks, dead letters, missing
+	// sources). Default 6.
+	DefaultPartitions int32
+	// ReplicationFactor of created topics; -1 for the broker default.
+	ReplicationFactor int16
+	// RestoreWait bounds the wait for a crashed owner's open transaction
+	// on a changelog to end before restoring. Default 3 × TransactionTimeout.
+	RestoreWait time.Duration
+	// MaxCachedEntries bounds each task's state write cache (0 = default).
+	MaxCachedEntries int
+	// FromSavepoint starts the job from a savepoint directory written by
+	// StopWithSavepoint (see savepoint.go for what that does).
+	FromSavepoint string
+	// Registerer receives the engine's Prometheus metrics; nil leaves them
+	// unregistered.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// ClientOpts are extra franz-go options (TLS, SASL) for every client.
+	ClientOpts []kgo.Opt
+}
+
+func (c Config) withDefaults(job string) Config {
+	if c.JobID == "" {
+		c.JobID = job
+	}
+	if c.Delivery == "" {
+		c.Delivery = ExactlyOnce
+	}
+	if c.CommitInterval <= 0 {
+		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.TransactionTimeout <= 0 {
+		c.TransactionTimeout = 10 * time.Second
+	}
+	if c.SessionTimeout <= 0 {
+		c.SessionTimeout = 10 * time.Second
+	}
+	if c.RebalanceTimeout <= 0 {
+		c.RebalanceTimeout = 30 * time.Second
+	}
+	if c.QueueBatches <= 0 {
+		c.QueueBatches = 16
+	}
+	if c.TickInterval <= 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.DefaultPartitions <= 0 {
+		c.DefaultPartitions = 6
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = -1
+	}
+	if c.RestoreWait <= 0 {
+		c.RestoreWait = 3 * c.TransactionTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.WorkerID == "" {
+		c.WorkerID = defaultWorkerID(c.StateDir)
+	}
+	return c
+}
+
+func defaultWorkerID(stateDir string) string {
+	host, _ := os.Hostname()
+	abs, _ := filepath.Abs(stateDir)
+	sum := sha256.Sum256([]byte(abs))
+	return sanitize(host) + "-" + hex.EncodeToString(sum[:4])
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			return r
+		}
+		return '-'
+	}, s)
+}
+
+// Validate reports what is wrong with the configuration, with the fix.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka: Config.Brokers is empty; give the seed brokers (host:port)"))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("kafka: Config.StateDir is required; give a directory for local state"))
+	}
+	switch c.Delivery {
+	case "", ExactlyOnce, AtLeastOnce:
+	default:
+		errs = append(errs, fmt.Errorf("kafka: Config.Delivery %q is not %q or %q", c.Delivery, ExactlyOnce, AtLeastOnce))
+	}
+	if c.CommitInterval < 0 || c.TransactionTimeout < 0 {
+		errs = append(errs, errors.New("kafka: durations must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Group is the consumer group of a job.
+func Group(jobID string) string { return "loanflow-" + jobID }

@@ -1,0 +1,200 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/loanflow/loanflow/pipeline"
+	"github.com/loanflow/loanflow/state"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// errStaleState says local state does not match its changelog (the topic
+// was recreated or truncated): the task's state is wiped and rebuilt.
+var errStaleState = errors.New("kafka: local state does not match its changelog")
+
+// logBounds returns a partition's start and end offsets once no open
+// transaction holds it back. A crashed owner's open transaction ends when
+// the broker times it out (or its worker restarts and fences it); until
+// then committed records behind it are invisible to read_committed readers,
+// so restoring before would miss them.
+func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, end int64, err error) {
+	deadline := time.Now().Add(w.cfg.RestoreWait)
+	for {
+		starts, err := w.adm.ListStartOffsets(ctx, topic)
+		if err != nil {
+			return 0, 0, fmt.Errorf("listing start offsets of %s: %w", topic, err)
+		}
+		hwms, err := w.adm.ListEndOffsets(ctx, topic)
+		if err != nil {
+			return 0, 0, fmt.Errorf("listing end offsets of %s: %w", topic, err)
+		}
+		lsos, err := w.adm.ListCommittedOffsets(ctx, topic)
+		if err != nil {
+			return 0, 0, fmt.Errorf("listing stable offsets of %s: %w", topic, err)
+		}
+		s, ok1 := starts.Lookup(topic, p)
+		h, ok2 := hwms.Lookup(topic, p)
+		l, ok3 := lsos.Lookup(topic, p)
+		if !ok1 || !ok2 || !ok3 || s.Err != nil || h.Err != nil || l.Err != nil {
+			return 0, 0, fmt.Errorf("kafka: no offsets for %s/%d: %v %v %v", topic, p, s.Err, h.Err, l.Err)
+		}
+		if l.Offset >= h.Offset {
+			return s.Offset, h.Offset, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, 0, fmt.Errorf("kafka: %s/%d has had an open transaction for over %s (stable offset %d, end %d); a crashed worker's transaction must time out first (transaction timeout %s)",
+				topic, p, w.cfg.RestoreWait, l.Offset, h.Offset, w.cfg.TransactionTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// restoreLog brings one changelog partition's state up to date: from the
+// offset local state reflects (or the start) to the end.
+func (w *Worker) restoreLog(ctx context.Context, st *state.Store, topic string, p int32) (int, error) {
+	local, err := st.Offset(topic)
+	if err != nil {
+		return 0, err
+	}
+	start, end, err := w.logBounds(ctx, topic, p)
+	if err != nil {
+		return 0, err
+	}
+	if local > end || (local >= 0 && local < start) {
+		return 0, fmt.Errorf("%w: %s/%d local offset %d, log [%d,%d)", errStaleState, topic, p, local, start, end)
+	}
+	from := local
+	if from < 0 {
+		from = start
+	}
+	if from >= end {
+		return 0, nil
+	}
+	batch := make([]state.Mutation, 0, 4096)
+	n := 0
+	err = w.consumeRange(ctx, topic, p, from, end, func(r *kgo.Record) error {
+		if !r.Attrs.IsControl() {
+			batch = append(batch, state.Mutation{Key: r.Key, Value: r.Value})
+			n++
+		}
+		if len(batch) == cap(batch) {
+			if err := st.Apply(topic, batch, r.Offset+1); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+		return nil
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, st.Apply(topic, batch, end)
+}
+
+// replayTable rebuilds source-backed table state by feeding the source
+// topic from the offset local state reflects up to the committed offset.
+func (w *Worker) replayTable(ctx context.Context, tr *taskRunner, topic string, committed int64) (int, error) {
+	p := tr.id.part
+	local, err := tr.store.Offset(topic)
+	if err != nil {
+		return 0, err
+	}
+	if local < 0 {
+		starts, err := w.adm.ListStartOffsets(ctx, topic)
+		if err != nil {
+			return 0, err
+		}
+		o, _ := starts.Lookup(topic, p)
+		local = o.Offset
+	}
+	if local >= committed {
+		return 0, nil
+	}
+	tr.task.SetRestoring(true)
+	defer tr.task.SetRestoring(false)
+	n := 0
+	err = w.consumeRange(ctx, topic, p, local, committed, func(r *kgo.Record) error {
+		if r.Attrs.IsControl() {
+			return nil
+		}
+		n++
+		tr.convert(r)
+		if err := tr.task.FeedRaw(&tr.raw); err != nil {
+			return err
+		}
+		if tr.task.NeedsCheckpoint() {
+			return tr.task.CommitLocal(map[string]int64{topic: r.Offset + 1})
+		}
+		return nil
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, tr.task.CommitLocal(map[string]int64{topic: committed})
+}
+
+// consumeRange reads [from, to) of one partition with read_committed
+// isolation, control records included (so the end is always reached).
+func (w *Worker) consumeRange(ctx context.Context, topic string, p int32, from, to int64, fn func(*kgo.Record) error) error {
+	w.rcl.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: kgo.NewOffset().At(from)}})
+	defer w.rcl.RemoveConsumePartitions(map[string][]int32{topic: {p}})
+	next := from
+	for next < to {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		fs := w.rcl.PollFetches(pctx)
+		cancel()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for _, fe := range fs.Errors() {
+			if !errors.Is(fe.Err, context.DeadlineExceeded) {
+				return fmt.Errorf("reading %s/%d: %w", fe.Topic, fe.Partition, fe.Err)
+			}
+		}
+		var ferr error
+		fs.EachRecord(func(r *kgo.Record) {
+			if ferr != nil || r.Topic != topic || r.Partition != p || r.Offset < next || r.Offset >= to {
+				return
+			}
+			next = r.Offset + 1
+			ferr = fn(r)
+		})
+		if ferr != nil {
+			return ferr
+		}
+	}
+	return nil
+}
+
+// restoreTask restores one task's changelogs into st, wiping st once if it
+// does not match them.
+func (w *Worker) restoreTask(ctx context.Context, st *state.Store, sub *pipeline.Subtopology, p int32) (int, error) {
+	for attempt := 0; ; attempt++ {
+		total := 0
+		var err error
+		for _, log := range sub.Changelogs {
+			var n int
+			if n, err = w.restoreLog(ctx, st, log, p); err != nil {
+				break
+			}
+			total += n
+		}
+		if err == nil {
+			return total, nil
+		}
+		if !errors.Is(err, errStaleState) || attempt > 0 {
+			return total, err
+		}
+		w.log.Warn("wiping task state that does not match its changelog", "partition", p, "err", err)
+		if err := st.Wipe(); err != nil {
+			return 0, err
+		}
+	}
+}

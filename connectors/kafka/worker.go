@@ -1,0 +1,611 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loanflow/loanflow/pipeline"
+	"github.com/loanflow/loanflow/state"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// maxTaskFailures is how many times in a row a task may fail (and be
+// restored from its last checkpoint) before Run gives up.
+const maxTaskFailures = 3
+
+// Worker runs a job's tasks in this process. See the package doc.
+type Worker struct {
+	cfg     Config
+	plan    *pipeline.Plan
+	log     *slog.Logger
+	metrics *pipeline.Metrics
+
+	adm   *kadm.Client
+	admCl *kgo.Client
+	rcl   *kgo.Client
+	sess  session
+	// pctx bounds produce calls; cancelled by teardown.
+	pctx    context.Context
+	pcancel context.CancelFunc
+
+	parts    map[string]int32
+	topicSub map[string]int
+	inputs   []string
+	tasks    map[taskID]*taskRunner
+
+	mu         sync.Mutex
+	assignment map[string]map[int32]bool
+	rebalanced bool
+	failures   map[taskID]int
+	lastErr    map[taskID]error
+
+	blocked     atomic.Bool
+	needsCP     atomic.Bool
+	checkpoints atomic.Int64
+	stopReq     chan stopRequest
+	ready       chan struct{}
+	readyOnce   sync.Once
+}
+
+// NewWorker prepares a worker for the job built in b. Nothing connects
+// until Run.
+func NewWorker(b *pipeline.Builder, cfg Config) (*Worker, error) {
+	plan, err := b.Plan()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults(plan.Job)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		cfg: cfg, plan: plan, log: cfg.Logger.With("job", plan.Job, "worker", cfg.WorkerID),
+		topicSub: make(map[string]int), tasks: make(map[taskID]*taskRunner),
+		assignment: make(map[string]map[int32]bool), failures: make(map[taskID]int), lastErr: make(map[taskID]error),
+		stopReq: make(chan stopRequest), ready: make(chan struct{}),
+	}
+	w.metrics = pipeline.NewMetrics(cfg.Registerer)
+	for _, s := range plan.Subtopologies {
+		for _, in := range s.Inputs {
+			w.topicSub[in.Topic] = s.ID
+			w.inputs = append(w.inputs, in.Topic)
+		}
+	}
+	sort.Strings(w.inputs)
+	return w, nil
+}
+
+// Plan is the job's plan (partition counts are known once Run started).
+func (w *Worker) Plan() *pipeline.Plan { return w.plan }
+
+// Ready is closed once the worker has joined its group and restored its
+// first tasks.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
+
+// Checkpoints is the number of committed checkpoints.
+func (w *Worker) Checkpoints() int64 { return w.checkpoints.Load() }
+
+// Tasks lists the tasks this worker runs, as "<subtopology>_<partition>".
+func (w *Worker) Tasks() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.tasks))
+	for id := range w.tasks {
+		out = append(out, id.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (w *Worker) clientOpts(extra ...kgo.Opt) []kgo.Opt {
+	opts := []kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...), kgo.ClientID("loanflow-" + w.cfg.JobID)}
+	opts = append(opts, w.cfg.ClientOpts...)
+	return append(opts, extra...)
+}
+
+// setup creates the topics and the clients.
+func (w *Worker) setup(ctx context.Context) error {
+	var err error
+	if w.admCl, err = kgo.NewClient(w.clientOpts()...); err != nil {
+		return fmt.Errorf("creating admin client: %w", err)
+	}
+	w.adm = kadm.NewClient(w.admCl)
+	if w.parts, err = ensureTopics(ctx, w.adm, w.plan, w.cfg); err != nil {
+		return err
+	}
+	if w.cfg.FromSavepoint != "" {
+		if err := w.restoreSavepoint(ctx, w.cfg.FromSavepoint); err != nil {
+			return err
+		}
+	}
+	w.rcl, err = kgo.NewClient(w.clientOpts(kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(200*time.Millisecond))...)
+	if err != nil {
+		return fmt.Errorf("creating restore client: %w", err)
+	}
+	opts := w.clientOpts(
+		kgo.ConsumerGroup(Group(w.cfg.JobID)),
+		kgo.ConsumeTopics(w.inputs...),
+		kgo.Balancers(kgo.RangeBalancer()),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(w.onAssigned),
+		kgo.OnPartitionsRevoked(w.onRevoked),
+		kgo.OnPartitionsLost(w.onLost),
+		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) { w.blocked.Store(true) }),
+		kgo.SessionTimeout(w.cfg.SessionTimeout),
+		kgo.RebalanceTimeout(w.cfg.RebalanceTimeout),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.DisableAutoCommit(),
+		kgo.FetchMaxWait(100*time.Millisecond),
+	)
+	if w.cfg.Delivery == ExactlyOnce {
+		opts = append(opts,
+			kgo.TransactionalID(Group(w.cfg.JobID)+"-"+w.cfg.WorkerID),
+			kgo.TransactionTimeout(w.cfg.TransactionTimeout),
+			kgo.RequireStableFetchOffsets())
+		s, err := kgo.NewGroupTransactSession(opts...)
+		if err != nil {
+			return fmt.Errorf("creating transactional session: %w", err)
+		}
+		w.sess = eosSession{s}
+	} else {
+		cl, err := kgo.NewClient(opts...)
+		if err != nil {
+			return fmt.Errorf("creating consumer: %w", err)
+		}
+		w.sess = &alosSession{cl: cl}
+	}
+	return nil
+}
+
+func (w *Worker) partitions(topic string) int32 {
+	if n := w.parts[topic]; n > 0 {
+		return n
+	}
+	return 1
+}
+
+func (w *Worker) produce(r *kgo.Record, promise func(*kgo.Record, error)) error {
+	w.sess.Client().Produce(w.pctx, r, promise)
+	return nil
+}
+
+// Group callbacks: they only record the new assignment; the polling
+// goroutine acts on it between checkpoints.
+func (w *Worker) onAssigned(_ context.Context, _ *kgo.Client, ps map[string][]int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for t, parts := range ps {
+		if w.assignment[t] == nil {
+			w.assignment[t] = make(map[int32]bool)
+		}
+		for _, p := range parts {
+			w.assignment[t][p] = true
+		}
+	}
+	w.rebalanced = true
+}
+
+func (w *Worker) onRevoked(_ context.Context, _ *kgo.Client, ps map[string][]int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for t, parts := range ps {
+		for _, p := range parts {
+			delete(w.assignment[t], p)
+		}
+	}
+	w.rebalanced = true
+}
+
+func (w *Worker) onLost(ctx context.Context, cl *kgo.Client, ps map[string][]int32) {
+	w.onRevoked(ctx, cl, ps)
+}
+
+func (w *Worker) takeRebalance() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r := w.rebalanced
+	w.rebalanced = false
+	return r
+}
+
+// assignedTasks derives whole tasks from the assigned partitions.
+func (w *Worker) assignedTasks() []taskID {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []taskID
+	for _, s := range w.plan.Subtopologies {
+		for p := int32(0); p < s.Partitions; p++ {
+			all, any := true, false
+			for _, in := range s.Inputs {
+				if w.assignment[in.Topic][p] {
+					any = true
+				} else {
+					all = false
+				}
+			}
+			switch {
+			case all:
+				out = append(out, taskID{s.ID, p})
+			case any:
+				w.log.Error("partition assigned without its co-partitioned topics; not running the task", "subtopology", s.ID, "partition", p)
+			}
+		}
+	}
+	return out
+}
+
+func (w *Worker) taskFailed(id taskID, err error) {
+	w.log.Error("task failed; it restarts from its last checkpoint", "task", id, "err", err)
+	w.mu.Lock()
+	w.lastErr[id] = err
+	w.mu.Unlock()
+	w.needsCP.Store(true)
+}
+
+// Run runs the worker until ctx is cancelled (a graceful stop: a final
+// checkpoint, then leaving the group) or a fatal error.
+func (w *Worker) Run(ctx context.Context) error {
+	w.pctx, w.pcancel = context.WithCancel(context.Background())
+	if err := w.setup(ctx); err != nil {
+		w.teardown()
+		return err
+	}
+	defer w.teardown()
+	if err := w.sess.Begin(); err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+	nextCommit := time.Now().Add(w.cfg.CommitInterval)
+	for {
+		select {
+		case req := <-w.stopReq:
+			return w.stop(req)
+		default:
+		}
+		if ctx.Err() != nil {
+			return w.stop(stopRequest{})
+		}
+		wait := time.Until(nextCommit)
+		if wait > w.cfg.TickInterval {
+			wait = w.cfg.TickInterval
+		}
+		if wait < time.Millisecond {
+			wait = time.Millisecond
+		}
+		pctx, cancel := context.WithTimeout(ctx, wait)
+		fs := w.sess.PollFetches(pctx)
+		cancel()
+		if err := fetchError(fs); err != nil {
+			return err
+		}
+		if w.takeRebalance() {
+			if err := w.rebalance(ctx); err != nil {
+				return err
+			}
+			nextCommit = time.Now().Add(w.cfg.CommitInterval)
+			w.blocked.Store(false)
+			w.sess.AllowRebalance()
+			continue
+		}
+		w.dispatch(fs)
+		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
+			if err := w.checkpoint(ctx); err != nil {
+				return err
+			}
+			nextCommit = time.Now().Add(w.cfg.CommitInterval)
+			w.blocked.Store(false)
+			w.sess.AllowRebalance()
+		}
+	}
+}
+
+// fetchError returns a fetch error that ends the worker; timeouts of our
+// own poll deadline and transient errors are not.
+func fetchError(fs kgo.Fetches) error {
+	for _, fe := range fs.Errors() {
+		switch {
+		case errors.Is(fe.Err, context.DeadlineExceeded), errors.Is(fe.Err, context.Canceled):
+		case errors.Is(fe.Err, kgo.ErrClientClosed):
+			return fe.Err
+		}
+	}
+	return nil
+}
+
+// dispatch hands fetched records to their tasks, blocking on a full queue
+// (backpressure: polling stops until the task catches up).
+func (w *Worker) dispatch(fs kgo.Fetches) {
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) == 0 {
+			return
+		}
+		id := taskID{w.topicSub[p.Topic], p.Partition}
+		tr := w.tasks[id]
+		if tr == nil {
+			w.log.Warn("records for a task this worker does not run", "topic", p.Topic, "partition", p.Partition)
+			return
+		}
+		last := p.Records[len(p.Records)-1].Offset
+		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(p.HighWatermark - last - 1))
+		tr.in <- taskMsg{kind: msgBatch, recs: p.Records}
+		w.metrics.QueueFill.WithLabelValues(w.plan.Job, strconv.Itoa(id.sub), strconv.Itoa(int(id.part))).Set(float64(len(tr.in)) / float64(cap(tr.in)))
+	})
+}
+
+// checkpoint runs the checkpoint protocol: every task stages its state,
+// the transaction commits (or aborts), and the tasks apply the outcome.
+func (w *Worker) checkpoint(ctx context.Context) error {
+	start := time.Now()
+	w.needsCP.Store(false)
+	type pending struct {
+		tr     *taskRunner
+		reply  chan error
+		resume chan outcome
+	}
+	var ps []pending
+	for _, tr := range w.tasks {
+		p := pending{tr: tr, reply: make(chan error, 1), resume: make(chan outcome, 1)}
+		tr.in <- taskMsg{kind: msgBarrier, reply: p.reply, resume: p.resume}
+		ps = append(ps, p)
+	}
+	var failed []taskID
+	for _, p := range ps {
+		if err := <-p.reply; err != nil {
+			failed = append(failed, p.tr.id)
+			w.mu.Lock()
+			if w.lastErr[p.tr.id] == nil {
+				w.lastErr[p.tr.id] = err
+			}
+			w.mu.Unlock()
+		}
+	}
+	committed, err := w.sess.End(ctx, len(failed) == 0)
+	if err == nil {
+		for _, p := range ps {
+			if perr := p.tr.producedErr(); perr != nil && committed && w.cfg.Delivery == AtLeastOnce {
+				err = fmt.Errorf("producing: %w", perr)
+			}
+		}
+	}
+	var sources map[string]map[int32]kgo.EpochOffset
+	if committed {
+		sources = w.sess.Client().CommittedOffsets()
+	}
+	berr := w.sess.Begin()
+	for _, p := range ps {
+		oc := outcome{committed: committed && err == nil}
+		if oc.committed {
+			oc.sources = w.tableOffsets(p.tr.id, sources)
+		}
+		p.resume <- oc
+	}
+	if err != nil {
+		w.metrics.CheckpointFailures.WithLabelValues(w.plan.Job, "commit").Inc()
+		return fmt.Errorf("committing checkpoint: %w", err)
+	}
+	if berr != nil {
+		return fmt.Errorf("beginning transaction: %w", berr)
+	}
+	if !committed || len(failed) > 0 {
+		reason := "aborted"
+		if len(failed) > 0 {
+			reason = "task-failed"
+		}
+		w.metrics.CheckpointFailures.WithLabelValues(w.plan.Job, reason).Inc()
+		return w.reopen(ctx, failed)
+	}
+	w.checkpoints.Add(1)
+	w.mu.Lock()
+	clear(w.failures)
+	clear(w.lastErr)
+	w.mu.Unlock()
+	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job).Observe(time.Since(start).Seconds())
+	return nil
+}
+
+func (w *Worker) tableOffsets(id taskID, committed map[string]map[int32]kgo.EpochOffset) map[string]int64 {
+	sub := w.plan.Subtopologies[id.sub]
+	if len(sub.TableSources) == 0 {
+		return nil
+	}
+	out := make(map[string]int64, len(sub.TableSources))
+	for _, t := range sub.TableSources {
+		if eo, ok := committed[t][id.part]; ok {
+			out[t] = eo.Offset
+		}
+	}
+	return out
+}
+
+// reopen restarts every task from its last checkpoint after an aborted
+// one; tasks that keep failing end the worker.
+func (w *Worker) reopen(ctx context.Context, failed []taskID) error {
+	w.mu.Lock()
+	for _, id := range failed {
+		w.failures[id]++
+		if w.failures[id] >= maxTaskFailures {
+			err := w.lastErr[id]
+			w.mu.Unlock()
+			return fmt.Errorf("task %s failed %d times in a row: %w", id, maxTaskFailures, err)
+		}
+	}
+	w.mu.Unlock()
+	w.closeTasks()
+	return w.openTasks(ctx)
+}
+
+// rebalance closes the tasks (they committed at the last checkpoint), ends
+// the empty transaction the rebalance poisoned, and opens the tasks of the
+// new assignment.
+func (w *Worker) rebalance(ctx context.Context) error {
+	w.closeTasks()
+	if _, err := w.sess.End(ctx, false); err != nil {
+		return fmt.Errorf("ending transaction after rebalance: %w", err)
+	}
+	if err := w.openTasks(ctx); err != nil {
+		return err
+	}
+	return w.sess.Begin()
+}
+
+func (w *Worker) closeTasks() {
+	for id, tr := range w.tasks {
+		tr.in <- taskMsg{kind: msgClose}
+		<-tr.done
+		w.mu.Lock()
+		delete(w.tasks, id)
+		w.mu.Unlock()
+	}
+}
+
+// openTasks opens and restores the tasks of the current assignment.
+func (w *Worker) openTasks(ctx context.Context) error {
+	ids := w.assignedTasks()
+	committed := w.sess.Client().CommittedOffsets()
+	for _, id := range ids {
+		start := time.Now()
+		tr, n, err := w.openTask(ctx, id, committed)
+		if err != nil {
+			return fmt.Errorf("opening task %s: %w", id, err)
+		}
+		w.mu.Lock()
+		w.tasks[id] = tr
+		w.mu.Unlock()
+		w.metrics.RestoreDuration.WithLabelValues(w.plan.Job).Observe(time.Since(start).Seconds())
+		w.log.Info("task ready", "task", id, "restored_records", n, "took", time.Since(start).Round(time.Millisecond))
+	}
+	if len(ids) > 0 {
+		w.readyOnce.Do(func() { close(w.ready) })
+	}
+	return nil
+}
+
+// TaskDir is where a task's local state lives.
+func (w *Worker) TaskDir(sub int, part int32) string {
+	return filepath.Join(w.cfg.StateDir, sanitize(w.plan.Job), taskID{sub, part}.String())
+}
+
+func (w *Worker) openTask(ctx context.Context, id taskID, committed map[string]map[int32]kgo.EpochOffset) (*taskRunner, int, error) {
+	st, err := state.Open(state.Options{Dir: w.TaskDir(id.sub, id.part), MaxCachedEntries: w.cfg.MaxCachedEntries})
+	if err != nil {
+		return nil, 0, err
+	}
+	sub := w.plan.Subtopologies[id.sub]
+	n, err := w.restoreTask(ctx, st, sub, id.part)
+	if err != nil {
+		st.Close()
+		return nil, 0, err
+	}
+	tr := &taskRunner{w: w, id: id, store: st}
+	tr.init()
+	tr.task, err = pipeline.NewTask(pipeline.TaskConfig{
+		Plan: w.plan, Subtopology: id.sub, Partition: id.part, Store: st, Output: tr,
+		Metrics: w.metrics, Logger: w.log, Partitions: w.partitions,
+	})
+	if err != nil {
+		st.Close()
+		return nil, 0, err
+	}
+	for _, t := range sub.TableSources {
+		c, ok := committed[t][id.part]
+		if !ok {
+			continue
+		}
+		m, err := w.replayTable(ctx, tr, t, c.Offset)
+		if err != nil {
+			tr.close()
+			return nil, 0, fmt.Errorf("replaying table source %s: %w", t, err)
+		}
+		n += m
+	}
+	go tr.run()
+	return tr, n, nil
+}
+
+// stopRequest asks Run to stop, optionally writing a savepoint.
+type stopRequest struct {
+	savepoint string
+	done      chan error
+}
+
+// stop ends Run gracefully: a final checkpoint, an optional savepoint,
+// then leaving the group.
+func (w *Worker) stop(req stopRequest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := w.checkpoint(ctx)
+	if err == nil && req.savepoint != "" {
+		err = w.writeSavepoint(ctx, req.savepoint)
+	}
+	if req.done != nil {
+		req.done <- err
+	}
+	return err
+}
+
+func (w *Worker) teardown() {
+	w.closeTasks()
+	w.pcancel()
+	if w.sess != nil {
+		w.sess.Close()
+	}
+	if w.rcl != nil {
+		w.rcl.Close()
+	}
+	if w.admCl != nil {
+		w.admCl.Close()
+	}
+}
+
+// session is the consumer-producer pair of one delivery mode.
+type session interface {
+	PollFetches(ctx context.Context) kgo.Fetches
+	Begin() error
+	End(ctx context.Context, commit bool) (bool, error)
+	AllowRebalance()
+	Client() *kgo.Client
+	Close()
+}
+
+type eosSession struct{ *kgo.GroupTransactSession }
+
+// Close leaves the group; rebalances may be blocked by the last poll.
+func (s eosSession) Close() { s.GroupTransactSession.CloseAllowingRebalance() }
+
+func (s eosSession) End(ctx context.Context, commit bool) (bool, error) {
+	return s.GroupTransactSession.End(ctx, kgo.TransactionEndTry(commit))
+}
+
+// alosSession commits offsets after flushing outputs, without transactions.
+type alosSession struct{ cl *kgo.Client }
+
+func (s *alosSession) PollFetches(ctx context.Context) kgo.Fetches { return s.cl.PollFetches(ctx) }
+func (s *alosSession) Begin() error                                { return nil }
+func (s *alosSession) AllowRebalance()                             { s.cl.AllowRebalance() }
+func (s *alosSession) Client() *kgo.Client                         { return s.cl }
+func (s *alosSession) Close()                                      { s.cl.CloseAllowingRebalance() }
+
+func (s *alosSession) End(ctx context.Context, commit bool) (bool, error) {
+	if !commit {
+		s.cl.SetOffsets(s.cl.CommittedOffsets())
+		return false, nil
+	}
+	if err := s.cl.Flush(ctx); err != nil {
+		return false, err
+	}
+	if err := s.cl.CommitUncommittedOffsets(ctx); err != nil {
+		return false, err
+	}
+	return true, nil
+}

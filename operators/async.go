@@ -116,6 +116,8 @@ type asyncOp[In, Out any] struct {
 	inFlight int
 	done     chan *asyncEntry[In, Out]
 
+	saved bool // the last snapshot stored in-flight inputs
+
 	callCtx context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -130,10 +132,11 @@ func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Ou
 	if a.st, err = state.Value[[]pipeline.Record[In]](ctx.Store(), ctx.StateSpec("in-flight", 0), state.ListCodec[pipeline.Record[In]](recordCodec[In]{a.spec.InCodec})); err != nil {
 		return err
 	}
-	inflight, _, err := a.st.Get("")
+	inflight, ok, err := a.st.Get("")
 	if err != nil {
 		return err
 	}
+	a.saved = ok
 	for _, r := range inflight {
 		if err := a.Process(r); err != nil {
 			return err
@@ -279,8 +282,13 @@ func (a *asyncOp[In, Out]) Snapshot() error {
 		}
 	}
 	if len(pending) == 0 {
+		if !a.saved {
+			return nil
+		}
+		a.saved = false
 		return a.st.Delete("")
 	}
+	a.saved = true
 	return a.st.Set("", pending)
 }
 

@@ -90,6 +90,7 @@ type joinOp[P, V, Out any] struct {
 	timers    *state.Timers
 	meta      *state.ValueState[int64]
 	tableWM   int64
+	savedWM   int64
 	tableIdle bool
 }
 
@@ -111,7 +112,7 @@ func (j *joinOp[P, V, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[O
 	}
 	wm, ok, err := j.meta.Get("wm")
 	if ok {
-		j.tableWM = wm
+		j.tableWM, j.savedWM = wm, wm
 	}
 	return err
 }
@@ -119,9 +120,10 @@ func (j *joinOp[P, V, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[O
 // Snapshot keeps the table watermark, so pruning and retention checks
 // after a restore match the ones before it.
 func (j *joinOp[P, V, Out]) Snapshot() error {
-	if j.tableWM == pipeline.MinTime {
+	if j.tableWM == pipeline.MinTime || j.tableWM == j.savedWM {
 		return nil
 	}
+	j.savedWM = j.tableWM
 	return j.meta.Set("wm", j.tableWM)
 }
 

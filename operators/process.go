@@ -48,27 +48,28 @@ func (c *ProcessContext[K, Out]) RegisterProcessingTimer(ts int64) error {
 	return c.procs.Register(ts, c.key)
 }
 
-// ProcessFuncs is a keyed process function.
-type ProcessFuncs[K, In, Out any] struct {
+// ProcessFunc is a keyed process function. Process makes one instance per
+// task, so an implementation keeps its state handles in fields, created
+// in Open.
+type ProcessFunc[K, In, Out any] interface {
 	// Open registers state handles (ctx.Store(), ctx.StateSpec).
-	Open func(ctx *ProcessContext[K, Out]) error
+	Open(ctx *ProcessContext[K, Out]) error
 	// Process handles one record of key.
-	Process func(ctx *ProcessContext[K, Out], key K, in In) error
+	Process(ctx *ProcessContext[K, Out], key K, in In) error
 	// OnTimer handles a timer of key.
-	OnTimer func(ctx *ProcessContext[K, Out], key K, domain pipeline.TimeDomain, ts int64) error
-	// Sides declares side outputs the function emits to.
-	Sides []pipeline.SideTag
+	OnTimer(ctx *ProcessContext[K, Out], key K, domain pipeline.TimeDomain, ts int64) error
 }
 
-// Process runs a keyed process function with state and timers.
-func Process[K, In, Out any](s pipeline.KeyedStream[K, In], name string, fns ProcessFuncs[K, In, Out]) pipeline.Stream[Out] {
-	return pipeline.AddOperator(s.Stream, name, pipeline.OperatorSpec{What: "process", Stateful: true, Sides: fns.Sides}, func() pipeline.Operator[In, Out] {
-		return &processOp[K, In, Out]{fns: fns, keys: s.Keys}
+// Process runs a keyed process function with state and timers; newFn
+// makes one instance per task. sides declares the side outputs it emits to.
+func Process[K, In, Out any](s pipeline.KeyedStream[K, In], name string, newFn func() ProcessFunc[K, In, Out], sides ...pipeline.SideTag) pipeline.Stream[Out] {
+	return pipeline.AddOperator(s.Stream, name, pipeline.OperatorSpec{What: "process", Stateful: true, Sides: sides}, func() pipeline.Operator[In, Out] {
+		return &processOp[K, In, Out]{fn: newFn(), keys: s.Keys}
 	})
 }
 
 type processOp[K, In, Out any] struct {
-	fns  ProcessFuncs[K, In, Out]
+	fn   ProcessFunc[K, In, Out]
 	keys pipeline.KeyCodec[K]
 	pc   *ProcessContext[K, Out]
 }
@@ -83,10 +84,7 @@ func (p *processOp[K, In, Out]) Open(ctx *pipeline.Context, out pipeline.Collect
 		return err
 	}
 	p.pc = &ProcessContext[K, Out]{Context: ctx, out: out, events: ev, procs: pr}
-	if p.fns.Open != nil {
-		return p.fns.Open(p.pc)
-	}
-	return nil
+	return p.fn.Open(p.pc)
 }
 
 func (p *processOp[K, In, Out]) Process(r pipeline.Record[In]) error {
@@ -95,22 +93,19 @@ func (p *processOp[K, In, Out]) Process(r pipeline.Record[In]) error {
 		return p.pc.HandleError(err)
 	}
 	p.pc.key, p.pc.time = r.Key, r.Time
-	if err := p.fns.Process(p.pc, k, r.Value); err != nil {
+	if err := p.fn.Process(p.pc, k, r.Value); err != nil {
 		return p.pc.HandleError(err)
 	}
 	return nil
 }
 
 func (p *processOp[K, In, Out]) OnTimer(d pipeline.TimeDomain, key string, ts int64) error {
-	if p.fns.OnTimer == nil {
-		return nil
-	}
 	k, err := p.keys.DecodeKey(key)
 	if err != nil {
 		return err
 	}
 	p.pc.key, p.pc.time = key, ts
-	return p.fns.OnTimer(p.pc, k, d, ts)
+	return p.fn.OnTimer(p.pc, k, d, ts)
 }
 
 func (p *processOp[K, In, Out]) Close() error { return nil }

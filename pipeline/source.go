@@ -259,6 +259,7 @@ type wmGen struct {
 
 type chanRT struct {
 	chanState
+	saved      chanState
 	id         int32
 	lastActive int64
 }
@@ -361,11 +362,16 @@ func (g *wmGen) current() (Watermark, bool) {
 	return Watermark{}, false
 }
 
+// save writes the channels whose state changed since the last save.
 func (g *wmGen) save(st *state.ValueState[chanState]) error {
 	for _, c := range g.chans {
+		if c.chanState == c.saved {
+			continue
+		}
 		if err := st.Set(strconv.Itoa(int(c.id)), c.chanState); err != nil {
 			return err
 		}
+		c.saved = c.chanState
 	}
 	return nil
 }
@@ -379,7 +385,7 @@ func (g *wmGen) load(st *state.ValueState[chanState], now int64) error {
 			return fmt.Errorf("bad watermark channel %q", key)
 		}
 		c := g.ch(int32(id), now)
-		c.chanState = cs
+		c.chanState, c.saved = cs, cs
 		c.Idle = false
 		return nil
 	})

@@ -69,6 +69,9 @@ type Config struct {
 	// RestoreWait bounds the wait for a crashed owner's open transaction
 	// on a changelog to end before restoring. Default 3 × TransactionTimeout.
 	RestoreWait time.Duration
+	// PurgeInterval is how often consumed repartition records are deleted.
+	// Default 30s.
+	PurgeInterval time.Duration
 	// MaxCachedEntries bounds each task's state write cache (0 = default).
 	MaxCachedEntries int
 	// FromSavepoint starts the job from a savepoint directory written by
@@ -115,6 +118,9 @@ func (c Config) withDefaults(job string) Config {
 	}
 	if c.RestoreWait <= 0 {
 		c.RestoreWait = 3 * c.TransactionTimeout
+	}
+	if c.PurgeInterval <= 0 {
+		c.PurgeInterval = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -65,7 +65,7 @@ func ensureTopics(ctx context.Context, adm *kadm.Client, plan *pipeline.Plan, cf
 		for _, in := range s.Inputs {
 			if in.Repartition {
 				check = append(check, topicSpec{name: in.Topic, partitions: s.Partitions, exact: true, role: "repartition",
-					configs: map[string]*string{"retention.ms": strp("86400000")}})
+					configs: map[string]*string{"retention.ms": strp("-1")}})
 			}
 		}
 		for _, cl := range s.Changelogs {

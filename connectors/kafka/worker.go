@@ -50,6 +50,10 @@ type Worker struct {
 
 	blocked     atomic.Bool
 	needsCP     atomic.Bool
+	produced    atomic.Int64 // records produced in the open transaction
+	lastIter    time.Time    // polling goroutine: last loop iteration
+	lastPurge   time.Time
+	maxGap      time.Duration // longest pause between iterations since the last commit
 	checkpoints atomic.Int64
 	stopReq     chan stopRequest
 	ready       chan struct{}
@@ -134,6 +138,9 @@ func (w *Worker) setup(ctx context.Context) error {
 	}
 	opts := w.clientOpts(
 		kgo.ConsumerGroup(Group(w.cfg.JobID)),
+		// Static membership: a restarted worker takes its place back at
+		// once, without a rebalance, and fences its previous incarnation.
+		kgo.InstanceID(w.cfg.WorkerID),
 		kgo.ConsumeTopics(w.inputs...),
 		kgo.Balancers(kgo.RangeBalancer()),
 		kgo.BlockRebalanceOnPoll(),
@@ -142,6 +149,7 @@ func (w *Worker) setup(ctx context.Context) error {
 		kgo.OnPartitionsLost(w.onLost),
 		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) { w.blocked.Store(true) }),
 		kgo.SessionTimeout(w.cfg.SessionTimeout),
+		kgo.HeartbeatInterval(w.cfg.SessionTimeout/3),
 		kgo.RebalanceTimeout(w.cfg.RebalanceTimeout),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -177,6 +185,7 @@ func (w *Worker) partitions(topic string) int32 {
 }
 
 func (w *Worker) produce(r *kgo.Record, promise func(*kgo.Record, error)) error {
+	w.produced.Add(1)
 	w.sess.Client().Produce(w.pctx, r, promise)
 	return nil
 }
@@ -267,7 +276,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
 	nextCommit := time.Now().Add(w.cfg.CommitInterval)
+	w.lastIter = time.Now()
 	for {
+		if gap := time.Since(w.lastIter); gap > w.maxGap {
+			w.maxGap = gap
+		}
+		w.lastIter = time.Now()
 		select {
 		case req := <-w.stopReq:
 			return w.stop(req)
@@ -370,7 +384,9 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 			w.mu.Unlock()
 		}
 	}
-	committed, err := w.sess.End(ctx, len(failed) == 0)
+	produced := w.produced.Load()
+	committed, ended, err := w.endTxn(ctx, len(failed) == 0)
+	w.log.Debug("checkpoint", "tasks", len(ps), "failed", len(failed), "produced", produced, "committed", committed, "ended", ended, "err", err)
 	if err == nil {
 		for _, p := range ps {
 			if perr := p.tr.producedErr(); perr != nil && committed && w.cfg.Delivery == AtLeastOnce {
@@ -382,7 +398,10 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	if committed {
 		sources = w.sess.Client().CommittedOffsets()
 	}
-	berr := w.sess.Begin()
+	var berr error
+	if ended {
+		berr = w.sess.Begin()
+	}
 	for _, p := range ps {
 		oc := outcome{committed: committed && err == nil}
 		if oc.committed {
@@ -406,12 +425,93 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 		return w.reopen(ctx, failed)
 	}
 	w.checkpoints.Add(1)
+	if time.Since(w.lastPurge) >= w.cfg.PurgeInterval {
+		w.purgeRepartitions(ctx, sources)
+	}
 	w.mu.Lock()
 	clear(w.failures)
 	clear(w.lastErr)
 	w.mu.Unlock()
 	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job).Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// endTxn ends the open transaction, committing if commit is set and it
+// is safe. A transaction with consumed offsets commits them with the
+// group's generation, so a worker the group has fenced cannot commit
+// (KIP-447). A transaction that only produced (async results, timers)
+// carries no offsets for the broker to check, so the worker checks
+// itself: it aborts when a rebalance is pending or when its own loop
+// stalled for half a session timeout (it may have been expelled while
+// paused); the aborted work is redone from the last checkpoint. An empty
+// transaction is left open.
+func (w *Worker) endTxn(ctx context.Context, commit bool) (committed, ended bool, err error) {
+	gap := w.maxGap
+	w.maxGap = 0
+	produced := w.produced.Swap(0)
+	if len(w.sess.Client().UncommittedOffsets()) > 0 || w.cfg.Delivery == AtLeastOnce {
+		committed, err := w.sess.End(ctx, commit)
+		return committed, true, err
+	}
+	if produced == 0 {
+		return commit, false, nil
+	}
+	w.mu.Lock()
+	pending := w.rebalanced
+	w.mu.Unlock()
+	if commit && (pending || gap > w.cfg.SessionTimeout/2) {
+		w.log.Warn("aborting a transaction without offsets after a stall or rebalance", "stall", gap, "rebalance", pending)
+		commit = false
+	}
+	cl := w.sess.Client()
+	if commit {
+		if err := cl.Flush(ctx); err != nil {
+			return false, true, err
+		}
+	} else if err := cl.AbortBufferedRecords(ctx); err != nil {
+		return false, true, err
+	}
+	if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
+		if commit {
+			// The outcome is unknown: end as an abort, as the session does.
+			if aerr := cl.EndTransaction(ctx, kgo.TryAbort); aerr != nil {
+				return false, true, fmt.Errorf("ending transaction: %w (abort: %v)", err, aerr)
+			}
+			return false, true, nil
+		}
+		return false, true, err
+	}
+	return commit, true, nil
+}
+
+// purgeRepartitions deletes what every reader of this worker's repartition
+// partitions has committed (repartition topics keep records until then;
+// brokers would otherwise apply time retention to old event times).
+func (w *Worker) purgeRepartitions(ctx context.Context, committed map[string]map[int32]kgo.EpochOffset) {
+	w.lastPurge = time.Now()
+	os := kadm.Offsets{}
+	for _, s := range w.plan.Subtopologies {
+		for _, in := range s.Inputs {
+			if !in.Repartition {
+				continue
+			}
+			for p, eo := range committed[in.Topic] {
+				if _, ok := w.tasks[taskID{s.ID, p}]; ok && eo.Offset > 0 {
+					os.AddOffset(in.Topic, p, eo.Offset, -1)
+				}
+			}
+		}
+	}
+	if len(os) == 0 {
+		return
+	}
+	resp, err := w.adm.DeleteRecords(ctx, os)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		w.log.Warn("purging repartition topics", "err", err)
+	}
 }
 
 func (w *Worker) tableOffsets(id taskID, committed map[string]map[int32]kgo.EpochOffset) map[string]int64 {

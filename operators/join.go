@@ -65,7 +65,8 @@ func TemporalJoin[K, P, V, Out any](probe pipeline.KeyedStream[K, P], table pipe
 	}
 	return pipeline.AddOperator2(probe.Stream, table.Stream, name, pipeline.OperatorSpec{What: "temporalJoin", Stateful: true, Sides: sides},
 		func() pipeline.Operator2[P, V, Out] {
-			return &joinOp[P, V, Out]{spec: spec, retention: spec.Retention.Milliseconds(), tableWM: pipeline.MinTime}
+			return &joinOp[P, V, Out]{spec: spec, retention: spec.Retention.Milliseconds(),
+				tableWM: pipeline.MinTime, probeWM: pipeline.MinTime, outWM: pipeline.MinTime}
 		})
 }
 
@@ -92,6 +93,10 @@ type joinOp[P, V, Out any] struct {
 	tableWM   int64
 	savedWM   int64
 	tableIdle bool
+	probeWM   int64
+	probeIdle bool
+	outWM     int64
+	outIdle   bool
 }
 
 func (j *joinOp[P, V, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Out]) error {
@@ -222,16 +227,49 @@ func (j *joinOp[P, V, Out]) prune(vs []version[V]) []version[V] {
 	return vs
 }
 
-// OnInputWatermark answers the probes the table side's watermark passed.
+// OwnsWatermark: the join's output watermark follows the probe side.
+func (j *joinOp[P, V, Out]) OwnsWatermark() {}
+
+// OnInputWatermark answers the probes the table side's watermark passed,
+// then moves the output watermark: the probe side's, held back below the
+// earliest probe still waiting, idle when the probe side is idle and no
+// probe waits.
 func (j *joinOp[P, V, Out]) OnInputWatermark(input int, w pipeline.Watermark) error {
-	if input != 1 {
-		return nil
+	if input == 0 {
+		j.probeIdle = w.Idle
+		if !w.Idle && w.Time > j.probeWM {
+			j.probeWM = w.Time
+		}
+		return j.forward()
 	}
 	j.tableIdle = w.Idle
 	if !w.Idle && w.Time > j.tableWM {
 		j.tableWM = w.Time
 	}
-	return j.fire(j.effectiveWM())
+	if err := j.fire(j.effectiveWM()); err != nil {
+		return err
+	}
+	return j.forward()
+}
+
+func (j *joinOp[P, V, Out]) forward() error {
+	next, waiting := j.timers.Next()
+	if j.probeIdle && !waiting {
+		if j.outIdle {
+			return nil
+		}
+		j.outIdle = true
+		return j.ctx.ForwardWatermark(pipeline.Watermark{Time: j.outWM, Idle: true})
+	}
+	out := j.probeWM
+	if waiting && next-1 < out {
+		out = next - 1
+	}
+	if out > j.outWM || (j.outIdle && out >= j.outWM) {
+		j.outWM, j.outIdle = out, false
+		return j.ctx.ForwardWatermark(pipeline.Watermark{Time: out})
+	}
+	return nil
 }
 
 func (j *joinOp[P, V, Out]) fire(upTo int64) error {

@@ -97,6 +97,15 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		n := 1
 		d.MaybeScanArgs(t, "outputs", &n)
 		err = h.await(t, n)
+	case "watermark":
+		w, ok := h.out.Watermark()
+		switch {
+		case !ok:
+			return "no watermark\n"
+		case w.Idle:
+			return fmt.Sprintf("idle (at %s)\n", fmtMs(w.Time))
+		}
+		return fmtMs(w.Time) + "\n"
 	case "dead-letters":
 		var lines []string
 		for _, dl := range h.l.DeadLetters() {

@@ -128,9 +128,35 @@ func fireTimers(t *state.Timers, upTo int64, d TimeDomain, th TimerHandler) erro
 	}
 }
 
-// ForwardWatermark sends a watermark downstream; for operators whose
-// WatermarkHandler holds watermarks back.
+// ForwardWatermark sends a watermark downstream, to the main output and
+// every side output; for operators that hold watermarks back.
 func (c *Context) ForwardWatermark(w Watermark) error { return c.forward(w) }
+
+// setForward makes the operator's watermarks go to main and to every side
+// output, as records' event times on side outputs follow the same clock.
+func (c *Context) setForward(main func(Watermark) error) {
+	var sides []func(Watermark) error
+	for _, col := range c.sides {
+		if wm, ok := col.(interface{ Watermark(Watermark) error }); ok {
+			sides = append(sides, wm.Watermark)
+		}
+	}
+	if len(sides) == 0 {
+		c.forward = main
+		return
+	}
+	c.forward = func(w Watermark) error {
+		if err := main(w); err != nil {
+			return err
+		}
+		for _, f := range sides {
+			if err := f(w); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
 
 // HandleError decides what a failed record costs: a retryable error fails
 // the task (it restarts from its last checkpoint); any other error sends the

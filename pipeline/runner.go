@@ -14,7 +14,7 @@ type runner1[In, Out any] struct {
 func (r *runner1[In, Out]) init() {
 	r.ctx.th, _ = r.op.(TimerHandler)
 	r.wh, _ = r.op.(WatermarkHandler)
-	r.ctx.forward = r.out.Watermark
+	r.ctx.setForward(r.out.Watermark)
 	if s, ok := r.op.(Snapshotter); ok {
 		r.ctx.task.snapshotters = append(r.ctx.task.snapshotters, s)
 	}
@@ -34,19 +34,19 @@ func (r *runner1[In, Out]) Watermark(w Watermark) error {
 			return nil
 		}
 		r.idle = true
-		return r.out.Watermark(w)
+		return r.ctx.forward(w)
 	}
 	r.idle = false
 	if w.Time <= r.wm {
 		return nil
 	}
 	r.wm = w.Time
-	return advance(r.ctx, r.wh, r.out, w)
+	return advance(r.ctx, r.wh, w)
 }
 
 // advance fires an operator's timers up to w, tells its handler, and
 // forwards w unless the handler holds it back.
-func advance[Out any](ctx *Context, wh WatermarkHandler, out Collector[Out], w Watermark) error {
+func advance(ctx *Context, wh WatermarkHandler, w Watermark) error {
 	ctx.wm = w.Time
 	if err := ctx.fireEventTimers(w.Time); err != nil {
 		return err
@@ -57,7 +57,7 @@ func advance[Out any](ctx *Context, wh WatermarkHandler, out Collector[Out], w W
 			return err
 		}
 	}
-	return out.Watermark(w)
+	return ctx.forward(w)
 }
 
 // combiner merges the watermarks of several inputs: the minimum of the
@@ -115,14 +115,15 @@ func (c *combiner) update(i int, w Watermark) (Watermark, bool) {
 
 // runner2 runs a two-input operator.
 type runner2[In1, In2, Out any] struct {
-	op   Operator2[In1, In2, Out]
-	ctx  *Context
-	out  Collector[Out]
-	comb *combiner
-	wh   WatermarkHandler
-	ih   InputWatermarkHandler
-	in1  *input2a[In1, In2, Out]
-	in2  *input2b[In1, In2, Out]
+	op    Operator2[In1, In2, Out]
+	ctx   *Context
+	out   Collector[Out]
+	comb  *combiner
+	wh    WatermarkHandler
+	ih    InputWatermarkHandler
+	owner bool
+	in1   *input2a[In1, In2, Out]
+	in2   *input2b[In1, In2, Out]
 }
 
 func (r *runner2[In1, In2, Out]) init() {
@@ -130,7 +131,8 @@ func (r *runner2[In1, In2, Out]) init() {
 	r.ctx.th, _ = r.op.(TimerHandler)
 	r.wh, _ = r.op.(WatermarkHandler)
 	r.ih, _ = r.op.(InputWatermarkHandler)
-	r.ctx.forward = r.out.Watermark
+	_, r.owner = r.op.(WatermarkOwner)
+	r.ctx.setForward(r.out.Watermark)
 	r.in1 = &input2a[In1, In2, Out]{r}
 	r.in2 = &input2b[In1, In2, Out]{r}
 	if s, ok := r.op.(Snapshotter); ok {
@@ -153,14 +155,17 @@ func (r *runner2[In1, In2, Out]) watermark(i int, w Watermark) error {
 			return err
 		}
 	}
+	if r.owner {
+		return nil
+	}
 	cw, ok := r.comb.update(i, w)
 	if !ok {
 		return nil
 	}
 	if cw.Idle {
-		return r.out.Watermark(cw)
+		return r.ctx.forward(cw)
 	}
-	return advance(r.ctx, r.wh, r.out, cw)
+	return advance(r.ctx, r.wh, cw)
 }
 
 type input2a[In1, In2, Out any] struct{ r *runner2[In1, In2, Out] }

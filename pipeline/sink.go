@@ -62,6 +62,9 @@ func (s *sinkInst[T]) Collect(r Record[T]) error {
 
 func (s *sinkInst[T]) Watermark(w Watermark) error {
 	s.ctx.wm = w.Time
+	if ws, ok := s.sink.(interface{ watermark(Watermark) }); ok {
+		ws.watermark(w)
+	}
 	return nil
 }
 
@@ -120,6 +123,15 @@ func (s *topicSink[T]) Write(r Record[T]) error {
 type Collected[T any] struct {
 	mu      sync.Mutex
 	records []Record[T]
+	wm      Watermark
+	hasWM   bool
+}
+
+// Watermark is the last watermark the stream carried, if any.
+func (c *Collected[T]) Watermark() (Watermark, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.wm, c.hasWM
 }
 
 // Records returns a copy of what was collected.
@@ -144,7 +156,12 @@ func CollectTo[T any](in Stream[T], name string, into *Collected[T]) {
 type collectSink[T any] struct{ into *Collected[T] }
 
 func (s *collectSink[T]) Open(*Context) error { return nil }
-func (s *collectSink[T]) Close() error        { return nil }
+func (s *collectSink[T]) watermark(w Watermark) {
+	s.into.mu.Lock()
+	s.into.wm, s.into.hasWM = w, true
+	s.into.mu.Unlock()
+}
+func (s *collectSink[T]) Close() error { return nil }
 func (s *collectSink[T]) Write(r Record[T]) error {
 	s.into.mu.Lock()
 	s.into.records = append(s.into.records, r)

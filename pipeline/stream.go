@@ -218,6 +218,16 @@ type InputWatermarkHandler interface {
 	OnInputWatermark(input int, w Watermark) error
 }
 
+// WatermarkOwner is implemented by two-input operators that compute their
+// output watermark themselves, from InputWatermarkHandler, and forward it
+// with Context.ForwardWatermark (the temporal join: its output follows the
+// probe side, held back by waiting probes, and the table side only decides
+// when probes can be answered). The runtime then forwards no combined
+// watermark and fires none of the operator's event-time timers.
+type WatermarkOwner interface {
+	OwnsWatermark()
+}
+
 // Snapshotter writes in-memory operator state into its state handles at a
 // checkpoint, before the state is flushed.
 type Snapshotter interface {

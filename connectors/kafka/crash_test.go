@@ -76,11 +76,15 @@ func crashRecords(t *testing.T) int {
 // setupEnrich creates the input topics of the enrich job and fills the
 // accounts table; the events are produced by the caller.
 func setupEnrich(t *testing.T, seeds []string, n int) (jobTopics, dataset) {
+	return setupEnrichParts(t, seeds, n, 4)
+}
+
+func setupEnrichParts(t *testing.T, seeds []string, n int, parts int32) (jobTopics, dataset) {
 	inputs := jobTopics{Events: testenv.Name(t, "events"), Accounts: testenv.Name(t, "accounts")}
 	adm := newAdmin(t, seeds)
-	createTopic(t, adm, inputs.Events, 4, nil)
-	createTopic(t, adm, inputs.Accounts, 4, map[string]*string{"cleanup.policy": strp("compact")})
-	d := genData(inputs, n, 4, 1)
+	createTopic(t, adm, inputs.Events, parts, nil)
+	createTopic(t, adm, inputs.Accounts, parts, map[string]*string{"cleanup.policy": strp("compact")})
+	d := genData(inputs, n, parts, 1)
 	produce(t, seeds, d.accounts)
 	return inputs, d
 }

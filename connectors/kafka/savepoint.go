@@ -147,9 +147,14 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 	if err := w.recreateChangelogs(ctx); err != nil {
 		return err
 	}
+	prod, err := kgo.NewClient(w.clientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	if err != nil {
+		return err
+	}
+	defer prod.Close()
 	offsets := kadm.Offsets{}
 	for id, st := range tasks {
-		if err := w.rewriteChangelogs(ctx, filepath.Join(dir, "tasks", id.String(), "state"), id); err != nil {
+		if err := rewriteChangelogs(ctx, prod, filepath.Join(dir, "tasks", id.String(), "state"), id); err != nil {
 			return err
 		}
 		for topic, off := range st.Offsets {
@@ -238,8 +243,8 @@ func (w *Worker) recreateChangelogs(ctx context.Context) error {
 }
 
 // rewriteChangelogs writes a saved task state into its changelog
-// partitions.
-func (w *Worker) rewriteChangelogs(ctx context.Context, stateDir string, id taskID) error {
+// partitions (prod must partition manually).
+func rewriteChangelogs(ctx context.Context, prod *kgo.Client, stateDir string, id taskID) error {
 	st, err := state.Open(state.Options{Dir: stateDir})
 	if err != nil {
 		return fmt.Errorf("opening saved state of task %s: %w", id, err)
@@ -250,7 +255,7 @@ func (w *Worker) rewriteChangelogs(ctx context.Context, stateDir string, id task
 		if len(recs) == 0 {
 			return nil
 		}
-		err := w.admCl.ProduceSync(ctx, recs...).FirstErr()
+		err := prod.ProduceSync(ctx, recs...).FirstErr()
 		recs = recs[:0]
 		return err
 	}

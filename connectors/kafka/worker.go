@@ -56,6 +56,7 @@ type Worker struct {
 	maxGap      time.Duration // longest pause between iterations since the last commit
 	checkpoints atomic.Int64
 	stopReq     chan stopRequest
+	leaving     bool // stopped gracefully: leave the group on teardown
 	ready       chan struct{}
 	readyOnce   sync.Once
 }
@@ -218,6 +219,7 @@ func (w *Worker) onRevoked(_ context.Context, _ *kgo.Client, ps map[string][]int
 }
 
 func (w *Worker) onLost(ctx context.Context, cl *kgo.Client, ps map[string][]int32) {
+	w.log.Warn("partitions lost: the group expelled this worker; its open transaction will not commit", "partitions", ps)
 	w.onRevoked(ctx, cl, ps)
 }
 
@@ -421,6 +423,7 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 		if len(failed) > 0 {
 			reason = "task-failed"
 		}
+		w.log.Warn("checkpoint aborted; tasks restart from the last checkpoint", "reason", reason, "failed_tasks", len(failed))
 		w.metrics.CheckpointFailures.WithLabelValues(w.plan.Job, reason).Inc()
 		return w.reopen(ctx, failed)
 	}
@@ -648,6 +651,7 @@ func (w *Worker) stop(req stopRequest) error {
 	if err == nil && req.savepoint != "" {
 		err = w.writeSavepoint(ctx, req.savepoint)
 	}
+	w.leaving = true
 	if req.done != nil {
 		req.done <- err
 	}
@@ -659,6 +663,19 @@ func (w *Worker) teardown() {
 	w.pcancel()
 	if w.sess != nil {
 		w.sess.Close()
+	}
+	if w.leaving && w.adm != nil {
+		// A static member does not leave the group on close: on a graceful
+		// stop the worker removes itself, so its tasks move at once.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := w.adm.LeaveGroup(ctx, kadm.LeaveGroup(Group(w.cfg.JobID)).InstanceIDs(w.cfg.WorkerID).Reason("worker stopped"))
+		cancel()
+		if err == nil {
+			err = resp.Error()
+		}
+		if err != nil {
+			w.log.Warn("leaving the group", "err", err)
+		}
 	}
 	if w.rcl != nil {
 		w.rcl.Close()

@@ -29,6 +29,7 @@ type Rejected[P any] struct {
 type TemporalJoinSpec[P, V, Out any] struct {
 	// Join combines a probe with the table row valid at the probe's event
 	// time; row is nil when the key had no row then (or it was deleted).
+	// row is only valid during the call.
 	Join func(probe P, row *Versioned[V]) (Out, error)
 	// Deleted reports whether a table record deletes its key.
 	Deleted func(V) bool
@@ -90,6 +91,7 @@ type joinOp[P, V, Out any] struct {
 	pending   *state.ValueState[[]pendingProbe[P]]
 	timers    *state.Timers
 	meta      *state.ValueState[int64]
+	row       Versioned[V] // handed to Join, reused
 	tableWM   int64
 	savedWM   int64
 	tableIdle bool
@@ -176,7 +178,8 @@ func (j *joinOp[P, V, Out]) answer(key string, p P, t int64) error {
 	}
 	var row *Versioned[V]
 	if i := asOf(vs, t); i >= 0 && !vs[i].Deleted {
-		row = &Versioned[V]{Value: vs[i].Value, ValidFrom: vs[i].From}
+		j.row = Versioned[V]{Value: vs[i].Value, ValidFrom: vs[i].From}
+		row = &j.row
 	}
 	out, err := j.spec.Join(p, row)
 	if err != nil {

@@ -36,7 +36,7 @@ func (r Report) Markdown() string {
 		}
 		base := "—"
 		if x.BaselineName != "" {
-			base = fmt.Sprintf("%s %s: %s", x.BaselineName, fmtNum(x.Baseline), x.Unit)
+			base = fmt.Sprintf("%s: %s %s", x.BaselineName, fmtNum(x.Baseline), x.Unit)
 		}
 		ratio := "—"
 		if x.Ratio != 0 {

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/loanflow/loanflow/internal/benchreport"
+	"github.com/loanflow/loanflow/internal/enginebench"
+	"github.com/spf13/cobra"
+)
+
+func init() { addCommand(newBenchCmd) }
+
+func newBenchCmd() *cobra.Command {
+	var out, only string
+	var quick bool
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Run every benchmark beside its same-run baseline and write the report",
+		Long: `bench starts its own PostgreSQL, redis-server, embedded broker and schema
+registry in a temporary directory, runs the engine, Avro, CDC and API
+benchmarks, each beside a baseline measured in the same run, and writes the
+report (Markdown) to --out. A full run takes several minutes; --quick cuts
+every run short to check the command works (its figures mean little).`,
+		Example: "  loanflow bench --out BENCHMARKS.md\n  loanflow bench --only engine --quick",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(),
+				WorkerCommand: func(spec string) *exec.Cmd { return exec.Command(exe, "bench-worker", spec) }}
+			if only != "" {
+				cfg.Sections = strings.Split(only, ",")
+				for _, s := range cfg.Sections {
+					switch s {
+					case "engine", "avro", "cdc", "api":
+					default:
+						return fmt.Errorf("unknown section %q in --only; choose from engine, avro, cdc, api", s)
+					}
+				}
+			}
+			md, err := benchreport.Run(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err = fmt.Fprint(cmd.OutOrStdout(), md)
+				return err
+			}
+			if err := os.WriteFile(out, []byte(md), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "bench: report written to %s\n", out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "-", "file to write the Markdown report to (- for stdout)")
+	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api (default all)")
+	cmd.Flags().BoolVar(&quick, "quick", false, "cut every run short (checks the command; the figures mean little)")
+	return cmd
+}
+
+func init() {
+	addCommand(func() *cobra.Command {
+		return &cobra.Command{
+			Use:    "bench-worker SPEC",
+			Short:  "Internal: a worker process of the recovery benchmark",
+			Hidden: true,
+			Args:   cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return enginebench.WorkerMain(cmd.Context(), args[0])
+			},
+		}
+	})
+}

@@ -145,7 +145,7 @@ func WindowCount(n int, dir string) (Result, error) {
 
 type countSink[T any] struct{ n *atomic.Int64 }
 
-func (s countSink[T]) Open(*pipeline.Context) error     { return nil }
+func (s countSink[T]) Open(*pipeline.Context) error   { return nil }
 func (s countSink[T]) Write(pipeline.Record[T]) error { s.n.Add(1); return nil }
 func (s countSink[T]) Close() error                   { return nil }
 

@@ -1,0 +1,84 @@
+package jobs
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/loanflow/loanflow/pipeline"
+)
+
+// Env is what a job needs from its surroundings; the CLI fills it from
+// flags and environment, the local stack from the servers it started.
+type Env struct {
+	Brokers           []string
+	SchemaRegistryURL string
+	RedisURL          string
+	DatabaseURL       string
+	// BureauURL is the credit bureau's base URL (the simulator locally).
+	BureauURL string
+	Logger    *slog.Logger
+}
+
+// Job is a registered Loanflow job.
+type Job struct {
+	// Name is the job's name: its consumer group, topic prefix and CLI name.
+	Name string
+	// Summary is one line for `loanflow job list`.
+	Summary string
+	// Build declares the job's graph.
+	Build func(b *pipeline.Builder, env Env) error
+}
+
+var (
+	mu       sync.Mutex
+	registry = map[string]Job{}
+)
+
+// Register adds a job; registering a name twice is a programming error.
+func Register(j Job) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := registry[j.Name]; dup {
+		panic(fmt.Sprintf("jobs: job %q registered twice", j.Name))
+	}
+	registry[j.Name] = j
+}
+
+// Get returns the job named name.
+func Get(name string) (Job, bool) {
+	mu.Lock()
+	defer mu.Unlock()
+	j, ok := registry[name]
+	return j, ok
+}
+
+// List returns every registered job, by name.
+func List() []Job {
+	mu.Lock()
+	defer mu.Unlock()
+	out := make([]Job, 0, len(registry))
+	for _, j := range registry {
+		out = append(out, j)
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Name < out[k].Name })
+	return out
+}
+
+// Builder builds job name's graph for env.
+func Builder(name string, env Env) (*pipeline.Builder, error) {
+	j, ok := Get(name)
+	if !ok {
+		var names []string
+		for _, j := range List() {
+			names = append(names, j.Name)
+		}
+		return nil, fmt.Errorf("no job named %q; known jobs: %v (see `loanflow job list`)", name, names)
+	}
+	b := pipeline.NewBuilder(j.Name)
+	if err := j.Build(b, env); err != nil {
+		return nil, fmt.Errorf("building job %s: %w", name, err)
+	}
+	return b, nil
+}

@@ -24,6 +24,7 @@ type Metrics struct {
 	CheckpointDuration *prometheus.HistogramVec
 	CheckpointBytes    *prometheus.HistogramVec
 	CheckpointFailures *prometheus.CounterVec
+	LastCheckpoint     *prometheus.GaugeVec
 	ConsumerLag        *prometheus.GaugeVec
 	RestoreDuration    *prometheus.HistogramVec
 }
@@ -48,12 +49,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		CheckpointDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_duration_seconds", Help: "Time to flush state and commit the checkpoint transaction.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"job"}),
 		CheckpointBytes:    prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_changelog_bytes", Help: "Changelog bytes written per checkpoint.", Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}, []string{"job"}),
 		CheckpointFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_failures_total", Help: "Checkpoints that aborted."}, []string{"job", "reason"}),
+		LastCheckpoint:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "last_checkpoint_timestamp_seconds", Help: "Unix time of the worker's last committed checkpoint."}, []string{"job", "worker"}),
 		ConsumerLag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "consumer_lag_records", Help: "Records between the committed position and the end of an input partition."}, []string{"job", "topic", "partition"}),
 		RestoreDuration:    prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "restore_duration_seconds", Help: "Time to restore a task's state.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"job"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.recordsIn, m.recordsOut, m.deadLetters, m.dropped, m.watermarkLag, m.asyncInFlight,
-			m.stateEntries, m.stateBytes, m.Latency, m.QueueFill, m.CheckpointDuration, m.CheckpointBytes, m.CheckpointFailures, m.ConsumerLag, m.RestoreDuration} {
+			m.stateEntries, m.stateBytes, m.Latency, m.QueueFill, m.CheckpointDuration, m.CheckpointBytes, m.CheckpointFailures, m.LastCheckpoint, m.ConsumerLag, m.RestoreDuration} {
 			reg.MustRegister(c)
 		}
 	}

@@ -175,6 +175,7 @@ func (tr *taskRunner) checkpoint(m taskMsg) error {
 	clear(tr.logEnd)
 	tr.mu.Unlock()
 	err := tr.task.Checkpoint(func(mu state.Mutation) error {
+		tr.w.logBytes.Add(int64(len(mu.Key) + len(mu.Value)))
 		return tr.w.produce(&kgo.Record{Topic: mu.Log, Partition: tr.id.part, Key: mu.Key, Value: mu.Value}, tr.logPromise)
 	})
 	m.reply <- err

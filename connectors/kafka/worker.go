@@ -55,6 +55,8 @@ type Worker struct {
 	lastPurge   time.Time
 	maxGap      time.Duration // longest pause between iterations since the last commit
 	checkpoints atomic.Int64
+	lastCP      atomic.Int64 // unix ms of the last committed checkpoint
+	logBytes    atomic.Int64 // changelog bytes staged in the open checkpoint
 	stopReq     chan stopRequest
 	leaving     bool // stopped gracefully: leave the group on teardown
 	ready       chan struct{}
@@ -98,6 +100,17 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // Checkpoints is the number of committed checkpoints.
 func (w *Worker) Checkpoints() int64 { return w.checkpoints.Load() }
+
+// LastCheckpoint is when the last checkpoint committed (zero before any).
+func (w *Worker) LastCheckpoint() time.Time {
+	if ms := w.lastCP.Load(); ms > 0 {
+		return time.UnixMilli(ms)
+	}
+	return time.Time{}
+}
+
+// ID is the worker's id.
+func (w *Worker) ID() string { return w.cfg.WorkerID }
 
 // Tasks lists the tasks this worker runs, as "<subtopology>_<partition>".
 func (w *Worker) Tasks() []string {
@@ -436,6 +449,9 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	clear(w.lastErr)
 	w.mu.Unlock()
 	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job).Observe(time.Since(start).Seconds())
+	w.metrics.LastCheckpoint.WithLabelValues(w.plan.Job, w.cfg.WorkerID).SetToCurrentTime()
+	w.metrics.CheckpointBytes.WithLabelValues(w.plan.Job).Observe(float64(w.logBytes.Swap(0)))
+	w.lastCP.Store(time.Now().UnixMilli())
 	return nil
 }
 

@@ -26,8 +26,10 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 
 type intCodec struct{}
 
-func (intCodec) Encode(dst []byte, v int64) ([]byte, error) { return strconv.AppendInt(dst, v, 10), nil }
-func (intCodec) Decode(src []byte) (int64, error)           { return strconv.ParseInt(string(src), 10, 64) }
+func (intCodec) Encode(dst []byte, v int64) ([]byte, error) {
+	return strconv.AppendInt(dst, v, 10), nil
+}
+func (intCodec) Decode(src []byte) (int64, error) { return strconv.ParseInt(string(src), 10, 64) }
 
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/loanflow/loanflow/pipeline"
 )
 
@@ -19,6 +21,12 @@ type Env struct {
 	// BureauURL is the credit bureau's base URL (the simulator locally).
 	BureauURL string
 	Logger    *slog.Logger
+	// Topics renames the topics the jobs read and write; zero fields keep
+	// the names of DESIGN.md §4 (see Topics).
+	Topics Topics
+	// Registerer receives the jobs' own metrics (portfolio gauges, bureau
+	// calls); nil leaves them unregistered.
+	Registerer prometheus.Registerer
 }
 
 // Job is a registered Loanflow job.

@@ -148,6 +148,12 @@ func TestDecisionsEndToEnd(t *testing.T) {
 	}
 	tp := s.env.Topics.WithDefaults()
 	createTopic(t, tp.Applications, 2, false) // not co-partitioned with customer_360 (3): the job repartitions
+	// customer_360 keeps its history here (no compaction), so that the full
+	// replay at the end can decide old applications as of their time. A
+	// compacted customer_360 keeps only each customer's newest version: a
+	// job started from scratch decides old applications against what
+	// survived (see doc.go).
+	createTopic(t, tp.Customer360, 3, false)
 	s.startCDC()
 	awaitCustomer360(t, s.env, "c-good", "c-limit", "c-frozen", "c-marginal", "c-versioned")
 

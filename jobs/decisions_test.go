@@ -156,6 +156,7 @@ func TestDecisionsEndToEnd(t *testing.T) {
 	createTopic(t, tp.Customer360, 3, false)
 	s.startCDC()
 	awaitCustomer360(t, s.env, "c-good", "c-limit", "c-frozen", "c-marginal", "c-versioned")
+	checkCoPartitioned(t, s.env, 3)
 
 	// The application of c-versioned is made between two versions of its
 	// profile: it must be decided against the first.
@@ -399,5 +400,45 @@ func checkDeadLetter(t *testing.T, job, appID string) {
 	}, func() bool { return found })
 	if !found {
 		t.Errorf("no dead letter for %s", appID)
+	}
+}
+
+// checkCoPartitioned: every customer_360 record the CDC reader wrote has
+// the key bytes the job's key codec writes for its customer, in the
+// partition Kafka's default partitioner gives those bytes, so the job's
+// repartitioned applications meet their customer's rows in one task.
+func checkCoPartitioned(t *testing.T, env Env, parts int32) {
+	t.Helper()
+	tp := env.Topics.WithDefaults()
+	cl, ctx, cancel, err := env.registry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	keys, err := NewAvroStringKeys(ctx, cl, schemas.KeySubject(tp.Customer360))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := serde[schemas.Customer360](t, env, tp.Customer360, schemas.Customer360Schema)
+	n := 0
+	c := newConsumer(t, tp.Customer360)
+	c.until(10*time.Second, func(r *kgo.Record) {
+		if r.Value == nil || len(r.Headers) > 0 { // tombstones, heartbeats
+			return
+		}
+		row, err := rows.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if want := keys.EncodeKey(row.CustomerID); string(r.Key) != want {
+			t.Errorf("customer_360 key of %s: CDC wrote %x, the job writes %x", row.CustomerID, r.Key, want)
+		}
+		if p := pipeline.KeyPartition(r.Key, parts); p != r.Partition {
+			t.Errorf("customer_360 record of %s in partition %d, the job's repartition puts its key in %d", row.CustomerID, r.Partition, p)
+		}
+	}, func() bool { return n >= 5 })
+	if n < 5 {
+		t.Fatalf("read %d customer_360 rows", n)
 	}
 }

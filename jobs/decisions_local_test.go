@@ -1,0 +1,142 @@
+package jobs
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loanflow/loanflow/internal/bureau"
+	"github.com/loanflow/loanflow/internal/testenv"
+	"github.com/loanflow/loanflow/pipeline"
+	"github.com/loanflow/loanflow/schemas"
+)
+
+// localDecisions runs the decisions job fused in one task (pipeline.Local)
+// against a real registry, database and bureau simulator.
+type localDecisions struct {
+	t     *testing.T
+	s     *stack
+	l     *pipeline.Local
+	topic string
+	serde *schemas.Serde[schemas.LoanDecision]
+}
+
+func newLocalDecisions(t *testing.T, bcfg bureau.Config, cfg DecisionsConfig) *localDecisions {
+	t.Helper()
+	s := newStack(t)
+	env := s.env
+	env.BureauURL = startBureau(t, bcfg).URL()
+	b := pipeline.NewBuilder(testenv.Name(t, "local"))
+	if err := BuildDecisions(b, env, cfg); err != nil {
+		t.Fatal(err)
+	}
+	l, err := pipeline.NewLocal(b, pipeline.LocalOptions{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	tp := env.Topics.WithDefaults()
+	return &localDecisions{t: t, s: s, l: l, topic: tp.Decisions, serde: serde[schemas.LoanDecision](t, env, tp.Decisions, schemas.LoanDecisionSchema)}
+}
+
+func (ld *localDecisions) feedApp(a schemas.LoanApplication) {
+	ld.t.Helper()
+	if err := pipeline.Feed(ld.l, "applications", 0, a, a.EventTime.UnixMilli()); err != nil {
+		ld.t.Fatal(err)
+	}
+}
+
+func (ld *localDecisions) feedRow(r schemas.Customer360) {
+	ld.t.Helper()
+	if err := pipeline.Feed(ld.l, "customer-360", 0, c360Row{Row: r}, r.UpdatedAt.UnixMilli()); err != nil {
+		ld.t.Fatal(err)
+	}
+}
+
+// decisions waits for n decisions (async completions included).
+func (ld *localDecisions) decisions(n int) map[string]schemas.LoanDecision {
+	ld.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(ld.l.Emitted(ld.topic)) < n && time.Now().Before(deadline) {
+		if _, err := ld.l.AwaitWork(100 * time.Millisecond); err != nil {
+			ld.t.Fatal(err)
+		}
+	}
+	out := map[string]schemas.LoanDecision{}
+	for _, r := range ld.l.Emitted(ld.topic) {
+		d, err := ld.serde.Decode(r.Value)
+		if err != nil {
+			ld.t.Fatal(err)
+		}
+		out[d.ApplicationID] = d
+	}
+	if len(out) != n {
+		ld.t.Fatalf("%d decisions, want %d: %v", len(out), n, out)
+	}
+	return out
+}
+
+// TestBureauFallback: when every bureau attempt fails, the application is
+// referred with the reason, not lost and not retried forever.
+func TestBureauFallback(t *testing.T) {
+	fast := DecisionsConfig{BureauTimeout: 50 * time.Millisecond, BureauAttempts: 3, BureauBackoff: time.Millisecond, BureauMaxBackoff: 2 * time.Millisecond}
+	for _, tc := range []struct {
+		name   string
+		bureau bureau.Config
+		reason string
+	}{
+		{"outage", bureau.Config{ErrorRate: 1, TimeoutRate: -1, LatencyMin: time.Millisecond, LatencyMax: time.Millisecond}, ReasonBureauUnavailable},
+		{"hang", bureau.Config{TimeoutRate: 1, ErrorRate: -1, Hang: time.Minute, LatencyMin: time.Millisecond, LatencyMax: time.Millisecond}, ReasonBureauTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ld := newLocalDecisions(t, tc.bureau, fast)
+			ld.feedApp(app("a-new", "L1", nil, "100.00", time.Unix(1_800_000_000, 0)))
+			d := ld.decisions(1)["a-new"]
+			if d.Decision != schemas.DecisionRefer || strings.Join(d.ReasonCodes, ",") != tc.reason || d.Basis != schemas.BasisFallback ||
+				d.BureauResponseID != nil {
+				t.Fatalf("got %+v", d)
+			}
+		})
+	}
+}
+
+// TestRouting: known customers found as of their time are scored against
+// the row, customers not found then go to the bureau, and applications
+// older than the join's history are referred as too late.
+func TestRouting(t *testing.T) {
+	ld := newLocalDecisions(t, bureau.Config{ErrorRate: -1, TimeoutRate: -1, NoFileRate: -1, LatencyMin: time.Millisecond, LatencyMax: time.Millisecond},
+		DecisionsConfig{JoinRetention: time.Hour})
+	ld.s.addLender("L1")
+	ld.s.addCustomer(customer{ID: "c1", Tier: "LOW", Limit: "5000.00", Balance: "0", Score: 720})
+	t0 := time.Unix(1_800_000_000, 0).UTC()
+	r := row("ACTIVE", "LOW", 720, "5000.00", "0.00", false)
+	r.UpdatedAt = t0
+	ld.feedRow(r)
+	ld.feedApp(app("a-before-customer", "L1", ptr("c1"), "100.00", t0.Add(-time.Minute)))
+	ld.feedApp(app("a-v7", "L1", ptr("c1"), "100.00", t0.Add(90*time.Minute))) // waits for the table
+	r2 := r
+	r2.Score, r2.Version, r2.UpdatedAt = 500, 8, t0.Add(2*time.Hour)
+	ld.feedRow(r2)
+	ld.feedApp(app("a-v8", "L1", ptr("c1"), "100.00", t0.Add(3*time.Hour)))
+	later := r2
+	later.UpdatedAt = t0.Add(10 * time.Hour) // moves the table's watermark: 1h of history is kept
+	ld.feedRow(later)
+	ld.feedApp(app("a-too-late", "L1", ptr("c1"), "100.00", t0.Add(5*time.Hour)))
+	got := ld.decisions(4)
+	if d := got["a-before-customer"]; d.Basis != schemas.BasisCreditBureau || d.BureauResponseID == nil {
+		t.Errorf("application before the customer existed: %+v", d)
+	}
+	if d := got["a-v7"]; d.Decision != schemas.DecisionApproved || *d.Customer360Version != 7 {
+		t.Errorf("application at v7: %+v", d)
+	}
+	if d := got["a-v8"]; d.Decision != schemas.DecisionDeclined || *d.Customer360Version != 8 || d.ReasonCodes[0] != ReasonScoreBelowMin {
+		t.Errorf("application at v8: %+v", d)
+	}
+	if d := got["a-too-late"]; d.Decision != schemas.DecisionRefer || strings.Join(d.ReasonCodes, ",") != ReasonApplicationTooLate {
+		t.Errorf("application older than the history: %+v", d)
+	}
+	if dl := ld.l.DeadLetters(); len(dl) != 0 {
+		t.Errorf("dead letters: %v", dl[0].Err)
+	}
+	ld.s.checkBooked(map[string]string{"c1": "100.00"}, "a-v7")
+}

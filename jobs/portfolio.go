@@ -3,6 +3,7 @@ package jobs
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -187,6 +188,13 @@ func decodeLoanChange(dec *schemas.Serde[map[string]any], raw *pipeline.RawRecor
 	if op == schemas.OpTruncate {
 		return portfolioEvent{}, errors.New("loans was truncated: the portfolio's running totals keep the truncated loans; " +
 			"rebuild the job from scratch (new job id) to recompute them")
+	}
+	if src, ok := env["source"].(map[string]any); ok && src["lsn"] == nil {
+		// A snapshot read has no LSN (LoanUpdatedEventFromChange wants one):
+		// 0 orders it before every streamed change.
+		src = maps.Clone(src)
+		src["lsn"] = int64(0)
+		env["source"] = src
 	}
 	ev, err := schemas.LoanUpdatedEventFromChange(env)
 	if err != nil {

@@ -131,7 +131,7 @@ func registered[C prometheus.Collector](reg prometheus.Registerer, c C) (C, erro
 // Open, Close and Write make portfolioGauges a pipeline.Sink; every task
 // shares the one instance.
 func (p *portfolioGauges) Open(*pipeline.Context) error { return nil }
-func (p *portfolioGauges) Close() error                  { return nil }
+func (p *portfolioGauges) Close() error                 { return nil }
 
 func (p *portfolioGauges) Write(r pipeline.Record[schemas.PortfolioMetric]) error {
 	m := r.Value

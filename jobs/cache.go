@@ -78,17 +78,18 @@ func BuildCacheInvalidation(b *pipeline.Builder, env Env, cfg CacheConfig) error
 	if err := errors.Join(cfg.Validate(), env.need(b.Job(), "brokers", "schema-registry", "redis")); err != nil {
 		return err
 	}
-	if _, err := goredis.ParseURL(env.RedisURL); err != nil {
+	if _, err := goredis.ParseURL(env.RedisURL); err != nil && !env.Offline {
 		return fmt.Errorf("jobs: %s: redis url: %w", b.Job(), err)
 	}
-	cl, err := schemas.NewClient(schemas.ClientConfig{URLs: []string{env.SchemaRegistryURL}})
+	c, cancel, err := env.codecs()
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	tp := env.Topics.WithDefaults()
 	for _, table := range []string{"customers", "credit_profiles"} {
 		topic := tp.CDC(table)
-		dec, err := schemas.NewWriterSchemaDecoder[map[string]any](cl, schemas.ValueSubject(topic))
+		dec, err := writerDecoder(c, topic)
 		if err != nil {
 			return err
 		}
@@ -103,7 +104,7 @@ func BuildCacheInvalidation(b *pipeline.Builder, env Env, cfg CacheConfig) error
 }
 
 // decodeInvalidation reads the customer id and LSN of a change envelope.
-func decodeInvalidation(table string, dec *schemas.Serde[map[string]any], raw *pipeline.RawRecord) (invalidation, error) {
+func decodeInvalidation(table string, dec pipeline.Codec[map[string]any], raw *pipeline.RawRecord) (invalidation, error) {
 	inv := invalidation{Table: table}
 	if raw.Value == nil {
 		inv.Skip = true

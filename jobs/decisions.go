@@ -152,26 +152,30 @@ func BuildDecisions(b *pipeline.Builder, env Env, cfg DecisionsConfig) error {
 
 func newDecisionsDeps(job string, env Env, cfg DecisionsConfig) (decisionsDeps, error) {
 	d := decisionsDeps{cfg: cfg, topics: env.Topics.WithDefaults(), env: env}
-	cl, ctx, cancel, err := env.registry()
+	c, cancel, err := env.codecs()
 	if err != nil {
 		return d, err
 	}
 	defer cancel()
-	if d.apps, err = schemas.NewSerde[schemas.LoanApplication](ctx, cl, schemas.ValueSubject(d.topics.Applications), schemas.LoanApplicationSchema); err != nil {
+	if d.apps, err = serdeOf[schemas.LoanApplication](c, d.topics.Applications, schemas.LoanApplicationSchema); err != nil {
 		return d, err
 	}
-	if d.c360, err = schemas.NewSerde[schemas.Customer360](ctx, cl, schemas.ValueSubject(d.topics.Customer360), schemas.Customer360Schema); err != nil {
+	if d.c360, err = serdeOf[schemas.Customer360](c, d.topics.Customer360, schemas.Customer360Schema); err != nil {
 		return d, err
 	}
-	if d.decisions, err = schemas.NewSerde[schemas.LoanDecision](ctx, cl, schemas.ValueSubject(d.topics.Decisions), schemas.LoanDecisionSchema); err != nil {
+	if d.decisions, err = serdeOf[schemas.LoanDecision](c, d.topics.Decisions, schemas.LoanDecisionSchema); err != nil {
 		return d, err
 	}
-	if d.keys, err = NewAvroStringKeys(ctx, cl, schemas.KeySubject(d.topics.Customer360)); err != nil {
+	if d.keys, err = stringKeys(c, d.topics.Customer360); err != nil {
 		return d, err
+	}
+	url := env.BureauURL
+	if env.Offline {
+		url = "http://bureau.offline.invalid"
 	}
 	// The async operator bounds each attempt; the client's own timeout is
 	// only a backstop.
-	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: env.BureauURL, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity}); err != nil {
+	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: url, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity}); err != nil {
 		return d, err
 	}
 	d.loans = func() pipeline.Sink[schemas.LoanDecision] {

@@ -120,22 +120,22 @@ func BuildPortfolio(b *pipeline.Builder, env Env, cfg PortfolioConfig) error {
 	if err := errors.Join(cfg.Validate(), env.need(b.Job(), "brokers", "schema-registry", "database")); err != nil {
 		return err
 	}
-	cl, ctx, cancel, err := env.registry()
+	c, cancel, err := env.codecs()
 	if err != nil {
 		return err
 	}
 	defer cancel()
 	tp := env.Topics.WithDefaults()
 	loanTopic := tp.CDC("loans")
-	changes, err := schemas.NewWriterSchemaDecoder[map[string]any](cl, schemas.ValueSubject(loanTopic))
+	changes, err := writerDecoder(c, loanTopic)
 	if err != nil {
 		return err
 	}
-	decisions, err := schemas.NewSerde[schemas.LoanDecision](ctx, cl, schemas.ValueSubject(tp.Decisions), schemas.LoanDecisionSchema)
+	decisions, err := serdeOf[schemas.LoanDecision](c, tp.Decisions, schemas.LoanDecisionSchema)
 	if err != nil {
 		return err
 	}
-	metrics, err := schemas.NewSerde[schemas.PortfolioMetric](ctx, cl, schemas.ValueSubject(tp.PortfolioMetrics), schemas.PortfolioMetricSchema)
+	metrics, err := serdeOf[schemas.PortfolioMetric](c, tp.PortfolioMetrics, schemas.PortfolioMetricSchema)
 	if err != nil {
 		return err
 	}
@@ -176,7 +176,7 @@ func BuildPortfolio(b *pipeline.Builder, env Env, cfg PortfolioConfig) error {
 // decodeLoanChange turns a cdc loans envelope into a portfolio event;
 // tombstones and truncates carry no loan (filtered out; a truncate cannot
 // be undone per loan and is logged by the caller's dead letter instead).
-func decodeLoanChange(dec *schemas.Serde[map[string]any], raw *pipeline.RawRecord) (portfolioEvent, error) {
+func decodeLoanChange(dec pipeline.Codec[map[string]any], raw *pipeline.RawRecord) (portfolioEvent, error) {
 	if raw.Value == nil {
 		return portfolioEvent{}, nil // the tombstone after a delete
 	}

@@ -24,9 +24,13 @@ type Env struct {
 	// Topics renames the topics the jobs read and write; zero fields keep
 	// the names of DESIGN.md §4 (see Topics).
 	Topics Topics
-	// Registerer receives the jobs' own metrics (portfolio gauges, bureau
-	// calls); nil leaves them unregistered.
+	// Registerer receives the jobs' own metrics (portfolio gauges); nil
+	// leaves them unregistered.
 	Registerer prometheus.Registerer
+	// Offline builds a job's graph without contacting any server and
+	// without checking the fields above (`loanflow job describe`): its
+	// codecs refuse to run, so such a graph can be planned, not run.
+	Offline bool
 }
 
 // Job is a registered Loanflow job.

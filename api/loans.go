@@ -327,37 +327,46 @@ type patchError struct {
 
 func (e *patchError) Error() string { return e.detail }
 
+// applyPatch validates the change against the loan as read, then writes
+// it with one statement that updates the row only if it is still at the
+// If-Match version and, in the same (implicit) transaction, appends the
+// audit row for the update it made. Two round trips, and the audit chain
+// lock is held only while PostgreSQL runs that statement.
 func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, p auth.Principal, id string, ver int64, status *string, bal *money.Amount) {
-	ctx := r.Context()
-	var out Loan
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		cur, err := s.store.loan(ctx, tx, p.Lender, id)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return &patchError{status: http.StatusNotFound}
-		}
-		if err != nil {
-			return err
-		}
-		if cur.Version != ver {
-			return &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", etag: etag(cur.Version),
-				detail: fmt.Sprintf("If-Match version %d is stale; the loan is at version %d", ver, cur.Version)}
-		}
-		next, perr := nextState(cur, status, bal)
-		if perr != nil {
-			return perr
-		}
-		row := tx.QueryRow(ctx, `UPDATE loans SET status = $4, balance = $5::numeric, version = version + 1, updated_at = now()
-			WHERE loan_id = $1 AND lender_id = $2 AND version = $3 RETURNING `+loanCols, id, p.Lender, ver, next.Status, next.Balance)
-		out, err = scanLoan(row)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", detail: "the loan changed concurrently; re-read it"}
-		}
-		if err != nil {
-			return fmt.Errorf("updating loan: %w", err)
-		}
-		return audit.Append(ctx, tx, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
-	})
+	out, err := s.patchOnce(r.Context(), p, id, ver, status, bal)
 	s.finishPatch(w, r, out, err)
+}
+
+func (s *Server) patchOnce(ctx context.Context, p auth.Principal, id string, ver int64, status *string, bal *money.Amount) (Loan, error) {
+	cur, err := s.readLoan(ctx, p.Lender, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Loan{}, &patchError{status: http.StatusNotFound}
+	}
+	if err != nil {
+		return Loan{}, err
+	}
+	if cur.Version != ver {
+		return Loan{}, &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", etag: etag(cur.Version),
+			detail: fmt.Sprintf("If-Match version %d is stale; the loan is at version %d", ver, cur.Version)}
+	}
+	next, err := nextState(cur, status, bal)
+	if err != nil {
+		return Loan{}, err
+	}
+	auditExpr, auditArgs := audit.AppendSQL(6, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
+	q := `WITH u AS (UPDATE loans SET status = $4, balance = $5::numeric, version = version + 1, updated_at = now()
+		WHERE loan_id = $1 AND lender_id = $2 AND version = $3 RETURNING ` + loanCols + `)
+		SELECT ` + loanCols + `, ` + auditExpr + ` FROM u`
+	args := append([]any{id, p.Lender, ver, next.Status, next.Balance}, auditArgs...)
+	var seq *int64
+	out, err := scanLoanExtra(s.pool.QueryRow(ctx, q, args...), &seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Loan{}, &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", detail: "the loan changed concurrently; re-read it"}
+	}
+	if err != nil {
+		return Loan{}, fmt.Errorf("updating loan: %w", err)
+	}
+	return out, nil
 }
 
 func (s *Server) finishPatch(w http.ResponseWriter, r *http.Request, out Loan, err error) {

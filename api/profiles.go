@@ -60,39 +60,51 @@ var errNoProfile = errors.New("api: no such credit profile")
 
 func cacheKey(id string) string { return "profile:" + id }
 
-// profileCache is cache-aside over Redis behind a circuit breaker, with
-// misses coalesced per id.
+// cachedProfile is cache-aside over Redis behind a circuit breaker. The
+// whole lookup of an id (GET, and on a miss the PostgreSQL load and the
+// SET) runs once for all concurrent requests of that id (singleflight):
+// concurrent misses load PostgreSQL once, concurrent hits of a hot id share
+// one GET, and a request arriving after a flight finished finds the entry
+// that flight cached.
 func (s *Server) cachedProfile(ctx context.Context, id string) (CreditProfile, string, error) {
-	if b, err := s.cacheGet(ctx, id); err == nil {
-		var cp CreditProfile
-		if json.Unmarshal(b, &cp) == nil {
-			s.metrics.cache.WithLabelValues("hit").Inc()
-			return cp, "cache", nil
-		}
-	}
-	v, err, _ := s.flight.Do(id, func() (any, error) {
+	ch := s.flight.DoChan(id, func() (any, error) {
 		// Detached from the first caller's cancellation; bounded.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 		defer cancel()
-		// A flight that ended just before this one may have filled the
-		// cache after our first look: check again before PostgreSQL.
-		if b, err := s.cacheGet(cctx, id); err == nil {
-			var cp CreditProfile
-			if json.Unmarshal(b, &cp) == nil {
-				return cp, nil
-			}
-		}
-		cp, err := s.loadProfile(cctx, id)
-		if err != nil {
-			return nil, err
-		}
-		s.cacheSet(cctx, cp)
-		return cp, nil
+		return s.lookupProfile(cctx, id)
 	})
-	if err != nil {
-		return CreditProfile{}, "", err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return CreditProfile{}, "", res.Err
+		}
+		l := res.Val.(profileLookup)
+		return l.cp, l.source, nil
+	case <-ctx.Done():
+		return CreditProfile{}, "", ctx.Err()
 	}
-	return v.(CreditProfile), "database", nil
+}
+
+type profileLookup struct {
+	cp     CreditProfile
+	source string // cache | database
+}
+
+func (s *Server) lookupProfile(ctx context.Context, id string) (profileLookup, error) {
+	if b, err := s.cacheGet(ctx, id); err == nil {
+		var cp CreditProfile
+		if json.Unmarshal(b, &cp) == nil && cp.CustomerID == id {
+			s.metrics.cache.WithLabelValues("hit").Inc()
+			return profileLookup{cp, "cache"}, nil
+		}
+		s.metrics.cache.WithLabelValues("error").Inc() // unreadable entry: reload it
+	}
+	cp, err := s.loadProfile(ctx, id)
+	if err != nil {
+		return profileLookup{}, err
+	}
+	s.cacheSet(ctx, cp)
+	return profileLookup{cp, "database"}, nil
 }
 
 // cacheGet returns the cached bytes; any error (miss, Redis down, breaker
@@ -198,6 +210,11 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.log.Error("credit profile", "request_id", requestID(r.Context()), "err", err)
+		if r.Context().Err() != nil {
+			w.Header().Set("Retry-After", "1")
+			writeProblem(w, r, http.StatusServiceUnavailable, "timeout", "the credit profile could not be read in time; retry")
+			return
+		}
 		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not read the credit profile")
 		return
 	}

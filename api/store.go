@@ -49,10 +49,14 @@ type Loan struct {
 
 const loanCols = `loan_id, application_id, customer_id, lender_id, amount::text, balance::text, currency, term_months, status, days_past_due, version, created_at, updated_at`
 
-func scanLoan(row pgx.Row) (Loan, error) {
+func scanLoan(row pgx.Row) (Loan, error) { return scanLoanExtra(row) }
+
+// scanLoanExtra scans loanCols followed by extra columns.
+func scanLoanExtra(row pgx.Row, extra ...any) (Loan, error) {
 	var l Loan
-	err := row.Scan(&l.LoanID, &l.ApplicationID, &l.CustomerID, &l.LenderID, &l.Amount, &l.Balance, &l.Currency,
-		&l.TermMonths, &l.Status, &l.DaysPastDue, &l.Version, &l.CreatedAt, &l.UpdatedAt)
+	dst := append([]any{&l.LoanID, &l.ApplicationID, &l.CustomerID, &l.LenderID, &l.Amount, &l.Balance, &l.Currency,
+		&l.TermMonths, &l.Status, &l.DaysPastDue, &l.Version, &l.CreatedAt, &l.UpdatedAt}, extra...)
+	err := row.Scan(dst...)
 	if err != nil {
 		return l, err
 	}
@@ -68,9 +72,4 @@ func normalizeMoney(l *Loan) error {
 		*p = a.String()
 	}
 	return nil
-}
-
-func (st *store) loan(ctx context.Context, q pgx.Tx, lender, id string) (Loan, error) {
-	row := q.QueryRow(ctx, "SELECT "+loanCols+" FROM loans WHERE loan_id = $1 AND lender_id = $2", id, lender)
-	return scanLoan(row)
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -96,8 +97,17 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	if err := b.warm(ctx); err != nil {
+		return rep, err
+	}
+	c0 := b.counters()
 	hits := b.openLoop(ctx, "credit lookup (cache hit)", cfg.LookupRate, cfg.LookupDuration, 5*time.Millisecond, b.lookupHit)
+	c1 := b.counters()
+	hits.Note = c1.sub(c0).String()
+	stopJanitor := b.startJanitor(ctx)
 	misses := b.openLoop(ctx, "credit lookup (cache miss)", cfg.LookupRate, cfg.LookupDuration, 20*time.Millisecond, b.lookupMiss)
+	stopJanitor()
+	misses.Note = b.counters().sub(c1).String()
 	rget := b.closedLoop(ctx, "baseline: go-redis GET", 20000, b.redisGet)
 	psel := b.closedLoop(ctx, "baseline: PostgreSQL point select", 20000, b.pgSelect)
 	upd := b.openLoop(ctx, "loan update (PATCH)", cfg.UpdateRate, cfg.UpdateDuration, 25*time.Millisecond, b.update)
@@ -114,8 +124,9 @@ type bench struct {
 	pool   *pgxpool.Pool
 	ids    []string
 	loans  chan loanState
-	mu     sync.Mutex
-	next   int
+	hitSeq atomic.Int64 // round-robin over ids for hits
+	missMu sync.Mutex
+	next   int // round-robin over ids for misses (guarded by missMu)
 }
 
 type loanState struct {
@@ -200,24 +211,121 @@ func (b *bench) call(ctx context.Context, method, path, body string, hdr ...stri
 }
 
 func (b *bench) pick() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.missMu.Lock()
+	defer b.missMu.Unlock()
 	b.next++
 	return b.ids[b.next%len(b.ids)]
 }
 
+// warm looks every profile up once, so the hit phase finds each cached.
+func (b *bench) warm(ctx context.Context) error {
+	for _, id := range b.ids {
+		if _, err := b.call(ctx, "GET", "/v1/credit-profiles/"+id+"?purpose=ACCOUNT_REVIEW", ""); err != nil {
+			return fmt.Errorf("apibench: warming the cache: %w", err)
+		}
+	}
+	return nil
+}
+
+// lookupHit asks for the cached profiles in turn (all of them, so
+// concurrent requests rarely share one id and every hit is its own GET).
 func (b *bench) lookupHit(ctx context.Context) error {
-	_, err := b.call(ctx, "GET", "/v1/credit-profiles/"+b.ids[0]+"?purpose=ACCOUNT_REVIEW", "")
+	id := b.ids[int(b.hitSeq.Add(1))%len(b.ids)]
+	_, err := b.call(ctx, "GET", "/v1/credit-profiles/"+id+"?purpose=ACCOUNT_REVIEW", "")
 	return err
 }
 
-// lookupMiss asks for a profile whose cache entry was deleted after its
-// previous lookup.
+// lookupMiss asks for the profiles in turn; the janitor deleted each
+// cache entry shortly before its turn.
 func (b *bench) lookupMiss(ctx context.Context) error {
-	id := b.pick()
-	b.rdb.Del(ctx, "profile:"+id)
-	_, err := b.call(ctx, "GET", "/v1/credit-profiles/"+id+"?purpose=ACCOUNT_REVIEW", "")
+	_, err := b.call(ctx, "GET", "/v1/credit-profiles/"+b.pick()+"?purpose=ACCOUNT_REVIEW", "")
 	return err
+}
+
+// janitorAhead is how many lookups ahead of the miss phase the janitor
+// deletes cache entries: far enough that a request never catches up with
+// it, close enough that an entry was last looked up a whole turn (len(ids)
+// lookups) earlier.
+const janitorAhead = 400
+
+// startJanitor deletes the cache entries of the next lookups of the miss
+// phase in batches (one DEL every few milliseconds), so the lookups miss
+// without a per-request DEL in the measured path. The server's counters
+// in the report show how many lookups did miss.
+func (b *bench) startJanitor(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	deleted := 0 // highest sequence number deleted
+	b.missMu.Lock()
+	cur := b.next
+	b.missMu.Unlock()
+	b.deleteRange(ctx, cur, cur+janitorAhead)
+	deleted = cur + janitorAhead
+	go func() {
+		defer close(done)
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			b.missMu.Lock()
+			cur := b.next
+			b.missMu.Unlock()
+			if to := cur + janitorAhead; to > deleted {
+				b.deleteRange(ctx, deleted, to)
+				deleted = to
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// deleteRange deletes the entries of miss-phase sequence numbers (from, to].
+func (b *bench) deleteRange(ctx context.Context, from, to int) {
+	keys := make([]string, 0, to-from)
+	for i := from + 1; i <= to; i++ {
+		keys = append(keys, "profile:"+b.ids[i%len(b.ids)])
+	}
+	b.rdb.Del(ctx, keys...)
+}
+
+// cacheCounters are the server's lookup counters.
+type cacheCounters struct{ hits, misses, dbLoads float64 }
+
+func (c cacheCounters) sub(o cacheCounters) cacheCounters {
+	return cacheCounters{c.hits - o.hits, c.misses - o.misses, c.dbLoads - o.dbLoads}
+}
+
+func (c cacheCounters) String() string {
+	return fmt.Sprintf("server: %.0f cache hits, %.0f misses, %.0f PostgreSQL loads", c.hits, c.misses, c.dbLoads)
+}
+
+func (b *bench) counters() cacheCounters {
+	var c cacheCounters
+	mfs, err := b.cfg.Server.Registry().Gather()
+	if err != nil {
+		return c
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "loanflow_api_profile_db_loads_total":
+				c.dbLoads += m.GetCounter().GetValue()
+			case "loanflow_api_profile_cache_total":
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "result" && l.GetValue() == "hit" {
+						c.hits += m.GetCounter().GetValue()
+					} else if l.GetName() == "result" && l.GetValue() == "miss" {
+						c.misses += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+	}
+	return c
 }
 
 func (b *bench) redisGet(ctx context.Context) error {
@@ -350,14 +458,14 @@ func pgbench(ctx context.Context, cfg Config) (float64, string) {
 // Markdown renders the report as a table.
 func (r Report) Markdown() string {
 	var b bytes.Buffer
-	b.WriteString("| operation | offered req/s | sent | errors | dropped | p50 | p99 | max | p99 goal | met |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| operation | offered req/s | sent | errors | dropped | p50 | p99 | max | p99 goal | met | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, l := range r.Results {
 		goal := "baseline"
 		if l.Goal > 0 {
 			goal = "< " + l.Goal.String()
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %v | %v | %v | %s | %v |\n", l.Name, l.Rate, l.Sent, l.Errors, l.Dropped,
-			l.P50.Round(time.Microsecond), l.P99.Round(time.Microsecond), l.Max.Round(time.Microsecond), goal, l.GoalMet)
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %v | %v | %v | %s | %v | %s |\n", l.Name, l.Rate, l.Sent, l.Errors, l.Dropped,
+			l.P50.Round(time.Microsecond), l.P99.Round(time.Microsecond), l.Max.Round(time.Microsecond), goal, l.GoalMet, l.Note)
 	}
 	fmt.Fprintf(&b, "\npgbench simple-update: %.0f TPS (%s)\n", r.PgBenchTPS, r.PgBenchNote)
 	return b.String()

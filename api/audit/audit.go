@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,8 +22,9 @@ var (
 	ErrBusy = errors.New("audit: queue full")
 )
 
-// lockKey is the advisory lock that serializes appenders.
-const lockKey = 0x4c46_4155_4449_5401
+// LockKey is the transaction-scoped advisory lock that serializes
+// appenders (audit_append takes it; migration 00002 holds the same value).
+const LockKey = 0x4c46_4155_4449_5401
 
 // Results.
 const (
@@ -71,42 +73,61 @@ func ComputeHash(prev []byte, seq int64, e Entry) []byte {
 	return sum[:]
 }
 
-// Append appends entries inside tx, after taking the chain lock. Call it
-// as late as possible in the transaction: the lock is held until commit.
+// Querier runs a statement: a pgx.Tx, *pgx.Conn or *pgxpool.Pool.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Append appends entries inside tx: one statement (audit_append) takes the
+// chain lock, reads the head and inserts the hash-chained rows. Call it as
+// late as possible in the transaction: the lock is held until commit.
 func Append(ctx context.Context, tx pgx.Tx, entries ...Entry) error {
-	if len(entries) == 0 {
-		return nil
+	return appendTo(ctx, tx, entries)
+}
+
+// AppendSQL returns a SQL expression that appends entries when it is
+// evaluated, with its arguments numbered from $first, for statements that
+// must write and audit in one round trip (e.g. a data-modifying WITH whose
+// rows select the expression, so only a write that happened is audited).
+func AppendSQL(first int, entries ...Entry) (string, []any) {
+	cols := columns(entries)
+	ph := make([]string, len(cols))
+	types := []string{"timestamptz[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"}
+	for i := range cols {
+		ph[i] = "$" + strconv.Itoa(first+i) + "::" + types[i]
 	}
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
-		return fmt.Errorf("audit: locking chain: %w", err)
+	return "audit_append(" + strings.Join(ph, ", ") + ")", cols
+}
+
+// columns turns entries into the argument arrays of audit_append.
+func columns(entries []Entry) []any {
+	n := len(entries)
+	at := make([]time.Time, n)
+	f := make([][]string, 7)
+	for i := range f {
+		f[i] = make([]string, n)
 	}
-	var seq int64
-	prev := []byte{}
-	err := tx.QueryRow(ctx, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&seq, &prev)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("audit: reading chain head: %w", err)
-	}
-	rows := make([][]any, 0, len(entries))
 	now := time.Now()
-	for _, e := range entries {
+	for i, e := range entries {
 		if e.At.IsZero() {
 			e.At = now
 		}
-		e.At = e.At.UTC().Truncate(time.Microsecond)
-		seq++
-		h := ComputeHash(prev, seq, e)
-		rows = append(rows, []any{seq, e.At, e.Actor, e.Lender, e.Action, e.Resource, e.Purpose, e.Result, e.RequestID, prev, h})
-		prev = h
+		at[i] = e.At.UTC().Truncate(time.Microsecond)
+		for j, v := range []string{e.Actor, e.Lender, e.Action, e.Resource, e.Purpose, e.Result, e.RequestID} {
+			f[j][i] = v
+		}
 	}
-	cols := []string{"seq", "at", "actor", "lender_id", "action", "resource", "purpose", "result", "request_id", "prev_hash", "hash"}
-	if len(rows) == 1 {
-		_, err = tx.Exec(ctx, `INSERT INTO audit_log (seq, at, actor, lender_id, action, resource, purpose, result, request_id, prev_hash, hash)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)`, rows[0]...)
-	} else {
-		_, err = tx.CopyFrom(ctx, pgx.Identifier{"audit_log"}, cols, pgx.CopyFromRows(rows))
+	return []any{at, f[0], f[1], f[2], f[3], f[4], f[5], f[6]}
+}
+
+func appendTo(ctx context.Context, q Querier, entries []Entry) error {
+	if len(entries) == 0 {
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("audit: inserting %d rows: %w", len(rows), err)
+	expr, args := AppendSQL(1, entries...)
+	var last *int64
+	if err := q.QueryRow(ctx, "SELECT "+expr, args...).Scan(&last); err != nil {
+		return fmt.Errorf("audit: appending %d rows: %w", len(entries), err)
 	}
 	return nil
 }

@@ -7,11 +7,17 @@
 // on a transaction-scoped advisory lock, so the chain order is the commit
 // order and a rolled-back transaction leaves no row.
 //
-// Writes append inside the transaction of the write (Append with that
-// pgx.Tx). Reads go through a Writer, which group-commits the entries of
-// concurrent requests in one transaction and returns to each caller only
-// after its entry is durable, so a read is audited before its response is
-// sent.
+// Appending is one statement, audit_append (migration 00002), which takes
+// the chain lock, reads the head and inserts the rows with their hashes
+// inside PostgreSQL, so the lock is held only until the caller's commit and
+// never across client round trips. Writes append inside the transaction of
+// the write: Append with that pgx.Tx, or AppendSQL to put the call in the
+// write's own statement (a data-modifying WITH that audits only the rows it
+// changed, in one round trip). Reads go through a Writer, which
+// group-commits the entries of concurrent requests in one statement and
+// returns to each caller only after its entry is committed, so a read is
+// audited before its response is sent. The SQL and Go (ComputeHash) forms
+// of the canonical row are checked against each other by the tests.
 //
 // Verify walks the chain in seq order and reports the first row whose
 // stored hash, prev_hash or seq does not match.

@@ -2,12 +2,10 @@ package audit
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -138,10 +136,9 @@ func (w *Writer) flush(batch []pending) {
 	for i, p := range batch {
 		entries[i] = p.e
 	}
-	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error { return Append(ctx, tx, entries...) })
-	if err != nil && !errors.Is(err, ErrClosed) {
-		err = fmt.Errorf("audit: committing %d entries: %w", len(batch), err)
-	}
+	// One statement in its own (implicit) transaction: committed when it
+	// returns, one round trip per batch.
+	err := appendTo(ctx, w.pool, entries)
 	for _, p := range batch {
 		p.done <- err
 	}

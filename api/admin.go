@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,6 +21,24 @@ import (
 )
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+
+// validID reports whether s has the form of a Loanflow id (customers,
+// lenders, loans, applications): anything else names nothing and must not
+// reach PostgreSQL, which refuses NUL and invalid UTF-8 with an error.
+func validID(s string) bool { return idPattern.MatchString(s) }
+
+// resourceOf names a resource for the audit log; an id that is not an id
+// is quoted (ASCII, bounded) so the attempt is still recorded.
+func resourceOf(prefix, id string) string {
+	if validID(id) {
+		return prefix + id
+	}
+	q := strconv.QuoteToASCII(id)
+	if len(q) > 130 {
+		q = q[:130] + "..."
+	}
+	return prefix + q
+}
 
 // NewLender is the body of POST /v1/admin/lenders.
 type NewLender struct {

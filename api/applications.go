@@ -132,6 +132,10 @@ func (s *Server) sealApplication(req applicationReq, lender string, amount money
 func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 	p, _ := principalOf(r.Context())
 	id := r.PathValue("id")
+	if !validID(id) {
+		writeProblem(w, r, http.StatusBadRequest, "bad-id", "application id must be 1-64 of [A-Za-z0-9_.:-]")
+		return
+	}
 	timeout, err := parseTimeout(r.URL.Query().Get("timeout"), s.cfg.LongPollMax)
 	if err != nil {
 		writeProblem(w, r, http.StatusBadRequest, "bad-timeout", err.Error())
@@ -193,7 +197,7 @@ func (s *Server) streamDecisions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if q := r.URL.Query().Get("lender"); q != "" && q != p.Lender {
-		s.notFoundAudited(w, r, "decision.stream", "decisions/lender="+q)
+		s.notFoundAudited(w, r, "decision.stream", resourceOf("decisions/lender=", q))
 		return
 	}
 	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "decision.stream", "decisions/lender="+p.Lender, "", audit.ResultOK)) {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -61,4 +63,35 @@ func FuzzCustomerBody(f *testing.F) {
 	fuzzRoute(f, "POST", func(string) string { return "/v1/customers" }, nil,
 		`{"customer_id":"c-x","name":"N","ssn":"111-11-1111","credit_limit":"5.00","risk_tier":"A","score":700}`,
 		`{"customer_id":"c-x","score":9999}`)
+}
+
+// FuzzRouteIDs sends arbitrary ids and query values (escaped into the
+// URL) to the lender routes: no panic, no 5xx.
+func FuzzRouteIDs(f *testing.F) {
+	e, tok, _ := fuzzSetup(f)
+	for _, s := range []string{"c-fuzz", "\x00", "\xff", "a/b", "..", "%", "日本", "AA", strings.Repeat("x", 300)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		esc := url.PathEscape(id)
+		qv := url.QueryEscape(id)
+		for _, target := range []string{
+			"GET /v1/credit-profiles/" + esc + "?purpose=ACCOUNT_REVIEW", "GET /v1/loans/" + esc, "PATCH /v1/loans/" + esc,
+			"GET /v1/loans?lender=" + qv, "GET /v1/loans?cursor=" + qv, "GET /v1/loan-applications/" + esc + "/decision?timeout=0s",
+			"GET /v1/portfolio?lender=" + qv, "GET /v1/credit-profiles/c-fuzz?purpose=" + qv,
+		} {
+			method, path, _ := strings.Cut(target, " ")
+			req, err := http.NewRequest(method, "http://api"+path, strings.NewReader(`{"balance":"1.00"}`))
+			if err != nil {
+				continue // not a URL a client could send
+			}
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("If-Match", `"1"`)
+			rec := httptest.NewRecorder()
+			e.srv.Handler().ServeHTTP(rec, req)
+			if rec.Code >= 500 {
+				t.Fatalf("%s %s: %d %s", method, path, rec.Code, rec.Body.String())
+			}
+		}
+	})
 }

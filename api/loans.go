@@ -283,6 +283,10 @@ func parseIfMatch(h string) (int64, bool) {
 func (s *Server) patchLoan(w http.ResponseWriter, r *http.Request) {
 	p, _ := principalOf(r.Context())
 	id := r.PathValue("id")
+	if !validID(id) {
+		s.notFoundAudited(w, r, "loan.update", resourceOf("loan/", id))
+		return
+	}
 	im := r.Header.Get("If-Match")
 	if im == "" {
 		writeProblem(w, r, http.StatusPreconditionRequired, "if-match-required", `send If-Match: "<version>" from the loan's ETag`)
@@ -422,6 +426,10 @@ func nextState(cur Loan, status *string, bal *money.Amount) (Loan, error) {
 func (s *Server) getLoan(w http.ResponseWriter, r *http.Request) {
 	p, _ := principalOf(r.Context())
 	id := r.PathValue("id")
+	if !validID(id) {
+		s.notFoundAudited(w, r, "loan.read", resourceOf("loan/", id))
+		return
+	}
 	l, err := s.readLoan(r.Context(), p.Lender, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		s.notFoundAudited(w, r, "loan.read", "loan/"+id)
@@ -454,8 +462,8 @@ func (s *Server) listLoans(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	lender := p.Lender
 	if l := q.Get("lender"); l != "" && l != p.Lender {
-		if !p.Scopes[auth.ScopeAdmin] {
-			s.notFoundAudited(w, r, "loan.list", "loans/lender="+l)
+		if !p.Scopes[auth.ScopeAdmin] || !validID(l) {
+			s.notFoundAudited(w, r, "loan.list", resourceOf("loans/lender=", l))
 			return
 		}
 		lender = l
@@ -472,7 +480,7 @@ func (s *Server) listLoans(w http.ResponseWriter, r *http.Request) {
 	after := ""
 	if c := q.Get("cursor"); c != "" {
 		b, err := base64.RawURLEncoding.DecodeString(c)
-		if err != nil || len(b) == 0 || len(b) > 128 {
+		if err != nil || !validID(string(b)) {
 			writeProblem(w, r, http.StatusBadRequest, "bad-cursor", "cursor is not one this API returned")
 			return
 		}

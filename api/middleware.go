@@ -111,7 +111,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := r.Header.Get("X-Request-Id")
-		if id == "" || len(id) > 64 {
+		if !validID(id) { // it goes to logs, audit rows and responses
 			id = newRequestID()
 		}
 		w.Header().Set("X-Request-Id", id)

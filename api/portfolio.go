@@ -56,8 +56,8 @@ func (s *Server) getPortfolio(w http.ResponseWriter, r *http.Request) {
 	p, _ := principalOf(r.Context())
 	lender := p.Lender
 	if q := r.URL.Query().Get("lender"); q != "" && q != p.Lender {
-		if !p.Scopes[auth.ScopeAdmin] {
-			s.notFoundAudited(w, r, "portfolio.read", "portfolio/lender="+q)
+		if !p.Scopes[auth.ScopeAdmin] || !validID(q) {
+			s.notFoundAudited(w, r, "portfolio.read", resourceOf("portfolio/lender=", q))
 			return
 		}
 		lender = q

@@ -197,8 +197,8 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 			"send a permissible-purpose code (?purpose= or X-Permissible-Purpose): CREDIT_TRANSACTION, ACCOUNT_REVIEW, COLLECTION, CONSUMER_REQUEST or INSURANCE")
 		return
 	}
-	if len(id) == 0 || len(id) > 64 {
-		writeProblem(w, r, http.StatusBadRequest, "bad-id", "customer id must be 1-64 characters")
+	if !validID(id) {
+		writeProblem(w, r, http.StatusBadRequest, "bad-id", "customer id must be 1-64 of [A-Za-z0-9_.:-]")
 		return
 	}
 	cp, source, err := s.cachedProfile(r.Context(), id)

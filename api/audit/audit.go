@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -114,10 +115,20 @@ func columns(entries []Entry) []any {
 		}
 		at[i] = e.At.UTC().Truncate(time.Microsecond)
 		for j, v := range []string{e.Actor, e.Lender, e.Action, e.Resource, e.Purpose, e.Result, e.RequestID} {
-			f[j][i] = v
+			f[j][i] = storable(v)
 		}
 	}
 	return []any{at, f[0], f[1], f[2], f[3], f[4], f[5], f[6]}
+}
+
+// storable returns v, or v quoted as ASCII when PostgreSQL text cannot
+// hold it (NUL or invalid UTF-8): a value from a request must not make the
+// audit write, and with it the request, fail.
+func storable(v string) string {
+	if utf8.ValidString(v) && strings.IndexByte(v, 0) < 0 {
+		return v
+	}
+	return strconv.QuoteToASCII(v)
 }
 
 func appendTo(ctx context.Context, q Querier, entries []Entry) error {

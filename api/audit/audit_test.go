@@ -38,6 +38,7 @@ var odd = []audit.Entry{
 	{Actor: "", Lender: "", Action: "x", Resource: "", Purpose: "", Result: "ok", RequestID: ""},
 	{Actor: "ü-client", Lender: "bänk", Action: "loan.read", Resource: "loan/日本", Purpose: "ACCOUNT_REVIEW", Result: "ok", RequestID: "r1"},
 	{Actor: "a|b", Lender: "1", Action: "12", Resource: "3", Purpose: "4", Result: "denied", RequestID: "5"},
+	{Actor: "nul\x00", Lender: "bad\xff", Action: "a", Resource: "r\xc3\x28", Result: "ok", RequestID: "\x00"},
 	{Actor: strings.Repeat("z", 300), Lender: "l", Action: "a", Resource: "r", Purpose: "", Result: "error", RequestID: "😀",
 		At: time.Date(2001, 2, 3, 4, 5, 6, 789123456, time.FixedZone("x", 3600))},
 }
@@ -83,11 +84,11 @@ func TestAppendMatchesComputeHash(t *testing.T) {
 		t.Fatalf("verify: %+v, want %d rows all OK", rep, want)
 	}
 	var got audit.Row
-	if err := pool.QueryRow(ctx, "SELECT seq, at, hash FROM audit_log WHERE seq = 4").Scan(&got.Seq, &got.At, &got.Hash); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT seq, at, hash FROM audit_log WHERE seq = 5").Scan(&got.Seq, &got.At, &got.Hash); err != nil {
 		t.Fatal(err)
 	}
-	if !got.At.Equal(odd[3].At.Truncate(time.Microsecond)) {
-		t.Fatalf("at stored as %v, want %v", got.At, odd[3].At)
+	if !got.At.Equal(odd[4].At.Truncate(time.Microsecond)) {
+		t.Fatalf("at stored as %v, want %v", got.At, odd[4].At)
 	}
 }
 

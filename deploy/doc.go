@@ -21,6 +21,11 @@
 // processes give each other; cdc.yaml loads and validates with the reader's
 // own code and matches postgres.Customer360View(); and every metric and
 // label in the dashboards and alert rules is one the Go sources export.
+// TestStackRunsAsComposed then runs every Loanflow service as a process of
+// that binary with its composed command line, against real PostgreSQL,
+// redis-server, the embedded broker and registry, in depends_on order with
+// the services' own healthchecks, scrapes every Prometheus target and
+// follows a row from PostgreSQL through CDC into the cache-invalidation job.
 // promtool, when installed (CI installs it through scripts/install-deps.sh),
 // checks the Prometheus config, the rules, the rule unit tests and the
 // PromQL of every dashboard panel.

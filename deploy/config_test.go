@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -201,4 +202,25 @@ func ignores(pat, p string) bool {
 		}
 	}
 	return false
+}
+
+// TestCDCExampleConfig checks that the config `loanflow cdc example-config`
+// prints, which users start from, loads and validates with the reader's
+// own code.
+func TestCDCExampleConfig(t *testing.T) {
+	out, err := exec.Command(loanflowBin(t), "cdc", "example-config").Output()
+	if err != nil {
+		t.Fatalf("loanflow cdc example-config: %v", err)
+	}
+	p := filepath.Join(t.TempDir(), "cdc.yaml")
+	if err := os.WriteFile(p, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := postgres.LoadConfig(p)
+	if err != nil {
+		t.Fatalf("the example config does not load: %v\n%s", err, out)
+	}
+	if err := cfg.WithDefaults().Validate(); err != nil {
+		t.Fatalf("the example config does not validate: %v\n%s", err, out)
+	}
 }

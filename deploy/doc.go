@@ -25,7 +25,9 @@
 // that binary with its composed command line, against real PostgreSQL,
 // redis-server, the embedded broker and registry, in depends_on order with
 // the services' own healthchecks, scrapes every Prometheus target and
-// follows a row from PostgreSQL through CDC into the cache-invalidation job.
+// follows a row from PostgreSQL through CDC into the cache-invalidation job,
+// and runs a real Prometheus server with the deploy config and rules
+// against the processes.
 // promtool, when installed (CI installs it through scripts/install-deps.sh),
 // checks the Prometheus config, the rules, the rule unit tests and the
 // PromQL of every dashboard panel.

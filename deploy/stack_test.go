@@ -2,9 +2,11 @@ package deploy_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,8 +43,10 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // as its script says. Services start in depends_on order, and each
 // service_healthy dependency waits for the service's own healthcheck
 // command (the image's healthcheck binary). Then every Prometheus target
-// must serve metrics the Go sources define, and a row written to
-// PostgreSQL must reach the cache-invalidation job through CDC.
+// must serve metrics the Go sources define, a row written to PostgreSQL
+// must reach the cache-invalidation job through CDC, and a real Prometheus
+// server with deploy/prometheus's config and rules must see every target up,
+// evaluate every rule and every dashboard query (see checkPrometheus).
 func TestStackRunsAsComposed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole stack; not in -short mode")
@@ -58,6 +62,7 @@ func TestStackRunsAsComposed(t *testing.T) {
 	t.Logf("healthy: %v", ls.longRunning())
 	ls.checkScrapeTargets()
 	ls.checkDataFlows()
+	ls.checkPrometheus()
 }
 
 // localStack maps the compose stack onto processes and servers here.
@@ -412,6 +417,13 @@ func (ls *localStack) waitHealthy(name string, limit time.Duration) {
 func (ls *localStack) waitURL(name, url string, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for {
+		if p, ok := ls.procs[name]; ok {
+			select {
+			case <-p.done:
+				ls.t.Fatalf("%s exited: %v\n%s", name, p.err, ls.logTail(name))
+			default:
+			}
+		}
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
@@ -535,4 +547,201 @@ func (ls *localStack) checkDataFlows() {
 	}
 	waitMetric("cdc:9110", "loanflow_cdc_changes_total")
 	waitMetric("cache-invalidation:9100", "loanflow_engine_records_in_total")
+}
+
+// checkPrometheus runs a real Prometheus server with deploy/prometheus's
+// config and rules (targets mapped here, 1s intervals) against the running
+// processes: every target is up, engine series keep their Loanflow `job`
+// label (honor_labels), every rule evaluates healthy, and every dashboard
+// and rule query evaluates without error.
+func (ls *localStack) checkPrometheus() {
+	t := ls.t
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		msg := "prometheus server not found: apt-get install prometheus (or `make deps` as root)"
+		if testenv.InCI() {
+			t.Fatal(msg)
+		}
+		t.Log("skipping the Prometheus check: " + msg)
+		return
+	}
+	addr := freeAddr(t)
+	cfgPath, targets := ls.localPrometheusConfig(addr)
+	dir := filepath.Join(ls.dir, "prometheus")
+	p := exec.Command(bin, "--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	logf, err := os.Create(filepath.Join(ls.dir, "prometheus.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Stdout, p.Stderr = logf, logf
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pr := &proc{cmd: p, done: make(chan struct{})}
+	go func() { pr.err = p.Wait(); logf.Close(); close(pr.done) }()
+	ls.procs["prometheus"] = pr
+	base := "http://" + addr
+	ls.waitURL("prometheus", base+"/-/ready", time.Minute)
+
+	ls.waitQuery(base, "count(up == 1)", float64(targets))
+	ls.waitQuery(base, `count(loanflow_engine_records_in_total{job="cache-invalidation"})`, -1)
+	if v := ls.query(base, `count(loanflow_engine_records_in_total{exported_job!=""})`); len(v) != 0 {
+		t.Errorf("engine series were relabelled exported_job: honor_labels is not in effect (%v)", v)
+	}
+	ls.waitRulesHealthy(base)
+	for _, e := range append(ruleExprs(t), dashboardExprs(t)...) {
+		if _, err := ls.queryErr(base, e.expr); err != nil {
+			t.Errorf("%s: Prometheus cannot evaluate it: %v\n    %s", e.where, err, e.expr)
+		}
+	}
+}
+
+// localPrometheusConfig writes prometheus.yml with 1s intervals, targets
+// mapped to the local processes (and to self at addr) and absolute rule
+// paths; it returns the path and the number of targets.
+func (ls *localStack) localPrometheusConfig(self string) (string, int) {
+	src := filepath.Join(repoRoot(ls.t), "deploy", "prometheus")
+	b, err := os.ReadFile(filepath.Join(src, "prometheus.yml"))
+	if err != nil {
+		ls.t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		ls.t.Fatal(err)
+	}
+	g := cfg["global"].(map[string]any)
+	g["scrape_interval"], g["evaluation_interval"], g["scrape_timeout"] = "1s", "1s", "1s"
+	rules := cfg["rule_files"].([]any)
+	for i, r := range rules {
+		rules[i] = filepath.Join(src, r.(string))
+	}
+	n := 0
+	for _, sc := range cfg["scrape_configs"].([]any) {
+		for _, s := range sc.(map[string]any)["static_configs"].([]any) {
+			ts := s.(map[string]any)["targets"].([]any)
+			for i, target := range ts {
+				if a, ok := ls.addr[target.(string)]; ok {
+					ts[i] = a
+				} else if strings.HasPrefix(target.(string), "localhost:") {
+					ts[i] = self
+				} else {
+					ls.t.Errorf("prometheus target %v has no local process", target)
+				}
+				n++
+			}
+		}
+	}
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		ls.t.Fatal(err)
+	}
+	p := filepath.Join(ls.dir, "prometheus.yml")
+	if err := os.WriteFile(p, out, 0o600); err != nil {
+		ls.t.Fatal(err)
+	}
+	return p, n
+}
+
+// promResult is a Prometheus HTTP API answer.
+type promResult struct {
+	Status    string `json:"status"`
+	Error     string `json:"error"`
+	ErrorType string `json:"errorType"`
+	Data      struct {
+		ResultType string `json:"resultType"`
+		Result     []struct {
+			Metric map[string]string `json:"metric"`
+			Value  [2]any            `json:"value"`
+		} `json:"result"`
+		Groups []struct {
+			Rules []struct {
+				Name      string `json:"name"`
+				Health    string `json:"health"`
+				LastError string `json:"lastError"`
+			} `json:"rules"`
+		} `json:"groups"`
+	} `json:"data"`
+}
+
+func (ls *localStack) get(u string) (promResult, error) {
+	var r promResult
+	resp, err := http.Get(u)
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return r, fmt.Errorf("decoding %s: %w", u, err)
+	}
+	if r.Status != "success" {
+		return r, fmt.Errorf("%s: %s", r.ErrorType, r.Error)
+	}
+	return r, nil
+}
+
+func (ls *localStack) queryErr(base, q string) ([]float64, error) {
+	r, err := ls.get(base + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return nil, err
+	}
+	var out []float64
+	for _, s := range r.Data.Result {
+		if v, ok := s.Value[1].(string); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+func (ls *localStack) query(base, q string) []float64 {
+	v, err := ls.queryErr(base, q)
+	if err != nil {
+		ls.t.Fatalf("query %s: %v", q, err)
+	}
+	return v
+}
+
+// waitQuery waits until q returns one sample equal to want (any value if
+// want < 0).
+func (ls *localStack) waitQuery(base, q string, want float64) {
+	deadline := time.Now().Add(time.Minute)
+	var last []float64
+	for time.Now().Before(deadline) {
+		last = ls.query(base, q)
+		if len(last) == 1 && (want < 0 || last[0] == want) {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	ls.t.Fatalf("Prometheus: %s = %v, want %v\n%s", q, last, want, ls.logTail("prometheus"))
+}
+
+// waitRulesHealthy waits until every rule has been evaluated without error.
+func (ls *localStack) waitRulesHealthy(base string) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r, err := ls.get(base + "/api/v1/rules")
+		if err != nil {
+			ls.t.Fatal(err)
+		}
+		var bad []string
+		n := 0
+		for _, g := range r.Data.Groups {
+			for _, rule := range g.Rules {
+				n++
+				if rule.Health != "ok" {
+					bad = append(bad, fmt.Sprintf("%s: %s %s", rule.Name, rule.Health, rule.LastError))
+				}
+			}
+		}
+		if n > 0 && len(bad) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			ls.t.Fatalf("Prometheus rules not healthy (%d rules): %v", n, bad)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

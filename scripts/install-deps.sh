@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the servers the integration tests start (PostgreSQL server
 # binaries, redis-server), the headless browser of the dashboard test and
-# promtool (package prometheus: deploy/'s tests check the Prometheus config,
-# alert rules and dashboard queries with it), from Debian packages, when
+# Prometheus with promtool (package prometheus: deploy/'s tests check the
+# config, alert rules and dashboard queries with them), from Debian packages, when
 # they are missing and we run as root. Otherwise it only reports what is
 # missing.
 set -euo pipefail
@@ -12,7 +12,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   missing+=(postgresql)
 fi
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${LOANFLOW_SKIP_BROWSER:-}" = "" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,14 +91,18 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not encode the application")
 		return
 	}
+	// Kafka and PostgreSQL cannot commit together: the write is audited
+	// before the record is produced (so no application reaches the topic
+	// unaudited), and a failed produce is audited as an error.
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultOK)) {
+		return
+	}
 	rec := &kgo.Record{Topic: s.cfg.ApplicationsTopic, Key: []byte(app.ApplicationID), Value: val}
 	if err := s.producer.ProduceSync(r.Context(), rec).FirstErr(); err != nil {
 		s.log.Error("producing application", "request_id", requestID(r.Context()), "err", err)
+		_ = s.audit.Append(context.WithoutCancel(r.Context()), s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultError))
 		w.Header().Set("Retry-After", "1")
 		writeProblem(w, r, http.StatusServiceUnavailable, "broker-unavailable", "the application could not be queued; retry with the same application_id")
-		return
-	}
-	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultOK)) {
 		return
 	}
 	w.Header().Set("Location", "/v1/loan-applications/"+app.ApplicationID+"/decision")

@@ -203,9 +203,15 @@ func (s *Server) createLoanTx(ctx context.Context, p auth.Principal, key string,
 		}
 		if tag.RowsAffected() == 0 {
 			replayed = true
-			return tx.QueryRow(ctx, `SELECT request_hash, response_status, response_body, response_etag
+			var resource string
+			err := tx.QueryRow(ctx, `SELECT request_hash, response_status, response_body, response_etag, resource_id
 				FROM idempotency_keys WHERE lender_id = $1 AND idem_key = $2`, p.Lender, key).
-				Scan(&out.hash, &out.status, &out.body, &out.etag)
+				Scan(&out.hash, &out.status, &out.body, &out.etag, &resource)
+			if err != nil || !bytes.Equal(out.hash, hash) {
+				return err // a different body (422) sends no loan data
+			}
+			// The replay returns the stored loan: a read, audited here.
+			return audit.Append(ctx, tx, s.auditEntry(ctx, p, "loan.create.replay", "loan/"+resource, "", audit.ResultOK))
 		}
 		loan, err := insertLoan(ctx, tx, p.Lender, req, amount)
 		if err != nil {

@@ -99,6 +99,45 @@ func TestLoanLifecycle(t *testing.T) {
 	if len(seen) != 6 {
 		t.Fatalf("listed %d loans, want 6", len(seen))
 	}
+	// Completeness: one audit row per access of loan data, none for the
+	// requests refused before touching it.
+	checkAuditCounts(t, e, "lender-a", map[string]int{
+		"loan.create":        6, // key-1 and the five page-* loans
+		"loan.create.replay": 1, // the replay of key-1 (not the 422 reuse)
+		"loan.update":        3, // balance 1000.00, DEFAULTED, CHARGED_OFF
+		"loan.read":          1,
+		"loan.list":          3, // three pages of two
+	})
+}
+
+// checkAuditCounts compares a lender's audit rows per action with want
+// (every action the lender has rows for must be in want).
+func checkAuditCounts(t *testing.T, e *env, lender string, want map[string]int) {
+	t.Helper()
+	rows, err := e.srv.Pool().Query(t.Context(), "SELECT action, count(*) FROM audit_log WHERE lender_id = $1 GROUP BY action", lender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[string]int{}
+	for rows.Next() {
+		var a string
+		var n int
+		if err := rows.Scan(&a, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[a] = n
+	}
+	for a, n := range want {
+		if got[a] != n {
+			t.Errorf("%s: %d audit rows for %s, want %d", lender, got[a], a, n)
+		}
+	}
+	for a, n := range got {
+		if _, ok := want[a]; !ok {
+			t.Errorf("%s: %d unexpected audit rows for %s", lender, n, a)
+		}
+	}
 }
 
 func TestProblemJSON(t *testing.T) {

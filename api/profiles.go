@@ -222,7 +222,9 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 	entries := []audit.Entry{s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultOK)}
 	if r.URL.Query().Get("include") == "pii" {
 		if !p.Has(auth.ScopePIIRead) {
-			writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "decrypting PII needs scope pii:read")
+			if s.auditRead(w, r, s.auditEntry(r.Context(), p, "pii.read", "customer/"+id, purpose, audit.ResultDenied)) {
+				writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "decrypting PII needs scope pii:read")
+			}
 			return
 		}
 		pi, err := s.decryptCustomer(r.Context(), id)

@@ -48,6 +48,7 @@ func TestCreditProfileCacheAndPurpose(t *testing.T) {
 	if r := e.do("GET", "/v1/credit-profiles/c-p?purpose=CREDIT_TRANSACTION&include=pii", tok, nil); r.status != 403 {
 		t.Fatalf("pii without scope: %d", r.status)
 	}
+	checkAuditCounts(t, e, "bank-p", map[string]int{"credit_profile.read": 3, "pii.read": 1}) // 2 found, 1 unknown; 1 refused decryption
 	r = e.do("GET", "/v1/credit-profiles/c-p?purpose=ACCOUNT_REVIEW&include=pii", pii, nil)
 	var full profileResp
 	r.json(t, &full)

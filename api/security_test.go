@@ -96,6 +96,12 @@ func TestCrossLenderAccess(t *testing.T) {
 	if denied != 7 {
 		t.Fatalf("denied audit rows = %d, want 7 (one per lender-scoped attempt)", denied)
 	}
+	// Idempotency keys are per lender: B sending A's key and body creates
+	// B's own loan and never replays A's response.
+	bl, r := e.createLoan(b, "k1", "c-1", "500.00")
+	if r.status != 201 || r.header.Get("Idempotent-Replayed") != "" || bl.LenderID != "bank-b" || bl.LoanID == loan.LoanID {
+		t.Fatalf("bank-b with bank-a's idempotency key: %d %s", r.status, r.body)
+	}
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {

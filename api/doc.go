@@ -15,7 +15,8 @@
 //	GET   /v1/portfolio                        portfolio:read
 //	POST  /v1/customers, /v1/admin/lenders, /v1/admin/clients, GET /v1/admin/pipeline-health   admin
 //	GET   /dashboard, /dashboard/events, POST /dashboard/login   live lender dashboard (cookie session)
-//	GET   /operator                            pipeline health page (admin)
+//	GET   /operator                            pipeline health page (admin): checkpoint age per engine worker,
+//	                                           CDC replication lag, consumer lag (from OperatorMetricsURLs and the brokers)
 //	POST  /oauth/token, GET /.well-known/jwks.json   dev issuer (client credentials, ES256)
 //	GET   /healthz, /readyz, /metrics
 //

@@ -21,13 +21,38 @@ import (
 
 // Health is the pipeline health shown on the operator page.
 type Health struct {
-	At            time.Time      `json:"at"`
-	Topics        []TopicHealth  `json:"topics"`
-	Groups        []GroupHealth  `json:"groups"`
-	Scraped       []ScrapeResult `json:"scraped"`
-	Notes         []string       `json:"notes,omitempty"`
-	HubConsumed   int64          `json:"hub_records_consumed"`
-	HubLastRecord *time.Time     `json:"hub_last_record,omitempty"`
+	At            time.Time          `json:"at"`
+	Checkpoints   []CheckpointHealth `json:"checkpoints"`
+	CDC           []CDCHealth        `json:"cdc"`
+	Topics        []TopicHealth      `json:"topics"`
+	Groups        []GroupHealth      `json:"groups"`
+	Scraped       []ScrapeResult     `json:"scraped"`
+	Notes         []string           `json:"notes,omitempty"`
+	HubConsumed   int64              `json:"hub_records_consumed"`
+	HubLastRecord *time.Time         `json:"hub_last_record,omitempty"`
+}
+
+// CheckpointHealth is one engine worker's last committed checkpoint, from
+// loanflow_engine_last_checkpoint_timestamp_seconds{job,worker}.
+type CheckpointHealth struct {
+	Source         string    `json:"source"` // metrics URL
+	Job            string    `json:"job"`
+	Worker         string    `json:"worker"`
+	LastCheckpoint time.Time `json:"last_checkpoint"`
+	AgeSeconds     float64   `json:"age_seconds"`
+}
+
+// CDCHealth is one CDC reader's replication lag (loanflow_cdc_* series).
+type CDCHealth struct {
+	Source        string  `json:"source"` // metrics URL
+	Reader        string  `json:"reader"`
+	LagBytes      float64 `json:"replication_lag_bytes"`
+	LagSeconds    float64 `json:"replication_lag_seconds"`
+	ChangesPerSec float64 `json:"changes_per_second"`
+	// LastCommitAgeSeconds is the time since the reader's last Kafka
+	// commit (heartbeats commit too); -1 when the reader does not export it.
+	LastCommitAgeSeconds float64 `json:"last_commit_age_seconds"`
+	SnapshotProgress     float64 `json:"snapshot_progress_ratio"`
 }
 
 // TopicHealth is a topic's end offsets summed over partitions.
@@ -82,7 +107,16 @@ func (s *Server) pipelineHealth(ctx context.Context) Health {
 	}
 	h.Groups, h.Notes = s.groupLags(ctx, adm, h.Notes)
 	for _, u := range s.cfg.OperatorMetricsURLs {
-		h.Scraped = append(h.Scraped, scrape(ctx, u))
+		res, fams := scrape(ctx, u)
+		h.Scraped = append(h.Scraped, res)
+		h.Checkpoints = append(h.Checkpoints, checkpointsOf(u, fams, h.At)...)
+		h.CDC = append(h.CDC, cdcOf(u, fams, h.At)...)
+	}
+	if len(s.cfg.OperatorMetricsURLs) > 0 && len(h.Checkpoints) == 0 {
+		h.Notes = append(h.Notes, "no engine worker among the metrics endpoints has committed a checkpoint (loanflow_engine_last_checkpoint_timestamp_seconds)")
+	}
+	if len(s.cfg.OperatorMetricsURLs) > 0 && len(h.CDC) == 0 {
+		h.Notes = append(h.Notes, "no CDC reader among the metrics endpoints (loanflow_cdc_replication_lag_bytes)")
 	}
 	if len(s.cfg.OperatorMetricsURLs) == 0 {
 		h.Notes = append(h.Notes, "no pipeline metrics endpoints configured (OperatorMetricsURLs): checkpoint age and CDC replication lag come from the workers' and CDC reader's /metrics once they are configured")
@@ -128,26 +162,33 @@ func (s *Server) groupLags(ctx context.Context, adm *kadm.Client, notes []string
 	return out, notes
 }
 
-func scrape(ctx context.Context, url string) ScrapeResult {
+// scrape fetches one Prometheus endpoint (text format) and returns the
+// pipeline-health series and every family.
+func scrape(ctx context.Context, url string) (ScrapeResult, map[string]*dto.MetricFamily) {
 	res := ScrapeResult{URL: url}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		res.Error = err.Error()
-		return res
+		return res, nil
 	}
+	req.Header.Set("Accept", "text/plain; version=0.0.4")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		res.Error = "unreachable: " + err.Error()
-		return res
+		return res, nil
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		res.Error = fmt.Sprintf("status %d", resp.StatusCode)
+		return res, nil
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
 		res.Error = "unparsable metrics: " + err.Error()
-		return res
+		return res, nil
 	}
 	for name, f := range fams {
 		if healthSeries(name) {
@@ -155,7 +196,73 @@ func scrape(ctx context.Context, url string) ScrapeResult {
 		}
 	}
 	sort.Slice(res.Series, func(i, j int) bool { return res.Series[i].Name < res.Series[j].Name })
-	return res
+	return res, fams
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+func value(m *dto.Metric) float64 {
+	return m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
+}
+
+func unixTime(sec float64) time.Time { return time.Unix(0, int64(sec*1e9)).UTC() }
+
+// checkpointsOf reads the engine's last-checkpoint gauges.
+func checkpointsOf(source string, fams map[string]*dto.MetricFamily, now time.Time) []CheckpointHealth {
+	var out []CheckpointHealth
+	for _, m := range fams["loanflow_engine_last_checkpoint_timestamp_seconds"].GetMetric() {
+		if value(m) <= 0 {
+			continue // no checkpoint yet
+		}
+		at := unixTime(value(m))
+		out = append(out, CheckpointHealth{Source: source, Job: label(m, "job"), Worker: label(m, "worker"),
+			LastCheckpoint: at, AgeSeconds: max(0, now.Sub(at).Seconds())})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Job+"/"+out[i].Worker < out[j].Job+"/"+out[j].Worker })
+	return out
+}
+
+// cdcOf reads the CDC readers' lag gauges, one row per reader label.
+func cdcOf(source string, fams map[string]*dto.MetricFamily, now time.Time) []CDCHealth {
+	byReader := map[string]*CDCHealth{}
+	get := func(m *dto.Metric) *CDCHealth {
+		r := label(m, "reader")
+		if byReader[r] == nil {
+			byReader[r] = &CDCHealth{Source: source, Reader: r, LastCommitAgeSeconds: -1}
+		}
+		return byReader[r]
+	}
+	for _, m := range fams["loanflow_cdc_replication_lag_bytes"].GetMetric() {
+		get(m).LagBytes = value(m)
+	}
+	set := func(name string, fn func(*CDCHealth, float64)) {
+		for _, m := range fams[name].GetMetric() {
+			if c := byReader[label(m, "reader")]; c != nil {
+				fn(c, value(m))
+			}
+		}
+	}
+	set("loanflow_cdc_replication_lag_seconds", func(c *CDCHealth, v float64) { c.LagSeconds = v })
+	set("loanflow_cdc_changes_per_second", func(c *CDCHealth, v float64) { c.ChangesPerSec = v })
+	set("loanflow_cdc_snapshot_progress_ratio", func(c *CDCHealth, v float64) { c.SnapshotProgress = v })
+	set("loanflow_cdc_last_commit_timestamp_seconds", func(c *CDCHealth, v float64) {
+		if v > 0 {
+			c.LastCommitAgeSeconds = max(0, now.Sub(unixTime(v)).Seconds())
+		}
+	})
+	out := make([]CDCHealth, 0, len(byReader))
+	for _, c := range byReader {
+		out = append(out, *c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Reader < out[j].Reader })
+	return out
 }
 
 func flatten(name string, f *dto.MetricFamily) []Series {
@@ -169,8 +276,7 @@ func flatten(name string, f *dto.MetricFamily) []Series {
 		if len(labels) > 0 {
 			n += "{" + strings.Join(labels, ",") + "}"
 		}
-		v := m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
-		out = append(out, Series{Name: n, Value: v})
+		out = append(out, Series{Name: n, Value: value(m)})
 	}
 	return out
 }
@@ -182,17 +288,22 @@ var operatorTmpl = template.Must(template.New("op").Funcs(template.FuncMap{
 		}
 		return fmt.Sprintf("%.1fs ago", time.Since(*t).Seconds())
 	},
+	"pct": func(r float64) float64 { return 100 * r },
 }).Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Loanflow operator</title>
 <meta http-equiv="refresh" content="5">
 <style>body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b2430}table{border-collapse:collapse;margin-bottom:1rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}.note{color:#9a6700}.err{color:#cf222e}</style></head>
 <body><h1>Pipeline health</h1><p>As of {{.At.Format "15:04:05"}} UTC · API hub consumed {{.HubConsumed}} records, last {{ago .HubLastRecord}}</p>
 {{range .Notes}}<p class="note">{{.}}</p>{{end}}
+<h2>Checkpoints</h2><table id="checkpoints"><tr><th>Job</th><th>Worker</th><th>Last checkpoint (UTC)</th><th>Age</th><th>Source</th></tr>
+{{range .Checkpoints}}<tr><td>{{.Job}}</td><td>{{.Worker}}</td><td>{{.LastCheckpoint.Format "15:04:05.000"}}</td><td class="age">{{printf "%.1fs" .AgeSeconds}}</td><td>{{.Source}}</td></tr>{{end}}</table>
+<h2>CDC replication</h2><table id="cdc"><tr><th>Reader</th><th>Lag (bytes)</th><th>Lag (s)</th><th>Last Kafka commit</th><th>Changes/s</th><th>Snapshot</th><th>Source</th></tr>
+{{range .CDC}}<tr><td>{{.Reader}}</td><td class="lag-bytes">{{printf "%.0f" .LagBytes}}</td><td class="lag-seconds">{{printf "%.3f" .LagSeconds}}</td><td>{{if lt .LastCommitAgeSeconds 0.0}}n/a{{else}}{{printf "%.1fs ago" .LastCommitAgeSeconds}}{{end}}</td><td>{{printf "%.0f" .ChangesPerSec}}</td><td>{{printf "%.0f%%" (pct .SnapshotProgress)}}</td><td>{{.Source}}</td></tr>{{end}}</table>
 <h2>Topics</h2><table id="topics"><tr><th>Topic</th><th>Partitions</th><th>End offset (sum)</th></tr>
 {{range .Topics}}<tr><td>{{.Topic}}</td><td>{{.Partitions}}</td><td>{{.EndOffset}}</td></tr>{{end}}</table>
 <h2>Consumer lag</h2><table id="groups"><tr><th>Group</th><th>State</th><th>Lag</th></tr>
 {{range .Groups}}<tr><td>{{.Group}}</td><td>{{.State}}</td><td>{{.Lag}}</td></tr>{{end}}</table>
-<h2>Checkpoints and CDC replication</h2>
+<h2>Pipeline metrics</h2>
 {{range .Scraped}}<h3>{{.URL}}</h3>{{if .Error}}<p class="err">{{.Error}}</p>{{end}}
 <table>{{range .Series}}<tr><td>{{.Name}}</td><td>{{.Value}}</td></tr>{{end}}</table>{{end}}
 </body></html>`))

@@ -149,7 +149,9 @@
 // schema rejected, fenced) are returned by Run.
 //
 // Metrics (label reader): loanflow_cdc_replication_lag_bytes,
-// loanflow_cdc_replication_lag_seconds, loanflow_cdc_changes_total,
+// loanflow_cdc_replication_lag_seconds, loanflow_cdc_last_commit_timestamp_seconds
+// (heartbeats commit too, so its age stays near heartbeat_interval on a
+// healthy reader and grows on a stalled one), loanflow_cdc_changes_total,
 // loanflow_cdc_changes_per_second, loanflow_cdc_committed_lsn,
 // loanflow_cdc_commit_latency_seconds, loanflow_cdc_snapshot_rows_total,
 // loanflow_cdc_snapshot_rows_expected, loanflow_cdc_snapshot_progress_ratio,

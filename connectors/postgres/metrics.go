@@ -13,6 +13,7 @@ type metrics struct {
 	changes       prometheus.Counter
 	changesPerSec prometheus.Gauge
 	committedLSN  prometheus.Gauge
+	lastCommit    prometheus.Gauge
 	commits       prometheus.Counter
 	deadLetters   prometheus.Counter
 	heartbeats    prometheus.Counter
@@ -37,6 +38,7 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		changes:       c("loanflow_cdc_changes_total", "Change records committed to Kafka."),
 		changesPerSec: g("loanflow_cdc_changes_per_second", "Change records committed per second over the last few seconds."),
 		committedLSN:  g("loanflow_cdc_committed_lsn", "Flush LSN of the position committed in Kafka (what the slot may confirm)."),
+		lastCommit:    g("loanflow_cdc_last_commit_timestamp_seconds", "Unix time of the last Kafka commit (changes or heartbeats); its age shows a stalled reader."),
 		commits:       c("loanflow_cdc_kafka_commits_total", "Kafka transactions committed."),
 		deadLetters:   c("loanflow_cdc_dead_letters_total", "Changes sent to the dead-letter topic."),
 		heartbeats:    c("loanflow_cdc_heartbeats_total", "Heartbeat messages turned into heartbeat records."),

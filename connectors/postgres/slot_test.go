@@ -87,6 +87,10 @@ func TestIdleDatabaseSlotLagBounded(t *testing.T) {
 	if lagBytes := got["loanflow_cdc_replication_lag_bytes"]; lagBytes > 1<<20 {
 		t.Errorf("replication lag metric %v bytes while idle", lagBytes)
 	}
+	// Heartbeats commit on an idle database, so the last commit is recent.
+	if age := time.Since(time.Unix(0, int64(got["loanflow_cdc_last_commit_timestamp_seconds"]*1e9))); age > 5*time.Second {
+		t.Errorf("last Kafka commit %v ago on an idle database with heartbeats", age)
+	}
 }
 
 // TestSlotRecreatedStopsReader: a slot dropped and recreated behind the

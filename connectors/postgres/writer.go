@@ -267,6 +267,7 @@ func (w *writer) afterCommit(pos Position) {
 	w.lastCommit = now
 	w.m.commits.Inc()
 	w.m.committedLSN.Set(float64(pos.FlushLSN))
+	w.m.lastCommit.Set(float64(now.UnixNano()) / 1e9)
 	w.m.changes.Add(float64(w.records))
 	w.m.changesPerSec.Set(w.rate.add(now, w.records))
 	if n := len(w.commitTimes); n > 0 {

@@ -39,11 +39,14 @@ func (is *Issuer) Key(_ context.Context, kid string) (jwk.Key, error) {
 }
 
 // HTTPKeySource caches an issuer's JWKS fetched over HTTP; an unknown kid
-// refetches at most once per MinRefetchInterval.
+// refetches at most once per MinRefetchInterval, and a set older than
+// MaxAge is refetched on the next lookup, so a key the issuer withdrew
+// stops verifying (a failed refresh keeps the cached set).
 type HTTPKeySource struct {
 	URL                string
 	Client             *http.Client
 	MinRefetchInterval time.Duration // default 30s
+	MaxAge             time.Duration // default 15m
 	MaxBodyBytes       int64         // default 1 MiB
 
 	mu struct {
@@ -57,6 +60,9 @@ type HTTPKeySource struct {
 func (s *HTTPKeySource) Key(ctx context.Context, kid string) (jwk.Key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.mu.set != nil && time.Since(s.mu.lastFetch) >= s.maxAge() {
+		_ = s.fetchLocked(ctx) // on failure the cached set stays
+	}
 	if s.mu.set != nil {
 		if k, ok := s.mu.set.LookupKeyID(kid); ok {
 			return k, nil
@@ -79,6 +85,13 @@ func (s *HTTPKeySource) minInterval() time.Duration {
 		return s.MinRefetchInterval
 	}
 	return 30 * time.Second
+}
+
+func (s *HTTPKeySource) maxAge() time.Duration {
+	if s.MaxAge > 0 {
+		return s.MaxAge
+	}
+	return 15 * time.Minute
 }
 
 func (s *HTTPKeySource) fetchLocked(ctx context.Context) error {
@@ -124,6 +137,9 @@ type ValidatorConfig struct {
 	Skew time.Duration
 	// LenderClaim names the claim holding the lender id. Default lender_id.
 	LenderClaim string
+	// CacheMaxAge bounds how long a verified token is remembered (never
+	// past its exp), so a withdrawn key stops being honoured. Default 1m.
+	CacheMaxAge time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -191,6 +207,9 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.CacheMaxAge <= 0 {
+		cfg.CacheMaxAge = time.Minute
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -312,6 +331,9 @@ func (v *Validator) Validate(ctx context.Context, token string) (Principal, erro
 		return p, err
 	}
 	if exp, ok := tok.Expiration(); ok {
+		if limit := v.cfg.Now().Add(v.cfg.CacheMaxAge); limit.Before(exp) {
+			exp = limit
+		}
 		v.remember(sum, p, exp)
 	}
 	return p, nil

@@ -38,13 +38,13 @@ func (q *applicationReq) validate() (money.Amount, string, error) {
 	if q.ApplicationID == "" {
 		q.ApplicationID = "app_" + newRequestID()
 	}
-	if !idPattern.MatchString(q.ApplicationID) {
+	if !validID(q.ApplicationID) {
 		return 0, "", errors.New("application_id must be 1-64 of [A-Za-z0-9_.:-]")
 	}
-	if !idPattern.MatchString(q.POSTerminalID) {
+	if !validID(q.POSTerminalID) {
 		return 0, "", errors.New("pos_terminal_id is required (1-64 of [A-Za-z0-9_.:-])")
 	}
-	if q.CustomerID != nil && !idPattern.MatchString(*q.CustomerID) {
+	if q.CustomerID != nil && !validID(*q.CustomerID) {
 		return 0, "", errors.New("customer_id must be 1-64 of [A-Za-z0-9_.:-]")
 	}
 	a, err := money.Parse(q.Amount)

@@ -62,3 +62,16 @@ func TestBadPathsAndParams(t *testing.T) {
 		t.Errorf("a good request id is not kept: %d %q", r.status, r.header.Get("X-Request-Id"))
 	}
 }
+
+func TestValidID(t *testing.T) {
+	for _, ok := range []string{"a", "c-1", "ln_0123", "A.b:c-d_e", strings.Repeat("x", 64)} {
+		if !validID(ok) {
+			t.Errorf("validID(%q) = false", ok)
+		}
+	}
+	for _, bad := range []string{"", " ", "a b", "a/b", "é", "\x00", "\xff", "a%", strings.Repeat("x", 65)} {
+		if validID(bad) {
+			t.Errorf("validID(%q) = true", bad)
+		}
+	}
+}

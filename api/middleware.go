@@ -141,8 +141,10 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 			if code >= 500 {
 				level = slog.LevelWarn
 			}
-			s.log.Log(r.Context(), level, "request", "route", route, "method", r.Method, "status", code,
-				"request_id", id, "duration_ms", time.Since(start).Milliseconds())
+			if s.log.Enabled(r.Context(), level) { // no argument boxing per request when off
+				s.log.Log(r.Context(), level, "request", "route", route, "method", r.Method, "status", code,
+					"request_id", id, "duration_ms", time.Since(start).Milliseconds())
+			}
 		}()
 		next.ServeHTTP(rec, r)
 	})

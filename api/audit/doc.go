@@ -24,8 +24,8 @@
 //
 // # Goroutines and errors
 //
-// Writer owns one goroutine (started by NewWriter, ended by Close, which
-// drains the queue first). Append and Writer.Append return errors wrapped
+// Writer owns its flusher goroutines (WriterConfig.Flushers, started by
+// NewWriter, ended by Close, which drains the queue first). Append and Writer.Append return errors wrapped
 // with "audit:"; a full Writer queue returns ErrBusy (retryable); a closed
 // Writer returns ErrClosed.
 package audit

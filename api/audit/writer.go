@@ -17,6 +17,11 @@ type WriterConfig struct {
 	MaxBatch int
 	// CommitTimeout bounds one batch transaction. Default 5s.
 	CommitTimeout time.Duration
+	// Flushers is how many batches may be in flight at once (PostgreSQL
+	// orders them on the chain lock). More than one saves a round trip of
+	// waiting at light load but splits batches, which costs more per entry
+	// under load (measured with BenchmarkWriterAppend). Default 1.
+	Flushers int
 }
 
 func (c *WriterConfig) setDefaults() {
@@ -28,6 +33,9 @@ func (c *WriterConfig) setDefaults() {
 	}
 	if c.CommitTimeout <= 0 {
 		c.CommitTimeout = 5 * time.Second
+	}
+	if c.Flushers <= 0 {
+		c.Flushers = 1
 	}
 }
 
@@ -49,12 +57,14 @@ type Writer struct {
 	}
 }
 
-// NewWriter starts the writer goroutine.
+// NewWriter starts the flusher goroutines.
 func NewWriter(pool *pgxpool.Pool, cfg WriterConfig) *Writer {
 	cfg.setDefaults()
 	w := &Writer{pool: pool, cfg: cfg, queue: make(chan pending, cfg.QueueLen), stop: make(chan struct{})}
-	w.wg.Add(1)
-	go w.run()
+	for i := 0; i < cfg.Flushers; i++ {
+		w.wg.Add(1)
+		go w.run()
+	}
 	return w
 }
 

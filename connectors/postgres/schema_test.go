@@ -89,6 +89,10 @@ func TestTypeMapping(t *testing.T) {
 		n numeric(10,3), nu numeric, t text, vc varchar(10), u uuid, j jsonb, by bytea, ts timestamptz,
 		tsl timestamp, d date, tm time, ai int[], at text[], big text)`)
 	e.exec(c, "ALTER TABLE types REPLICA IDENTITY FULL")
+	// Out of line and uncompressed, so an UPDATE that leaves it alone
+	// sends it as "unchanged TOAST" (a compressible value would be stored
+	// inline, compressed, and sent in full).
+	e.exec(c, "ALTER TABLE types ALTER COLUMN big SET STORAGE EXTERNAL")
 	cfg := e.cfg
 	cfg.Tables = []TableConfig{{Table: "types"}}
 	e.runReader(cfg)
@@ -96,7 +100,11 @@ func TestTypeMapping(t *testing.T) {
 	uid := "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"
 	e.exec(c, `INSERT INTO types VALUES (1, true, -2, 4, 1.5, 2.25, 12.345, 0.1000000000000000000001, 'héllo', 'vc',
 		$1, '{"a": [1, 2]}', '\xdeadbeef', '2024-05-06 07:08:09.123456+02', '2024-05-06 07:08:09.5', '2024-05-06', '13:14:15.5',
-		'{1,NULL,3}', '{"a b","c\"d",NULL}', repeat('x', 100000))`, uid)
+		'{1,NULL,3}', '{"a b","c\"d",NULL}', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 3125) g))`, uid)
+	var toasted bool
+	if err := c.QueryRow(context.Background(), "SELECT pg_column_size(big) < octet_length(big) OR pg_relation_size(reltoastrelid) > 0 FROM types, pg_class WHERE relname = 'types' AND id = 1").Scan(&toasted); err != nil || !toasted {
+		t.Fatalf("big is not stored out of line (%v): the test would not exercise unchanged TOAST", err)
+	}
 	e.exec(c, "UPDATE types SET i4 = 5 WHERE id = 1") // big stays TOASTed and unchanged
 	e.exec(c, "INSERT INTO types (id) VALUES (2)")
 	e.waitFlushed(c, cfg.Name, e.currentLSN(c), time.Minute)
@@ -134,8 +142,12 @@ func TestTypeMapping(t *testing.T) {
 	if got := upd["at"].([]any); len(got) != 3 || got[0] != "a b" || got[1] != `c"d` || got[2] != nil {
 		t.Errorf("at = %v", got)
 	}
-	if big, _ := upd["big"].(string); len(big) != 100000 {
-		t.Errorf("unchanged TOAST value has length %d, want 100000", len(big))
+	var want string
+	if err := c.QueryRow(context.Background(), "SELECT big FROM types WHERE id = 1").Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if big, _ := upd["big"].(string); big != want || len(want) != 100000 {
+		t.Errorf("unchanged TOAST value has length %d, want the stored %d characters", len(big), len(want))
 	}
 	if d := upd["d"].(time.Time); d.Format("2006-01-02") != "2024-05-06" {
 		t.Errorf("d = %v", d)

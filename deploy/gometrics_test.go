@@ -18,6 +18,7 @@ type metricDef struct {
 	name   string
 	kind   string          // counter, gauge, histogram, summary
 	labels map[string]bool // variable and constant labels
+	vec    bool            // has variable labels (a New*Vec)
 	where  string          // file:line of its Opts literal
 }
 
@@ -152,8 +153,10 @@ func (r *resolver) metrics(lit *ast.CompositeLit, kind string, stack []ast.Node)
 		}
 	}
 	// The label list of New*Vec(opts, labels).
+	vec := false
 	if len(stack) > 0 {
 		if call, ok := stack[len(stack)-1].(*ast.CallExpr); ok && len(call.Args) == 2 && call.Args[0] == lit {
+			vec = true
 			for _, l := range r.stringList(call.Args[1], stack) {
 				labels[l] = true
 			}
@@ -173,7 +176,7 @@ func (r *resolver) metrics(lit *ast.CompositeLit, kind string, stack []ast.Node)
 				for l := range labels {
 					ls[l] = true
 				}
-				out = append(out, metricDef{name: strings.Join(parts, "_"), kind: kind, labels: ls})
+				out = append(out, metricDef{name: strings.Join(parts, "_"), kind: kind, labels: ls, vec: vec})
 			}
 		}
 	}
@@ -438,6 +441,9 @@ func TestGoMetricsCatalog(t *testing.T) {
 				t.Errorf("metric %s (%s): label %q not found; have %v", name, d.where, l, keys(d.labels))
 			}
 		}
+	}
+	if m["loanflow_api_rate_limited_total"].vec || !m["loanflow_api_requests_total"].vec || m["loanflow_cdc_replication_lag_bytes"].vec {
+		t.Error("vec: New*Vec metrics must be vec, plain ones (even with ConstLabels) not")
 	}
 	if h := m["loanflow_engine_checkpoint_duration_seconds"]; h.kind != "histogram" {
 		t.Errorf("loanflow_engine_checkpoint_duration_seconds: kind %q, want histogram", h.kind)

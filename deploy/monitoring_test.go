@@ -246,6 +246,14 @@ func TestGrafanaDashboards(t *testing.T) {
 			vars[v.Name] = true
 			checkRef(file+" variable "+v.Name, v.Datasource)
 		}
+		for i, a := range d.Panels {
+			for _, b := range d.Panels[i+1:] {
+				ga, gb := a.GridPos, b.GridPos
+				if ga.X < gb.X+gb.W && gb.X < ga.X+ga.W && ga.Y < gb.Y+gb.H && gb.Y < ga.Y+ga.H {
+					t.Errorf("%s: panels %q and %q overlap", file, a.Title, b.Title)
+				}
+			}
+		}
 		ids := map[int]bool{}
 		for _, p := range allPanels(d.Panels) {
 			where := fmt.Sprintf("%s panel %d %q", file, p.ID, p.Title)

@@ -12,8 +12,9 @@
 //     run.
 //   - README.md: how to run the stack and what to change for production.
 //
-// The tests of this package (deploy_test.go, run by `make test`) check the
-// deployment files against the code, so they cannot drift apart silently:
+// The tests of this package (go test ./deploy/..., part of `make test`)
+// check the deployment files against the code, so they cannot drift apart
+// silently:
 // docker-compose.yml loads with the Compose loader; every Loanflow command in
 // it is a real verb with real flags of the built binary (whose build uses the
 // Dockerfile's own go build lines, CGO off); listen ports agree between the

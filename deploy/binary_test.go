@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/loanflow/loanflow/internal/testenv"
 )
 
 // buildLine is one `go build` of the Dockerfile.
@@ -114,7 +116,6 @@ var bins struct {
 	once sync.Once
 	dir  string
 	err  error
-	log  string
 }
 
 // builtBinaries builds every binary of the Dockerfile with its own go build
@@ -128,10 +129,8 @@ func builtBinaries(t *testing.T) map[string]string {
 	lines := dockerBuildLines(t)
 	root := repoRoot(t)
 	bins.once.Do(func() {
-		bins.dir, bins.err = os.MkdirTemp("", "loanflow-deploy-bin-")
-		if bins.err != nil {
-			return
-		}
+		// Under testenv's scratch root, removed when the package's tests end.
+		bins.dir = testenv.Dir(t, "bin")
 		for _, bl := range lines {
 			args := append([]string{"build"}, bl.args...)
 			for i := range args {

@@ -638,6 +638,14 @@ func (ls *localStack) checkPrometheus() {
 			t.Errorf("%s: Prometheus cannot evaluate it: %v\n    %s", e.where, err, e.expr)
 		}
 	}
+	// Liveness panels select scrape jobs by name: each must find its targets.
+	for _, e := range dashboardExprs(t) {
+		if strings.HasPrefix(e.expr, "up{") {
+			if v := ls.query(base, e.expr); len(v) == 0 {
+				t.Errorf("%s: no targets match (scrape job names in prometheus.yml?)\n    %s", e.where, e.expr)
+			}
+		}
+	}
 }
 
 // localPrometheusConfig writes prometheus.yml with 1s intervals, targets

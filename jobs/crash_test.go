@@ -127,6 +127,7 @@ func TestDecisionsSurviveSIGKILL(t *testing.T) {
 	prod := appProducer{t: t, topic: tp.Applications, serde: serde[schemas.LoanApplication](t, s.env, tp.Applications, schemas.LoanApplicationSchema)}
 	rng := rand.New(rand.NewSource(11))
 	var ids []string
+	sent := map[string]schemas.LoanApplication{}
 	produced := make(chan struct{})
 	go func() { // applications stream in over ~3s
 		defer close(produced)
@@ -139,7 +140,9 @@ func TestDecisionsSurviveSIGKILL(t *testing.T) {
 				if rng.Intn(10) < 7 {
 					cust = ptr(fmt.Sprintf("k%02d", rng.Intn(customers+1))) // k12 does not exist: the bureau
 				}
-				apps = append(apps, app(id, "K1", cust, fmt.Sprintf("%d.%02d", 50+rng.Intn(3000), rng.Intn(100)), time.Now()))
+				a := app(id, "K1", cust, fmt.Sprintf("%d.%02d", 50+rng.Intn(3000), rng.Intn(100)), time.Now())
+				sent[id] = a
+				apps = append(apps, a)
 			}
 			prod.send(apps...)
 			time.Sleep(100 * time.Millisecond)
@@ -161,7 +164,20 @@ func TestDecisionsSurviveSIGKILL(t *testing.T) {
 	<-produced
 
 	dr := newDecisionReader(t, s.env)
-	dr.await(90*time.Second, ids...)
+	if !dr.tryAwait(60*time.Second, ids...) {
+		for _, id := range ids {
+			if len(dr.got[id]) == 0 {
+				a := sent[id]
+				c := "<unknown>"
+				if a.CustomerID != nil {
+					c = *a.CustomerID
+				}
+				t.Errorf("no decision for %s (customer %s, event time %s)", id, c, a.EventTime.Format(time.RFC3339Nano))
+			}
+		}
+		dumpDLQ(t, spec.Job)
+		t.Fatalf("worker log:\n%s", p.tail())
+	}
 	dr.c.until(2*time.Second, func(*kgo.Record) { dr.n++ }, func() bool { return false }) // any late duplicate
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {

@@ -70,10 +70,24 @@ func newDecisionReader(t testing.TB, env Env) *decisionReader {
 		got: map[string][]schemas.LoanDecision{}}
 }
 
-// await reads until every id has a decision (and total records >= n).
+// await reads until every id has a decision.
 func (r *decisionReader) await(timeout time.Duration, ids ...string) {
 	r.c.t.Helper()
-	ok := r.c.until(timeout, func(rec *kgo.Record) {
+	if !r.tryAwait(timeout, ids...) {
+		var missing []string
+		for _, id := range ids {
+			if len(r.got[id]) == 0 {
+				missing = append(missing, id)
+			}
+		}
+		r.c.t.Fatalf("no decision for %v after %v", missing, timeout)
+	}
+}
+
+// tryAwait reads until every id has a decision or timeout passes.
+func (r *decisionReader) tryAwait(timeout time.Duration, ids ...string) bool {
+	r.c.t.Helper()
+	return r.c.until(timeout, func(rec *kgo.Record) {
 		d, err := r.serde.Decode(rec.Value)
 		if err != nil {
 			r.c.t.Fatalf("decoding decision: %v", err)
@@ -91,15 +105,6 @@ func (r *decisionReader) await(timeout time.Duration, ids ...string) {
 		}
 		return true
 	})
-	if !ok {
-		var missing []string
-		for _, id := range ids {
-			if len(r.got[id]) == 0 {
-				missing = append(missing, id)
-			}
-		}
-		r.c.t.Fatalf("no decision for %v after %v", missing, timeout)
-	}
 }
 
 // want is an expected decision.

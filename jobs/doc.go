@@ -55,7 +55,15 @@
 // The temporal join answers "the customer's row as of the application's
 // event time": an application waits until customer_360's watermark (CDC
 // heartbeats) passes its time, so a version committed just after the
-// application is never used for it, whatever the arrival order. When
+// application is never used for it, whatever the arrival order. The CDC
+// reader writes a heartbeat as soon as it reads it from the WAL, but the
+// view rows of changes committed before it only when its Kafka
+// transaction commits, so such rows can follow the heartbeat; the job
+// therefore lets a heartbeat vouch only for the previous heartbeat's time
+// on its partition (DecisionsConfig.TrustHeartbeats turns this off once
+// the reader writes pending view rows first). A KNOWN application thus
+// waits up to two heartbeat intervals plus MaxOutOfOrderness: run the CDC
+// reader with a short heartbeat_interval (1s) for quick decisions. When
 // customer_360 is idle (no heartbeats for IdleTimeout) applications are
 // answered against the table as it stands. History is kept for
 // JoinRetention. A compacted customer_360 keeps only each customer's
@@ -107,6 +115,14 @@
 // decision. The loan is booked when the decision is processed, before the
 // checkpoint that publishes the decision commits; a crash in between
 // replays the decision, which finds the loan.
+//
+// Outputs pass hold-until-checkpoint (also in the portfolio job), which
+// holds what a task emits between its opening and its first checkpoint
+// and emits it in that checkpoint: the Kafka runtime starts tasks before it
+// begins the transaction that carries their outputs, and the results of
+// async calls re-issued after a restore would otherwise be produced
+// outside any transaction and lost (see gate.go; remove the gate when the
+// runtime begins the transaction first).
 //
 // Guarantees: exactly one decision per application id on loan_decisions
 // (exactly-once checkpoints, dedupe), at most one loan per application

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,7 @@ type Latency struct {
 	Goal     time.Duration // p99 goal (0: baseline)
 	GoalMet  bool
 	Note     string
+	CPU      string // CPU per request by process (open-loop runs)
 }
 
 // Report is the outcome of Run.
@@ -124,6 +126,7 @@ type bench struct {
 	pool   *pgxpool.Pool
 	ids    []string
 	loans  chan loanState
+	cpu    cpuProbe
 	hitSeq atomic.Int64 // round-robin over ids for hits
 	missMu sync.Mutex
 	next   int // round-robin over ids for misses (guarded by missMu)
@@ -154,6 +157,8 @@ func seed(ctx context.Context, cfg *Config) (*bench, error) {
 	tr := &http.Transport{MaxIdleConns: cfg.MaxInFlight, MaxIdleConnsPerHost: cfg.MaxInFlight}
 	b := &bench{cfg: *cfg, client: &http.Client{Transport: tr, Timeout: 10 * time.Second}, token: tok,
 		rdb: redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, PoolSize: 64}), pool: s.Pool(), loans: make(chan loanState, cfg.Loans)}
+	_, port, _ := strings.Cut(cfg.RedisAddr, ":")
+	b.cpu = cpuProbe{db: s.Pool().Config().ConnConfig.Database, redisPort: port, clkTck: 100} // USER_HZ
 	for i := 0; i < cfg.Customers; i++ {
 		id := fmt.Sprintf("%s-c%d", lender, i)
 		if err := s.CreateCustomer(ctx, admin, api.NewCustomer{CustomerID: id, Name: "Bench Person", SSN: fmt.Sprintf("%09d", 100000000+i),
@@ -255,12 +260,13 @@ const janitorAhead = 400
 func (b *bench) startJanitor(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	deleted := 0 // highest sequence number deleted
+	ahead := min(janitorAhead, len(b.ids)/2) // an id must not recur within the window
+	deleted := 0                             // highest sequence number deleted
 	b.missMu.Lock()
 	cur := b.next
 	b.missMu.Unlock()
-	b.deleteRange(ctx, cur, cur+janitorAhead)
-	deleted = cur + janitorAhead
+	b.deleteRange(ctx, cur, cur+ahead)
+	deleted = cur + ahead
 	go func() {
 		defer close(done)
 		t := time.NewTicker(5 * time.Millisecond)
@@ -274,7 +280,7 @@ func (b *bench) startJanitor(ctx context.Context) (stop func()) {
 			b.missMu.Lock()
 			cur := b.next
 			b.missMu.Unlock()
-			if to := cur + janitorAhead; to > deleted {
+			if to := cur + ahead; to > deleted {
 				b.deleteRange(ctx, deleted, to)
 				deleted = to
 			}
@@ -368,6 +374,7 @@ func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Dura
 	lat := make([]time.Duration, 0, n)
 	var mu sync.Mutex
 	res := Latency{Name: name, Rate: rate, Goal: goal}
+	cpu0 := b.cpu.sample()
 	sem := make(chan struct{}, b.cfg.MaxInFlight)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -400,6 +407,7 @@ func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Dura
 		}()
 	}
 	wg.Wait()
+	res.CPU = b.cpu.sample().sub(cpu0).perRequest(res.Sent)
 	summarize(&res, lat)
 	return res
 }
@@ -465,7 +473,8 @@ func (r Report) Markdown() string {
 			goal = "< " + l.Goal.String()
 		}
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %v | %v | %v | %s | %v | %s |\n", l.Name, l.Rate, l.Sent, l.Errors, l.Dropped,
-			l.P50.Round(time.Microsecond), l.P99.Round(time.Microsecond), l.Max.Round(time.Microsecond), goal, l.GoalMet, l.Note)
+			l.P50.Round(time.Microsecond), l.P99.Round(time.Microsecond), l.Max.Round(time.Microsecond), goal, l.GoalMet,
+			strings.TrimPrefix(strings.Join([]string{l.Note, l.CPU}, "; "), "; "))
 	}
 	fmt.Fprintf(&b, "\npgbench simple-update: %.0f TPS (%s)\n", r.PgBenchTPS, r.PgBenchNote)
 	return b.String()

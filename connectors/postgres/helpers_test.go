@@ -214,6 +214,17 @@ func (d *decoder) decode(b []byte) (map[string]any, int, error) {
 // to every partition, decoding keys and values.
 func (e *cdcEnv) readAll(topics ...string) []consumed {
 	e.t.Helper()
+	return e.read(true, topics...)
+}
+
+// readRaw is readAll without decoding (e.g. the JSON dead-letter topic).
+func (e *cdcEnv) readRaw(topics ...string) []consumed {
+	e.t.Helper()
+	return e.read(false, topics...)
+}
+
+func (e *cdcEnv) read(decode bool, topics ...string) []consumed {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.DefaultProduceTopic(topics[0]),
@@ -258,7 +269,7 @@ func (e *cdcEnv) readAll(topics ...string) []consumed {
 				return
 			}
 			c := consumed{rec: r}
-			if !c.heartbeat() {
+			if decode && !c.heartbeat() {
 				var err error
 				if r.Key != nil {
 					if c.key, _, err = dec.decode(r.Key); err != nil {

@@ -81,6 +81,8 @@ type Latency struct {
 	GoalMet  bool
 	Note     string
 	CPU      string // CPU per request by process (open-loop runs)
+	// FirstError is the first failed request's error, if any.
+	FirstError string
 }
 
 // Report is the outcome of Run.
@@ -299,14 +301,18 @@ func (b *bench) deleteRange(ctx context.Context, from, to int) {
 }
 
 // cacheCounters are the server's lookup counters.
-type cacheCounters struct{ hits, misses, dbLoads float64 }
+type cacheCounters struct{ hits, misses, errors, bypass, dbLoads float64 }
 
 func (c cacheCounters) sub(o cacheCounters) cacheCounters {
-	return cacheCounters{c.hits - o.hits, c.misses - o.misses, c.dbLoads - o.dbLoads}
+	return cacheCounters{c.hits - o.hits, c.misses - o.misses, c.errors - o.errors, c.bypass - o.bypass, c.dbLoads - o.dbLoads}
 }
 
 func (c cacheCounters) String() string {
-	return fmt.Sprintf("server: %.0f cache hits, %.0f misses, %.0f PostgreSQL loads", c.hits, c.misses, c.dbLoads)
+	s := fmt.Sprintf("server: %.0f cache hits, %.0f misses, %.0f PostgreSQL loads", c.hits, c.misses, c.dbLoads)
+	if c.errors+c.bypass > 0 {
+		s += fmt.Sprintf(" (%.0f Redis errors/timeouts, %.0f lookups bypassed Redis while its breaker was open)", c.errors, c.bypass)
+	}
+	return s
 }
 
 func (b *bench) counters() cacheCounters {
@@ -322,10 +328,19 @@ func (b *bench) counters() cacheCounters {
 				c.dbLoads += m.GetCounter().GetValue()
 			case "loanflow_api_profile_cache_total":
 				for _, l := range m.GetLabel() {
-					if l.GetName() == "result" && l.GetValue() == "hit" {
-						c.hits += m.GetCounter().GetValue()
-					} else if l.GetName() == "result" && l.GetValue() == "miss" {
-						c.misses += m.GetCounter().GetValue()
+					if l.GetName() != "result" {
+						continue
+					}
+					v := m.GetCounter().GetValue()
+					switch l.GetValue() {
+					case "hit":
+						c.hits += v
+					case "miss":
+						c.misses += v
+					case "error":
+						c.errors += v
+					case "bypass":
+						c.bypass += v
 					}
 				}
 			}
@@ -400,7 +415,9 @@ func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Dura
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				res.Errors++
+				if res.Errors++; res.FirstError == "" {
+					res.FirstError = err.Error()
+				}
 				return
 			}
 			lat = append(lat, el)
@@ -475,6 +492,11 @@ func (r Report) Markdown() string {
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %v | %v | %v | %s | %v | %s |\n", l.Name, l.Rate, l.Sent, l.Errors, l.Dropped,
 			l.P50.Round(time.Microsecond), l.P99.Round(time.Microsecond), l.Max.Round(time.Microsecond), goal, l.GoalMet,
 			strings.TrimPrefix(strings.Join([]string{l.Note, l.CPU}, "; "), "; "))
+	}
+	for _, l := range r.Results {
+		if l.FirstError != "" {
+			fmt.Fprintf(&b, "\nfirst error of %s: %.300s\n", l.Name, l.FirstError)
+		}
 	}
 	fmt.Fprintf(&b, "\npgbench simple-update: %.0f TPS (%s)\n", r.PgBenchTPS, r.PgBenchNote)
 	return b.String()

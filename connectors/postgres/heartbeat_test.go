@@ -60,8 +60,14 @@ func TestHeartbeatsReachEveryPartition(t *testing.T) {
 	for _, topic := range topics {
 		for p := int32(0); p < int32(cfg.TopicPartitions); p++ {
 			k := part{topic, p}
-			if beats[k] < 2 {
-				t.Errorf("%s/%d: %d heartbeats, want at least 2", topic, p, beats[k])
+			// The upsert topic is compacted on the heartbeat key, so the
+			// broker may have kept only the newest heartbeat.
+			want := 2
+			if topic == cfg.TopicPrefix+"_flat" {
+				want = 1
+			}
+			if beats[k] < want {
+				t.Errorf("%s/%d: %d heartbeats, want at least %d", topic, p, beats[k], want)
 				continue
 			}
 			if age := time.Since(time.UnixMilli(last[k])); age > time.Since(start) {

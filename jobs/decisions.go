@@ -130,6 +130,10 @@ type bureauAnswer struct {
 type c360Row struct {
 	Row     schemas.Customer360 `json:"row"`
 	Deleted bool                `json:"deleted,omitempty"`
+	// Heartbeat marks a CDC heartbeat that reached the decoder: the
+	// runtime replays a source-backed table without recognising
+	// heartbeats. It is dropped before the table.
+	Heartbeat bool `json:"-"`
 }
 
 // decisionsDeps are the job's external parts, made once per build.
@@ -218,7 +222,8 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return p.App.ApplicationID },
 		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
 
-	table := pipeline.KeyBy(customer360Source(b, d, wm), "customer-key", func(r c360Row) string { return r.Row.CustomerID },
+	rows := operators.Filter(customer360Source(b, d, wm), "customer-rows", func(r c360Row) bool { return !r.Heartbeat })
+	table := pipeline.KeyBy(rows, "customer-key", func(r c360Row) string { return r.Row.CustomerID },
 		pipeline.NoRepartition(), pipeline.WithKeyCodec(d.keys))
 	joined := operators.TemporalJoin(known, table, "as-of-event-time",
 		operators.TemporalJoinSpec[pendingApp, c360Row, knownApp]{
@@ -272,6 +277,9 @@ func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.Waterma
 	return pipeline.AddSource(b, "customer-360", pipeline.SourceSpec[c360Row]{What: "kafka", Topic: d.topics.Customer360,
 		Watermarks: wm, Heartbeat: heartbeat,
 		Decode: func(raw *pipeline.RawRecord) (c360Row, error) {
+			if _, ok := kafka.Heartbeat(raw); ok {
+				return c360Row{Heartbeat: true}, nil
+			}
 			if raw.Value == nil {
 				id, err := d.keys.DecodeKey(string(raw.Key))
 				return c360Row{Row: schemas.Customer360{CustomerID: id}, Deleted: true}, err

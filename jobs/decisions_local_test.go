@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/loanflow/loanflow/pipeline"
@@ -121,6 +122,15 @@ func TestRouting(t *testing.T) {
 	r2.Score, r2.Version, r2.UpdatedAt = 500, 8, t0.Add(2*time.Hour)
 	ld.feedRow(r2)
 	ld.feedApp(app("a-v8", "L1", ptr("c1"), "100.00", t0.Add(3*time.Hour)))
+	// The runtime replays a source-backed table without recognising
+	// heartbeats: one reaching the decoder is dropped, not dead-lettered.
+	ld.l.Task().SetRestoring(true)
+	err := ld.l.FeedRaw("customer-360", pipeline.RawRecord{Topic: "customer_360", Key: []byte("__loanflow_heartbeat"),
+		Headers: []pipeline.Header{{Key: kafka.HeaderHeartbeat, Value: []byte("1800000000000")}}})
+	ld.l.Task().SetRestoring(false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	later := r2
 	later.UpdatedAt = t0.Add(10 * time.Hour) // moves the table's watermark: 1h of history is kept
 	ld.feedRow(later)

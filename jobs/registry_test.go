@@ -23,6 +23,17 @@ func TestJobsBuildOffline(t *testing.T) {
 		if !strings.Contains(plan.Describe(), "job "+j.Name) {
 			t.Errorf("%s: plan %s", j.Name, plan.Describe())
 		}
+		if j.Name == "decisions" {
+			backed := false
+			for _, sub := range plan.Subtopologies {
+				for _, ts := range sub.TableSources {
+					backed = backed || ts == "customer_360"
+				}
+			}
+			if !backed {
+				t.Errorf("customer_360 is not the join table's changelog:\n%s", plan.Describe())
+			}
+		}
 		if _, err := Builder(j.Name, Env{}); !errors.Is(err, ErrEnv) || !strings.Contains(err.Error(), "--brokers") {
 			t.Errorf("%s without servers: %v", j.Name, err)
 		}

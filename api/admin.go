@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,6 +18,7 @@ import (
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/internal/money"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/schemas"
 )
 
 // validID reports whether s has the form of a Loanflow id (customers,
@@ -86,6 +88,18 @@ type NewCustomer struct {
 	Score       int    `json:"score"`
 }
 
+// errRiskTier names the allowed tiers (schemas.RiskTiers): the decisions
+// job refers an application whose customer has any other tier.
+var errRiskTier = errors.New("risk_tier must be " + oneOf(schemas.RiskTiers))
+
+// oneOf lists values as "A, B or C".
+func oneOf(values []string) string {
+	if len(values) < 2 {
+		return strings.Join(values, "")
+	}
+	return strings.Join(values[:len(values)-1], ", ") + " or " + values[len(values)-1]
+}
+
 func (c *NewCustomer) validate() error {
 	switch {
 	case !validID(c.CustomerID):
@@ -94,8 +108,8 @@ func (c *NewCustomer) validate() error {
 		return errors.New("name is required (at most 200 characters)")
 	case c.Score < 300 || c.Score > 850:
 		return errors.New("score must be within 300..850")
-	case c.RiskTier == "" || len(c.RiskTier) > 16:
-		return errors.New("risk_tier is required (at most 16 characters)")
+	case !schemas.ValidRiskTier(c.RiskTier):
+		return errRiskTier
 	case len(c.Address) > 500 || len(c.DateOfBirth) > 10:
 		return errors.New("address at most 500, date_of_birth at most 10 characters")
 	}

@@ -275,7 +275,7 @@ func (e *env) lender(id string, extra ...string) string {
 func (e *env) customer(id, name, ssn string) {
 	e.t.Helper()
 	r := e.do("POST", "/v1/customers", e.admin, NewCustomer{CustomerID: id, Name: name, SSN: ssn,
-		Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: "10000.00", RiskTier: "B", Score: 710})
+		Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: "10000.00", RiskTier: "MEDIUM", Score: 710})
 	if r.status != 201 {
 		e.dumpLogs()
 		e.t.Fatalf("creating customer: %d %s", r.status, r.body)

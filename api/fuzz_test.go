@@ -61,7 +61,8 @@ func FuzzApplicationBody(f *testing.F) {
 
 func FuzzCustomerBody(f *testing.F) {
 	fuzzRoute(f, "POST", func(string) string { return "/v1/customers" }, nil,
-		`{"customer_id":"c-x","name":"N","ssn":"111-11-1111","credit_limit":"5.00","risk_tier":"A","score":700}`,
+		`{"customer_id":"c-x","name":"N","ssn":"111-11-1111","credit_limit":"5.00","risk_tier":"LOW","score":700}`,
+		`{"customer_id":"c-y","name":"N","ssn":"111-11-1112","credit_limit":"5.00","risk_tier":"low","score":700}`,
 		`{"customer_id":"c-x","score":9999}`)
 }
 

@@ -90,8 +90,6 @@ func (v verdict) decision() (schemas.Decision, []string) {
 	return schemas.DecisionApproved, []string{}
 }
 
-var knownTiers = map[string]bool{"LOW": true, "MEDIUM": true, "HIGH": true, "VERY_HIGH": true}
-
 // ScoreCustomer decides an application of a known customer against the
 // customer's customer_360 row as of the application's event time.
 func (p Policy) ScoreCustomer(app schemas.LoanApplication, row schemas.Customer360) (schemas.LoanDecision, error) {
@@ -113,9 +111,9 @@ func (p Policy) ScoreCustomer(app schemas.LoanApplication, row schemas.Customer3
 		v.decline = append(v.decline, ReasonLimitExceeded)
 	}
 	switch {
-	case row.RiskTier == "VERY_HIGH":
+	case row.RiskTier == schemas.RiskTierVeryHigh:
 		v.refer = append(v.refer, ReasonRiskTierVeryHigh)
-	case !knownTiers[row.RiskTier]:
+	case !schemas.ValidRiskTier(row.RiskTier):
 		v.refer = append(v.refer, ReasonRiskTierUnknown)
 	}
 	if row.Score >= p.MinScore && row.Score < p.ReferScore {

@@ -51,3 +51,35 @@ func TestCustomerRiskTier(t *testing.T) {
 		t.Errorf("numeric risk_tier: %d %s", r.status, r.body)
 	}
 }
+
+// TestLoanStatusNames: the statuses the API accepts and can reach are
+// exactly schemas.LoanStatuses (the names the portfolio job aggregates on),
+// and the final ones (no transition out) are those the portfolio stops
+// counting.
+func TestLoanStatusNames(t *testing.T) {
+	reachable := map[string]bool{StatusActive: true} // a new loan is ACTIVE
+	for from, tos := range transitions {
+		if !schemas.ValidLoanStatus(from) {
+			t.Errorf("transition from %q, not a schemas.LoanStatuses status", from)
+		}
+		for _, to := range tos {
+			if !schemas.ValidLoanStatus(to) {
+				t.Errorf("transition %s -> %q, not a schemas.LoanStatuses status", from, to)
+			}
+			reachable[to] = true
+		}
+	}
+	for _, s := range schemas.LoanStatuses {
+		if !knownStatus(s) || !reachable[s] {
+			t.Errorf("status %s: accepted %v, reachable %v", s, knownStatus(s), reachable[s])
+		}
+		if final := len(transitions[s]) == 0; final == schemas.LoanStatusOpen(s) {
+			t.Errorf("status %s: final in the API %v, open for the portfolio %v", s, final, schemas.LoanStatusOpen(s))
+		}
+	}
+	for _, s := range []string{"PAID_OFF", "CLOSED", "PENDING", "DEFAULT", "paid", ""} {
+		if knownStatus(s) {
+			t.Errorf("status %q accepted", s)
+		}
+	}
+}

@@ -19,15 +19,17 @@ import (
 	"github.com/loanflow/loanflow/api/audit"
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/internal/money"
+	"github.com/loanflow/loanflow/schemas"
 )
 
-// Loan statuses and the transitions allowed between them.
+// Loan statuses (schemas.LoanStatuses, the names the portfolio job
+// aggregates on) and the transitions allowed between them.
 const (
-	StatusActive     = "ACTIVE"
-	StatusDelinquent = "DELINQUENT"
-	StatusDefaulted  = "DEFAULTED"
-	StatusPaid       = "PAID"
-	StatusChargedOff = "CHARGED_OFF"
+	StatusActive     = schemas.LoanStatusActive
+	StatusDelinquent = schemas.LoanStatusDelinquent
+	StatusDefaulted  = schemas.LoanStatusDefaulted
+	StatusPaid       = schemas.LoanStatusPaid
+	StatusChargedOff = schemas.LoanStatusChargedOff
 )
 
 var transitions = map[string][]string{
@@ -45,13 +47,7 @@ func legalTransition(from, to string) bool {
 	return false
 }
 
-func knownStatus(s string) bool {
-	switch s {
-	case StatusActive, StatusDelinquent, StatusDefaulted, StatusPaid, StatusChargedOff:
-		return true
-	}
-	return false
-}
+func knownStatus(s string) bool { return schemas.ValidLoanStatus(s) }
 
 // decodeBody decodes one strict JSON object, writing the problem itself.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -321,7 +317,7 @@ func (s *Server) patchLoan(w http.ResponseWriter, r *http.Request) {
 		bal = &a
 	}
 	if req.Status != nil && !knownStatus(*req.Status) {
-		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-status", "status must be one of ACTIVE, DELINQUENT, DEFAULTED, PAID, CHARGED_OFF")
+		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-status", "status must be "+oneOf(schemas.LoanStatuses))
 		return
 	}
 	s.applyPatch(w, r, p, id, ver, req.Status, bal)
@@ -401,7 +397,7 @@ func (s *Server) finishPatch(w http.ResponseWriter, r *http.Request, out Loan, e
 // nextState validates a status and/or balance change against cur.
 func nextState(cur Loan, status *string, bal *money.Amount) (Loan, error) {
 	next := cur
-	if cur.Status == StatusPaid || cur.Status == StatusChargedOff {
+	if !schemas.LoanStatusOpen(cur.Status) {
 		return next, &patchError{status: http.StatusConflict, kind: "loan-closed",
 			detail: fmt.Sprintf("loan is %s; no further changes are allowed", cur.Status)}
 	}

@@ -165,15 +165,15 @@
 // PortfolioMetric: the window's originations (streamed inserts; snapshot
 // reads of existing loans are not originations) and originated amount,
 // approvals, declines, refers and defaults (loans moving to DEFAULTED), and
-// the running totals at window end: active loans (not PAID, PAID_OFF,
-// CHARGED_OFF or CLOSED), outstanding balance, delinquent balance
-// (DELINQUENT loans), delinquency_rate and default_rate. The state keeps
-// each active loan's contribution (status, balance), so changes are applied
-// as deltas in commit order (event time, then LSN) and need no
-// before-images. A window fires when the watermark passes its end; an
-// event for a window that already fired goes into the window still open,
-// so totals stay right and its counts land one window late (windows are
-// emitted once). Windows without any event are not emitted.
+// the running totals at window end: active loans (not PAID or CHARGED_OFF;
+// the statuses are schemas.LoanStatuses, the API's), outstanding balance,
+// delinquent balance (DELINQUENT loans), delinquency_rate and
+// default_rate. The state keeps each active loan's contribution (status,
+// balance), so changes are applied as deltas in commit order (event time,
+// then LSN) and need no before-images. A window fires when the watermark
+// passes its end; an event for a window that already fired goes into the
+// window still open, so totals stay right and its counts land one window
+// late (windows are emitted once). Windows without any event are not emitted.
 //
 // Outputs: portfolio_metrics (Avro PortfolioMetric keyed by lender_id, read
 // by the API's hub and dashboard), the analytics table portfolio_metrics

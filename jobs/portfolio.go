@@ -209,16 +209,10 @@ func decodeLoanChange(dec pipeline.Codec[map[string]any], raw *pipeline.RawRecor
 			Amount: ev.Amount, Balance: ev.Balance}}, nil
 }
 
-// Loan statuses: the API's (ACTIVE, DELINQUENT, DEFAULTED, PAID,
-// CHARGED_OFF) and the schema's (PAID_OFF, CLOSED). A loan is active until
-// paid, charged off or closed.
-func activeStatus(s string) bool {
-	switch s {
-	case "PAID", "PAID_OFF", "CHARGED_OFF", "CLOSED":
-		return false
-	}
-	return true
-}
+// activeStatus reports whether a loan counts in the running totals:
+// every status of schemas.LoanStatuses (the API's) but the final PAID and
+// CHARGED_OFF.
+func activeStatus(s string) bool { return schemas.LoanStatusOpen(s) }
 
 // loanState is an active loan's contribution to its portfolio's totals.
 type loanState struct {
@@ -241,7 +235,7 @@ func (t *totals) apply(l loanState, sign int64) error {
 	var err1, err2 error
 	t.Active += sign
 	t.Outstanding, err1 = t.Outstanding.Add(bal)
-	if l.Status == "DELINQUENT" {
+	if l.Status == schemas.LoanStatusDelinquent {
 		t.Delinquent, err2 = t.Delinquent.Add(bal)
 	}
 	return errors.Join(err1, err2)
@@ -367,7 +361,7 @@ func (p *portfolioFn) apply(key string, e portfolioEvent, tot *totals, wc *windo
 			return err
 		}
 	}
-	if l.Status == "DEFAULTED" && (!had || old.Status != "DEFAULTED") && l.Change != schemas.LoanCreated {
+	if l.Status == schemas.LoanStatusDefaulted && (!had || old.Status != schemas.LoanStatusDefaulted) && l.Change != schemas.LoanCreated {
 		wc.defaults++
 	}
 	cur := loanState{Status: l.Status, Balance: l.Balance}

@@ -138,9 +138,9 @@ func TestLoanUpdatedEventFromChange(t *testing.T) {
 			LoanUpdatedEvent{LoanID: "loan-1", CustomerID: "cust-1", LenderID: "lender-7", Change: LoanUpdated,
 				OldStatus: ptr("ACTIVE"), NewStatus: ptr("DELINQUENT"), Amount: MustParseDecimal("2499.99"), Currency: "USD",
 				OldBalance: ptr(MustParseDecimal("2000.00")), Balance: MustParseDecimal("1900.00"), DaysPastDue: 31, EventTime: ts, SourceLSN: 300}},
-		{map[string]any{"op": OpDelete, "before": row("10.00", "PAID_OFF", 0), "source": source("loans", 400, ts)},
+		{map[string]any{"op": OpDelete, "before": row("10.00", "PAID", 0), "source": source("loans", 400, ts)},
 			LoanUpdatedEvent{LoanID: "loan-1", CustomerID: "cust-1", LenderID: "lender-7", Change: LoanDeleted,
-				OldStatus: ptr("PAID_OFF"), Amount: MustParseDecimal("2499.99"), Currency: "USD",
+				OldStatus: ptr("PAID"), Amount: MustParseDecimal("2499.99"), Currency: "USD",
 				OldBalance: ptr(MustParseDecimal("10.00")), Balance: NewDecimal(0, 2), EventTime: ts, SourceLSN: 400}},
 	}
 	for _, c := range cases {

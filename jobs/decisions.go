@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/loanflow/loanflow/connectors/kafka"
@@ -48,15 +47,6 @@ type DecisionsConfig struct {
 	// BureauMaxBackoff. Defaults 200ms and 2s.
 	BureauBackoff    time.Duration
 	BureauMaxBackoff time.Duration
-	// TrustHeartbeats lets a customer_360 heartbeat move the table's
-	// watermark to its own time. By default a heartbeat only vouches for
-	// the previous heartbeat's time on its partition: the CDC reader
-	// writes a heartbeat as it reads it but the view rows of changes
-	// committed before it only when its Kafka transaction commits, so rows
-	// older than a heartbeat can follow it in the same transaction. Set it
-	// once the reader writes pending view rows before each heartbeat; it
-	// saves one heartbeat interval of waiting per KNOWN application.
-	TrustHeartbeats bool
 	// LoansRetryFor bounds how long the loans sink retries a database that
 	// does not answer before it fails the task. Default 10s.
 	LoansRetryFor time.Duration
@@ -267,15 +257,13 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 }
 
 // customer360Source reads customer_360: rows and tombstones, each checked
-// to carry the key bytes the job's repartition writes; heartbeats move
-// event time (see DecisionsConfig.TrustHeartbeats).
+// to carry the key bytes the job's repartition writes; a heartbeat moves
+// its partition's event time to its own time (the CDC reader writes the
+// rows of every change committed before a heartbeat ahead of it; see
+// doc.go).
 func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.WatermarkStrategy) pipeline.Stream[c360Row] {
-	heartbeat := kafka.Heartbeat
-	if !d.cfg.TrustHeartbeats {
-		heartbeat = (&laggedHeartbeats{prev: map[int32]int64{}}).heartbeat
-	}
 	return pipeline.AddSource(b, "customer-360", pipeline.SourceSpec[c360Row]{What: "kafka", Topic: d.topics.Customer360,
-		Watermarks: wm, Heartbeat: heartbeat,
+		Watermarks: wm, Heartbeat: kafka.Heartbeat,
 		Decode: func(raw *pipeline.RawRecord) (c360Row, error) {
 			if _, ok := kafka.Heartbeat(raw); ok {
 				return c360Row{Heartbeat: true}, nil
@@ -301,31 +289,6 @@ func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.Waterma
 			return r.Row.UpdatedAt.UnixMilli()
 		},
 	})
-}
-
-// laggedHeartbeats turns each heartbeat of a partition into the time of
-// the partition's previous one: by the time the next heartbeat is read,
-// the Kafka transaction of the previous one, with the view rows of every
-// change committed before it, has been read too. Partitions are few and
-// fixed, so the map stays small; the tasks reading them share it.
-type laggedHeartbeats struct {
-	mu   sync.Mutex
-	prev map[int32]int64 // guarded by mu
-}
-
-func (l *laggedHeartbeats) heartbeat(raw *pipeline.RawRecord) (int64, bool) {
-	ts, ok := kafka.Heartbeat(raw)
-	if !ok {
-		return 0, false
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	prev, seen := l.prev[raw.Partition]
-	l.prev[raw.Partition] = ts
-	if !seen {
-		return 0, true // nothing vouched for yet (the epoch moves no watermark)
-	}
-	return prev, true
 }
 
 // bureauStage pulls credit reports without blocking the task; calls that

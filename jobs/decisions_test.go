@@ -229,6 +229,10 @@ func TestDecisionsEndToEnd(t *testing.T) {
 	prod.send(app("a-after-restart", "L1", ptr("c-marginal"), "10.00", time.Now()))
 	dr.await(30*time.Second, "a-after-restart")
 	w.halt(t)
+	// Applications made now wait for a customer_360 heartbeat past their
+	// time (heartbeat_interval 300ms, MaxOutOfOrderness 100ms).
+	t.Logf("engine latency of KNOWN decisions made live: a-good-2 %dms, a-after-restart %dms",
+		dr.got["a-good-2"][0].EngineLatencyMs, dr.got["a-after-restart"][0].EngineLatencyMs)
 	for id, ds := range dr.got {
 		if len(ds) != 1 {
 			t.Errorf("application %s has %d decisions", id, len(ds))

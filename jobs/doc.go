@@ -55,14 +55,12 @@
 // The temporal join answers "the customer's row as of the application's
 // event time": an application waits until customer_360's watermark (CDC
 // heartbeats) passes its time, so a version committed just after the
-// application is never used for it, whatever the arrival order. The CDC
-// reader writes a heartbeat as soon as it reads it from the WAL, but the
-// view rows of changes committed before it only when its Kafka
-// transaction commits, so such rows can follow the heartbeat; the job
-// therefore lets a heartbeat vouch only for the previous heartbeat's time
-// on its partition (DecisionsConfig.TrustHeartbeats turns this off once
-// the reader writes pending view rows first). A KNOWN application thus
-// waits up to two heartbeat intervals plus MaxOutOfOrderness: run the CDC
+// application is never used for it, whatever the arrival order. A
+// heartbeat of time H moves its partition's event time to H: the CDC reader
+// writes the customer_360 rows of every change committed before H ahead
+// of the heartbeat in each partition (see connectors/postgres, Heartbeats).
+// A KNOWN application thus waits up to one heartbeat interval plus
+// MaxOutOfOrderness (and the CDC reader's Kafka commit): run the CDC
 // reader with a short heartbeat_interval (1s) for quick decisions. When
 // customer_360 is idle (no heartbeats for IdleTimeout) applications are
 // answered against the table as it stands. History is kept for

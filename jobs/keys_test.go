@@ -6,8 +6,6 @@ import (
 
 	"github.com/twmb/avro"
 
-	"github.com/loanflow/loanflow/connectors/kafka"
-	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/schemas"
 )
 
@@ -37,26 +35,5 @@ func TestAvroStringKeys(t *testing.T) {
 		if _, err := keys.DecodeKey(bad); err == nil {
 			t.Errorf("DecodeKey(%x) accepted", bad)
 		}
-	}
-}
-
-// TestLaggedHeartbeats: a customer_360 heartbeat vouches for the previous
-// heartbeat's time on its partition.
-func TestLaggedHeartbeats(t *testing.T) {
-	l := &laggedHeartbeats{prev: map[int32]int64{}}
-	hb := func(p int32, ms string) (int64, bool) {
-		return l.heartbeat(&pipeline.RawRecord{Partition: p, Headers: []pipeline.Header{{Key: kafka.HeaderHeartbeat, Value: []byte(ms)}}})
-	}
-	for _, tc := range []struct {
-		p    int32
-		ms   string
-		want int64
-	}{{0, "1000", 0}, {0, "2000", 1000}, {1, "1500", 0}, {0, "3000", 2000}, {1, "2500", 1500}} {
-		if got, ok := hb(tc.p, tc.ms); !ok || got != tc.want {
-			t.Fatalf("heartbeat %s on %d: %d, %v; want %d", tc.ms, tc.p, got, ok, tc.want)
-		}
-	}
-	if _, ok := l.heartbeat(&pipeline.RawRecord{Partition: 0, Value: []byte("row")}); ok {
-		t.Fatal("a row taken for a heartbeat")
 	}
 }

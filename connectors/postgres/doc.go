@@ -137,6 +137,15 @@
 // milliseconds), which an engine's bounded out-of-orderness absorbs. Change
 // records carry the PostgreSQL commit time as their timestamp.
 //
+// This holds for views too. The message's time H is read from the clock
+// before the message enters the WAL, so every transaction committed before
+// H precedes it in the WAL and is decoded first. Change records are
+// produced as they are decoded; view rows are deferred, so before writing
+// a heartbeat the writer refreshes the views (as it does before a Kafka
+// commit): the rows of every key touched so far, read after those
+// transactions, then the heartbeat, in one producer's order per partition.
+// A heartbeat in customer_360 can thus serve as the table's watermark.
+//
 // # Goroutines and errors
 //
 // Run owns everything: per session, one goroutine reads the replication

@@ -357,10 +357,17 @@ func (w *writer) truncate(ctx context.Context, c *codec, ev *event) error {
 }
 
 // heartbeat writes a heartbeat record to every partition of every topic
-// the reader writes, and moves the flush position to the heartbeat.
+// the reader writes, and moves the flush position to the heartbeat. The
+// view rows of the keys touched so far go first: every transaction
+// committed before the heartbeat's time precedes it in the WAL, so its
+// rows then precede the heartbeat in every partition, change records and
+// view rows alike (see doc.go, Heartbeats).
 func (w *writer) heartbeat(ctx context.Context, it *item) error {
 	if w.inPG || it.lsn <= w.resume.FlushLSN || w.pending.Snapshot != nil {
 		return nil
+	}
+	if err := w.refreshViews(ctx); err != nil {
+		return err
 	}
 	ms := strconv.FormatInt(it.at.UnixMilli(), 10)
 	for topic, n := range w.topics {

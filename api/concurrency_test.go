@@ -17,7 +17,8 @@ import (
 // by 1.00 with If-Match; every fifth operation is a create with an
 // idempotency key shared by all clients (and replayed). Counts: lost
 // updates (final balance vs accepted decrements), stale writes accepted
-// (two 200s for one version), double-applied keys (loans per key).
+// (two 200s for one version), double-applied keys (loans per key), and
+// the customer's current_balance against the sum of its loans.
 func TestConcurrentConflictingUpdates(t *testing.T) {
 	clients, ops := 50, 200
 	if testing.Short() {
@@ -148,6 +149,11 @@ func TestConcurrentConflictingUpdates(t *testing.T) {
 	_ = e.srv.Pool().QueryRow(context.Background(), "SELECT count(*) FROM loans").Scan(&totalLoans)
 	if totalLoans != nLoans+len(createdBy) {
 		t.Errorf("%d loans exist, want %d", totalLoans, nLoans+len(createdBy))
+	}
+	// The customer's balance took every create and accepted update, in
+	// the transaction that made it (a lost increment shows here).
+	if bal, _, loans := customerBalance(t, e, "c-conc"); bal != loans {
+		t.Errorf("customer current_balance %s, its loans sum to %s", bal, loans)
 	}
 	var sum int64
 	for _, n := range applied {

@@ -32,8 +32,13 @@
 // down. Idempotency keys are claimed in the transaction that creates the
 // loan, so concurrent requests with one key execute once and the others
 // replay the stored response. Updates are optimistic: the If-Match version
-// is the row's version and the UPDATE is conditional on it. PII is
-// encrypted with package pii before it is stored or produced.
+// is the row's version and the UPDATE is conditional on it. A customer's
+// current_balance (customer_360's, which the decisions job decides known
+// customers on) follows its loans in the transaction that changes them:
+// a new loan adds its amount, a balance change the difference; lock order
+// loan row, customer row, audit chain. Loan statuses and risk tiers are
+// the sets of package schemas (LoanStatuses, RiskTiers). PII is encrypted
+// with package pii before it is stored or produced.
 //
 // # Goroutines
 //

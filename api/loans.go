@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/loanflow/loanflow/api/audit"
 	"github.com/loanflow/loanflow/api/auth"
@@ -163,6 +164,9 @@ func (s *Server) finishIdempotent(w http.ResponseWriter, r *http.Request, resp s
 	case errors.Is(err, errNoCustomer):
 		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer", "customer_id does not name a customer")
 		return
+	case errors.Is(err, errBalanceOverflow):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "balance-overflow", strings.TrimPrefix(err.Error(), "api: "))
+		return
 	case err != nil:
 		s.log.Error("creating loan", "request_id", requestID(r.Context()), "err", err)
 		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not create the loan")
@@ -224,12 +228,27 @@ func (s *Server) createLoanTx(ctx context.Context, p auth.Principal, key string,
 	return out, replayed, err
 }
 
+// addToBalance keeps customers.current_balance (customer_360's, which the
+// decisions job decides known customers on) equal to its starting value
+// plus the sum of the customer's loan balances: creating a loan adds its
+// amount, a balance change adds the difference, in the transaction that
+// changes the loan. It locks the customer's row, so concurrent changes of
+// one customer's loans add up; it runs before the audit append, which takes
+// the audit chain lock last. Never below zero: a database written before
+// the API kept the balance (loans created without adding their amount)
+// must still accept payments.
+const addToBalance = `UPDATE customers SET current_balance = GREATEST(current_balance + $2::numeric, 0), version = version + 1, updated_at = now()
+	WHERE customer_id = $1`
+
+// errBalanceOverflow: the customer's total balance would not fit numeric(18,2).
+var errBalanceOverflow = errors.New("api: the customer's total balance would exceed " + money.Amount(money.MaxUnits).String())
+
 func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq, amount money.Amount) (Loan, error) {
-	var exists bool
-	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", req.CustomerID).Scan(&exists); err != nil {
-		return Loan{}, fmt.Errorf("checking customer: %w", err)
+	tag, err := tx.Exec(ctx, addToBalance, req.CustomerID, amount.String())
+	if err != nil {
+		return Loan{}, balanceErr(err, "adding the loan to the customer's balance")
 	}
-	if !exists {
+	if tag.RowsAffected() == 0 {
 		return Loan{}, errNoCustomer
 	}
 	row := tx.QueryRow(ctx, `INSERT INTO loans (loan_id, customer_id, lender_id, amount, balance, currency, term_months, status)
@@ -240,6 +259,16 @@ func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq
 		return l, fmt.Errorf("inserting loan: %w", err)
 	}
 	return l, nil
+}
+
+// balanceErr turns a numeric overflow of current_balance into
+// errBalanceOverflow.
+func balanceErr(err error, what string) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "22003" {
+		return errBalanceOverflow
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 func (s *Server) auditEntry(ctx context.Context, p auth.Principal, action, resource, purpose, result string) audit.Entry {
@@ -359,20 +388,39 @@ func (s *Server) patchOnce(ctx context.Context, p auth.Principal, id string, ver
 	if err != nil {
 		return Loan{}, err
 	}
-	auditExpr, auditArgs := audit.AppendSQL(6, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
-	q := `WITH u AS (UPDATE loans SET status = $4, balance = $5::numeric, version = version + 1, updated_at = now()
-		WHERE loan_id = $1 AND lender_id = $2 AND version = $3 RETURNING ` + loanCols + `)
-		SELECT ` + loanCols + `, ` + auditExpr + ` FROM u`
-	args := append([]any{id, p.Lender, ver, next.Status, next.Balance}, auditArgs...)
+	oldBal, _ := money.Parse(cur.Balance)
+	newBal, _ := money.Parse(next.Balance)
+	auditExpr, auditArgs := audit.AppendSQL(7, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
+	args := append([]any{id, p.Lender, ver, next.Status, next.Balance, (newBal - oldBal).String()}, auditArgs...)
 	var seq *int64
-	out, err := scanLoanExtra(s.pool.QueryRow(ctx, q, args...), &seq)
+	var customers int64
+	out, err := scanLoanExtra(s.pool.QueryRow(ctx, patchSQL(auditExpr), args...), &customers, &seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Loan{}, &patchError{status: http.StatusPreconditionFailed, kind: "stale-version", detail: "the loan changed concurrently; re-read it"}
 	}
 	if err != nil {
-		return Loan{}, fmt.Errorf("updating loan: %w", err)
+		if err = balanceErr(err, "updating loan"); errors.Is(err, errBalanceOverflow) {
+			return Loan{}, &patchError{status: http.StatusUnprocessableEntity, kind: "balance-overflow", detail: strings.TrimPrefix(err.Error(), "api: ")}
+		}
+		return Loan{}, err
 	}
 	return out, nil
+}
+
+// patchSQL is the one statement of a patch: u updates the loan if it is
+// still at the If-Match version ($3), c adds the balance change ($6, the
+// new balance minus the one read at that version) to the customer's
+// current_balance (addToBalance), and the audit row is appended last, for
+// an update that happened: the join with c's count makes PostgreSQL finish
+// c (and so take the customer's row lock) before it evaluates the append,
+// which takes the audit chain lock: the lock order of every writer.
+func patchSQL(auditExpr string) string {
+	return `WITH u AS (UPDATE loans SET status = $4, balance = $5::numeric, version = version + 1, updated_at = now()
+		WHERE loan_id = $1 AND lender_id = $2 AND version = $3 RETURNING ` + loanCols + `),
+	c AS (UPDATE customers SET current_balance = GREATEST(customers.current_balance + $6::numeric, 0), version = customers.version + 1, updated_at = now()
+		FROM u WHERE customers.customer_id = u.customer_id AND $6::numeric <> 0 RETURNING 1),
+	cn AS (SELECT count(*) AS n FROM c)
+	SELECT u.*, cn.n, ` + auditExpr + ` FROM u CROSS JOIN cn`
 }
 
 func (s *Server) finishPatch(w http.ResponseWriter, r *http.Request, out Loan, err error) {

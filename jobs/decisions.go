@@ -247,7 +247,7 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return d.stamp(d.cfg.Policy.Fallback(r.Value.App, ReasonApplicationTooLate), r.Value), nil
 	})
 
-	decisions := holdUntilCheckpoint(pipeline.Union("decisions", fromTable, fromBureau, tooLate), "hold-until-checkpoint")
+	decisions := pipeline.Union("decisions", fromTable, fromBureau, tooLate)
 	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
 		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte { return []byte(r.Value.ApplicationID) }})
 	approved := operators.Filter(decisions, "approved", func(dec schemas.LoanDecision) bool {

@@ -62,9 +62,6 @@ func (ld *localDecisions) decisions(n int) map[string]schemas.LoanDecision {
 		if _, err := ld.l.AwaitWork(100 * time.Millisecond); err != nil {
 			ld.t.Fatal(err)
 		}
-		if err := ld.l.Checkpoint(); err != nil { // releases hold-until-checkpoint
-			ld.t.Fatal(err)
-		}
 	}
 	out := map[string]schemas.LoanDecision{}
 	for _, r := range ld.l.Emitted(ld.topic) {

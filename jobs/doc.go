@@ -114,13 +114,9 @@
 // checkpoint that publishes the decision commits; a crash in between
 // replays the decision, which finds the loan.
 //
-// Outputs pass hold-until-checkpoint (also in the portfolio job), which
-// holds what a task emits between its opening and its first checkpoint
-// and emits it in that checkpoint: the Kafka runtime starts tasks before it
-// begins the transaction that carries their outputs, and the results of
-// async calls re-issued after a restore would otherwise be produced
-// outside any transaction and lost (see gate.go; remove the gate when the
-// runtime begins the transaction first).
+// Results of async calls re-issued after a restore are emitted as soon as
+// the task starts; the Kafka runtime begins the checkpoint's transaction
+// before it starts tasks, so they are produced inside it.
 //
 // Guarantees: exactly one decision per application id on loan_decisions
 // (exactly-once checkpoints, dedupe), at most one loan per application

@@ -157,9 +157,9 @@ func BuildPortfolio(b *pipeline.Builder, env Env, cfg PortfolioConfig) error {
 		pipeline.KeyBy(live, "loans-by-lender", portfolioEvent.key, pipeline.ValueCodec(pipeline.JSONCodec[portfolioEvent]())).Stream,
 		pipeline.KeyBy(fromDecisions, "decisions-by-lender", portfolioEvent.key, pipeline.ValueCodec(pipeline.JSONCodec[portfolioEvent]())).Stream)
 	keyed := pipeline.KeyBy(events, "by-lender", portfolioEvent.key, pipeline.NoRepartition())
-	out := holdUntilCheckpoint(operators.Process(keyed, "portfolio", func() operators.ProcessFunc[string, portfolioEvent, schemas.PortfolioMetric] {
+	out := operators.Process(keyed, "portfolio", func() operators.ProcessFunc[string, portfolioEvent, schemas.PortfolioMetric] {
 		return &portfolioFn{window: cfg.Window.Milliseconds(), now: cfg.Now}
-	}), "hold-until-checkpoint")
+	})
 	kafka.Sink(out, "metrics-out", kafka.SinkConfig[schemas.PortfolioMetric]{Topic: tp.PortfolioMetrics, Codec: metrics,
 		Key: func(r pipeline.Record[schemas.PortfolioMetric]) []byte { return []byte(r.Value.LenderID) }})
 	pipeline.AddSink(out, "analytics-table", pipeline.SinkSpec{What: "postgres"}, func() pipeline.Sink[schemas.PortfolioMetric] {

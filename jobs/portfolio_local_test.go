@@ -65,9 +65,6 @@ func (lp *localPortfolio) decision(at time.Duration, id, lender string, d schema
 // metrics returns the emitted metrics as "lender currency window: figures".
 func (lp *localPortfolio) metrics() []string {
 	lp.t.Helper()
-	if err := lp.l.Checkpoint(); err != nil { // releases hold-until-checkpoint
-		lp.t.Fatal(err)
-	}
 	var out []string
 	for _, r := range lp.l.Emitted(lp.topic) {
 		m, err := lp.serde.Decode(r.Value)

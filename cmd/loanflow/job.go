@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -82,7 +81,9 @@ func newJobDescribeCmd() *cobra.Command {
 		Short: "Print a job's plan: subtopologies, tasks, topics and state",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := jobs.Builder(args[0], env.env(slog.New(slog.DiscardHandler)))
+			e := env.env(slog.New(slog.DiscardHandler))
+			e.Offline = true // the plan needs the graph, not the servers (nor schema registrations)
+			b, err := jobs.Builder(args[0], e)
 			if err != nil {
 				return err
 			}
@@ -176,12 +177,14 @@ func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error 
 	default:
 		return fmt.Errorf("--delivery %q: use exactly-once or at-least-once", f.delivery)
 	}
-	b, err := jobs.Builder(name, f.env.env(log))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	env := f.env.env(log)
+	env.Registerer = reg // the job's own metrics (portfolio gauges) beside the worker's
+	b, err := jobs.Builder(name, env)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	w, err := kafka.NewWorker(b, kafka.Config{
 		Brokers: splitList(f.env.brokers), StateDir: f.stateDir, WorkerID: f.workerID, Delivery: kafka.Delivery(f.delivery),
 		CommitInterval: f.commitInterval, SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
@@ -195,59 +198,12 @@ func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error 
 		if err != nil {
 			return fmt.Errorf("admin address %s: %w (choose another with --admin-addr)", f.admin, err)
 		}
-		srv := &http.Server{Handler: adminHandler(w, reg), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: kafka.AdminHandler(w, reg), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 		log.Info("worker admin listening", "addr", ln.Addr().String())
 	}
 	return w.Run(ctx)
-}
-
-// workerStatus is what /status reports.
-type workerStatus struct {
-	Job            string    `json:"job"`
-	Worker         string    `json:"worker"`
-	Ready          bool      `json:"ready"`
-	Tasks          []string  `json:"tasks"`
-	Checkpoints    int64     `json:"checkpoints"`
-	LastCheckpoint time.Time `json:"last_checkpoint"`
-}
-
-func adminHandler(w *kafka.Worker, reg *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
-	ready := func() bool {
-		select {
-		case <-w.Ready():
-			return true
-		default:
-			return false
-		}
-	}
-	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(rw, "not ready: joining the group or restoring state", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(rw, "ready")
-	})
-	mux.HandleFunc("GET /status", func(rw http.ResponseWriter, _ *http.Request) {
-		rw.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(rw).Encode(workerStatus{Job: w.Plan().Job, Worker: w.ID(), Ready: ready(), Tasks: w.Tasks(),
-			Checkpoints: w.Checkpoints(), LastCheckpoint: w.LastCheckpoint()})
-	})
-	mux.HandleFunc("POST /stop", func(rw http.ResponseWriter, r *http.Request) {
-		dir := r.URL.Query().Get("savepoint")
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
-		defer cancel()
-		if err := w.StopWithSavepoint(ctx, dir); err != nil {
-			http.Error(rw, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		fmt.Fprintln(rw, "stopped")
-	})
-	return mux
 }
 
 func newJobStatusCmd() *cobra.Command {
@@ -271,7 +227,7 @@ directly for their tasks and last checkpoint.`,
 				}
 			}
 			for _, a := range splitList(admins) {
-				var st workerStatus
+				var st kafka.WorkerStatus
 				if err := getJSON(cmd.Context(), "http://"+a+"/status", &st); err != nil {
 					return fmt.Errorf("worker at %s: %w", a, err)
 				}

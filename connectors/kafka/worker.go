@@ -566,16 +566,18 @@ func (w *Worker) reopen(ctx context.Context, failed []taskID) error {
 
 // rebalance closes the tasks (they committed at the last checkpoint), ends
 // the empty transaction the rebalance poisoned, and opens the tasks of the
-// new assignment.
+// new assignment. The next transaction begins before the tasks start: a
+// task may emit at once (async calls re-issued from its checkpoint), and
+// whatever it emits must belong to a transaction.
 func (w *Worker) rebalance(ctx context.Context) error {
 	w.closeTasks()
 	if _, err := w.sess.End(ctx, false); err != nil {
 		return fmt.Errorf("ending transaction after rebalance: %w", err)
 	}
-	if err := w.openTasks(ctx); err != nil {
-		return err
+	if err := w.sess.Begin(); err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
 	}
-	return w.sess.Begin()
+	return w.openTasks(ctx)
 }
 
 func (w *Worker) closeTasks() {

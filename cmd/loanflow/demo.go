@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loanflow/loanflow/api"
+)
+
+func init() { addCommand(newDemoCmd) }
+
+// demoConfig configures `loanflow demo`.
+type demoConfig struct {
+	apiURL, credentials, lender string
+	timeout                     time.Duration
+}
+
+func newDemoCmd() *cobra.Command {
+	var cfg demoConfig
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Send loan applications through a running stack and print the decisions",
+		Long: `Walks through Loanflow end to end against a running stack (loanflow dev):
+with the admin client it creates a lender, a point-of-sale client of that
+lender and two customers (their rows reach the decisions job through CDC and
+customer_360); then, as the lender, it submits three applications (two known
+customers, one unknown applicant decided through the credit bureau) and
+long-polls their decisions.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := runDemo(cmd.Context(), cfg, cmd.OutOrStdout())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.apiURL, "api", envOr("LOANFLOW_API_URL", "http://127.0.0.1:8080"), "API base URL (env LOANFLOW_API_URL)")
+	f.StringVar(&cfg.credentials, "credentials", filepath.Join(envOr("LOANFLOW_DEV_DIR", filepath.Join(".loanflow", "dev")), "admin-client.json"),
+		"admin client credentials file written by loanflow dev")
+	f.StringVar(&cfg.lender, "lender", "demo-bank", "lender the demo acts for (created if missing)")
+	f.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "how long to wait for each decision")
+	return cmd
+}
+
+// demoDecision is one application of the demo and its decision.
+type demoDecision struct {
+	Who      string
+	Known    bool
+	Amount   string
+	Decision api.Decision
+	Latency  time.Duration // from submission to the decision's arrival
+}
+
+// demoClient calls the API with one bearer token.
+type demoClient struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision, error) {
+	raw, err := os.ReadFile(cfg.credentials)
+	if err != nil {
+		return nil, fmt.Errorf("reading the admin credentials: %w (start the stack with `loanflow dev`, or pass --credentials)", err)
+	}
+	var admin api.ClientCredentials
+	if err := json.Unmarshal(raw, &admin); err != nil || admin.ClientID == "" || admin.ClientSecret == "" {
+		return nil, fmt.Errorf("%s holds no client_id and client_secret", cfg.credentials)
+	}
+	base := strings.TrimRight(cfg.apiURL, "/")
+	hc := &http.Client{Timeout: cfg.timeout + 10*time.Second}
+	op, err := login(ctx, hc, base, admin.ClientID, admin.ClientSecret)
+	if err != nil {
+		return nil, err
+	}
+	run := randomHex(4)
+
+	// The lender, its point-of-sale client and two customers.
+	if err := op.call(ctx, "POST", "/v1/admin/lenders", api.NewLender{LenderID: cfg.lender, Name: "Demo Bank"}, nil, http.StatusConflict); err != nil {
+		return nil, err
+	}
+	var pos api.ClientCredentials
+	if err := op.call(ctx, "POST", "/v1/admin/clients", api.NewClient{ClientID: "demo-pos-" + run, LenderID: cfg.lender,
+		Scopes: []string{"applications:write", "loans:write", "credit:read", "portfolio:read"}}, &pos); err != nil {
+		return nil, err
+	}
+	alice := api.NewCustomer{CustomerID: "cust-" + run + "-alice", Name: "Alice Demo", SSN: randomSSN(), CreditLimit: "20000.00", RiskTier: "LOW", Score: 780}
+	bob := api.NewCustomer{CustomerID: "cust-" + run + "-bob", Name: "Bob Demo", SSN: randomSSN(), CreditLimit: "1000.00", RiskTier: "HIGH", Score: 560}
+	for _, c := range []api.NewCustomer{alice, bob} {
+		if err := op.call(ctx, "POST", "/v1/customers", c, nil); err != nil {
+			return nil, err
+		}
+	}
+	fmt.Fprintf(out, "lender %s, point-of-sale client %s\ncustomers %s (LOW risk, score 780, limit 20000.00) and %s (HIGH risk, score 560, limit 1000.00)\n\n",
+		cfg.lender, pos.ClientID, alice.CustomerID, bob.CustomerID)
+
+	lender, err := login(ctx, hc, base, pos.ClientID, pos.ClientSecret)
+	if err != nil {
+		return nil, err
+	}
+	type application struct {
+		who      string
+		customer *string
+		name     string
+		amount   string
+	}
+	apps := []application{
+		{who: alice.CustomerID, customer: &alice.CustomerID, name: alice.Name, amount: "1500.00"},
+		{who: bob.CustomerID, customer: &bob.CustomerID, name: bob.Name, amount: "5000.00"},
+		{who: "new applicant", name: "Carol Newcomer", amount: "800.00"},
+	}
+	ids := make([]string, len(apps))
+	sent := make([]time.Time, len(apps))
+	for i, a := range apps {
+		body := map[string]any{"pos_terminal_id": "pos-demo-1", "amount": a.amount, "currency": "USD",
+			"applicant": map[string]string{"name": a.name, "ssn": randomSSN()}}
+		if a.customer != nil {
+			body["customer_id"] = *a.customer
+		}
+		var accepted struct {
+			ApplicationID string `json:"application_id"`
+		}
+		sent[i] = time.Now()
+		if err := lender.call(ctx, "POST", "/v1/loan-applications", body, &accepted); err != nil {
+			return nil, err
+		}
+		ids[i] = accepted.ApplicationID
+	}
+	var results []demoDecision
+	for i, a := range apps {
+		d, err := lender.awaitDecision(ctx, ids[i], cfg.timeout)
+		if err != nil {
+			return results, err
+		}
+		results = append(results, demoDecision{Who: a.who, Known: a.customer != nil, Amount: a.amount, Decision: d, Latency: time.Since(sent[i])})
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "APPLICATION\tAPPLICANT\tAMOUNT\tDECISION\tBASIS\tSCORE\tREASONS\tWAITED")
+	for i, r := range results {
+		reasons := strings.Join(r.Decision.ReasonCodes, ",")
+		if reasons == "" {
+			reasons = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s USD\t%s\t%s\t%d\t%s\t%s\n", ids[i], r.Who, r.Amount, r.Decision.Decision, r.Decision.Basis,
+			r.Decision.Score, reasons, r.Latency.Round(10*time.Millisecond))
+	}
+	if err := tw.Flush(); err != nil {
+		return results, err
+	}
+	fmt.Fprintf(out, "\nportfolio: %s/dashboard (sign in with %s)\n", base, pos.ClientID)
+	return results, nil
+}
+
+// login gets an access token with the client-credentials grant.
+func login(ctx context.Context, hc *http.Client, base, id, secret string) (*demoClient, error) {
+	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {id}, "client_secret": {secret}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/oauth/token", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reaching the API at %s: %w (is `loanflow dev` running? pass --api otherwise)", base, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &tok) != nil || tok.AccessToken == "" {
+		return nil, fmt.Errorf("token for client %s: %s: %s", id, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return &demoClient{base: base, token: tok.AccessToken, hc: hc}, nil
+}
+
+// call sends body as JSON and decodes a 2xx answer into out; statuses in
+// ok (e.g. 409 for something that exists) are accepted too.
+func (c *demoClient) call(ctx context.Context, method, path string, body, out any, ok ...int) error {
+	status, b, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	if status/100 == 2 {
+		if out != nil {
+			return json.Unmarshal(b, out)
+		}
+		return nil
+	}
+	for _, s := range ok {
+		if status == s {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s %s: HTTP %d: %s", method, path, status, strings.TrimSpace(string(b)))
+}
+
+func (c *demoClient) do(ctx context.Context, method, path string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, b, err
+}
+
+// awaitDecision long-polls an application's decision.
+func (c *demoClient) awaitDecision(ctx context.Context, id string, limit time.Duration) (api.Decision, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		wait := min(time.Until(deadline), 30*time.Second).Round(time.Second)
+		if wait < time.Second {
+			return api.Decision{}, fmt.Errorf("no decision for application %s after %s: are the decisions job and the bureau running (`loanflow job status decisions`)?", id, limit)
+		}
+		status, b, err := c.do(ctx, http.MethodGet, "/v1/loan-applications/"+id+"/decision?timeout="+wait.String(), nil)
+		if err != nil {
+			return api.Decision{}, err
+		}
+		switch status {
+		case http.StatusOK:
+			var d api.Decision
+			return d, json.Unmarshal(b, &d)
+		case http.StatusAccepted: // still pending
+		default:
+			return api.Decision{}, fmt.Errorf("decision of %s: HTTP %d: %s", id, status, strings.TrimSpace(string(b)))
+		}
+		if ctx.Err() != nil {
+			return api.Decision{}, errors.Join(ctx.Err(), fmt.Errorf("waiting for the decision of %s", id))
+		}
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// randomSSN returns nine digits in the shape NNN-NN-NNNN, never starting
+// with 000, 666 or 9 (numbers the SSA does not issue).
+func randomSSN() string {
+	n, _ := rand.Int(rand.Reader, big.NewInt(665_000_000))
+	v := n.Int64() + 1_000_000 // area 001..665
+	s := fmt.Sprintf("%09d", v)
+	return s[:3] + "-" + s[3:5] + "-" + s[5:]
+}

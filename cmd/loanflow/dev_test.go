@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loanflow/loanflow/internal/bureau"
+	"github.com/loanflow/loanflow/internal/devstack"
+	"github.com/loanflow/loanflow/internal/localsvc"
+	"github.com/loanflow/loanflow/internal/testenv"
+	"github.com/loanflow/loanflow/schemas"
+)
+
+// requireServers skips (locally) or fails (CI) when the server binaries
+// the local stack starts are missing.
+func requireServers(t *testing.T) {
+	t.Helper()
+	_, pgErr := localsvc.PostgresBinDir()
+	_, redisErr := localsvc.RedisBinary()
+	if err := errors.Join(pgErr, redisErr); err != nil {
+		if testenv.InCI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+}
+
+// startDev runs the local stack in dir on free ports until the test ends
+// or stop is called; stop waits for a clean shutdown.
+func startDev(t *testing.T, dir string) (devstack.Info, func()) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(dir, "test.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan devstack.Info, 1)
+	errc := make(chan error, 1)
+	cfg := devstack.Config{Dir: dir, FreePorts: true, Logger: slog.New(slog.NewJSONHandler(logf, nil)),
+		Bureau: bureau.Config{LatencyMin: 20 * time.Millisecond, LatencyMax: 200 * time.Millisecond}}
+	go func() { errc <- devstack.Run(ctx, cfg, func(i devstack.Info) { ready <- i }) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Errorf("stack stopped with %v", err)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Error("stack did not stop within 2m")
+		}
+		logf.Close()
+	}
+	t.Cleanup(stop)
+	select {
+	case info := <-ready:
+		return info, stop
+	case err := <-errc:
+		stopped = true
+		t.Fatalf("stack failed to start: %v\n%s", err, tail(filepath.Join(dir, "test.log")))
+	case <-time.After(4 * time.Minute):
+		t.Fatalf("stack not ready after 4m\n%s", tail(filepath.Join(dir, "test.log")))
+	}
+	return devstack.Info{}, stop
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// TestDevStackAndDemo runs `loanflow dev`'s stack, the demo against it,
+// stops it, and starts it again from the same directory.
+func TestDevStackAndDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts every server and part of the system")
+	}
+	requireServers(t)
+	dir := testenv.Dir(t, "dev")
+
+	start := time.Now()
+	info, stop := startDev(t, dir)
+	t.Logf("stack ready in %s: %v", time.Since(start).Round(time.Millisecond), info.Started)
+	if !strings.Contains(info.Summary(), info.APIURL+"/dashboard") {
+		t.Errorf("summary lacks the dashboard:\n%s", info.Summary())
+	}
+	checkDemo(t, info)
+	for _, j := range devstack.Jobs {
+		body := get(t, "http://"+info.Workers[j]+"/metrics")
+		if !strings.Contains(body, "loanflow_") {
+			t.Errorf("job %s serves no loanflow metrics", j)
+		}
+	}
+	if body := get(t, info.CDCMetricsURL); !strings.Contains(body, "loanflow_cdc_") {
+		t.Error("the CDC reader serves no loanflow_cdc_ metrics")
+	}
+	stop()
+
+	// Same directory: the stack resumes with its data and credentials.
+	start = time.Now()
+	again, _ := startDev(t, dir)
+	t.Logf("stack restarted in %s", time.Since(start).Round(time.Millisecond))
+	if again.Admin.ClientID != info.Admin.ClientID || again.Admin.ClientSecret != info.Admin.ClientSecret {
+		t.Errorf("admin client after restart %+v, want %+v", again.Admin, info.Admin)
+	}
+	checkDemo(t, again)
+}
+
+func checkDemo(t *testing.T, info devstack.Info) {
+	t.Helper()
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := runDemo(ctx, demoConfig{apiURL: info.APIURL, credentials: info.CredentialsFile, lender: "demo-bank", timeout: time.Minute}, &out)
+	t.Logf("demo:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	if len(res) != 3 {
+		t.Fatalf("%d decisions, want 3", len(res))
+	}
+	for _, r := range res {
+		t.Logf("%s: %s (%s) waited %s, engine %d ms", r.Who, r.Decision.Decision, r.Decision.Basis, r.Latency, r.Decision.EngineLatencyMs)
+	}
+	if d := res[0].Decision; d.Decision != string(schemas.DecisionApproved) || d.Basis != string(schemas.BasisCustomer360) || d.Score != 780 {
+		t.Errorf("known low-risk customer: %+v, want APPROVED on CUSTOMER_360 with score 780", d)
+	}
+	if d := res[1].Decision; d.Decision != string(schemas.DecisionDeclined) || d.Basis != string(schemas.BasisCustomer360) ||
+		!slices.Contains(d.ReasonCodes, "LIMIT_EXCEEDED") || !slices.Contains(d.ReasonCodes, "SCORE_BELOW_MIN") {
+		t.Errorf("known high-risk customer over the limit: %+v, want DECLINED on CUSTOMER_360 with LIMIT_EXCEEDED and SCORE_BELOW_MIN", d)
+	}
+	if d := res[2].Decision; d.Basis != string(schemas.BasisCreditBureau) && d.Basis != string(schemas.BasisFallback) {
+		t.Errorf("new applicant: %+v, want a CREDIT_BUREAU (or FALLBACK) decision", d)
+	}
+	if !strings.Contains(out.String(), "APPROVED") {
+		t.Errorf("demo output lacks the decisions:\n%s", out.String())
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	return string(b)
+}

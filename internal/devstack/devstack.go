@@ -1,0 +1,542 @@
+package devstack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/loanflow/loanflow/api"
+	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/connectors/kafka"
+	"github.com/loanflow/loanflow/connectors/postgres"
+	"github.com/loanflow/loanflow/connectors/schemaregistry"
+	"github.com/loanflow/loanflow/internal/bureau"
+	"github.com/loanflow/loanflow/jobs"
+)
+
+// Jobs are the jobs the stack runs, one worker each, in start order.
+var Jobs = []string{"cache-invalidation", "portfolio", "decisions"}
+
+// AdminClientID is the operator client the stack bootstraps.
+const AdminClientID = "dev-admin"
+
+// Config configures the stack. Zero values take the defaults below; a
+// port of 0 picks a free one. Setting DatabaseURL, RedisURL, Brokers or
+// SchemaRegistryURL uses that server instead of starting one.
+type Config struct {
+	// Dir holds all of the stack's data. Default .loanflow/dev.
+	Dir string
+
+	// Servers the stack starts unless the matching URL below is set.
+	PostgresPort int // default 55432
+	RedisPort    int // default 56379
+	BrokerPort   int // default 9092
+	RegistryAddr string
+	// DatabaseURL, RedisURL, Brokers, SchemaRegistryURL point at the
+	// user's own servers. The database must allow logical replication.
+	DatabaseURL       string
+	RedisURL          string
+	Brokers           []string
+	SchemaRegistryURL string
+
+	// Loanflow's own listen addresses.
+	APIAddr        string // default 127.0.0.1:8080
+	BureauAddr     string // default 127.0.0.1:8090
+	CDCMetricsAddr string // default 127.0.0.1:9110
+	// WorkerAdminPort is the first worker admin port; job i of Jobs
+	// listens on WorkerAdminPort+i. Default 9100; 0 with FreePorts.
+	WorkerAdminPort int
+
+	// FreePorts picks free ports for every listen address left empty (tests).
+	FreePorts bool
+
+	// HeartbeatInterval of the CDC reader: how often event time moves on
+	// idle tables, which bounds the wait of a known customer's decision.
+	// Default 500ms.
+	HeartbeatInterval time.Duration
+	// Partitions of the topics the stack creates. Default 6.
+	Partitions int
+	// Bureau configures the credit-bureau simulator; Listen is set from
+	// BureauAddr.
+	Bureau bureau.Config
+
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			if c.FreePorts {
+				v = "127.0.0.1:0"
+			}
+			*s = v
+		}
+	}
+	if c.Dir == "" {
+		c.Dir = filepath.Join(".loanflow", "dev")
+	}
+	if !c.FreePorts {
+		defInt := func(p *int, v int) {
+			if *p == 0 {
+				*p = v
+			}
+		}
+		defInt(&c.PostgresPort, 55432)
+		defInt(&c.RedisPort, 56379)
+		defInt(&c.BrokerPort, 9092)
+		defInt(&c.WorkerAdminPort, 9100)
+	}
+	def(&c.RegistryAddr, "127.0.0.1:8081")
+	def(&c.APIAddr, "127.0.0.1:8080")
+	def(&c.BureauAddr, "127.0.0.1:8090")
+	def(&c.CDCMetricsAddr, "127.0.0.1:9110")
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 500 * time.Millisecond
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 6
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Info tells where the parts of a running stack are.
+type Info struct {
+	Dir               string
+	APIURL            string
+	DatabaseURL       string
+	RedisURL          string
+	Brokers           []string
+	SchemaRegistryURL string
+	BureauURL         string
+	CDCMetricsURL     string
+	// Workers maps a job to its worker's admin address (host:port).
+	Workers map[string]string
+	// Admin holds the operator client's credentials; CredentialsFile is
+	// where they are kept (mode 0600).
+	Admin           api.ClientCredentials
+	CredentialsFile string
+	// Started lists what the stack started itself (vs the user's servers).
+	Started []string
+}
+
+// stack is one run's state.
+type stack struct {
+	cfg     Config
+	log     *slog.Logger
+	info    Info
+	servers []func() // stop functions, in start order
+}
+
+// Run starts the stack, calls ready once every part is up (workers own
+// their tasks), and runs until ctx is cancelled or a part fails.
+func Run(ctx context.Context, cfg Config, ready func(Info)) error {
+	cfg.setDefaults()
+	s := &stack{cfg: cfg, log: cfg.Logger, info: Info{Workers: map[string]string{}}}
+	defer s.stopServers()
+	if err := s.prepareDir(); err != nil {
+		return err
+	}
+	if err := s.startServers(ctx); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	err := s.startParts(gctx, g)
+	if err == nil && ready != nil {
+		ready(s.info)
+	}
+	if werr := g.Wait(); err == nil {
+		err = werr
+	}
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil // a requested stop
+	}
+	return err
+}
+
+func (s *stack) prepareDir() error {
+	dir, err := filepath.Abs(s.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("dev: data directory: %w", err)
+	}
+	s.cfg.Dir, s.info.Dir = dir, dir
+	s.info.CredentialsFile = filepath.Join(dir, "admin-client.json")
+	return nil
+}
+
+func (s *stack) stopServers() {
+	for i := len(s.servers) - 1; i >= 0; i-- {
+		s.servers[i]()
+	}
+}
+
+// startParts starts Loanflow's parts in dependency order; each runs in g
+// and stops when gctx ends.
+func (s *stack) startParts(ctx context.Context, g *errgroup.Group) error {
+	if err := s.startRegistry(ctx, g); err != nil {
+		return err
+	}
+	if err := s.startBureau(ctx, g); err != nil {
+		return err
+	}
+	workerAddrs, err := s.workerListeners()
+	if err != nil {
+		return err
+	}
+	cdcLn, err := listen("CDC metrics", s.cfg.CDCMetricsAddr, "--cdc-metrics-addr")
+	if err != nil {
+		closeAll(workerAddrs)
+		return err
+	}
+	s.info.CDCMetricsURL = "http://" + cdcLn.Addr().String() + "/metrics"
+	metricsURLs := []string{s.info.CDCMetricsURL}
+	for _, j := range Jobs {
+		metricsURLs = append(metricsURLs, "http://"+workerAddrs[j].Addr().String()+"/metrics")
+	}
+	if err := s.startAPI(ctx, g, metricsURLs); err != nil {
+		cdcLn.Close()
+		closeAll(workerAddrs)
+		return err
+	}
+	if err := s.startCDC(ctx, g, cdcLn); err != nil {
+		closeAll(workerAddrs)
+		return err
+	}
+	return s.startWorkers(ctx, g, workerAddrs)
+}
+
+// listen binds addr, naming the flag that changes it when taken.
+func listen(what, addr, flag string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dev: %s address %s: %w (choose another with %s)", what, addr, err, flag)
+	}
+	return ln, nil
+}
+
+func closeAll(lns map[string]net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// serveHTTP serves h on ln in g until ctx ends.
+func serveHTTP(ctx context.Context, g *errgroup.Group, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-errc
+		return nil
+	})
+}
+
+// await waits for ready, the part's failure (failed closes when its Run
+// returned) or ctx.
+func await(ctx context.Context, what string, ready <-chan struct{}, failed <-chan struct{}, limit time.Duration) error {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-ready:
+		return nil
+	case <-failed:
+		return fmt.Errorf("dev: %s stopped while starting (see the log)", what)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("dev: %s not ready after %s (see the log)", what, limit)
+	}
+}
+
+// goRun runs fn in g and returns a channel closed when it returned.
+func goRun(g *errgroup.Group, fn func() error) <-chan struct{} {
+	done := make(chan struct{})
+	g.Go(func() error {
+		defer close(done)
+		return fn()
+	})
+	return done
+}
+
+func (s *stack) startRegistry(ctx context.Context, g *errgroup.Group) error {
+	if s.cfg.SchemaRegistryURL != "" {
+		s.info.SchemaRegistryURL = s.cfg.SchemaRegistryURL
+		return nil
+	}
+	r, err := schemaregistry.New(schemaregistry.Config{Brokers: s.info.Brokers, Listen: s.cfg.RegistryAddr,
+		ReplicationFactor: -1, Logger: s.log.With("part", "registry")})
+	if err != nil {
+		return err
+	}
+	failed := goRun(g, func() error { return wrap("schema registry", r.Run(ctx)) })
+	if err := await(ctx, "schema registry", r.Ready(), failed, time.Minute); err != nil {
+		return err
+	}
+	s.info.SchemaRegistryURL = r.URL()
+	s.info.Started = append(s.info.Started, "schema registry")
+	return nil
+}
+
+func (s *stack) startBureau(ctx context.Context, g *errgroup.Group) error {
+	bc := s.cfg.Bureau
+	bc.Listen = s.cfg.BureauAddr
+	bc.Logger = s.log.With("part", "bureau")
+	b, err := bureau.New(bc)
+	if err != nil {
+		return err
+	}
+	failed := goRun(g, func() error { return wrap("bureau simulator", b.Run(ctx)) })
+	if err := await(ctx, "bureau simulator", b.Ready(), failed, 30*time.Second); err != nil {
+		return err
+	}
+	s.info.BureauURL = b.URL()
+	return nil
+}
+
+// piiConfig is where the stack keeps its PII keys: a local KEK file
+// wrapping the data and blind-index keysets.
+func (s *stack) piiConfig() pii.Config {
+	keys := filepath.Join(s.cfg.Dir, "keys")
+	return pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(keys, "kek.json"),
+		DataKeysetPath: filepath.Join(keys, "pii-data.json"), IndexKeysetPath: filepath.Join(keys, "pii-index.json")}
+}
+
+func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []string) error {
+	keys := s.piiConfig()
+	if err := os.MkdirAll(filepath.Join(s.cfg.Dir, "keys"), 0o700); err != nil {
+		return err
+	}
+	if err := pii.Init(ctx, keys); err != nil {
+		return fmt.Errorf("dev: PII keys: %w", err)
+	}
+	ln, err := listen("API", s.cfg.APIAddr, "--api-addr")
+	if err != nil {
+		return err
+	}
+	addr := ln.Addr().String()
+	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: s.info.DatabaseURL,
+		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
+		PII: keys, OperatorMetricsURLs: metricsURLs, Logger: s.log.With("part", "api")}, nil)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s.info.APIURL = "http://" + addr
+	g.Go(func() error {
+		defer srv.Close()
+		return wrap("api", srv.Serve(ctx, ln))
+	})
+	creds, err := s.adminCredentials(ctx, srv)
+	if err != nil {
+		return err
+	}
+	s.info.Admin = creds
+	return nil
+}
+
+// adminCredentials bootstraps the operator client on first start and
+// reads it back from the credentials file afterwards.
+func (s *stack) adminCredentials(ctx context.Context, srv *api.Server) (api.ClientCredentials, error) {
+	path := s.info.CredentialsFile
+	creds, created, err := srv.EnsureAdminClient(ctx, AdminClientID)
+	if err != nil {
+		return creds, err
+	}
+	if created {
+		b, err := json.MarshalIndent(creds, "", "  ")
+		if err != nil {
+			return creds, err
+		}
+		if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+			return creds, fmt.Errorf("dev: saving the admin credentials: %w", err)
+		}
+		return creds, nil
+	}
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(b, &creds)
+	}
+	if err != nil || creds.ClientSecret == "" {
+		return creds, fmt.Errorf("dev: admin client %s exists but its credentials file %s is unreadable (%v): "+
+			"delete %s to start the stack over", AdminClientID, path, err, s.cfg.Dir)
+	}
+	return creds, nil
+}
+
+func (s *stack) startCDC(ctx context.Context, g *errgroup.Group, metrics net.Listener) error {
+	reg := newRegistry()
+	var tables []postgres.TableConfig
+	for _, t := range []string{"customers", "credit_profiles", "loans", "audit_log"} {
+		tables = append(tables, postgres.TableConfig{Table: "public." + t})
+	}
+	r, err := postgres.NewReader(postgres.Config{Name: "loanflow_cdc", DatabaseURL: s.info.DatabaseURL,
+		Brokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL, Tables: tables,
+		Views: []postgres.ViewConfig{postgres.Customer360View()}, EnsureReplicaIdentityFull: true,
+		TopicPartitions: s.cfg.Partitions, HeartbeatInterval: s.cfg.HeartbeatInterval,
+		Registerer: reg, Logger: s.log.With("part", "cdc")})
+	if err != nil {
+		metrics.Close()
+		return err
+	}
+	serveHTTP(ctx, g, metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	failed := goRun(g, func() error { return wrap("cdc", r.Run(ctx)) })
+	// The decisions job joins against customer_360: wait until the reader
+	// created its topics, so the job finds them with the reader's
+	// partition count rather than creating them itself.
+	return s.waitTopics(ctx, failed, "customer_360", "cdc.public.loans")
+}
+
+func (s *stack) waitTopics(ctx context.Context, failed <-chan struct{}, topics ...string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.info.Brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		td, err := adm.ListTopics(ctx, topics...)
+		if err == nil {
+			missing := 0
+			for _, t := range topics {
+				if d, ok := td[t]; !ok || d.Err != nil {
+					missing++
+				}
+			}
+			if missing == 0 {
+				return nil
+			}
+		}
+		select {
+		case <-failed:
+			return errors.New("dev: the CDC reader stopped while starting (see the log)")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dev: the CDC reader has not created %v after 2m (see the log)", topics)
+		}
+	}
+}
+
+func (s *stack) workerListeners() (map[string]net.Listener, error) {
+	out := map[string]net.Listener{}
+	for i, j := range Jobs {
+		addr := "127.0.0.1:0"
+		if s.cfg.WorkerAdminPort != 0 {
+			addr = fmt.Sprintf("127.0.0.1:%d", s.cfg.WorkerAdminPort+i)
+		}
+		ln, err := listen("worker admin of "+j, addr, "--worker-admin-port")
+		if err != nil {
+			closeAll(out)
+			return nil, err
+		}
+		out[j] = ln
+		s.info.Workers[j] = ln.Addr().String()
+	}
+	return out, nil
+}
+
+func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[string]net.Listener) error {
+	type started struct {
+		w      *kafka.Worker
+		failed <-chan struct{}
+	}
+	var ws []started
+	for _, name := range Jobs {
+		reg := newRegistry()
+		log := s.log.With("part", "job", "job", name)
+		b, err := jobs.Builder(name, jobs.Env{Brokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
+			RedisURL: s.info.RedisURL, DatabaseURL: s.info.DatabaseURL, BureauURL: s.info.BureauURL,
+			Logger: log, Registerer: reg})
+		if err == nil {
+			var w *kafka.Worker
+			w, err = kafka.NewWorker(b, kafka.Config{Brokers: s.info.Brokers, WorkerID: "dev-" + name,
+				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce,
+				DefaultPartitions: int32(s.cfg.Partitions), Registerer: reg, Logger: log})
+			if err == nil {
+				serveHTTP(ctx, g, lns[name], kafka.AdminHandler(w, reg))
+				delete(lns, name)
+				failed := goRun(g, func() error { return wrap("job "+name, w.Run(ctx)) })
+				ws = append(ws, started{w, failed})
+			}
+		}
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("dev: job %s: %w", name, err)
+		}
+	}
+	for i, w := range ws {
+		if err := await(ctx, "job "+Jobs[i], w.w.Ready(), w.failed, 3*time.Minute); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// wrap names the part in its error; a stop on cancel is no error.
+func wrap(part string, err error) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", part, err)
+}
+
+// Summary is what `loanflow dev` prints once the stack is up.
+func (i Info) Summary() string {
+	var b strings.Builder
+	row := func(k, v string) { fmt.Fprintf(&b, "  %-26s %s\n", k, v) }
+	fmt.Fprintf(&b, "Loanflow is running. Data: %s (logs in loanflow.log)\n\n", i.Dir)
+	row("API, dev OAuth2 issuer", i.APIURL)
+	row("Portfolio dashboard", i.APIURL+"/dashboard")
+	row("Operator page", i.APIURL+"/operator")
+	row("Schema registry", i.SchemaRegistryURL)
+	row("Credit bureau simulator", i.BureauURL)
+	row("CDC metrics", i.CDCMetricsURL)
+	for _, j := range Jobs {
+		row("Job "+j, "http://"+i.Workers[j]+"  (/metrics /status /readyz, POST /stop)")
+	}
+	row("PostgreSQL", i.DatabaseURL)
+	row("Redis", i.RedisURL)
+	row("Kafka brokers", strings.Join(i.Brokers, ","))
+	fmt.Fprintf(&b, "\n  Admin client %s: secret in %s\n\n", i.Admin.ClientID, i.CredentialsFile)
+	fmt.Fprintf(&b, "Try it from another terminal:\n")
+	fmt.Fprintf(&b, "  loanflow demo --api %s --credentials %s\n", i.APIURL, i.CredentialsFile)
+	fmt.Fprintf(&b, "  loanflow job status decisions --brokers %s --admin %s\n", strings.Join(i.Brokers, ","), i.Workers["decisions"])
+	fmt.Fprintf(&b, "Stop with Ctrl-C; run it again to resume, delete %s to start over.\n", i.Dir)
+	return b.String()
+}

@@ -4,7 +4,7 @@ PKGS      ?= ./...
 TESTFLAGS ?=
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build deps test test-short lint bench soak fuzz clean
+.PHONY: all build deps dev demo test test-short lint bench fuzz clean
 
 all: build
 
@@ -15,6 +15,14 @@ build:
 # packages when missing (as root); reports them otherwise.
 deps:
 	./scripts/install-deps.sh
+
+# The whole system locally in one process (see README); Ctrl-C stops it.
+dev: deps build
+	./bin/loanflow dev
+
+# Applications through a running `make dev` stack, with their decisions.
+demo: build
+	./bin/loanflow demo
 
 # Everything CI runs: lint, then every unit and integration test against
 # real PostgreSQL, Redis and the embedded broker.
@@ -34,6 +42,16 @@ lint:
 # BENCHMARKS.md.
 bench: deps build
 	./bin/loanflow bench --out BENCHMARKS.md
+
+# Each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+		dir=$$(dirname $$t); \
+		for f in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$t); do \
+			echo "== $$dir $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$dir; \
+		done; \
+	done
 
 clean:
 	rm -rf bin

@@ -186,8 +186,8 @@ func (c *Config) Validate() error {
 	}
 	req(c.DatabaseURL != "", "DatabaseURL is required (--database-url or DATABASE_URL)")
 	req(c.RedisURL != "", "RedisURL is required (--redis-url or REDIS_URL)")
-	req(len(c.KafkaBrokers) > 0, "KafkaBrokers is required (--brokers or KAFKA_BROKERS)")
-	req(c.SchemaRegistryURL != "", "SchemaRegistryURL is required (--schema-registry or SCHEMA_REGISTRY_URL)")
+	req(len(c.KafkaBrokers) > 0, "KafkaBrokers is required (--brokers or LOANFLOW_BROKERS)")
+	req(c.SchemaRegistryURL != "", "SchemaRegistryURL is required (--schema-registry or LOANFLOW_SCHEMA_REGISTRY)")
 	if _, err := url.Parse(c.PublicURL); err != nil {
 		errs = append(errs, fmt.Errorf("api: PublicURL: %w", err))
 	}

@@ -22,9 +22,15 @@ func init() {
 // DecisionsConfig tunes the decisions job; the zero value is the default.
 type DecisionsConfig struct {
 	Policy Policy
-	// MaxOutOfOrderness of application event times and customer_360
-	// versions. Default 2s.
+	// MaxOutOfOrderness of application event times (point-of-sale
+	// clocks). Default 2s.
 	MaxOutOfOrderness time.Duration
+	// TableOutOfOrderness bounds how far a customer_360 version's time (its
+	// commit time) may lag a CDC heartbeat before it: only commits stamped
+	// while the heartbeat was taken (docs/design.md, CDC heartbeats as
+	// watermarks). A KNOWN application waits this long past the heartbeat
+	// that passes its event time. Default 250ms.
+	TableOutOfOrderness time.Duration
 	// IdleTimeout marks a quiet input partition idle. A KNOWN application
 	// waits until customer_360's watermark (moved by CDC heartbeats) passes
 	// its event time; when customer_360 is idle it is answered against the
@@ -63,6 +69,7 @@ func (c DecisionsConfig) WithDefaults() DecisionsConfig {
 		}
 	}
 	d(&c.MaxOutOfOrderness, 2*time.Second)
+	d(&c.TableOutOfOrderness, 250*time.Millisecond)
 	d(&c.IdleTimeout, 10*time.Second)
 	d(&c.JoinRetention, 24*time.Hour)
 	d(&c.DedupeTTL, 24*time.Hour)
@@ -85,7 +92,7 @@ func (c DecisionsConfig) WithDefaults() DecisionsConfig {
 // Validate reports what is wrong with c (after defaults).
 func (c DecisionsConfig) Validate() error {
 	errs := []error{c.Policy.Validate()}
-	if c.MaxOutOfOrderness < 0 || c.IdleTimeout < 0 || c.JoinRetention <= 0 || c.DedupeTTL <= 0 || c.BureauTimeout <= 0 ||
+	if c.MaxOutOfOrderness < 0 || c.TableOutOfOrderness < 0 || c.IdleTimeout < 0 || c.JoinRetention <= 0 || c.DedupeTTL <= 0 || c.BureauTimeout <= 0 ||
 		c.BureauBackoff <= 0 || c.BureauMaxBackoff < c.BureauBackoff || c.LoansRetryFor <= 0 {
 		errs = append(errs, errors.New("jobs: decisions: durations must be positive (max_out_of_orderness and idle_timeout may be 0)"))
 	}
@@ -212,7 +219,8 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return p.App.ApplicationID },
 		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
 
-	rows := operators.Filter(customer360Source(b, d, wm), "customer-rows", func(r c360Row) bool { return !r.Heartbeat })
+	tableWM := pipeline.WatermarkStrategy{MaxOutOfOrderness: d.cfg.TableOutOfOrderness, IdleTimeout: d.cfg.IdleTimeout}
+	rows := operators.Filter(customer360Source(b, d, tableWM), "customer-rows", func(r c360Row) bool { return !r.Heartbeat })
 	table := pipeline.KeyBy(rows, "customer-key", func(r c360Row) string { return r.Row.CustomerID },
 		pipeline.NoRepartition(), pipeline.WithKeyCodec(d.keys))
 	joined := operators.TemporalJoin(known, table, "as-of-event-time",

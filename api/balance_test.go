@@ -6,7 +6,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/loanflow/loanflow/api/audit"
 	"github.com/loanflow/loanflow/api/internal/money"
 )
 
@@ -147,5 +149,27 @@ func TestCustomerBalanceConcurrent(t *testing.T) {
 	}
 	if bal, _, loans := customerBalance(t, e, "c-busy"); bal != loans {
 		t.Fatalf("current_balance %s, loans sum to %s", bal, loans)
+	}
+	// The updates queued their audit entries; the server's chainer links
+	// them into the chain by itself, soon.
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var pending, updates, versions int
+		if err := e.srv.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM audit_pending),
+			(SELECT count(*) FROM audit_log WHERE action = 'loan.update' AND lender_id = 'lender-bc'),
+			(SELECT coalesce(sum(version - 1), 0) FROM loans WHERE lender_id = 'lender-bc')`).Scan(&pending, &updates, &versions); err != nil {
+			t.Fatal(err)
+		}
+		if pending == 0 && updates == versions {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %d entries pending, %d loan.update entries chained for %d updates", pending, updates, versions)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if rep, err := audit.Verify(ctx, e.srv.Pool()); err != nil || !rep.OK {
+		t.Fatalf("audit chain: %+v %v", rep, err)
 	}
 }

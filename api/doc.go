@@ -26,7 +26,10 @@
 // a lender's loans, decisions and portfolio are invisible to every other
 // lender (404, audited). Every read and write of credit or loan data is
 // audited (package audit): writes in their own transaction, reads before
-// the response is sent. Credit profiles are cached in Redis as profile:{id}
+// the response is sent. Loan updates, the hot write path, queue their
+// entry (audit.PendSQL) in their transaction instead of taking the chain
+// lock, and the server's audit.Chainer links queued entries into the
+// chain within milliseconds (FlushAudit forces it). Credit profiles are cached in Redis as profile:{id}
 // (no PII, TTL with jitter), misses are coalesced with singleflight, and a
 // circuit breaker sends lookups straight to PostgreSQL while Redis is
 // down. Idempotency keys are claimed in the transaction that creates the
@@ -43,9 +46,10 @@
 // # Goroutines
 //
 // New starts three background loops (the decision/metric consumer, the
-// PII keyset reloader, the signing-key rotator) and the audit writer; Serve
-// runs the HTTP server; Close, after Serve returned, stops and waits for
-// all of them. Streams and long-polls end when shutdown begins; other
+// PII keyset reloader, the signing-key rotator), the audit writer and the
+// audit chainer; Serve runs the HTTP server; Close, after Serve returned,
+// stops and waits for all of them (the chainer chains what is queued
+// first). Streams and long-polls end when shutdown begins; other
 // requests finish within ShutdownTimeout.
 //
 // # Errors

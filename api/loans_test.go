@@ -114,6 +114,9 @@ func TestLoanLifecycle(t *testing.T) {
 // (every action the lender has rows for must be in want).
 func checkAuditCounts(t *testing.T, e *env, lender string, want map[string]int) {
 	t.Helper()
+	if err := e.srv.FlushAudit(t.Context()); err != nil { // loan updates queue their entries
+		t.Fatal(err)
+	}
 	rows, err := e.srv.Pool().Query(t.Context(), "SELECT action, count(*) FROM audit_log WHERE lender_id = $1 GROUP BY action", lender)
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,7 @@ type Server struct {
 	issuer     *auth.Issuer
 	validator  *auth.Validator
 	audit      *audit.Writer
+	chain      *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
 	producer   *kgo.Client
 	consumer   *kgo.Client
 	codecs     Codecs
@@ -122,6 +123,7 @@ func (s *Server) connect(ctx context.Context) error {
 	s.hub = newHub(s.cfg.DecisionCacheSize, s.cfg.MaxLenders)
 	s.streams = semaphore.NewWeighted(int64(s.cfg.MaxStreams))
 	s.audit = audit.NewWriter(s.pool, audit.WriterConfig{})
+	s.chain = audit.NewChainer(s.pool, audit.ChainerConfig{OnError: func(err error) { s.log.Error("audit chainer", "err", err) }})
 	return s.connectKafka(ctx)
 }
 
@@ -247,6 +249,11 @@ func (s *Server) Registry() *prometheus.Registry { return s.registry }
 // Pool is the server's PostgreSQL pool.
 func (s *Server) Pool() *pgxpool.Pool { return s.pool }
 
+// FlushAudit links every audit entry queued so far (loan updates queue
+// theirs in audit_pending; the server chains them within milliseconds)
+// into the audit_log chain.
+func (s *Server) FlushAudit(ctx context.Context) error { return s.chain.Flush(ctx) }
+
 // Issuer is the dev issuer (nil when an external issuer is configured).
 func (s *Server) Issuer() *auth.Issuer { return s.issuer }
 
@@ -299,6 +306,9 @@ func (s *Server) Close() {
 	s.wg.Wait()
 	if s.audit != nil {
 		s.audit.Close()
+	}
+	if s.chain != nil {
+		s.chain.Close()
 	}
 	for _, c := range []*kgo.Client{s.consumer, s.producer} {
 		if c != nil {

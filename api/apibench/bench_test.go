@@ -102,7 +102,8 @@ func BenchmarkAPIGoals(b *testing.B) {
 
 func short(name string) string {
 	m := map[string]string{"credit lookup (cache hit)": "hit", "credit lookup (cache miss)": "miss", "baseline: go-redis GET": "redis-get",
-		"baseline: PostgreSQL point select": "pg-select", "loan update (PATCH)": "update"}
+		"baseline: PostgreSQL point select": "pg-select", "loan update (PATCH)": "update",
+		"baseline: GET /healthz (load generator + HTTP floor)": "healthz"}
 	return m[name]
 }
 

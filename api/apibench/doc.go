@@ -2,7 +2,13 @@
 // (requests are sent on a fixed schedule and latency is measured from the
 // scheduled time, so a slow server cannot hide queueing), beside baselines
 // measured in the same run: raw go-redis GET, a PostgreSQL point select,
-// and pgbench's simple-update TPS.
+// pgbench's simple-update TPS, and an open-loop GET /healthz at the lookup
+// rate (what the in-process load generator, net/http and the machine cost
+// without any server work). Each open-loop row also reports the p99 the
+// server measured itself (handler time, from its histogram), CPU per
+// request of this process, PostgreSQL and Redis, and how many cores the
+// whole machine was using, including processes that are not the
+// benchmark's: the figures of a shared or saturated machine say so.
 //
 // Run seeds its own lender, customers and loans through a running
 // api.Server, so the project's `loanflow bench` command and `go test

@@ -6,7 +6,9 @@
 // credit limit, current balance, risk tier, status, version),
 // credit_profiles (current score, score history, updated_at), loans (unique
 // application_id), idempotency_keys, audit_log (append-only, hash-chained;
-// a trigger refuses UPDATE and DELETE) and portfolio_metrics (the analytics
+// a trigger refuses UPDATE and DELETE), audit_pending (entries queued in
+// a write's transaction until the API's chainer moves them into audit_log)
+// and portfolio_metrics (the analytics
 // table of the portfolio job). Money columns are numeric(18,2).
 //
 // The CDC reader streams customers and credit_profiles into customer_360,

@@ -85,7 +85,14 @@ func score(id int64) int64 {
 // and sleeps up to 3ms, like a flaky bureau.
 func enrichJob(name string, tp jobTopics) *pipeline.Builder {
 	b := pipeline.NewBuilder(name)
-	wm := pipeline.WatermarkStrategy{MaxOutOfOrderness: time.Second, IdleTimeout: 2 * time.Second}
+	// No idleness: these tests compare a faulty run's output with a
+	// reference run's, which needs watermarks that depend on the data
+	// only. Idleness is processing time: a partition whose task stalls
+	// longer than IdleTimeout (a paused or restoring worker, a loaded CI
+	// machine) is left out of the minimum, and its records may then arrive
+	// behind the watermark, as in Flink. Every partition here ends with a
+	// sentinel that closes the windows, so nothing waits on an idle input.
+	wm := pipeline.WatermarkStrategy{MaxOutOfOrderness: time.Second}
 	events := kafka.Source(b, "events", kafka.SourceConfig[txn]{Topic: tp.Events, Codec: pipeline.JSONCodec[txn](),
 		Timestamp: func(_ *pipeline.RawRecord, v txn) int64 { return v.TS }, Watermarks: wm})
 	accounts := kafka.Source(b, "accounts", kafka.SourceConfig[account]{Topic: tp.Accounts, Codec: pipeline.JSONCodec[account](),
@@ -418,6 +425,16 @@ func startWorker(t testing.TB, env helperEnv, logDir string, n int) *workerProc 
 		t.Fatal(err)
 	}
 	p := &workerProc{cmd: cmd, done: make(chan struct{}), log: logPath}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			const keep = 6000
+			if len(b) > keep {
+				b = b[len(b)-keep:]
+			}
+			t.Logf("log tail of worker %s (%s):\n%s", env.WorkerID, logPath, b)
+		}
+	})
 	go func() {
 		_ = cmd.Wait()
 		logf.Close()

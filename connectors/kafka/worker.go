@@ -329,7 +329,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.dispatch(fs)
 		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
-			if err := w.checkpoint(ctx); err != nil {
+			// A stop requested mid-checkpoint lets it finish (then stop
+			// takes the final one): cancelling End would fail the worker.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.TransactionTimeout+30*time.Second)
+			err := w.checkpoint(cctx)
+			cancel()
+			if err != nil {
 				return err
 			}
 			nextCommit = time.Now().Add(w.cfg.CommitInterval)

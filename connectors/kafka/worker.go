@@ -15,6 +15,7 @@ import (
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/state"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -598,7 +599,10 @@ func (w *Worker) closeTasks() {
 // openTasks opens and restores the tasks of the current assignment.
 func (w *Worker) openTasks(ctx context.Context) error {
 	ids := w.assignedTasks()
-	committed := w.sess.Client().CommittedOffsets()
+	committed, err := w.groupOffsets(ctx, ids)
+	if err != nil {
+		return err
+	}
 	for _, id := range ids {
 		start := time.Now()
 		tr, n, err := w.openTask(ctx, id, committed)
@@ -615,6 +619,55 @@ func (w *Worker) openTasks(ctx context.Context) error {
 		w.readyOnce.Do(func() { close(w.ready) })
 	}
 	return nil
+}
+
+// groupOffsets returns the group's committed offsets, asked of the broker
+// when a task has source-backed tables. The client's own view
+// (CommittedOffsets) may not have fetched a just-assigned partition's
+// offset yet, and a table source without its committed offset would be
+// opened without replaying the topic: the table would miss every row
+// before that offset.
+func (w *Worker) groupOffsets(ctx context.Context, ids []taskID) (map[string]map[int32]kgo.EpochOffset, error) {
+	tables := false
+	for _, id := range ids {
+		tables = tables || len(w.plan.Subtopologies[id.sub].TableSources) > 0
+	}
+	if !tables {
+		return w.sess.Client().CommittedOffsets(), nil
+	}
+	// Stable: a crashed owner's pending transactional commit must resolve
+	// (commit or time out) before its offsets mean anything.
+	deadline := time.Now().Add(w.cfg.TransactionTimeout + 30*time.Second)
+	var resp kadm.OffsetResponses
+	for {
+		var err error
+		resp, err = w.adm.FetchOffsets(kadm.RequireStable(ctx), Group(w.cfg.JobID))
+		if err == nil {
+			err = resp.Error()
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kerr.UnstableOffsetCommit) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("fetching the committed offsets of %s: %w", Group(w.cfg.JobID), err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	out := map[string]map[int32]kgo.EpochOffset{}
+	resp.Each(func(o kadm.OffsetResponse) {
+		if o.At < 0 {
+			return
+		}
+		if out[o.Topic] == nil {
+			out[o.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		out[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: o.LeaderEpoch, Offset: o.At}
+	})
+	return out, nil
 }
 
 // TaskDir is where a task's local state lives.

@@ -330,11 +330,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.dispatch(fs)
 		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
-			// A stop requested mid-checkpoint lets it finish (then stop
-			// takes the final one): cancelling End would fail the worker.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.TransactionTimeout+30*time.Second)
-			err := w.checkpoint(cctx)
-			cancel()
+			err := w.checkpointDuringRun(ctx)
 			if err != nil {
 				return err
 			}
@@ -376,6 +372,22 @@ func (w *Worker) dispatch(fs kgo.Fetches) {
 		tr.in <- taskMsg{kind: msgBatch, recs: p.Records}
 		w.metrics.QueueFill.WithLabelValues(w.plan.Job, strconv.Itoa(id.sub), strconv.Itoa(int(id.part))).Set(float64(len(tr.in)) / float64(cap(tr.in)))
 	})
+}
+
+// stopGrace is how long a checkpoint in progress when a stop is requested
+// may still take before it is cancelled.
+const stopGrace = 30 * time.Second
+
+// checkpointDuringRun takes a periodic checkpoint. A stop requested while
+// it runs lets it finish (the stop then takes the final one) for up to
+// stopGrace: cancelling End at once would fail the worker instead of
+// stopping it.
+func (w *Worker) checkpointDuringRun(ctx context.Context) error {
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stopWatch := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
+	defer stopWatch()
+	return w.checkpoint(cctx)
 }
 
 // checkpoint runs the checkpoint protocol: every task stages its state,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -167,4 +168,50 @@ func get(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %s", url, resp.Status)
 	}
 	return string(b)
+}
+
+// TestDevStackAddressTaken: a taken listen address stops the start with
+// an error naming the flag, and the parts already started stop with it.
+func TestDevStackAddressTaken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the servers")
+	}
+	requireServers(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := devstack.Config{Dir: testenv.Dir(t, "dev-taken"), FreePorts: true, APIAddr: ln.Addr().String(),
+		Logger: slog.New(slog.DiscardHandler)}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- devstack.Run(context.Background(), cfg, func(devstack.Info) { t.Error("stack reported ready") })
+	}()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "--api-addr") {
+			t.Fatalf("Run returned %v, want an error naming --api-addr", err)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatal("Run did not return after a failed start")
+	}
+}
+
+// TestDevStackUnreachableDir: running as root, PostgreSQL runs as user
+// postgres; a data directory it cannot enter is refused with the fix.
+func TestDevStackUnreachableDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root hands PostgreSQL to another user")
+	}
+	requireServers(t)
+	private := filepath.Join(testenv.Dir(t, "dev-private"), "private")
+	if err := os.Mkdir(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err := devstack.Run(context.Background(), devstack.Config{Dir: filepath.Join(private, "dev"), FreePorts: true,
+		Logger: slog.New(slog.DiscardHandler)}, nil)
+	if err == nil || !strings.Contains(err.Error(), "cannot enter "+private) || !strings.Contains(err.Error(), "--dir") {
+		t.Fatalf("Run returned %v, want a refusal naming %s and --dir", err, private)
+	}
 }

@@ -1,6 +1,7 @@
 // Command loanflow is the operator's single entry point.
 //
 //	loanflow dev                 run the whole system locally
+//	loanflow demo                applications through it, with their decisions
 //	loanflow job run|list|...    launch, inspect, stop and restore jobs
 //	loanflow cdc run             the PostgreSQL change-data-capture reader
 //	loanflow api                 the HTTP API and dashboard

@@ -156,9 +156,13 @@ func Run(ctx context.Context, cfg Config, ready func(Info)) error {
 	if err := s.startServers(ctx); err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	partsCtx, stopParts := context.WithCancel(ctx)
+	defer stopParts()
+	g, gctx := errgroup.WithContext(partsCtx)
 	err := s.startParts(gctx, g)
-	if err == nil && ready != nil {
+	if err != nil {
+		stopParts() // the parts already started stop too
+	} else if ready != nil {
 		ready(s.info)
 	}
 	if werr := g.Wait(); err == nil {

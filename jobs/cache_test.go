@@ -25,14 +25,11 @@ func TestCacheInvalidationEndToEnd(t *testing.T) {
 	}
 	rdb := goredis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	ctx := context.Background()
-	for _, id := range []string{"c-profile", "c-customer", "c-quiet", "c-gone", "c-sentinel"} {
+	ids := []string{"c-profile", "c-customer", "c-quiet", "c-gone", "c-sentinel"}
+	for _, id := range ids {
 		s.addCustomer(customer{ID: id, Tier: "LOW", Limit: "1000.00", Balance: "0", Score: 700})
 	}
-	s.startCDC()
-	job := testenv.Name(t, "cache")
-	w := runWorker(t, buildCache(t, job, s.env), t.TempDir())
-
+	ctx := context.Background()
 	// cache fills the way the API's cache-aside does; invalidated waits
 	// until the job deleted a key.
 	cache := func(ids ...string) {
@@ -52,10 +49,16 @@ func TestCacheInvalidationEndToEnd(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	// The snapshot's reads invalidate too; wait until the job is past them.
-	cache("c-sentinel")
-	s.exec("UPDATE credit_profiles SET current_score = 701 WHERE customer_id = 'c-sentinel'")
-	invalidated("c-sentinel")
+	// The snapshot's reads invalidate too: every key is cached before the
+	// snapshot and waited for, so the job is past each key's snapshot read
+	// (they are spread over partitions, which run in no common order).
+	cache(ids...)
+	s.startCDC()
+	job := testenv.Name(t, "cache")
+	w := runWorker(t, buildCache(t, job, s.env), t.TempDir())
+	for _, id := range ids {
+		invalidated(id)
+	}
 
 	cache("c-profile", "c-customer", "c-quiet", "c-gone")
 	s.exec("UPDATE credit_profiles SET current_score = 650, updated_at = now() WHERE customer_id = 'c-profile'")

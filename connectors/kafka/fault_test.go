@@ -133,7 +133,7 @@ func TestZombieFencing(t *testing.T) {
 	taken := c.get(tp.Scored)
 	runUntil(t, time.Minute, "the survivor to make progress", func() bool { return c.get(tp.Scored) > taken+1000 })
 	w1.signal(syscall.SIGCONT)
-	runUntil(t, time.Minute, "the resumed worker to find itself fenced", func() bool {
+	runUntil(t, 3*time.Minute, "the resumed worker to find itself fenced", func() bool {
 		b, _ := os.ReadFile(w1.log)
 		return bytes.Contains(b, []byte("partitions lost")) || bytes.Contains(b, []byte("checkpoint aborted"))
 	})

@@ -66,8 +66,8 @@ func (ms *MapState[V]) load(key string) (*mapEntry[V], error) {
 	if err != nil {
 		return nil, err
 	}
+	ms.h.s.admit()
 	ms.cache[key] = e
-	ms.h.s.entryAdded()
 	return e, nil
 }
 

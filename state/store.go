@@ -187,19 +187,21 @@ func (s *Store) check() error {
 
 func (s *Store) now() int64 { return s.opts.Now().UnixMilli() }
 
-// entryAdded accounts for a new cache entry and, over the bound, evicts
-// clean entries down to 90% of it. Dirty entries cannot leave before the
-// next checkpoint; when they are most of the cache a pass would find
-// little to evict, so it waits for the checkpoint (see NeedsFlush).
-func (s *Store) entryAdded() {
-	s.cached++
+// admit makes room for one new cache entry and accounts for it. It is
+// called before the entry goes into its handle's cache, so the eviction it
+// may run can never pick the new entry: a write that admits an entry and
+// then marks it dirty cannot lose it. Over the bound it evicts clean
+// entries down to 90% of it. Dirty entries cannot leave before the next
+// checkpoint; when they are most of the cache a pass would find little to
+// evict, so it waits for the checkpoint (see NeedsFlush).
+func (s *Store) admit() {
 	max := s.opts.MaxCachedEntries
-	if s.cached <= max {
-		return
+	if s.cached+1 > max {
+		if clean := s.cached - s.dirty; clean > max/10 {
+			s.evict(min(clean, s.cached+1-max*9/10))
+		}
 	}
-	if clean := s.cached - s.dirty; clean > max/10 {
-		s.evict(min(clean, s.cached-max*9/10))
-	}
+	s.cached++
 }
 
 func (s *Store) evict(n int) {

@@ -103,8 +103,8 @@ func (vs *ValueState[V]) load(key string) (*valueEntry[V], error) {
 		}
 		e.present = true
 	}
+	vs.h.s.admit()
 	vs.cache[key] = e
-	vs.h.s.entryAdded()
 	return e, nil
 }
 
@@ -133,8 +133,8 @@ func (vs *ValueState[V]) Set(key string, v V) error {
 	e, ok := vs.cache[key]
 	if !ok {
 		e = &valueEntry[V]{}
+		vs.h.s.admit()
 		vs.cache[key] = e
-		vs.h.s.entryAdded()
 	}
 	e.v, e.present = v, true
 	if ttl := vs.h.spec.TTL; ttl > 0 {
@@ -152,8 +152,8 @@ func (vs *ValueState[V]) Delete(key string) error {
 	e, ok := vs.cache[key]
 	if !ok {
 		e = &valueEntry[V]{}
+		vs.h.s.admit()
 		vs.cache[key] = e
-		vs.h.s.entryAdded()
 	}
 	vs.markDeleted(e)
 	return nil

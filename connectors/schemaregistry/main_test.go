@@ -23,7 +23,9 @@ type running struct {
 // and, if empty, Topic filled in) and stops it when the test ends.
 func start(t *testing.T, cfg Config) *running {
 	t.Helper()
-	cfg.Brokers = testenv.Broker(t).Addrs()
+	if len(cfg.Brokers) == 0 {
+		cfg.Brokers = testenv.Broker(t).Addrs()
+	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}

@@ -22,7 +22,7 @@ import (
 func TestBrokerOutage(t *testing.T) {
 	dir := filepath.Join(testenv.Dir(t, "outage"), "data")
 	port := freePort(t)
-	opts := localsvc.BrokerOptions{Port: port, DataDir: dir, CompactionInterval: time.Second}
+	opts := localsvc.BrokerOptions{Port: port, DataDir: dir}
 	brk := testenv.NewBroker(t, opts)
 
 	r, err := New(Config{

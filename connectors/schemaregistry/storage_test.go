@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loanflow/loanflow/internal/localsvc"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -147,7 +148,9 @@ func TestRestartReloadsFromTopic(t *testing.T) {
 // registry still shows the same state.
 func TestReloadAfterCompaction(t *testing.T) {
 	topic := testenv.Name(t, "_schemas")
-	first := start(t, Config{Topic: topic})
+	// A broker of its own that compacts (the shared one never does).
+	seeds := testenv.NewBroker(t, localsvc.BrokerOptions{CompactionInterval: time.Second}).Addrs()
+	first := start(t, Config{Topic: topic, Brokers: seeds})
 	cl := srClient(t, first.Registry)
 	populate(t, cl)
 	// The newest id is deleted permanently: its records compact away, yet
@@ -171,15 +174,15 @@ func TestReloadAfterCompaction(t *testing.T) {
 	// NOOP, as Confluent's registry writes them) makes the deletes
 	// compactable. Then wait until the deleted schema's value records are
 	// gone (only its tombstone remains).
-	produceNoop(t, topic)
+	produceNoop(t, seeds, topic)
 	deadline := time.Now().Add(60 * time.Second)
-	for hasValue(readTopic(t, topic), "last-value") {
+	for hasValue(readTopic(t, seeds, topic), "last-value") {
 		if time.Now().After(deadline) {
 			t.Fatalf("topic %s not compacted after 60s", topic)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	second := start(t, Config{Topic: topic})
+	second := start(t, Config{Topic: topic, Brokers: seeds})
 	cl2 := srClient(t, second.Registry)
 	after := takeSnapshot(t, cl2)
 	if !reflect.DeepEqual(before, after) {
@@ -191,9 +194,9 @@ func TestReloadAfterCompaction(t *testing.T) {
 	}
 }
 
-func produceNoop(t *testing.T, topic string) {
+func produceNoop(t *testing.T, seeds []string, topic string) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(testenv.Broker(t).Addrs()...), kgo.DefaultProduceTopic(topic))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.DefaultProduceTopic(topic))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,9 +219,9 @@ func hasValue(recs []*kgo.Record, subject string) bool {
 
 // readTopic reads the topic's committed records (transaction markers
 // skipped) until a poll finds nothing new for a second.
-func readTopic(t *testing.T, topic string) []*kgo.Record {
+func readTopic(t *testing.T, seeds []string, topic string) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(testenv.Broker(t).Addrs()...),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
 	if err != nil {
@@ -260,7 +263,7 @@ func TestTopicFormat(t *testing.T) {
 	if err := cl.DeleteSchema(ctx, "fmt-value", 1, sr.HardDelete); err != nil {
 		t.Fatal(err)
 	}
-	recs := readTopic(t, topic)
+	recs := readTopic(t, testenv.Broker(t).Addrs(), topic)
 	want := []struct{ key, value string }{
 		{`{"keytype":"NOOP","subject":"_loanflow_sync","magic":0}`, ``}, // the sync at start
 		{`{"keytype":"SCHEMA","subject":"fmt-value","version":1,"magic":1}`, fmt.Sprintf(`{"subject":"fmt-value","version":1,"id":%d,"schema":"\"string\"","deleted":false}`, id)},

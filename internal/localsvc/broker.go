@@ -16,7 +16,12 @@ type BrokerOptions struct {
 	// resumes; empty keeps everything in memory.
 	DataDir string
 	// CompactionInterval is how often compacted topics are cleaned
-	// (log.cleaner.backoff.ms). Default 30s.
+	// (log.cleaner.backoff.ms). Zero, the default, never compacts: kfake
+	// cleans past the last stable offset, so a record of a transaction
+	// that is still open (and may abort) removes the committed record it
+	// would supersede, and each pass re-reads every compacted partition on
+	// the broker's only goroutine. See docs/design.md, "The embedded
+	// broker". Set it only for a test of compaction itself.
 	CompactionInterval time.Duration
 	// Retention is the default retention of delete-policy topics
 	// (log.retention.ms). Default 7 days.
@@ -27,6 +32,10 @@ type BrokerOptions struct {
 	Configs map[string]string
 }
 
+// neverCompact is a compaction interval no process lives to see: kfake
+// starts its cleaner ticker whenever a compacted topic exists.
+const neverCompact = 100 * 365 * 24 * time.Hour
+
 // Broker is an embedded kfake cluster with one broker listening on TCP.
 type Broker struct {
 	Cluster *kfake.Cluster
@@ -34,8 +43,8 @@ type Broker struct {
 
 // StartBroker starts the embedded broker.
 func StartBroker(opts BrokerOptions) (*Broker, error) {
-	if opts.CompactionInterval == 0 {
-		opts.CompactionInterval = 30 * time.Second
+	if opts.CompactionInterval <= 0 {
+		opts.CompactionInterval = neverCompact
 	}
 	if opts.Retention == 0 {
 		opts.Retention = 7 * 24 * time.Hour

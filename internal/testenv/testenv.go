@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,15 +159,14 @@ func NewRedis(t testing.TB) *localsvc.Redis {
 }
 
 // Broker returns the package's shared embedded broker. Tests share it, so
-// they name their topics and groups after themselves (see Name).
+// they name their topics and groups after themselves (see Name). It keeps
+// everything in memory and never compacts (see localsvc.BrokerOptions):
+// a test that restarts its broker or needs compaction starts its own with
+// NewBroker, or runs on Apache Kafka.
 func Broker(t testing.TB) *localsvc.Broker {
 	t.Helper()
 	brkOnce.Do(func() {
-		brk, brkErr = localsvc.StartBroker(localsvc.BrokerOptions{
-			DataDir:            filepath.Join(Dir(t, "kafka"), "data"),
-			CompactionInterval: time.Second,
-			Retention:          24 * time.Hour,
-		})
+		brk, brkErr = localsvc.StartBroker(localsvc.BrokerOptions{Retention: 24 * time.Hour})
 		if brkErr == nil {
 			atExit(brk.Stop)
 		}
@@ -181,9 +179,6 @@ func Broker(t testing.TB) *localsvc.Broker {
 // ends.
 func NewBroker(t testing.TB, opts localsvc.BrokerOptions) *localsvc.Broker {
 	t.Helper()
-	if opts.CompactionInterval == 0 {
-		opts.CompactionInterval = time.Second
-	}
 	b, err := localsvc.StartBroker(opts)
 	require(t, "embedded broker", err)
 	t.Cleanup(b.Stop)

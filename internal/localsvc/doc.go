@@ -1,21 +1,75 @@
 // Package localsvc starts the servers Loanflow needs on one machine: a
 // PostgreSQL cluster with wal_level=logical from the installed server
-// binaries, a redis-server, and an embedded Kafka-protocol broker (franz-go's
-// kfake). The local stack (`loanflow dev`) and the integration-test harness
-// (internal/testenv) both use it; a user's own servers are used instead by
-// configuration alone and never go through this package.
+// binaries, a redis-server, an embedded Kafka-protocol broker (franz-go's
+// kfake), and a real Apache Kafka cluster for the tests that need the real
+// broker's behaviour (replication, failover, transactions across a crash,
+// the log cleaner). The local stack (`loanflow dev`) and the
+// integration-test harness (internal/testenv) both use it; a user's own
+// servers are used instead by configuration alone and never go through this
+// package.
+//
+// # Apache Kafka
+//
+// StartKafka runs Apache Kafka (KafkaVersion) in KRaft mode from its jars:
+// one JVM per node (1 or 3 nodes), each a broker and a controller on two
+// free loopback ports (PLAINTEXT for clients, CONTROLLER for the quorum of
+// all nodes, controller.quorum.voters), node ids 1..n, with
+// kafka.tools.StorageTool formatting Dir/node-<i>/data once under one
+// cluster id. Kill, Stop and Start act on one node and keep its data
+// directory and ports; a started node is ready when it answers a metadata
+// request listing itself (and, at cluster start, all n brokers).
+//
+// The jars come from Maven Central through scripts/kafka-jars.sh
+// (scripts/kafka/pom.xml), once, into
+// ${LOANFLOW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/loanflow}/kafka-<version>/libs;
+// KafkaJars finds the script from the working directory, and
+// $LOANFLOW_KAFKA_LIBS names a directory of jars to use instead. A JVM that
+// exits cleanly leaves a class-data-sharing archive of the broker's classes
+// in the same cache (kafka-<version>/cds), which later JVMs map: a node is
+// then ready in about half the time.
+//
+// The JVMs are small (HeapMB, default 512; serial GC; the C1 compiler only,
+// for start time) and log at INFO to Dir/node-<i>/server.log. The broker
+// configs, which KafkaOptions.Configs override:
+//
+//   - num.partitions=6; group.initial.rebalance.delay.ms=0 and
+//     group.min.session.timeout.ms=1000, for tests with short session
+//     timeouts; offsets, transaction-state and share-state topics of 10
+//     partitions (not 50: they are created on first use, which is slow on
+//     two cores).
+//   - One node: the internal topics have replication factor 1 and a
+//     min.insync.replicas of 1. Three nodes: default.replication.factor=3,
+//     min.insync.replicas=2, offsets.topic.replication.factor=3,
+//     transaction.state.log.replication.factor=3,
+//     transaction.state.log.min.isr=2.
+//   - Compaction that tests can watch: log.cleaner.backoff.ms=1000,
+//     log.cleaner.max.compaction.lag.ms=5000 (a compacted topic's active
+//     segment rolls, and becomes cleanable, 5s after its first record),
+//     log.segment.bytes=8MiB and log.roll.ms=60000 for every topic, and a
+//     16MiB dedupe buffer (128MiB by default, allocated at start).
+//   - transaction.abort.timed.out.transaction.cleanup.interval.ms=1000, so
+//     a crashed producer's transaction is aborted about a second after its
+//     timeout; transaction.remove.expired.transaction.cleanup.interval.ms=60000;
+//     transaction.max.timeout.ms stays at its default (15 minutes).
+//   - broker.heartbeat.interval.ms=500 and broker.session.timeout.ms=4000:
+//     a killed node is fenced (its partitions led elsewhere) after 4s, and a
+//     restarted one registers again 4s after the kill at the earliest.
+//   - auto.create.topics.enable keeps Kafka's default (true): franz-go asks
+//     for auto-creation only when a client sets AllowAutoTopicCreation, and
+//     Loanflow creates its topics itself.
 //
 // # Ownership
 //
-// Each Start function returns a handle that owns the server process (or the
-// in-process broker) and the goroutine waiting on it. Stop ends the server
-// and waits for it; it is safe to call more than once. External processes
-// are started with a parent-death signal, so a killed parent does not leave
-// orphaned servers behind.
+// Each Start function returns a handle that owns the server processes (or
+// the in-process broker) and the goroutines waiting on them. Stop (Close
+// for Kafka) ends the servers and waits for them; it is safe to call more
+// than once. External processes are started with a parent-death signal, so
+// a killed parent does not leave orphaned servers behind.
 //
 // # Errors
 //
 // ErrNotInstalled (wrapped, with an install hint) when a server binary is
-// missing; callers decide whether that is a skip (local tests) or a failure
+// missing (for Apache Kafka: java, or mvn while the jars are not cached
+// yet); callers decide whether that is a skip (local tests) or a failure
 // (CI, `loanflow dev`). Other errors carry the server's log tail.
 package localsvc

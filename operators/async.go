@@ -111,7 +111,7 @@ type asyncOp[In, Out any] struct {
 	out  pipeline.Collector[Out]
 	st   *state.ValueState[[]pipeline.Record[In]]
 
-	queue    []*asyncEntry[In, Out] // input order; head at queue[head]
+	queue    []*asyncEntry[In, Out] // input order; head at queue[head]; see compact
 	head     int
 	inFlight int
 	done     chan *asyncEntry[In, Out]
@@ -123,8 +123,17 @@ type asyncOp[In, Out any] struct {
 	wg      sync.WaitGroup
 }
 
+// asyncOpened, set only by this package's tests (export_test.go), is told
+// of every async operator that opens.
+var asyncOpened func(queueSize func() (length, capacity int))
+
+func (a *asyncOp[In, Out]) queueSize() (length, capacity int) { return len(a.queue), cap(a.queue) }
+
 func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Out]) error {
 	a.ctx, a.out = ctx, out
+	if asyncOpened != nil {
+		asyncOpened(a.queueSize)
+	}
 	a.done = make(chan *asyncEntry[In, Out], a.spec.Capacity)
 	a.callCtx, a.cancel = context.WithCancel(context.Background())
 	ctx.RegisterDrainer(a)
@@ -139,6 +148,9 @@ func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Ou
 	a.saved = ok
 	for _, r := range inflight {
 		if err := a.Process(r); err != nil {
+			// The task never gets this operator to close: stop the calls
+			// already re-issued here.
+			a.Close()
 			return err
 		}
 	}
@@ -206,19 +218,26 @@ func (a *asyncOp[In, Out]) Drain() error {
 	}
 }
 
+// complete handles a finished call. It may run while a later record is
+// being fed (Process waiting for capacity), so it runs detached from that
+// record: its dead letters and downstream failures do not name it.
 func (a *asyncOp[In, Out]) complete(e *asyncEntry[In, Out]) error {
 	e.done = true
 	a.inFlight--
 	a.ctx.SetInFlight(a.inFlight)
-	if !a.spec.Ordered {
-		if err := a.emit(e); err != nil {
-			return err
+	return a.ctx.Detached(func() error {
+		if !a.spec.Ordered {
+			if err := a.emit(e); err != nil {
+				return err
+			}
 		}
-	}
-	return a.flush()
+		return a.flush()
+	})
 }
 
-// emit sends a completed record's result (or fallback, or dead letter).
+// emit sends a completed record's result, or its fallback, or a dead
+// letter carrying the failed input encoded with InCodec (never the record
+// being fed, which is another one or none).
 func (a *asyncOp[In, Out]) emit(e *asyncEntry[In, Out]) error {
 	e.emitted = true
 	if e.err == nil {
@@ -229,7 +248,12 @@ func (a *asyncOp[In, Out]) emit(e *asyncEntry[In, Out]) error {
 			return a.out.Collect(pipeline.Record[Out]{Value: out, Time: e.rec.Time, Key: e.rec.Key})
 		}
 	}
-	return a.ctx.HandleError(fmt.Errorf("async %q: %w", a.ctx.Name(), e.err))
+	err := fmt.Errorf("async %q: %w", a.ctx.Name(), e.err)
+	in, encErr := a.spec.InCodec.Encode(nil, e.rec.Value)
+	if encErr != nil {
+		err = fmt.Errorf("%w (and encoding the input for the dead letter: %v)", err, encErr)
+	}
+	return a.ctx.HandleErrorValue(err, pipeline.Record[[]byte]{Value: in, Time: e.rec.Time, Key: e.rec.Key})
 }
 
 // flush pops the head of the queue: emitted records, completed records
@@ -251,6 +275,7 @@ func (a *asyncOp[In, Out]) flush() error {
 				return err
 			}
 		default:
+			a.compact()
 			return nil
 		}
 		a.queue[a.head] = nil
@@ -258,6 +283,23 @@ func (a *asyncOp[In, Out]) flush() error {
 	}
 	a.queue, a.head = a.queue[:0], 0
 	return nil
+}
+
+// compactAfter is the head position from which the queue may be compacted.
+const compactAfter = 16
+
+// compact moves the live entries of a queue that did not drain to its
+// front once the head has passed half of it, so its length stays within
+// twice the live entries (or compactAfter more) however long the head
+// keeps moving; each entry is moved at most once per doubling, amortised
+// O(1).
+func (a *asyncOp[In, Out]) compact() {
+	if a.head < compactAfter || a.head*2 < len(a.queue) {
+		return
+	}
+	n := copy(a.queue, a.queue[a.head:])
+	clear(a.queue[n:])
+	a.queue, a.head = a.queue[:n], 0
 }
 
 // OnWatermark queues the watermark behind the records in flight.

@@ -9,18 +9,38 @@
 //
 //	scored := operators.Map(apps, "score", func(a App) (Scored, error) { ... })
 //
+// # Windows and lateness
+//
+// A record joins each of its windows whose maxTimestamp + AllowedLateness
+// is still after the watermark; a record that joins none goes to the Late
+// side output (or is counted as dropped). Session windows merge first and
+// judge lateness on the merged window, as Flink's MergingWindowSet does: a
+// record whose own [t, t+gap) is behind the watermark but that falls into
+// a session not yet cleaned up extends it. Every window's state (including
+// a window first created by a late record within the allowed lateness) is
+// removed at maxTimestamp + AllowedLateness, or when it fires without
+// allowed lateness.
+//
 // # Ownership
 //
 // Every operator instance belongs to one task and runs on that task's
 // goroutine; the async operator also starts one goroutine per call in
 // flight, which it owns and whose results it hands back to the task
-// goroutine. Nothing here is shared between tasks.
+// goroutine. Nothing here is shared between tasks. The async operator's
+// queue of records and watermarks stays within a few times Capacity
+// entries however long the stream runs, and if its Open fails while
+// re-issuing restored inputs, it cancels and waits for the calls it had
+// started.
 //
 // # Errors
 //
 // A user function's error sends the record to the job's dead-letter topic
 // (with the error and the record's origin) unless it wraps
 // pipeline.ErrRetryable, which fails the task so it restarts from its last
-// checkpoint. Bad configuration is reported by the builder's Validate,
+// checkpoint. Failures that happen after the record's own processing carry
+// the failed input instead of a source record: an async call that failed
+// every attempt (its input by InCodec), a window function that fails when
+// the window fires (the window's contents by its accumulator codec) and a
+// join of a probe that waited for the table (the probe by ProbeCodec). Bad configuration is reported by the builder's Validate,
 // naming the operator.
 package operators

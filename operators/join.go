@@ -149,7 +149,7 @@ func (j *joinOp[P, V, Out]) Process1(r pipeline.Record[P]) error {
 			fmtMs(r.Time), time.Duration(j.retention)*time.Millisecond, fmtMs(j.tableWM)))
 	}
 	if r.Time <= j.effectiveWM() {
-		return j.answer(r.Key, r.Value, r.Time)
+		return j.answer(r.Key, r.Value, r.Time, false)
 	}
 	list, _, err := j.pending.Get(r.Key)
 	if err != nil {
@@ -171,7 +171,10 @@ func (j *joinOp[P, V, Out]) reject(r pipeline.Record[P], reason string) error {
 
 func fmtMs(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
 
-func (j *joinOp[P, V, Out]) answer(key string, p P, t int64) error {
+// answer joins probe p of key at time t. A probe that waited (held) is
+// answered when the table side's watermark moves, not while its own record
+// is fed: a failure then dead-letters the probe encoded with ProbeCodec.
+func (j *joinOp[P, V, Out]) answer(key string, p P, t int64, held bool) error {
 	vs, _, err := j.versions.Get(key)
 	if err != nil {
 		return err
@@ -183,7 +186,15 @@ func (j *joinOp[P, V, Out]) answer(key string, p P, t int64) error {
 	}
 	out, err := j.spec.Join(p, row)
 	if err != nil {
-		return j.ctx.HandleError(fmt.Errorf("joining key %q at %s: %w", key, fmtMs(t), err))
+		err = fmt.Errorf("joining key %q at %s: %w", key, fmtMs(t), err)
+		if !held {
+			return j.ctx.HandleError(err)
+		}
+		in, encErr := j.spec.ProbeCodec.Encode(nil, p)
+		if encErr != nil {
+			err = fmt.Errorf("%w (and encoding the probe for the dead letter: %v)", err, encErr)
+		}
+		return j.ctx.HandleErrorValue(err, pipeline.Record[[]byte]{Value: in, Time: t, Key: key})
 	}
 	return j.out.Collect(pipeline.Record[Out]{Value: out, Time: t, Key: key})
 }
@@ -291,7 +302,7 @@ func (j *joinOp[P, V, Out]) fire(upTo int64) error {
 				keep = append(keep, p)
 				continue
 			}
-			if err := j.answer(key, p.V, p.T); err != nil {
+			if err := j.answer(key, p.V, p.T, true); err != nil {
 				return err
 			}
 		}

@@ -352,19 +352,29 @@ func (w *windowOp[K, In, Acc, Out]) addTo(r pipeline.Record[In], win Window) err
 	if err := w.accs.Put(r.Key, wk, acc); err != nil {
 		return err
 	}
-	if win.MaxTimestamp() <= w.ctx.CurrentWatermark() {
-		// Already fired, still within the allowed lateness: emit an update.
-		return w.fire(r.Key, win, acc)
-	}
 	if !ok {
-		return w.registerTimers(r.Key, win)
+		// A new window, possibly created by a late record after its end
+		// passed: either way its state goes at its cleanup time.
+		if err := w.registerTimers(r.Key, win); err != nil {
+			return err
+		}
+	}
+	if win.MaxTimestamp() <= w.ctx.CurrentWatermark() {
+		// Already due, still within the allowed lateness: emit an update.
+		return w.fire(r.Key, win, acc)
 	}
 	return nil
 }
 
+// registerTimers registers a new window's timers: the firing one unless
+// the watermark passed its end already (the caller fires it then), and,
+// with allowed lateness, the cleanup one at maxTimestamp + lateness, which
+// every window's state needs (without lateness the firing removes it).
 func (w *windowOp[K, In, Acc, Out]) registerTimers(key string, win Window) error {
-	if err := w.timers.Register(win.MaxTimestamp(), w.timerKey(key, win, timerFire)); err != nil {
-		return err
+	if win.MaxTimestamp() > w.ctx.CurrentWatermark() {
+		if err := w.timers.Register(win.MaxTimestamp(), w.timerKey(key, win, timerFire)); err != nil {
+			return err
+		}
 	}
 	if w.lateness > 0 {
 		return w.timers.Register(win.MaxTimestamp()+w.lateness, w.timerKey(key, win, timerCleanup))
@@ -383,44 +393,36 @@ func (w *windowOp[K, In, Acc, Out]) deleteTimers(key string, win Window) error {
 }
 
 // processSession merges the record's window with every window of its key
-// it overlaps.
+// it overlaps, and only then judges lateness, on the merged window (as
+// Flink's MergingWindowSet does): a record whose own window [t, t+gap) is
+// behind the watermark is on time when it falls into a session that has
+// not been cleaned up.
 func (w *windowOp[K, In, Acc, Out]) processSession(r pipeline.Record[In], win Window) error {
-	if w.isLate(win) {
-		return w.late(r)
-	}
 	keys, accs, err := w.accs.Entries(r.Key)
 	if err != nil {
 		return err
 	}
-	merged, acc, fired := win, w.logic.empty(), int64(0)
+	merged := win
+	for _, wk := range keys {
+		if ex, ok := parseWinKey(wk); ok && overlaps(ex, win) {
+			merged.Start, merged.End = min(merged.Start, ex.Start), max(merged.End, ex.End)
+		}
+	}
+	if w.isLate(merged) {
+		return w.late(r)
+	}
+	acc, fired := w.logic.empty(), int64(0)
 	for i, wk := range keys {
 		ex, ok := parseWinKey(wk)
-		if !ok || ex.End < win.Start || ex.Start > win.End {
-			continue // a gap of exactly zero still merges: [a,b) and [b,c)
-		}
-		if ex.Start < merged.Start {
-			merged.Start = ex.Start
-		}
-		if ex.End > merged.End {
-			merged.End = ex.End
+		if !ok || !overlaps(ex, win) {
+			continue
 		}
 		acc = w.logic.merge(acc, accs[i])
-		if err := w.accs.Remove(r.Key, wk); err != nil {
-			return err
-		}
-		if err := w.deleteTimers(r.Key, ex); err != nil {
-			return err
-		}
-		n, _, err := w.fired.Get(r.Key, wk)
+		n, err := w.dropWindow(r.Key, ex)
 		if err != nil {
 			return err
 		}
-		if n > fired {
-			fired = n
-		}
-		if err := w.fired.Remove(r.Key, wk); err != nil {
-			return err
-		}
+		fired = max(fired, n)
 	}
 	acc = w.logic.add(acc, r.Value)
 	if err := w.accs.Put(r.Key, winKey(merged), acc); err != nil {
@@ -433,15 +435,34 @@ func (w *windowOp[K, In, Acc, Out]) processSession(r pipeline.Record[In], win Wi
 			return err
 		}
 	}
+	if err := w.registerTimers(r.Key, merged); err != nil {
+		return err
+	}
 	if merged.MaxTimestamp() <= w.ctx.CurrentWatermark() {
-		if w.lateness > 0 {
-			if err := w.timers.Register(merged.MaxTimestamp()+w.lateness, w.timerKey(r.Key, merged, timerCleanup)); err != nil {
-				return err
-			}
-		}
 		return w.fire(r.Key, merged, acc)
 	}
-	return w.registerTimers(r.Key, merged)
+	return nil
+}
+
+// overlaps reports whether two session windows merge; a gap of exactly
+// zero still merges: [a,b) and [b,c).
+func overlaps(a, b Window) bool { return a.End >= b.Start && a.Start <= b.End }
+
+// dropWindow removes a session merged into another: its accumulator, its
+// timers and its firing count, which it returns.
+func (w *windowOp[K, In, Acc, Out]) dropWindow(key string, win Window) (int64, error) {
+	wk := winKey(win)
+	if err := w.accs.Remove(key, wk); err != nil {
+		return 0, err
+	}
+	if err := w.deleteTimers(key, win); err != nil {
+		return 0, err
+	}
+	n, _, err := w.fired.Get(key, wk)
+	if err != nil {
+		return 0, err
+	}
+	return n, w.fired.Remove(key, wk)
 }
 
 func (w *windowOp[K, In, Acc, Out]) OnTimer(_ pipeline.TimeDomain, tk string, _ int64) error {
@@ -481,7 +502,14 @@ func (w *windowOp[K, In, Acc, Out]) fire(key string, win Window, acc Acc) error 
 		v, err = w.logic.result(acc)
 	}
 	if err != nil {
-		return w.ctx.HandleError(fmt.Errorf("window %s of key %q: %w", win, key, err))
+		// Firing is set off by a watermark, not by the record being fed:
+		// the dead letter carries the window's contents.
+		err = fmt.Errorf("window %s of key %q: %w", win, key, err)
+		in, encErr := w.logic.codec.Encode(nil, acc)
+		if encErr != nil {
+			err = fmt.Errorf("%w (and encoding the window for the dead letter: %v)", err, encErr)
+		}
+		return w.ctx.HandleErrorValue(err, pipeline.Record[[]byte]{Value: in, Time: win.MaxTimestamp(), Key: key})
 	}
 	update := 0
 	if w.lateness > 0 {

@@ -159,18 +159,50 @@ func (c *Context) setForward(main func(Watermark) error) {
 }
 
 // HandleError decides what a failed record costs: a retryable error fails
-// the task (it restarts from its last checkpoint); any other error sends the
-// record being processed to the dead-letter topic, with the error and its
-// origin, and processing goes on.
+// the task (it restarts from its last checkpoint); any other sends a dead
+// letter with the error and its origin, and processing goes on. The dead
+// letter carries the source record being fed only when the failure is part
+// of processing that record: work caused by a watermark (timers, windows
+// firing, held-back async results, waiting join probes) and work run in
+// Detached carries none, so it never names an unrelated record. Operators
+// that know the failed input's bytes use HandleErrorValue instead. While
+// the task is restoring nothing is dead-lettered: the first run did it.
 func (c *Context) HandleError(err error) error {
+	return c.handleError(err, nil)
+}
+
+// HandleErrorValue is HandleError for a failed input that is not the
+// record being fed (an async call's input, a window's contents): the dead
+// letter carries in — the input encoded, with its key and event time —
+// and no source record.
+func (c *Context) HandleErrorValue(err error, in Record[[]byte]) error {
+	return c.handleError(err, &in)
+}
+
+func (c *Context) handleError(err error, in *Record[[]byte]) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, ErrRetryable) {
 		return fmt.Errorf("%s %q: %w", c.node.what, c.node.name, err)
 	}
+	if c.task.restoring {
+		return nil
+	}
 	c.m.deadLettered++
-	return c.task.deadLetter(c.node.name, err)
+	return c.task.deadLetter(c.node.name, err, in)
+}
+
+// Detached runs fn as work that is not part of the record being fed (an
+// async operator completing an earlier call while a record waits for
+// capacity): dead letters written in fn carry no source record.
+func (c *Context) Detached(fn func() error) error {
+	t := c.task
+	cur := t.current
+	t.current = nil
+	err := fn()
+	t.current = cur
+	return err
 }
 
 // Wake tells the task loop that the operator has work queued from another
@@ -195,12 +227,13 @@ func (c *Context) SetInFlight(n int) { c.m.inFlight = int64(n) }
 
 // countOut counts the operator's output records.
 func countOut[T any](ctx *Context, out Collector[T]) Collector[T] {
-	return &counting[T]{out: out, n: &ctx.m.out}
+	return &counting[T]{out: out, n: &ctx.m.out, t: ctx.task}
 }
 
 type counting[T any] struct {
 	out Collector[T]
 	n   *int64
+	t   *Task
 }
 
 func (c *counting[T]) Collect(r Record[T]) error {
@@ -208,4 +241,16 @@ func (c *counting[T]) Collect(r Record[T]) error {
 	return c.out.Collect(r)
 }
 
-func (c *counting[T]) Watermark(w Watermark) error { return c.out.Watermark(w) }
+// Watermark forwards w detached from the record being fed: what a
+// watermark sets off downstream (timers, held-back results) was not caused
+// by that record, so its dead letters must not name it.
+func (c *counting[T]) Watermark(w Watermark) error {
+	cur := c.t.current
+	if cur == nil {
+		return c.out.Watermark(w)
+	}
+	c.t.current = nil
+	err := c.out.Watermark(w)
+	c.t.current = cur
+	return err
+}

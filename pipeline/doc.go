@@ -52,9 +52,25 @@
 //
 // Context.HandleError decides what a failed record costs: an error wrapping
 // ErrRetryable fails the task (the runtime restores it from its last
-// checkpoint); any other sends the record to the job's dead-letter topic with
-// the error and its origin, and processing goes on. Validation and planning
-// errors are returned before anything runs.
+// checkpoint); any other sends a DeadLetter to the job's dead-letter topic
+// with the error and its origin, and processing goes on. A dead letter names
+// the source record being fed (DeadLetter.Source) only when the failure is
+// part of processing that record: work set off by a watermark (timers,
+// windows firing, held-back async results, waiting join probes) or run in
+// Context.Detached carries no source. Operators that know the failed input
+// pass its encoding, key and time to Context.HandleErrorValue instead
+// (DeadLetter.Value, Key, Timestamp). A task that is restoring (replaying a
+// source-backed table, SetRestoring) writes no dead letters and no output:
+// the first run did. Validation and planning errors are returned before
+// anything runs.
+//
+// # State expiry and size
+//
+// Task.ExpireState runs the state's TTL sweep (state.Store.Sweep) with a
+// budget per call; the runtime calls it on its tick. Its deletions go out
+// with the next checkpoint (NeedsCheckpoint turns true when they fill the
+// cache), and each completed pass updates the state_live_entries and
+// state_live_bytes gauges per operator and task (PublishMetrics).
 //
 // # Ownership
 //

@@ -17,6 +17,8 @@ type Metrics struct {
 	asyncInFlight *prometheus.GaugeVec
 	stateEntries  *prometheus.GaugeVec
 	stateBytes    *prometheus.GaugeVec
+	liveEntries   *prometheus.GaugeVec
+	liveBytes     *prometheus.GaugeVec
 
 	// Used by runtime drivers.
 	Latency            *prometheus.HistogramVec
@@ -34,6 +36,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	op := []string{"job", "operator"}
 	task := []string{"job", "subtopology", "partition"}
+	opTask := []string{"job", "operator", "subtopology", "partition"}
 	m := &Metrics{
 		recordsIn:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "loanflow", Subsystem: "engine", Name: "records_in_total", Help: "Records received per operator."}, op),
 		recordsOut:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "loanflow", Subsystem: "engine", Name: "records_out_total", Help: "Records emitted per operator."}, op),
@@ -43,6 +46,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		asyncInFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "async_in_flight", Help: "Async I/O calls in flight."}, op),
 		stateEntries:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "state_cached_entries", Help: "Entries in the state write cache."}, task),
 		stateBytes:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "state_disk_bytes", Help: "Pebble state size on disk."}, task),
+		liveEntries:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "state_live_entries", Help: "Committed state entries per operator and task that survived the last complete TTL sweep pass (see Task.ExpireState)."}, opTask),
+		liveBytes:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "state_live_bytes", Help: "Key and value bytes of the entries in state_live_entries."}, opTask),
 		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "batch_latency_seconds", Help: "Time to process one fetched batch through the operator chain.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}, []string{"job", "subtopology"}),
 		QueueFill:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "queue_fill_ratio", Help: "Fill of a task's bounded input queue (1 = backpressure)."}, task),
@@ -55,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.recordsIn, m.recordsOut, m.deadLetters, m.dropped, m.watermarkLag, m.asyncInFlight,
-			m.stateEntries, m.stateBytes, m.Latency, m.QueueFill, m.CheckpointDuration, m.CheckpointBytes, m.CheckpointFailures, m.LastCheckpoint, m.ConsumerLag, m.RestoreDuration} {
+			m.stateEntries, m.stateBytes, m.liveEntries, m.liveBytes, m.Latency, m.QueueFill, m.CheckpointDuration, m.CheckpointBytes, m.CheckpointFailures, m.LastCheckpoint, m.ConsumerLag, m.RestoreDuration} {
 			reg.MustRegister(c)
 		}
 	}
@@ -106,4 +111,41 @@ func (t *Task) PublishMetrics() {
 	part := strconv.Itoa(int(t.partition))
 	m.stateEntries.WithLabelValues(job, sub, part).Set(float64(t.store.Cached()))
 	m.stateBytes.WithLabelValues(job, sub, part).Set(float64(t.store.DiskBytes()))
+	t.publishCensus(job, sub, part)
+}
+
+// unregisteredOperator labels state of handles no operator of the task
+// registered (left by an older version of the job).
+const unregisteredOperator = "(unregistered)"
+
+// publishCensus sets the live-state gauges from the store's last complete
+// sweep pass (see ExpireState), per operator; an operator whose state
+// emptied is set to 0.
+func (t *Task) publishCensus(job, sub, part string) {
+	census, ok := t.store.Census()
+	if !ok {
+		return
+	}
+	type size struct{ entries, bytes int64 }
+	byOp := make(map[string]size, len(t.censusOps))
+	for op := range t.censusOps {
+		byOp[op] = size{}
+	}
+	for _, c := range census {
+		op := c.Operator
+		if op == "" {
+			op = unregisteredOperator
+		}
+		s := byOp[op]
+		byOp[op] = size{s.entries + c.Entries, s.bytes + c.Bytes}
+	}
+	if t.censusOps == nil {
+		t.censusOps = make(map[string]bool)
+	}
+	m := t.metrics
+	for op, s := range byOp {
+		m.liveEntries.WithLabelValues(job, op, sub, part).Set(float64(s.entries))
+		m.liveBytes.WithLabelValues(job, op, sub, part).Set(float64(s.bytes))
+		t.censusOps[op] = true
+	}
 }

@@ -21,11 +21,18 @@ type DeadLetter struct {
 	Job      string
 	Operator string
 	Err      error
-	// Source is the raw record being processed, when it came from a topic.
+	// Source is the raw record read from a topic whose processing failed.
+	// It is nil when the failure was not part of processing the record
+	// being fed (timers, async completions, anything set off by a
+	// watermark); it is only valid during Output.DeadLetter.
 	Source *RawRecord
-	// Value is the encoded record when there is no source record (an
-	// async call's input, for instance).
-	Value []byte
+	// Value, Key and Timestamp describe the failed input when there is no
+	// source record: its encoding (an async call's input by its InCodec, a
+	// window's contents by its codec), its record key and its event time
+	// (ms). All may be empty.
+	Value     []byte
+	Key       []byte
+	Timestamp int64
 }
 
 // TaskConfig configures one task: one partition index of one
@@ -72,6 +79,8 @@ type Task struct {
 	current   *RawRecord
 	restoring bool
 	closed    bool
+	// censusOps are the operators whose live-state gauges were set.
+	censusOps map[string]bool
 }
 
 // NewTask instantiates and opens the operators of one task.
@@ -219,11 +228,22 @@ func (t *Task) FeedRaw(raw *RawRecord) error {
 }
 
 // SetRestoring switches replay mode on or off: while on, records fed
-// rebuild source-backed state and emit nothing.
+// rebuild source-backed state and emit nothing, dead letters included (the
+// first run wrote them).
 func (t *Task) SetRestoring(on bool) { t.restoring = on }
 
-func (t *Task) deadLetter(op string, err error) error {
-	d := DeadLetter{Job: t.plan.Job, Operator: op, Err: err, Source: t.current}
+// deadLetter writes a dead letter for the input in, or for the record
+// being fed when in is nil. Callers skip it while restoring.
+func (t *Task) deadLetter(op string, err error, in *Record[[]byte]) error {
+	d := DeadLetter{Job: t.plan.Job, Operator: op, Err: err}
+	if in == nil {
+		d.Source = t.current
+	} else {
+		d.Value, d.Timestamp = in.Value, in.Time
+		if in.Key != "" {
+			d.Key = []byte(in.Key)
+		}
+	}
 	if t.metrics != nil {
 		t.metrics.deadLetters.WithLabelValues(t.plan.Job, op).Inc()
 	}
@@ -287,8 +307,29 @@ func (t *Task) CommitLocal(offsets map[string]int64) error {
 	return t.store.Commit(offsets)
 }
 
-// NeedsCheckpoint reports whether dirty state fills the write cache.
+// NeedsCheckpoint reports whether dirty state fills the write cache: the
+// runtime should checkpoint now rather than let memory grow (ExpireState's
+// deletions count too).
 func (t *Task) NeedsCheckpoint() bool { return t.store.NeedsFlush() }
+
+// ExpireState runs the background TTL sweep of the task's state for up to
+// budget committed entries (state.Store.Sweep; 0 means
+// state.DefaultSweepBudget): entries whose TTL passed become deletions
+// that the next checkpoint writes to Pebble and, as tombstones, to the
+// changelog; each completed pass gives PublishMetrics new live-state
+// figures. The runtime calls it on the task goroutine between batches (on
+// its tick), never between Checkpoint and Commit; it does nothing while
+// restoring.
+func (t *Task) ExpireState(budget int) (state.SweepResult, error) {
+	if t.restoring || t.closed {
+		return state.SweepResult{}, nil
+	}
+	res, err := t.store.Sweep(budget)
+	if err != nil {
+		return res, fmt.Errorf("expiring state of job %s partition %d: %w", t.plan.Job, t.partition, err)
+	}
+	return res, nil
+}
 
 // Close closes every operator; uncommitted state is dropped. The store
 // stays open: its owner closes it.

@@ -25,9 +25,24 @@
 // Between Flush and Commit or Abort the store must not be read or written;
 // the engine's task loop guarantees it and the store asserts it.
 //
+// # TTL and the sweep
+//
+// A handle with Spec.TTL stores each entry's expiry time (processing time)
+// in a header before the value. A read of an expired entry deletes it. For
+// entries never read again, Sweep deletes them in the background: each call
+// reads up to a budget of committed entries in key order, resuming where the
+// last call stopped, and turns expired ones into ordinary deletions (dirty
+// entries), which the next checkpoint writes to Pebble and as tombstones to
+// the changelog, so a restore from the changelog does not bring them back.
+// A pass that deleted entries waits for the checkpoint that commits them
+// before the next pass starts. The same passes count every handle's entries
+// and bytes (Census, LiveEntries): the state-size figures the engine
+// publishes.
+//
 // # Ownership and errors
 //
-// A Store is not safe for concurrent use: its task's goroutine owns it.
+// A Store is not safe for concurrent use: its task's goroutine owns it, and
+// calls Sweep from that goroutine too (the store starts no goroutine).
 // Close releases Pebble. Errors wrap ErrClosed, ErrFlushing or Pebble's own;
 // all are fatal for the task (the engine restores it from the last
 // checkpoint), none are retried in place.

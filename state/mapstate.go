@@ -235,3 +235,30 @@ func (ms *MapState[V]) evict(n int) int {
 }
 
 func (ms *MapState[V]) reset() { clear(ms.cache) }
+
+// expire deletes an expired committed entry (see Sweep). A record key
+// whose map is cached holds every committed entry: a clean one is removed
+// in place, a dirty one is a newer write the checkpoint stores instead. An
+// uncached map is not loaded for it.
+func (ms *MapState[V]) expire(pk []byte) bool {
+	rest := pk[len(ms.h.prefix):]
+	n, k := binary.Uvarint(rest)
+	if k <= 0 || n > uint64(len(rest)-k) {
+		return false // not written by this handle
+	}
+	e, ok := ms.cache[string(rest[k:k+int(n)])]
+	if !ok {
+		ms.h.addTomb(pk)
+		return true
+	}
+	mv, ok := e.m[string(rest[k+int(n):])]
+	if !ok {
+		ms.h.addTomb(pk)
+		return true
+	}
+	if mv.dirty || !mv.present {
+		return false
+	}
+	ms.remove(e, mv)
+	return true
+}

@@ -82,6 +82,8 @@ type Store struct {
 	pending  *pebble.Batch
 	closed   bool
 	scratch  []byte
+	byIDh    map[uint32]handleImpl
+	sweep    sweeper
 	// newLogs maps handle prefixes registered since the last commit to
 	// their changelog; Commit persists the mapping (see ExportLogs).
 	newLogs map[string]string
@@ -96,6 +98,10 @@ type handleImpl interface {
 	evict(n int) int
 	// reset drops every cached entry.
 	reset()
+	// expire deletes the committed entry stored under the Pebble key pk,
+	// whose TTL has passed, unless the cache holds a newer write of it;
+	// it reports whether it deleted it.
+	expire(pk []byte) bool
 }
 
 // handle is the part common to all handle kinds.
@@ -104,6 +110,9 @@ type handle struct {
 	id     uint32
 	prefix []byte
 	spec   Spec
+	// tombs are deletions of expired entries that were not cached (see
+	// Sweep), written at the next Flush.
+	tombs [][]byte
 }
 
 // Spec names a state handle and its behaviour.
@@ -135,7 +144,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening state in %s: %w", o.Dir, err)
 	}
-	return &Store{db: db, opts: o, byID: make(map[uint32]string)}, nil
+	return &Store{db: db, opts: o, byID: make(map[uint32]string), byIDh: make(map[uint32]handleImpl)}, nil
 }
 
 type quietLogger struct{}
@@ -172,7 +181,10 @@ func (s *Store) register(spec Spec) (*handle, error) {
 	return &handle{s: s, id: id, prefix: p, spec: spec}, nil
 }
 
-func (s *Store) add(h handleImpl) { s.handles = append(s.handles, h) }
+func (s *Store) add(h handleImpl) {
+	s.handles = append(s.handles, h)
+	s.byIDh[h.base().id] = h
+}
 
 // check guards every access.
 func (s *Store) check() error {
@@ -248,6 +260,12 @@ func (s *Store) Flush(emit func(Mutation) error) error {
 	}
 	b := s.db.NewBatch()
 	for _, h := range s.handles {
+		// Swept deletions first: a later write of the same key, in the
+		// cache, must win in Pebble and in the changelog.
+		if err := h.base().flushTombs(b, emit); err != nil {
+			b.Close()
+			return err
+		}
 		if err := h.flush(b, emit); err != nil {
 			b.Close()
 			return err
@@ -284,6 +302,7 @@ func (s *Store) Commit(offsets map[string]int64) error {
 		}
 	}
 	s.newLogs = nil
+	s.sweep.waitCommit = false
 	if err := s.db.Apply(b, pebble.NoSync); err != nil {
 		return fmt.Errorf("applying checkpoint to state: %w", err)
 	}
@@ -298,8 +317,11 @@ func (s *Store) Abort() {
 		s.pending = nil
 	}
 	s.flushing = false
+	s.sweep.restart()
 	for _, h := range s.handles {
 		h.reset()
+		clear(h.base().tombs)
+		h.base().tombs = h.base().tombs[:0]
 	}
 	s.cached, s.dirty = 0, 0
 }

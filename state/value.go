@@ -64,6 +64,9 @@ type valueEntry[V any] struct {
 	present  bool
 	dirty    bool
 	expireAt int64
+	// swept entries were deleted by the TTL sweep: once flushed they leave
+	// the cache, as nobody read them for a TTL.
+	swept bool
 }
 
 // Value registers a value-state handle on s.
@@ -196,7 +199,7 @@ func (vs *ValueState[V]) flush(b *pebble.Batch, emit func(Mutation) error) error
 			}
 		}
 		e.dirty = false
-		if vs.h.spec.WriteOnly {
+		if vs.h.spec.WriteOnly || (e.swept && !e.present) {
 			delete(vs.cache, key)
 			vs.h.s.cached--
 		}
@@ -318,4 +321,21 @@ func (lc listCodec[V]) Decode(src []byte) ([]V, error) {
 		src = src[k+int(l):]
 	}
 	return out, nil
+}
+
+// expire deletes an expired committed entry (see Sweep). A cached clean
+// entry equals the committed one and is deleted in place; a dirty one is a
+// newer write (or delete) that the checkpoint will store instead.
+func (vs *ValueState[V]) expire(pk []byte) bool {
+	e, ok := vs.cache[string(pk[len(vs.h.prefix):])]
+	switch {
+	case !ok:
+		vs.h.addTomb(pk)
+		return true
+	case e.dirty || !e.present:
+		return false
+	}
+	vs.markDeleted(e)
+	e.swept = true
+	return true
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // maxTaskFailures is how many times in a row a task may fail (and be
@@ -52,9 +53,8 @@ type Worker struct {
 	blocked     atomic.Bool
 	needsCP     atomic.Bool
 	produced    atomic.Int64 // records produced in the open transaction
-	lastIter    time.Time    // polling goroutine: last loop iteration
 	lastPurge   time.Time
-	maxGap      time.Duration // longest pause between iterations since the last commit
+	topicIDs    map[string][16]byte // input topics, refreshed at each rebalance
 	checkpoints atomic.Int64
 	lastCP      atomic.Int64 // unix ms of the last committed checkpoint
 	logBytes    atomic.Int64 // changelog bytes staged in the open checkpoint
@@ -292,12 +292,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
 	nextCommit := time.Now().Add(w.cfg.CommitInterval)
-	w.lastIter = time.Now()
 	for {
-		if gap := time.Since(w.lastIter); gap > w.maxGap {
-			w.maxGap = gap
-		}
-		w.lastIter = time.Now()
 		select {
 		case req := <-w.stopReq:
 			return w.stop(req)
@@ -320,7 +315,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 		if w.takeRebalance() {
-			if err := w.rebalance(ctx); err != nil {
+			if err := graceful(ctx, w.rebalance); err != nil {
 				return err
 			}
 			nextCommit = time.Now().Add(w.cfg.CommitInterval)
@@ -330,7 +325,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.dispatch(fs)
 		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
-			err := w.checkpointDuringRun(ctx)
+			err := graceful(ctx, w.checkpoint)
 			if err != nil {
 				return err
 			}
@@ -374,20 +369,37 @@ func (w *Worker) dispatch(fs kgo.Fetches) {
 	})
 }
 
-// stopGrace is how long a checkpoint in progress when a stop is requested
-// may still take before it is cancelled.
+// stopGrace is how long a checkpoint or rebalance in progress when a stop
+// is requested may still take before it is cancelled.
 const stopGrace = 30 * time.Second
 
-// checkpointDuringRun takes a periodic checkpoint. A stop requested while
-// it runs lets it finish (the stop then takes the final one) for up to
-// stopGrace: cancelling End at once would fail the worker instead of
-// stopping it.
-func (w *Worker) checkpointDuringRun(ctx context.Context) error {
+// graceful runs fn, a checkpoint or a rebalance of the running worker, with
+// a context that a stop (ctx cancelled) does not cancel at once: fn gets
+// stopGrace to finish, and the stop then takes the final checkpoint.
+// Cancelling it at once would fail the worker instead of stopping it.
+func graceful(ctx context.Context, fn func(context.Context) error) error {
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stopWatch := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
-	defer stopWatch()
-	return w.checkpoint(cctx)
+	var mu sync.Mutex
+	var timer *time.Timer
+	done := false
+	stopWatch := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			timer = time.AfterFunc(stopGrace, cancel)
+		}
+	})
+	defer func() {
+		stopWatch()
+		mu.Lock()
+		done = true
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+	}()
+	return fn(cctx)
 }
 
 // checkpoint runs the checkpoint protocol: every task stages its state,
@@ -473,52 +485,73 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	return nil
 }
 
-// endTxn ends the open transaction, committing if commit is set and it
-// is safe. A transaction with consumed offsets commits them with the
-// group's generation, so a worker the group has fenced cannot commit
-// (KIP-447). A transaction that only produced (async results, timers)
-// carries no offsets for the broker to check, so the worker checks
-// itself: it aborts when a rebalance is pending or when its own loop
-// stalled for half a session timeout (it may have been expelled while
-// paused); the aborted work is redone from the last checkpoint. An empty
+// endTxn ends the open transaction, committing if commit is set. Every
+// transaction that commits carries an offset commit checked against the
+// group's generation (KIP-447): the offsets it consumed, or, when it only
+// produced (async results, timers), the committed offset of one assigned
+// partition once more. A worker the group has expelled cannot commit
+// anything, whether or not it has noticed: fencing does not depend on how
+// long the worker paused or when it heard of a rebalance. An empty
 // transaction is left open.
 func (w *Worker) endTxn(ctx context.Context, commit bool) (committed, ended bool, err error) {
-	gap := w.maxGap
-	w.maxGap = 0
 	produced := w.produced.Swap(0)
-	if len(w.sess.Client().UncommittedOffsets()) > 0 || w.cfg.Delivery == AtLeastOnce {
-		committed, err := w.sess.End(ctx, commit)
-		return committed, true, err
-	}
-	if produced == 0 {
-		return commit, false, nil
-	}
-	w.mu.Lock()
-	pending := w.rebalanced
-	w.mu.Unlock()
-	if commit && (pending || gap > w.cfg.SessionTimeout/2) {
-		w.log.Warn("aborting a transaction without offsets after a stall or rebalance", "stall", gap, "rebalance", pending)
-		commit = false
-	}
-	cl := w.sess.Client()
-	if commit {
-		if err := cl.Flush(ctx); err != nil {
-			return false, true, err
+	consumed := len(w.sess.Client().UncommittedOffsets()) > 0
+	if w.cfg.Delivery == ExactlyOnce && !consumed {
+		if produced == 0 {
+			return commit, false, nil
 		}
-	} else if err := cl.AbortBufferedRecords(ctx); err != nil {
-		return false, true, err
-	}
-	if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
 		if commit {
-			// The outcome is unknown: end as an abort, as the session does.
-			if aerr := cl.EndTransaction(ctx, kgo.TryAbort); aerr != nil {
-				return false, true, fmt.Errorf("ending transaction: %w (abort: %v)", err, aerr)
+			voucher, ok := w.voucher()
+			if !ok {
+				w.log.Warn("aborting a transaction without consumed offsets: no committed offset to vouch for the group membership")
+				commit = false
+			} else {
+				ctx = kgo.PreTxnCommitFnContext(ctx, func(req *kmsg.TxnOffsetCommitRequest) error {
+					if len(req.Topics) == 0 {
+						req.Topics = append(req.Topics, voucher)
+					}
+					return nil
+				})
 			}
-			return false, true, nil
 		}
-		return false, true, err
 	}
-	return commit, true, nil
+	committed, err = w.sess.End(ctx, commit)
+	return committed, true, err
+}
+
+// voucher is the committed offset of one assigned input partition, to be
+// committed again by a transaction that consumed nothing: the broker then
+// checks this worker's generation before the transaction may commit.
+func (w *Worker) voucher() (kmsg.TxnOffsetCommitRequestTopic, bool) {
+	committed := w.sess.Client().CommittedOffsets()
+	member, _ := w.sess.Client().GroupMetadata()
+	for _, t := range w.inputs {
+		ps := committed[t]
+		ids := make([]int32, 0, len(ps))
+		for p := range ps {
+			ids = append(ids, p)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		for _, p := range ids {
+			eo := ps[p]
+			if eo.Offset < 0 || !w.assigned(t, p) {
+				continue
+			}
+			rt := kmsg.NewTxnOffsetCommitRequestTopic()
+			rt.Topic, rt.TopicID = t, w.topicIDs[t]
+			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+			rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p, eo.Offset, eo.Epoch, &member
+			rt.Partitions = append(rt.Partitions, rp)
+			return rt, true
+		}
+	}
+	return kmsg.TxnOffsetCommitRequestTopic{}, false
+}
+
+func (w *Worker) assigned(topic string, p int32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.assignment[topic][p]
 }
 
 // purgeRepartitions deletes what every reader of this worker's repartition
@@ -611,8 +644,11 @@ func (w *Worker) closeTasks() {
 // openTasks opens and restores the tasks of the current assignment.
 func (w *Worker) openTasks(ctx context.Context) error {
 	ids := w.assignedTasks()
-	committed, err := w.groupOffsets(ctx, ids)
+	committed, err := w.groupOffsets(ctx)
 	if err != nil {
+		return err
+	}
+	if err := w.refreshTopicIDs(ctx); err != nil {
 		return err
 	}
 	for _, id := range ids {
@@ -633,22 +669,17 @@ func (w *Worker) openTasks(ctx context.Context) error {
 	return nil
 }
 
-// groupOffsets returns the group's committed offsets, asked of the broker
-// when a task has source-backed tables. The client's own view
-// (CommittedOffsets) may not have fetched a just-assigned partition's
-// offset yet, and a table source without its committed offset would be
-// opened without replaying the topic: the table would miss every row
-// before that offset.
-func (w *Worker) groupOffsets(ctx context.Context, ids []taskID) (map[string]map[int32]kgo.EpochOffset, error) {
-	tables := false
-	for _, id := range ids {
-		tables = tables || len(w.plan.Subtopologies[id.sub].TableSources) > 0
-	}
-	if !tables {
-		return w.sess.Client().CommittedOffsets(), nil
-	}
-	// Stable: a crashed owner's pending transactional commit must resolve
-	// (commit or time out) before its offsets mean anything.
+// groupOffsets returns the group's committed offsets, asked of the
+// broker. The client's own view (CommittedOffsets) may not have fetched a
+// just-assigned partition's offset yet, and a table source without its
+// committed offset would be opened without replaying the topic: the table
+// would miss every row before that offset.
+func (w *Worker) groupOffsets(ctx context.Context) (map[string]map[int32]kgo.EpochOffset, error) {
+	// Stable: a previous owner's pending transactional commit must resolve
+	// (commit or time out) before its offsets mean anything, and before
+	// the changelogs its transaction wrote are read. Every transaction
+	// that commits carries offsets (see endTxn), so once the group's
+	// offsets are stable no earlier owner's transaction can still commit.
 	deadline := time.Now().Add(w.cfg.TransactionTimeout + 30*time.Second)
 	var resp kadm.OffsetResponses
 	for {
@@ -680,6 +711,21 @@ func (w *Worker) groupOffsets(ctx context.Context, ids []taskID) (map[string]map
 		out[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: o.LeaderEpoch, Offset: o.At}
 	})
 	return out, nil
+}
+
+// refreshTopicIDs learns the input topics' ids (offset commits name topics
+// by id from TxnOffsetCommit v6).
+func (w *Worker) refreshTopicIDs(ctx context.Context) error {
+	td, err := w.adm.ListTopics(ctx, w.inputs...)
+	if err != nil {
+		return fmt.Errorf("describing input topics: %w", err)
+	}
+	ids := make(map[string][16]byte, len(td))
+	for t, d := range td {
+		ids[t] = d.ID
+	}
+	w.topicIDs = ids
+	return nil
 }
 
 // TaskDir is where a task's local state lives.

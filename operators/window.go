@@ -363,7 +363,13 @@ func (w *windowOp[K, In, Acc, Out]) addTo(r pipeline.Record[In], win Window) err
 		// Already due, still within the allowed lateness: emit an update.
 		return w.fire(r.Key, win, acc)
 	}
-	return nil
+	// Not due by the watermark this operator has seen. Right after a
+	// restore that is none at all until the restored watermark comes
+	// through (records re-issued by an async stage come first), and a
+	// window that fired before the restart has no fire timer left: the
+	// record's update would never be emitted. So the fire timer is set on
+	// every record, as Flink's EventTimeTrigger does (idempotent).
+	return w.timers.Register(win.MaxTimestamp(), w.timerKey(r.Key, win, timerFire))
 }
 
 // registerTimers registers a new window's timers: the firing one unless

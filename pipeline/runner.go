@@ -36,8 +36,15 @@ func (r *runner1[In, Out]) Watermark(w Watermark) error {
 		r.idle = true
 		return r.ctx.forward(w)
 	}
+	wasIdle := r.idle
 	r.idle = false
 	if w.Time <= r.wm {
+		if wasIdle {
+			// Active again at the same time: downstream must hear it, or a
+			// union or join after this operator would go on leaving this
+			// input out of its minimum.
+			return r.ctx.forward(Watermark{Time: r.wm})
+		}
 		return nil
 	}
 	r.wm = w.Time

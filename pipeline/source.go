@@ -17,6 +17,8 @@ type WatermarkStrategy struct {
 	MaxOutOfOrderness time.Duration
 	// IdleTimeout marks a partition idle after this much processing time
 	// without records, so it no longer holds the watermark back; 0 never.
+	// A partition the runtime knows to hold unread records is never idle
+	// (see Backlog), however long its task stalls.
 	IdleTimeout time.Duration
 }
 
@@ -133,11 +135,14 @@ func (s *sourceInst[T]) routeKey() string {
 
 func (s *sourceInst[T]) feedRaw(raw *RawRecord) error {
 	ch := raw.Partition
-	if !s.ctx.task.restoring {
-		if ts, ok := s.heartbeat(raw); ok {
-			s.gen.observe(ch, ts, s.ctx.task.now().UnixMilli())
-			return s.emitWatermark()
+	if ts, ok := s.heartbeat(raw); ok {
+		if s.ctx.task.restoring {
+			// A replayed heartbeat is neither a row nor news: the
+			// restored watermark already covers it.
+			return nil
 		}
+		s.gen.observe(ch, ts, s.ctx.task.now().UnixMilli())
+		return s.emitWatermark()
 	}
 	v, err := s.spec.Decode(raw)
 	if err != nil {
@@ -186,7 +191,14 @@ func (s *sourceInst[T]) emitWatermark() error {
 }
 
 func (s *sourceInst[T]) tick(now int64) error {
-	s.gen.tick(now)
+	bl := s.ctx.task.backlog
+	topic := s.spec.Topic
+	s.gen.tick(now, func(ch int32) Backlog {
+		if bl == nil || topic == "" {
+			return Backlog{Known: true}
+		}
+		return bl(topic, ch)
+	})
 	return s.emitWatermark()
 }
 
@@ -259,9 +271,21 @@ type wmGen struct {
 
 type chanRT struct {
 	chanState
-	saved      chanState
-	id         int32
+	saved chanState
+	id    int32
+	// lastActive is when the channel last had news (processing time, ms);
+	// clocked is false until the channel's first news or the task's first
+	// tick: the idle clock starts when the task runs, not while it restores.
 	lastActive int64
+	clocked    bool
+}
+
+// Backlog is what the runtime knows of a source partition's unread
+// records. A partition is idle only when Known and not Unread: the runtime
+// has a recent view of the partition's end and the task has read
+// everything before it.
+type Backlog struct {
+	Known, Unread bool
 }
 
 func newWMGen(ws WatermarkStrategy, chans []int32, now int64) *wmGen {
@@ -274,7 +298,7 @@ func newWMGen(ws WatermarkStrategy, chans []int32, now int64) *wmGen {
 }
 
 func (g *wmGen) add(ch int32, now int64) *chanRT {
-	c := &chanRT{chanState: chanState{MaxTs: MinTime, WM: MinTime}, id: ch, lastActive: now}
+	c := &chanRT{chanState: chanState{MaxTs: MinTime, WM: MinTime}, id: ch}
 	g.idx[ch] = len(g.chans)
 	g.chans = append(g.chans, c)
 	return c
@@ -298,7 +322,7 @@ func (g *wmGen) ch(ch int32, now int64) *chanRT {
 // the combined watermark may have changed.
 func (g *wmGen) observe(ch int32, ts, now int64) bool {
 	c := g.ch(ch, now)
-	c.lastActive = now
+	c.lastActive, c.clocked = now, true
 	changed := c.Idle
 	c.Idle = false
 	if ts > c.MaxTs {
@@ -314,18 +338,27 @@ func (g *wmGen) observe(ch int32, ts, now int64) bool {
 // mark sets a channel's watermark directly (repartition markers).
 func (g *wmGen) mark(ch int32, wm int64, idle bool, now int64) {
 	c := g.ch(ch, now)
-	c.lastActive, c.Idle = now, idle
+	c.lastActive, c.clocked, c.Idle = now, true, idle
 	if wm > c.WM {
 		c.WM = wm
 	}
 }
 
-func (g *wmGen) tick(now int64) {
+// tick marks channels idle that had no news for the idle timeout and hold
+// no unread records that the runtime knows of.
+func (g *wmGen) tick(now int64, backlog func(ch int32) Backlog) {
 	if g.idleMs <= 0 {
 		return
 	}
 	for _, c := range g.chans {
-		if !c.Idle && now-c.lastActive >= g.idleMs {
+		if !c.clocked {
+			c.lastActive, c.clocked = now, true
+			continue
+		}
+		if c.Idle || now-c.lastActive < g.idleMs {
+			continue
+		}
+		if b := backlog(c.id); b.Known && !b.Unread {
 			c.Idle = true
 		}
 	}

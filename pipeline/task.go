@@ -52,6 +52,11 @@ type TaskConfig struct {
 	// Partitions gives the partition count of a topic the task writes to
 	// by key (repartition topics).
 	Partitions func(topic string) int32
+	// Backlog tells whether a source partition holds records the task has
+	// not read yet; a partition with a backlog (or of unknown backlog) is
+	// never marked idle. Nil: every partition is caught up (the local
+	// runtime, where records arrive by Push).
+	Backlog func(topic string, partition int32) Backlog
 }
 
 // Task is one instance of a job's operator chain. A runtime driver owns it
@@ -66,6 +71,7 @@ type Task struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	parts     func(string) int32
+	backlog   func(string, int32) Backlog
 
 	instances     []instance
 	contexts      []*Context
@@ -90,7 +96,7 @@ func NewTask(cfg TaskConfig) (*Task, error) {
 	}
 	t := &Task{
 		plan: cfg.Plan, partition: cfg.Partition, store: cfg.Store, out: cfg.Output,
-		now: cfg.Now, log: cfg.Logger, metrics: cfg.Metrics, parts: cfg.Partitions,
+		now: cfg.Now, log: cfg.Logger, metrics: cfg.Metrics, parts: cfg.Partitions, backlog: cfg.Backlog,
 		sources: make(map[string]sourceInstance), notify: make(chan struct{}, 1),
 	}
 	if t.now == nil {

@@ -328,6 +328,32 @@ func (s *Store) Abort() {
 
 func metaKey(log string) []byte { return append(append([]byte(nil), metaPrefix...), log...) }
 
+// identityKey records the identity (topic id) of a log whose offsets the
+// store reflects.
+func identityKey(log string) []byte {
+	return append(append(append([]byte(nil), metaPrefix...), "id/"...), log...)
+}
+
+// Identity returns the identity recorded for log (its topic id), or nil.
+// Offsets alone cannot tell a log from another of the same name: a
+// changelog deleted and created again starts its offsets over, and state
+// left by an earlier incarnation could pass for current.
+func (s *Store) Identity(log string) ([]byte, error) {
+	v, ok, err := s.get(identityKey(log))
+	if err != nil || !ok {
+		return nil, err
+	}
+	return v, nil
+}
+
+// SetIdentity records log's identity.
+func (s *Store) SetIdentity(log string, id []byte) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	return s.db.Set(identityKey(log), id, pebble.NoSync)
+}
+
 // handleKey records which changelog a handle prefix belongs to.
 func handleKey(prefix []byte) []byte {
 	return append(append(append([]byte(nil), metaPrefix...), "handle/"...), prefix...)

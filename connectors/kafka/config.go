@@ -74,6 +74,9 @@ type Config struct {
 	PurgeInterval time.Duration
 	// MaxCachedEntries bounds each task's state write cache (0 = default).
 	MaxCachedEntries int
+	// ExpireBudget is how many committed state entries each task's TTL
+	// sweep examines per tick (0 = state.DefaultSweepBudget).
+	ExpireBudget int
 	// FromSavepoint starts the job from a savepoint directory written by
 	// StopWithSavepoint (see savepoint.go for what that does).
 	FromSavepoint string

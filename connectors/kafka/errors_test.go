@@ -8,10 +8,14 @@ import (
 	"time"
 
 	"github.com/loanflow/loanflow/connectors/kafka"
+	"github.com/loanflow/loanflow/internal/localsvc"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/loanflow/loanflow/operators"
 	"github.com/loanflow/loanflow/pipeline"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 type reading struct {
@@ -142,5 +146,101 @@ func TestAtLeastOnce(t *testing.T) {
 	}
 	if len(got) != 1000 {
 		t.Fatalf("got %d records, want 1000", len(got))
+	}
+}
+
+// TestAtLeastOnceProduceErrorLosesNothing: the broker refuses some output
+// records (a non-retriable error). At-least-once must not commit the
+// input offsets past them: the task restarts from its checkpoint and the
+// records come out once the broker takes them. (The worker used to commit
+// the offsets and only then look at produce errors: the refused records
+// were lost.)
+func TestAtLeastOnceProduceErrorLosesNothing(t *testing.T) {
+	brk := testenv.NewBroker(t, localsvc.BrokerOptions{})
+	seeds := brk.Addrs()
+	adm := newAdmin(t, seeds)
+	in, out := testenv.Name(t, "in"), testenv.Name(t, "out")
+	createTopic(t, adm, in, 2, nil)
+	createTopic(t, adm, out, 2, nil)
+	fault := brk.Cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: out, Err: kerr.InvalidRecord, Count: 2})
+	defer fault.Remove()
+	const n = 1000
+	var recs []*kgo.Record
+	for i := 0; i < n; i++ {
+		recs = append(recs, &kgo.Record{Topic: in, Partition: int32(i % 2), Value: []byte(strconv.Itoa(i))})
+	}
+	produce(t, seeds, recs)
+	b := pipeline.NewBuilder(testenv.Name(t, "job"))
+	kafka.Sink(kafka.Source(b, "src", kafka.SourceConfig[int64]{Topic: in, Codec: intCodec{}}), "out", kafka.SinkConfig[int64]{Topic: out, Codec: intCodec{}})
+	w, err := kafka.NewWorker(b, kafka.Config{Brokers: seeds, StateDir: t.TempDir(), Delivery: kafka.AtLeastOnce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	seen := map[string]bool{}
+	deadline := time.Now().Add(time.Minute)
+	for len(seen) < n && time.Now().Before(deadline) {
+		for _, r := range readAll(t, seeds, out) {
+			seen[string(r.Value)] = true
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if fault.Hits() == 0 {
+		t.Fatal("the produce fault never hit")
+	}
+	if len(seen) != n {
+		t.Fatalf("%d of %d inputs came out after %d refused produce requests", len(seen), n, fault.Hits())
+	}
+}
+
+// TestCoPartitionGrowsAtRuntime: one of two co-partitioned inputs gains
+// partitions while the job runs. The worker must stop with the
+// co-partitioning error, as at start. (It used to log the mismatch and
+// consume the new partitions' records with no task, committing their
+// offsets: lost.)
+func TestCoPartitionGrowsAtRuntime(t *testing.T) {
+	seeds := testenv.Broker(t).Addrs()
+	adm := newAdmin(t, seeds)
+	probes, table := testenv.Name(t, "probes"), testenv.Name(t, "table")
+	createTopic(t, adm, probes, 4, nil)
+	createTopic(t, adm, table, 4, nil)
+	b := pipeline.NewBuilder(testenv.Name(t, "job"))
+	p := pipeline.KeyBy(kafka.Source(b, "probes", kafka.SourceConfig[reading]{Topic: probes, Codec: pipeline.JSONCodec[reading]()}),
+		"p-key", func(r reading) string { return r.Sensor }, pipeline.NoRepartition())
+	tb := pipeline.KeyBy(kafka.Source(b, "table", kafka.SourceConfig[reading]{Topic: table, Codec: pipeline.JSONCodec[reading]()}),
+		"t-key", func(r reading) string { return r.Sensor }, pipeline.NoRepartition())
+	j := operators.TemporalJoin(p, tb, "join", operators.TemporalJoinSpec[reading, reading, reading]{
+		Join:       func(r reading, _ *operators.Versioned[reading]) (reading, error) { return r, nil },
+		ProbeCodec: pipeline.JSONCodec[reading](), TableCodec: pipeline.JSONCodec[reading](),
+	})
+	pipeline.Discard(j)
+	w, err := kafka.NewWorker(b, kafka.Config{Brokers: seeds, StateDir: t.TempDir(), ClientOpts: []kgo.Opt{kgo.MetadataMaxAge(time.Second), kgo.MetadataMinAge(100 * time.Millisecond)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := adm.CreatePartitions(context.Background(), 6, probes); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, seeds, []*kgo.Record{{Topic: probes, Partition: 5, Value: []byte(`{"sensor":"x","value":1}`)}})
+	select {
+	case err = <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the worker kept running with a partition no task can take")
+	}
+	if err == nil || !strings.Contains(err.Error(), "co-partitioned") {
+		t.Fatalf("Run = %v, want a co-partitioning error", err)
 	}
 }

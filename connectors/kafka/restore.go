@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -174,17 +175,36 @@ func (w *Worker) consumeRange(ctx context.Context, topic string, p int32, from, 
 }
 
 // restoreTask restores one task's changelogs into st, wiping st once if it
-// does not match them.
+// does not match them: a log whose offsets do not fit, or whose identity
+// (topic id) differs from the one local state recorded (the topic was
+// recreated, as a savepoint restore does: state another incarnation left
+// on this disk would otherwise pass for current when its offsets happen to
+// fit). Source-backed tables are checked the same way.
 func (w *Worker) restoreTask(ctx context.Context, st *state.Store, sub *pipeline.Subtopology, p int32) (int, error) {
+	logs := append(append([]string(nil), sub.Changelogs...), sub.TableSources...)
+	ids, err := w.topicIdentities(ctx, logs)
+	if err != nil {
+		return 0, err
+	}
 	for attempt := 0; ; attempt++ {
 		total := 0
-		var err error
-		for _, log := range sub.Changelogs {
-			var n int
-			if n, err = w.restoreLog(ctx, st, log, p); err != nil {
-				break
+		err := w.checkIdentities(st, logs, ids)
+		if err == nil {
+			for _, log := range sub.Changelogs {
+				var n int
+				if n, err = w.restoreLog(ctx, st, log, p); err != nil {
+					break
+				}
+				total += n
 			}
-			total += n
+		}
+		if err == nil {
+			for _, log := range logs {
+				id := ids[log]
+				if err = st.SetIdentity(log, id[:]); err != nil {
+					break
+				}
+			}
 		}
 		if err == nil {
 			return total, nil
@@ -197,4 +217,35 @@ func (w *Worker) restoreTask(ctx context.Context, st *state.Store, sub *pipeline
 			return 0, err
 		}
 	}
+}
+
+func (w *Worker) topicIdentities(ctx context.Context, topics []string) (map[string][16]byte, error) {
+	if len(topics) == 0 {
+		return nil, nil
+	}
+	td, err := w.adm.ListTopics(ctx, topics...)
+	if err == nil {
+		err = td.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("describing changelogs: %w", err)
+	}
+	out := make(map[string][16]byte, len(td))
+	for t, d := range td {
+		out[t] = d.ID
+	}
+	return out, nil
+}
+
+func (w *Worker) checkIdentities(st *state.Store, logs []string, ids map[string][16]byte) error {
+	for _, log := range logs {
+		old, err := st.Identity(log)
+		if err != nil {
+			return err
+		}
+		if cur := ids[log]; old != nil && !bytes.Equal(old, cur[:]) {
+			return fmt.Errorf("%w: %s was recreated (topic id %x, local state is of %x)", errStaleState, log, cur[:], old)
+		}
+	}
+	return nil
 }

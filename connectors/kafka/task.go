@@ -58,6 +58,8 @@ type taskRunner struct {
 	raw   pipeline.RawRecord
 	hbuf  []pipeline.Header
 
+	positions map[string]*position // input topic → read position (backlog.go)
+
 	promise    func(*kgo.Record, error)
 	logPromise func(*kgo.Record, error)
 
@@ -128,8 +130,16 @@ func (tr *taskRunner) run() {
 		case <-tick.C:
 			if tr.failed == nil {
 				err = tr.task.Tick()
+				if err == nil {
+					_, err = tr.task.ExpireState(tr.w.cfg.ExpireBudget)
+				}
 				tr.task.PublishMetrics()
 			}
+		}
+		// Dirty state that fills the write cache asks for a checkpoint now
+		// rather than letting memory grow.
+		if tr.failed == nil && tr.task.NeedsCheckpoint() {
+			tr.w.needsCP.Store(true)
 		}
 		if err != nil && tr.failed == nil {
 			tr.failed = err
@@ -141,9 +151,16 @@ func (tr *taskRunner) run() {
 func (tr *taskRunner) feed(recs []*kgo.Record) error {
 	start := time.Now()
 	for _, r := range recs {
-		tr.convert(r)
-		if err := tr.task.FeedRaw(&tr.raw); err != nil {
-			return err
+		if !r.Attrs.IsControl() {
+			tr.convert(r)
+			if err := tr.task.FeedRaw(&tr.raw); err != nil {
+				return err
+			}
+		}
+	}
+	if n := len(recs); n > 0 {
+		if pos := tr.positions[recs[0].Topic]; pos != nil {
+			pos.processed.Store(recs[n-1].Offset + 1)
 		}
 	}
 	if tr.w.metrics != nil {
@@ -257,8 +274,11 @@ func (tr *taskRunner) DeadLetter(d pipeline.DeadLetter) error {
 			kgo.RecordHeader{Key: HeaderTopic, Value: []byte(src.Topic)},
 			kgo.RecordHeader{Key: HeaderPartition, Value: []byte(strconv.Itoa(int(src.Partition)))},
 			kgo.RecordHeader{Key: HeaderOffset, Value: []byte(strconv.FormatInt(src.Offset, 10))})
-	} else if d.Value != nil {
-		kr.Value = d.Value
+	} else {
+		kr.Key, kr.Value = d.Key, d.Value
+		if d.Timestamp != 0 {
+			kr.Timestamp = time.UnixMilli(d.Timestamp)
+		}
 	}
 	n := tr.w.partitions(kr.Topic)
 	kr.Partition = tr.id.part % n

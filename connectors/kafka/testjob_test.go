@@ -11,8 +11,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,21 +21,25 @@ import (
 	"github.com/loanflow/loanflow/operators"
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/state"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// The fault tests run the "enrich" job: keyed state (dedupe by id), a
-// temporal join against an accounts table, an async scoring stage and a
-// tumbling window, with two repartitions. Its output does not depend on
-// the order records arrive in, so a run that crashed must produce exactly
-// what an uninterrupted run produces.
+// The fault tests run the "enrich" job. It exercises what exactly-once
+// must survive: keyed state (dedupe by id, with a TTL), processing-time
+// timers, a dead-letter path, two repartitions, a temporal join against an
+// accounts table, an async scoring stage that fails often, and tumbling,
+// sliding and session windows with allowed lateness over inputs that go
+// idle. Its expected output is computed by a plain Go model of the job's
+// semantics from the generated input (model_test.go), never by the engine.
 
 type txn struct {
 	ID      int64  `json:"id"`
 	Account string `json:"account"`
 	Amount  int64  `json:"amount"`
 	TS      int64  `json:"ts"`
+	// Late events are generated behind their partition's event time; the
+	// session windows leave them out.
+	Late bool `json:"late,omitempty"`
 }
 
 type account struct {
@@ -50,6 +54,7 @@ type enriched struct {
 	Account   string `json:"account"`
 	Amount    int64  `json:"amount"`
 	TS        int64  `json:"ts"`
+	Late      bool   `json:"late,omitempty"`
 	Tier      int64  `json:"tier"`
 	Limit     int64  `json:"limit"`
 	TableFrom int64  `json:"table_from"`
@@ -62,18 +67,42 @@ type winAcc struct {
 	Score  int64 `json:"score"`
 }
 
+// windowOut is every window operator's output record.
 type windowOut struct {
 	Account string `json:"account"`
 	Start   int64  `json:"start"`
+	End     int64  `json:"end"`
 	N       int64  `json:"n"`
 	Amount  int64  `json:"amount"`
 	Score   int64  `json:"score"`
+	Update  int    `json:"update"`
 }
 
 // jobTopics names the topics of one run of the enrich job.
 type jobTopics struct {
-	Events, Accounts, Scored, Windows string
+	Events, Accounts                                 string
+	Scored, Windows, Sliding, Sessions, Timers, Dead string
 }
+
+// withOutputs names the output topics of a run after prefix.
+func (tp jobTopics) withOutputs(name func(string) string, job string) jobTopics {
+	tp.Scored, tp.Windows, tp.Sliding = name("scored"), name("windows"), name("sliding")
+	tp.Sessions, tp.Timers = name("sessions"), name("timers")
+	tp.Dead = pipeline.DeadLetterTopic(job)
+	return tp
+}
+
+// The job's parameters, shared with the model.
+const (
+	outOfOrderness  = time.Second
+	idleTimeout     = 2 * time.Second
+	tumblingSize    = 10 * time.Second
+	slidingSize     = 10 * time.Second
+	slidingSlide    = 5 * time.Second
+	sessionGap      = 2 * time.Second
+	allowedLateness = time.Hour
+	timerEvery      = 100 // ids with id%timerEvery == 0 get a processing-time timer
+)
 
 func score(id int64) int64 {
 	h := fnv.New64a()
@@ -81,18 +110,13 @@ func score(id int64) int64 {
 	return int64(h.Sum64() % 1000)
 }
 
-// enrichJob builds the job. The async stage fails 10% of first attempts
-// and sleeps up to 3ms, like a flaky bureau.
+var errPoison = fmt.Errorf("negative amount")
+
+// enrichJob builds the job. The async stage fails 10% of attempts and
+// sleeps up to 3ms, like a flaky bureau.
 func enrichJob(name string, tp jobTopics) *pipeline.Builder {
 	b := pipeline.NewBuilder(name)
-	// No idleness: these tests compare a faulty run's output with a
-	// reference run's, which needs watermarks that depend on the data
-	// only. Idleness is processing time: a partition whose task stalls
-	// longer than IdleTimeout (a paused or restoring worker, a loaded CI
-	// machine) is left out of the minimum, and its records may then arrive
-	// behind the watermark, as in Flink. Every partition here ends with a
-	// sentinel that closes the windows, so nothing waits on an idle input.
-	wm := pipeline.WatermarkStrategy{MaxOutOfOrderness: time.Second}
+	wm := pipeline.WatermarkStrategy{MaxOutOfOrderness: outOfOrderness, IdleTimeout: idleTimeout}
 	events := kafka.Source(b, "events", kafka.SourceConfig[txn]{Topic: tp.Events, Codec: pipeline.JSONCodec[txn](),
 		Timestamp: func(_ *pipeline.RawRecord, v txn) int64 { return v.TS }, Watermarks: wm})
 	accounts := kafka.Source(b, "accounts", kafka.SourceConfig[account]{Topic: tp.Accounts, Codec: pipeline.JSONCodec[account](),
@@ -100,11 +124,20 @@ func enrichJob(name string, tp jobTopics) *pipeline.Builder {
 
 	byID := pipeline.KeyBy(events, "by-id", func(t txn) int64 { return t.ID }, pipeline.ValueCodec(pipeline.JSONCodec[txn]()))
 	deduped := operators.Process(byID, "dedupe", func() operators.ProcessFunc[int64, txn, txn] { return &dedupe{} })
-	byAccount := pipeline.KeyBy(deduped, "by-account", func(t txn) string { return t.Account }, pipeline.ValueCodec(pipeline.JSONCodec[txn]()))
+	timers := operators.Process(pipeline.KeyBy(deduped, "by-id-again", func(t txn) int64 { return t.ID }, pipeline.NoRepartition()),
+		"ticker", func() operators.ProcessFunc[int64, txn, string] { return &ticker{} })
+	kafka.Sink(timers, "timers-out", kafka.SinkConfig[string]{Topic: tp.Timers, Codec: pipeline.StringCodec()})
+	checked := operators.Map(deduped, "check", func(t txn) (txn, error) {
+		if t.Amount < 0 {
+			return t, errPoison
+		}
+		return t, nil
+	})
+	byAccount := pipeline.KeyBy(checked, "by-account", func(t txn) string { return t.Account }, pipeline.ValueCodec(pipeline.JSONCodec[txn]()))
 	table := pipeline.KeyBy(accounts, "account-key", func(a account) string { return a.Account }, pipeline.NoRepartition())
 	joined := operators.TemporalJoin(byAccount, table, "enrich", operators.TemporalJoinSpec[txn, account, enriched]{
 		Join: func(t txn, row *operators.Versioned[account]) (enriched, error) {
-			e := enriched{ID: t.ID, Account: t.Account, Amount: t.Amount, TS: t.TS}
+			e := enriched{ID: t.ID, Account: t.Account, Amount: t.Amount, TS: t.TS, Late: t.Late}
 			if row != nil {
 				e.Tier, e.Limit, e.TableFrom = row.Value.Tier, row.Value.Limit, row.ValidFrom
 			}
@@ -129,27 +162,35 @@ func enrichJob(name string, tp jobTopics) *pipeline.Builder {
 		},
 		Capacity: 1000,
 		Timeout:  2 * time.Second,
-		Retry:    operators.RetryPolicy{MaxAttempts: 10, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+		Retry:    operators.RetryPolicy{MaxAttempts: 20, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond},
 		InCodec:  pipeline.JSONCodec[enriched](),
 	})
 	kafka.Sink(scored, "scored-out", kafka.SinkConfig[enriched]{Topic: tp.Scored, Codec: pipeline.JSONCodec[enriched](),
 		Key: func(r pipeline.Record[enriched]) []byte { return []byte(fmt.Sprint(r.Value.ID)) }})
 	keyed := pipeline.KeyBy(scored, "scored-by-account", func(e enriched) string { return e.Account }, pipeline.NoRepartition())
-	wins := operators.Aggregate(keyed, "windows", operators.WindowOptions[enriched]{Assigner: operators.Tumbling(10 * time.Second)},
-		operators.AggregateFunc[enriched, winAcc, winAcc]{
+	windows := func(name, topic string, opts operators.WindowOptions[enriched], in pipeline.KeyedStream[string, enriched]) {
+		opts.AllowedLateness = allowedLateness
+		agg := operators.Aggregate(in, name, opts, operators.AggregateFunc[enriched, winAcc, winAcc]{
 			Init:   func() winAcc { return winAcc{} },
 			Add:    func(a winAcc, e enriched) winAcc { return winAcc{a.N + 1, a.Amount + e.Amount, a.Score + e.Score} },
 			Merge:  func(a, c winAcc) winAcc { return winAcc{a.N + c.N, a.Amount + c.Amount, a.Score + c.Score} },
 			Result: func(a winAcc) winAcc { return a },
 		}, pipeline.JSONCodec[winAcc]())
-	out := operators.Map(wins, "window-out", func(w operators.Windowed[string, winAcc]) (windowOut, error) {
-		return windowOut{Account: w.Key, Start: w.Window.Start, N: w.Value.N, Amount: w.Value.Amount, Score: w.Value.Score}, nil
-	})
-	kafka.Sink(out, "windows-out", kafka.SinkConfig[windowOut]{Topic: tp.Windows, Codec: pipeline.JSONCodec[windowOut]()})
+		out := operators.Map(agg, name+"-out", func(w operators.Windowed[string, winAcc]) (windowOut, error) {
+			return windowOut{Account: w.Key, Start: w.Window.Start, End: w.Window.End, N: w.Value.N, Amount: w.Value.Amount,
+				Score: w.Value.Score, Update: w.Update}, nil
+		})
+		kafka.Sink(out, name+"-sink", kafka.SinkConfig[windowOut]{Topic: topic, Codec: pipeline.JSONCodec[windowOut]()})
+	}
+	windows("windows", tp.Windows, operators.WindowOptions[enriched]{Assigner: operators.Tumbling(tumblingSize)}, keyed)
+	windows("sliding", tp.Sliding, operators.WindowOptions[enriched]{Assigner: operators.Sliding(slidingSize, slidingSlide)}, keyed)
+	onTime := pipeline.KeyBy(operators.Filter(scored, "on-time", func(e enriched) bool { return !e.Late }),
+		"on-time-by-account", func(e enriched) string { return e.Account }, pipeline.NoRepartition())
+	windows("sessions", tp.Sessions, operators.WindowOptions[enriched]{Assigner: operators.Session(sessionGap)}, onTime)
 	return b
 }
 
-// dedupe passes the first record of each id.
+// dedupe passes the first record of each id, remembering ids for an hour.
 type dedupe struct{ seen *state.ValueState[bool] }
 
 func (d *dedupe) Open(ctx *operators.ProcessContext[int64, txn]) error {
@@ -172,34 +213,59 @@ func (d *dedupe) OnTimer(*operators.ProcessContext[int64, txn], int64, pipeline.
 	return nil
 }
 
-// dataset is the generated input and what the output must contain.
+// ticker sets a processing-time timer 50ms ahead for every timerEvery-th
+// id and says so when it fires: exactly once per such id.
+type ticker struct{}
+
+func (*ticker) Open(*operators.ProcessContext[int64, string]) error { return nil }
+
+func (*ticker) Process(ctx *operators.ProcessContext[int64, string], id int64, _ txn) error {
+	if id%timerEvery != 0 {
+		return nil
+	}
+	return ctx.RegisterProcessingTimer(ctx.Now().Add(50 * time.Millisecond).UnixMilli())
+}
+
+func (*ticker) OnTimer(ctx *operators.ProcessContext[int64, string], id int64, _ pipeline.TimeDomain, _ int64) error {
+	return ctx.Emit(fmt.Sprintf("timer:%d", id))
+}
+
+// dataset is the generated input.
 type dataset struct {
 	events, accounts []*kgo.Record
-	uniqueIDs        int
-	windows          int
+	parts            int32
 }
 
 // t0 is recent: brokers apply retention to record timestamps, and event
 // times become output timestamps.
 var t0 = time.Now().Add(-2 * time.Hour).Truncate(time.Hour).UnixMilli()
 
-// genData makes n events over 4 partitions with bounded disorder (300ms
-// jitter, 1% duplicates shortly after their original) and account updates
-// spread over the same time, plus one far-future record per partition of
-// each topic that closes every window.
+// genData makes n events over parts partitions with bounded disorder
+// (300ms jitter), 1% duplicates shortly after their original, one late
+// event (5-7s behind) per 200, one poison event (negative amount) per 997,
+// account updates spread over the same time, and one far-future record
+// per partition of each topic that closes every window.
 func genData(tp jobTopics, n int, parts int32, seed int64) dataset {
 	rng := rand.New(rand.NewSource(seed))
-	var d dataset
-	wins := map[string]bool{}
+	d := dataset{parts: parts}
 	const accounts = 500
+	late := int64(n) + int64(parts)
 	for i := 0; i < n; i++ {
 		p := int32(i) % parts
 		t := txn{ID: int64(i), Account: fmt.Sprintf("acct-%d", rng.Intn(accounts)), Amount: int64(rng.Intn(10000)),
 			TS: t0 + int64(i/int(parts))*10 + int64(rng.Intn(300))}
+		if i%997 == 0 {
+			t.Amount = -1
+		}
 		d.events = append(d.events, eventRecord(tp.Events, p, t))
-		wins[fmt.Sprintf("%s/%d", t.Account, (t.TS/10000)*10000)] = true
 		if rng.Intn(100) == 0 {
 			d.events = append(d.events, eventRecord(tp.Events, p, t))
+		}
+		if i%200 == 199 {
+			l := txn{ID: late, Account: fmt.Sprintf("acct-%d", rng.Intn(accounts)), Amount: int64(rng.Intn(10000)),
+				TS: t.TS - 5000 - int64(rng.Intn(2000)), Late: true}
+			late++
+			d.events = append(d.events, eventRecord(tp.Events, p, l))
 		}
 		if i%30 == 0 {
 			a := account{Account: fmt.Sprintf("acct-%d", rng.Intn(accounts)), Tier: int64(rng.Intn(5)), Limit: int64(rng.Intn(100)) * 1000,
@@ -209,17 +275,16 @@ func genData(tp jobTopics, n int, parts int32, seed int64) dataset {
 	}
 	end := t0 + int64(n/int(parts))*10 + 3_600_000
 	for p := int32(0); p < parts; p++ {
-		t := txn{ID: int64(n) + int64(p), Account: fmt.Sprintf("sentinel-%d", p), TS: end}
+		t := txn{ID: int64(n) + int64(p), Account: sentinel(p), TS: end}
 		d.events = append(d.events, eventRecord(tp.Events, p, t))
-		wins[fmt.Sprintf("%s/%d", t.Account, (t.TS/10000)*10000)] = true
 	}
 	for p := int32(0); p < parts; p++ {
 		d.accounts = append(d.accounts, &kgo.Record{Topic: tp.Accounts, Partition: p, Key: []byte("close"), Value: mustJSON(account{Account: "close", TS: end + 60_000})})
 	}
-	d.uniqueIDs = n + int(parts)
-	d.windows = len(wins) - int(parts) // the sentinels' windows never close
 	return d
 }
+
+func sentinel(p int32) string { return fmt.Sprintf("sentinel-%d", p) }
 
 func eventRecord(topic string, p int32, t txn) *kgo.Record {
 	return &kgo.Record{Topic: topic, Partition: p, Key: []byte(fmt.Sprint(t.ID)), Value: mustJSON(t)}
@@ -237,117 +302,6 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// outputs reads both output topics (read_committed) and reduces them to
-// comparable multisets.
-type outputs struct {
-	scored            map[int64][]string // id → values seen
-	windows           map[string]int     // window value → count
-	nScored, nWindows int
-}
-
-func readOutputs(t testing.TB, seeds []string, tp jobTopics) outputs {
-	o := outputs{scored: map[int64][]string{}, windows: map[string]int{}}
-	for _, r := range readAll(t, seeds, tp.Scored) {
-		var e enriched
-		if err := json.Unmarshal(r.Value, &e); err != nil {
-			t.Fatalf("bad scored record %q: %v", r.Value, err)
-		}
-		o.scored[e.ID] = append(o.scored[e.ID], string(r.Value))
-		o.nScored++
-	}
-	for _, r := range readAll(t, seeds, tp.Windows) {
-		o.windows[string(r.Value)]++
-		o.nWindows++
-	}
-	return o
-}
-
-// readAll reads a topic to its current end with read_committed isolation.
-func readAll(t testing.TB, seeds []string, topic string) []*kgo.Record {
-	t.Helper()
-	adm := newAdmin(t, seeds)
-	ends, err := adm.ListCommittedOffsets(context.Background(), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			want[o.Partition] = o.Offset
-		}
-	})
-	if len(want) == 0 {
-		return nil
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.KeepControlRecords())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var out []*kgo.Record
-	deadline := time.Now().Add(60 * time.Second)
-	for len(want) > 0 && time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		fs.EachRecord(func(r *kgo.Record) {
-			if !r.Attrs.IsControl() {
-				out = append(out, r)
-			}
-			if end, ok := want[r.Partition]; ok && r.Offset+1 >= end {
-				delete(want, r.Partition)
-			}
-		})
-	}
-	if len(want) > 0 {
-		t.Fatalf("could not read %s to its end: partitions %v left", topic, want)
-	}
-	return out
-}
-
-// compare reports lost and duplicated records of got against want.
-func compare(want, got outputs) (lost, dup, wrong int, detail []string) {
-	for id, vals := range want.scored {
-		g := got.scored[id]
-		switch {
-		case len(g) == 0:
-			lost++
-			detail = append(detail, fmt.Sprintf("scored id %d lost", id))
-		case len(g) > 1:
-			dup += len(g) - 1
-			detail = append(detail, fmt.Sprintf("scored id %d seen %d times", id, len(g)))
-		}
-		if len(g) > 0 && g[0] != vals[0] {
-			wrong++
-			detail = append(detail, fmt.Sprintf("scored id %d: got %s want %s", id, g[0], vals[0]))
-		}
-	}
-	for id, g := range got.scored {
-		if _, ok := want.scored[id]; !ok {
-			dup += len(g)
-			detail = append(detail, fmt.Sprintf("scored id %d unexpected", id))
-		}
-	}
-	for v, n := range want.windows {
-		if g := got.windows[v]; g < n {
-			lost += n - g
-			detail = append(detail, "window lost: "+v)
-		}
-	}
-	for v, g := range got.windows {
-		if n := want.windows[v]; g > n {
-			dup += g - n
-			detail = append(detail, "window duplicated or wrong: "+v)
-		}
-	}
-	sort.Strings(detail)
-	if len(detail) > 20 {
-		detail = append(detail[:20], fmt.Sprintf("... %d more", len(detail)-20))
-	}
-	return lost, dup, wrong, detail
-}
-
 // helperEnv is how a test hands a worker process its job.
 type helperEnv struct {
 	Seeds         []string  `json:"seeds"`
@@ -358,6 +312,9 @@ type helperEnv struct {
 	Delivery      string    `json:"delivery"`
 	Savepoint     string    `json:"savepoint"`
 	FromSavepoint string    `json:"from_savepoint"`
+	// CacheEntries bounds each task's state cache; small values make
+	// every record evict.
+	CacheEntries int `json:"cache_entries"`
 }
 
 // TestHelperWorker is not a test: the fault tests run the test binary
@@ -380,7 +337,8 @@ func TestHelperWorker(t *testing.T) {
 	}
 	w, err := kafka.NewWorker(enrichJob(env.Job, env.Topics), kafka.Config{Logger: logger, ClientOpts: kopts,
 		Brokers: env.Seeds, StateDir: env.StateDir, WorkerID: env.WorkerID, Delivery: kafka.Delivery(env.Delivery),
-		TransactionTimeout: 5 * time.Second, SessionTimeout: 3 * time.Second, FromSavepoint: env.FromSavepoint,
+		TransactionTimeout: 10 * time.Second, SessionTimeout: 3 * time.Second, FromSavepoint: env.FromSavepoint,
+		MaxCachedEntries: env.CacheEntries,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -418,18 +376,23 @@ func startWorker(t testing.TB, env helperEnv, logDir string, n int) *workerProc 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperWorker$", "-test.timeout=10m")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperWorker$", "-test.timeout=20m")
 	cmd.Env = append(os.Environ(), "LOANFLOW_HELPER_WORKER="+string(spec))
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	p := &workerProc{cmd: cmd, done: make(chan struct{}), log: logPath}
+	liveWorkers.Store(p, true)
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
-			const keep = 6000
-			if len(b) > keep {
+			keep := 6000
+			if os.Getenv("LOANFLOW_TEST_LOGS") != "" {
+				keep = 0 // kept in full on disk
+			}
+			if keep > 0 && len(b) > keep {
 				b = b[len(b)-keep:]
 			}
 			t.Logf("log tail of worker %s (%s):\n%s", env.WorkerID, logPath, b)
@@ -438,9 +401,27 @@ func startWorker(t testing.TB, env helperEnv, logDir string, n int) *workerProc 
 	go func() {
 		_ = cmd.Wait()
 		logf.Close()
+		liveWorkers.Delete(p)
 		close(p.done)
 	}()
 	return p
+}
+
+// liveWorkers are the worker processes running now.
+var liveWorkers sync.Map
+
+// dumpWorkers makes every running worker print its goroutines into its
+// log (SIGQUIT), for a test about to fail on a timeout.
+func dumpWorkers() {
+	liveWorkers.Range(func(k, _ any) bool {
+		p := k.(*workerProc)
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
+		return true
+	})
 }
 
 func (p *workerProc) kill() {
@@ -457,6 +438,13 @@ func (p *workerProc) exited() bool {
 	default:
 		return false
 	}
+}
+
+// tasksReady counts the tasks the worker has logged as restored and
+// running.
+func (p *workerProc) tasksReady() int {
+	b, _ := os.ReadFile(p.log)
+	return strings.Count(string(b), "task ready")
 }
 
 func (p *workerProc) tail() string {

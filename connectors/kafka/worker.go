@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -51,10 +52,12 @@ type Worker struct {
 	lastErr    map[taskID]error
 
 	blocked     atomic.Bool
+	ending      atomic.Bool // a transaction is ending (endTxn)
 	needsCP     atomic.Bool
 	produced    atomic.Int64 // records produced in the open transaction
 	lastPurge   time.Time
-	topicIDs    map[string][16]byte // input topics, refreshed at each rebalance
+	topicIDs    map[string][16]byte  // input topics, refreshed at each rebalance
+	ends        atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
 	checkpoints atomic.Int64
 	lastCP      atomic.Int64 // unix ms of the last committed checkpoint
 	logBytes    atomic.Int64 // changelog bytes staged in the open checkpoint
@@ -162,13 +165,18 @@ func (w *Worker) setup(ctx context.Context) error {
 		kgo.OnPartitionsAssigned(w.onAssigned),
 		kgo.OnPartitionsRevoked(w.onRevoked),
 		kgo.OnPartitionsLost(w.onLost),
-		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) { w.blocked.Store(true) }),
+		kgo.OnPartitionsCallbackBlocked(w.onBlocked),
 		kgo.SessionTimeout(w.cfg.SessionTimeout),
 		kgo.HeartbeatInterval(w.cfg.SessionTimeout/3),
 		kgo.RebalanceTimeout(w.cfg.RebalanceTimeout),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// Transaction markers come through (tasks skip them), so the
+		// consumer's position passes them: committed offsets leave no lag
+		// of 1 behind a marker, and a position equal to the last stable
+		// offset means caught up (backlog-aware idleness).
+		kgo.KeepControlRecords(),
 		kgo.DisableAutoCommit(),
 		kgo.FetchMaxWait(100*time.Millisecond),
 	)
@@ -182,6 +190,14 @@ func (w *Worker) setup(ctx context.Context) error {
 			return fmt.Errorf("creating transactional session: %w", err)
 		}
 		w.sess = eosSession{s}
+		// Initialising the producer fences this worker's previous
+		// incarnation and aborts the transaction it left open, before any
+		// task restores: otherwise a restart waits for that transaction to
+		// time out on every changelog it wrote to (with Apache Kafka after
+		// a broker restart, longer than the restore would wait).
+		if _, _, err := s.Client().ProducerID(ctx); err != nil {
+			return fmt.Errorf("initialising the transactional producer %s: %w", Group(w.cfg.JobID)+"-"+w.cfg.WorkerID, err)
+		}
 	} else {
 		cl, err := kgo.NewClient(opts...)
 		if err != nil {
@@ -245,30 +261,45 @@ func (w *Worker) takeRebalance() bool {
 	return r
 }
 
-// assignedTasks derives whole tasks from the assigned partitions.
-func (w *Worker) assignedTasks() []taskID {
+// assignedTasks derives whole tasks from the assigned partitions. A
+// partition assigned without its co-partitioned topics' (one topic grew
+// partitions while the job ran) cannot make a task: that is an error, as
+// it is at start, rather than records consumed by no task and committed
+// past.
+func (w *Worker) assignedTasks() ([]taskID, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []taskID
 	for _, s := range w.plan.Subtopologies {
+		var have, missing []string
 		for p := int32(0); p < s.Partitions; p++ {
-			all, any := true, false
+			have, missing = have[:0], missing[:0]
 			for _, in := range s.Inputs {
 				if w.assignment[in.Topic][p] {
-					any = true
+					have = append(have, in.Topic)
 				} else {
-					all = false
+					missing = append(missing, in.Topic)
 				}
 			}
 			switch {
-			case all:
+			case len(missing) == 0:
 				out = append(out, taskID{s.ID, p})
-			case any:
-				w.log.Error("partition assigned without its co-partitioned topics; not running the task", "subtopology", s.ID, "partition", p)
+			case len(have) > 0:
+				return nil, fmt.Errorf("kafka: partition %d of %v was assigned without the same partition of %v: co-partitioned topics must keep equal partition counts (did one grow?)", p, have, missing)
+			}
+		}
+		for t, ps := range w.assignment {
+			if w.topicSub[t] != s.ID {
+				continue
+			}
+			for p := range ps {
+				if p >= s.Partitions {
+					return nil, fmt.Errorf("kafka: partition %d of %s was assigned, but the job was planned with %d partitions per task set: co-partitioned topics must keep equal partition counts; restart the job to re-plan", p, t, s.Partitions)
+				}
 			}
 		}
 	}
-	return out
+	return out, nil
 }
 
 func (w *Worker) taskFailed(id taskID, err error) {
@@ -288,6 +319,16 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	defer w.teardown()
+	ectx, stopEnds := context.WithCancel(context.Background())
+	endsDone := make(chan struct{})
+	go func() {
+		defer close(endsDone)
+		w.refreshEnds(ectx)
+	}()
+	defer func() {
+		stopEnds()
+		<-endsDone
+	}()
 	if err := w.sess.Begin(); err != nil {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
@@ -362,8 +403,11 @@ func (w *Worker) dispatch(fs kgo.Fetches) {
 			w.log.Warn("records for a task this worker does not run", "topic", p.Topic, "partition", p.Partition)
 			return
 		}
-		last := p.Records[len(p.Records)-1].Offset
-		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(p.HighWatermark - last - 1))
+		next := p.Records[len(p.Records)-1].Offset + 1
+		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(max(p.LastStableOffset-next, 0)))
+		if pos := tr.positions[p.Topic]; pos != nil {
+			pos.handed.Store(next)
+		}
 		tr.in <- taskMsg{kind: msgBatch, recs: p.Records}
 		w.metrics.QueueFill.WithLabelValues(w.plan.Job, strconv.Itoa(id.sub), strconv.Itoa(int(id.part))).Set(float64(len(tr.in)) / float64(cap(tr.in)))
 	})
@@ -430,15 +474,27 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 		}
 	}
 	produced := w.produced.Load()
-	committed, ended, err := w.endTxn(ctx, len(failed) == 0)
-	w.log.Debug("checkpoint", "tasks", len(ps), "failed", len(failed), "produced", produced, "committed", committed, "ended", ended, "err", err)
-	if err == nil {
-		for _, p := range ps {
-			if perr := p.tr.producedErr(); perr != nil && committed && w.cfg.Delivery == AtLeastOnce {
-				err = fmt.Errorf("producing: %w", perr)
+	// Every record of the checkpoint is acknowledged (or failed) before
+	// anything commits: a record the broker refused fails its task, which
+	// restarts from its last checkpoint, instead of being committed past
+	// (in at-least-once mode that loss was silent).
+	if err := w.sess.Client().Flush(ctx); err != nil {
+		return fmt.Errorf("flushing the checkpoint's records: %w", err)
+	}
+	for _, p := range ps {
+		if perr := p.tr.producedErr(); perr != nil {
+			if !slices.Contains(failed, p.tr.id) {
+				failed = append(failed, p.tr.id)
 			}
+			w.mu.Lock()
+			if w.lastErr[p.tr.id] == nil {
+				w.lastErr[p.tr.id] = fmt.Errorf("producing: %w", perr)
+			}
+			w.mu.Unlock()
 		}
 	}
+	committed, ended, err := w.endTxn(ctx, len(failed) == 0)
+	w.log.Debug("checkpoint", "tasks", len(ps), "failed", len(failed), "produced", produced, "committed", committed, "ended", ended, "err", err)
 	var sources map[string]map[int32]kgo.EpochOffset
 	if committed {
 		sources = w.sess.Client().CommittedOffsets()
@@ -515,8 +571,29 @@ func (w *Worker) endTxn(ctx context.Context, commit bool) (committed, ended bool
 			}
 		}
 	}
+	w.ending.Store(true)
+	if w.blocked.Load() {
+		w.sess.AllowRebalance()
+	}
 	committed, err = w.sess.End(ctx, commit)
+	w.ending.Store(false)
 	return committed, true, err
+}
+
+// onBlocked is told (on a goroutine of its own) that a group callback
+// waits for the worker to allow rebalancing. Normally the worker
+// checkpoints and then allows it. While a transaction ends it allows it at
+// once: End waits for a heartbeat to confirm the membership, and when the
+// group coordinator has died the heartbeat loop is gone until the pending
+// callback runs, so End would wait forever (seen on Apache Kafka when the
+// coordinator's broker was killed). The callback marks the session
+// revoked or lost and End aborts; a worker the group still counts on
+// commits its next checkpoint under the new generation.
+func (w *Worker) onBlocked(context.Context, *kgo.Client) {
+	w.blocked.Store(true)
+	if w.ending.Load() {
+		w.sess.AllowRebalance()
+	}
 }
 
 // voucher is the committed offset of one assigned input partition, to be
@@ -643,7 +720,10 @@ func (w *Worker) closeTasks() {
 
 // openTasks opens and restores the tasks of the current assignment.
 func (w *Worker) openTasks(ctx context.Context) error {
-	ids := w.assignedTasks()
+	ids, err := w.assignedTasks()
+	if err != nil {
+		return err
+	}
 	committed, err := w.groupOffsets(ctx)
 	if err != nil {
 		return err
@@ -744,11 +824,19 @@ func (w *Worker) openTask(ctx context.Context, id taskID, committed map[string]m
 		st.Close()
 		return nil, 0, err
 	}
-	tr := &taskRunner{w: w, id: id, store: st}
+	tr := &taskRunner{w: w, id: id, store: st, positions: make(map[string]*position, len(sub.Inputs))}
 	tr.init()
+	for _, in := range sub.Inputs {
+		pos := &position{}
+		if c, ok := committed[in.Topic][id.part]; ok {
+			pos.handed.Store(c.Offset)
+			pos.processed.Store(c.Offset)
+		}
+		tr.positions[in.Topic] = pos
+	}
 	tr.task, err = pipeline.NewTask(pipeline.TaskConfig{
 		Plan: w.plan, Subtopology: id.sub, Partition: id.part, Store: st, Output: tr,
-		Metrics: w.metrics, Logger: w.log, Partitions: w.partitions,
+		Metrics: w.metrics, Logger: w.log, Partitions: w.partitions, Backlog: tr.backlog,
 	})
 	if err != nil {
 		st.Close()

@@ -28,7 +28,7 @@ func newAdmin(t testing.TB, seeds []string) *kadm.Client {
 
 func createTopic(t testing.TB, adm *kadm.Client, topic string, parts int32, configs map[string]*string) {
 	t.Helper()
-	resp, err := adm.CreateTopic(context.Background(), parts, 1, configs, topic)
+	resp, err := adm.CreateTopic(context.Background(), parts, -1, configs, topic)
 	if err == nil {
 		err = resp.Err
 	}

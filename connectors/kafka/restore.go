@@ -9,6 +9,8 @@ import (
 
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/state"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -223,12 +225,30 @@ func (w *Worker) topicIdentities(ctx context.Context, topics []string) (map[stri
 	if len(topics) == 0 {
 		return nil, nil
 	}
-	td, err := w.adm.ListTopics(ctx, topics...)
-	if err == nil {
-		err = td.Error()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("describing changelogs: %w", err)
+	// A topic just created (a savepoint restore recreates changelogs) may
+	// take a moment to appear in every broker's metadata.
+	var td kadm.TopicDetails
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var err error
+		if td, err = w.adm.ListTopics(ctx, topics...); err == nil {
+			for t, d := range td {
+				if d.Err != nil {
+					err = fmt.Errorf("describing %s: %w", t, d.Err)
+					break
+				}
+			}
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("describing changelogs: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	out := make(map[string][16]byte, len(td))
 	for t, d := range td {

@@ -1,12 +1,15 @@
 package kafka
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -18,26 +21,54 @@ import (
 
 // A savepoint is a directory:
 //
-//	job.json                 the job and its subtopologies' partition counts
+//	job.json                 the job, its subtopologies' partition counts,
+//	                         its repartition topics' ids
 //	tasks/<sub>_<part>/
-//	    offsets.json         the task's committed input offsets
+//	    offsets.json         the task's committed input offsets, the end
+//	                         offsets of the repartition topics it writes,
+//	                         and how far its in-flight copy goes
+//	    inflight/<topic>     the repartition records it had not yet read
 //	    state/               a Pebble checkpoint of the task's state
 //
 // Every worker of a stopped job writes its own tasks into the same
-// directory. A savepoint holds positions in the job's source and
-// repartition topics, so it restores against the same Kafka cluster.
+// directory. A savepoint holds positions in the job's source topics, so it
+// restores against the same Kafka cluster. Repartition topics are not
+// trusted: they may hold records written after the savepoint (restoring an
+// older savepoint would count them twice), so a restore recreates them
+// holding exactly the records in flight at the savepoint: for each
+// partition, from its reader's committed offset up to the highest end
+// offset any writer task recorded when it stopped (a writer stopped later
+// than the reader wrote records the reader's copy lacks; they are read
+// from the live topic when it is still the same topic).
 
 type savepointJob struct {
 	Job           string           `json:"job"`
 	CreatedAt     time.Time        `json:"created_at"`
 	Subtopologies map[int]int32    `json:"subtopologies"`
 	Inputs        map[int][]string `json:"inputs"`
+	// Repartitions are the job's repartition topics and their topic ids.
+	Repartitions map[string]string `json:"repartitions"`
 }
 
 type savepointTask struct {
 	Task    string           `json:"task"`
 	Worker  string           `json:"worker"`
 	Offsets map[string]int64 `json:"offsets"`
+	// Writes are the end offsets of the repartition topics the task
+	// writes, per partition, after its final checkpoint.
+	Writes map[string]map[int32]int64 `json:"writes"`
+	// InFlight is, per repartition input, the end of the copied records:
+	// inflight/<topic> holds [Offsets[topic], InFlight[topic]).
+	InFlight map[string]int64 `json:"in_flight"`
+}
+
+// savedRecord is a repartition record kept in a savepoint.
+type savedRecord struct {
+	Offset    int64       `json:"o"`
+	Key       []byte      `json:"k,omitempty"`
+	Value     []byte      `json:"v,omitempty"`
+	Timestamp int64       `json:"t"`
+	Headers   [][2][]byte `json:"h,omitempty"`
 }
 
 // StopWithSavepoint stops Run after a final checkpoint and writes this
@@ -58,15 +89,33 @@ func (w *Worker) StopWithSavepoint(ctx context.Context, dir string) error {
 }
 
 func (w *Worker) writeSavepoint(ctx context.Context, dir string) error {
-	job := savepointJob{Job: w.plan.Job, CreatedAt: time.Now().UTC(), Subtopologies: map[int]int32{}, Inputs: map[int][]string{}}
+	job := savepointJob{Job: w.plan.Job, CreatedAt: time.Now().UTC(), Subtopologies: map[int]int32{}, Inputs: map[int][]string{},
+		Repartitions: map[string]string{}}
+	reps := w.repartitionTopics()
 	for _, s := range w.plan.Subtopologies {
 		job.Subtopologies[s.ID] = s.Partitions
 		for _, in := range s.Inputs {
 			job.Inputs[s.ID] = append(job.Inputs[s.ID], in.Topic)
 		}
 	}
+	ids, err := w.topicIdentities(ctx, reps)
+	if err != nil {
+		return err
+	}
+	for t, id := range ids {
+		job.Repartitions[t] = fmt.Sprintf("%x", id)
+	}
 	if err := writeJSON(filepath.Join(dir, "job.json"), job); err != nil {
 		return err
+	}
+	var ends, starts kadm.ListedOffsets
+	if len(reps) > 0 {
+		if ends, err = w.adm.ListCommittedOffsets(ctx, reps...); err == nil {
+			starts, err = w.adm.ListStartOffsets(ctx, reps...)
+		}
+		if err != nil {
+			return fmt.Errorf("listing repartition offsets: %w", err)
+		}
 	}
 	committed := w.sess.Client().CommittedOffsets()
 	for id, tr := range w.tasks {
@@ -82,11 +131,39 @@ func (w *Worker) writeSavepoint(ctx context.Context, dir string) error {
 		if err := <-reply; err != nil {
 			return fmt.Errorf("snapshotting task %s: %w", id, err)
 		}
-		st := savepointTask{Task: id.String(), Worker: w.cfg.WorkerID, Offsets: map[string]int64{}}
-		for _, in := range w.plan.Subtopologies[id.sub].Inputs {
-			if eo, ok := committed[in.Topic][id.part]; ok {
+		sub := w.plan.Subtopologies[id.sub]
+		st := savepointTask{Task: id.String(), Worker: w.cfg.WorkerID, Offsets: map[string]int64{},
+			Writes: map[string]map[int32]int64{}, InFlight: map[string]int64{}}
+		for _, out := range sub.Outputs {
+			if !slices.Contains(reps, out) {
+				continue
+			}
+			st.Writes[out] = map[int32]int64{}
+			ends.Each(func(o kadm.ListedOffset) {
+				if o.Topic == out && o.Err == nil {
+					st.Writes[out][o.Partition] = o.Offset
+				}
+			})
+		}
+		for _, in := range sub.Inputs {
+			eo, ok := committed[in.Topic][id.part]
+			if ok {
 				st.Offsets[in.Topic] = eo.Offset
 			}
+			if !in.Repartition {
+				continue
+			}
+			from := eo.Offset
+			if !ok {
+				s, _ := starts.Lookup(in.Topic, id.part)
+				from = s.Offset
+				st.Offsets[in.Topic] = from
+			}
+			end, _ := ends.Lookup(in.Topic, id.part)
+			if err := w.copyInFlight(ctx, filepath.Join(tdir, "inflight", in.Topic), in.Topic, id.part, from, end.Offset); err != nil {
+				return err
+			}
+			st.InFlight[in.Topic] = max(end.Offset, from)
 		}
 		if err := writeJSON(filepath.Join(tdir, "offsets.json"), st); err != nil {
 			return err
@@ -94,6 +171,77 @@ func (w *Worker) writeSavepoint(ctx context.Context, dir string) error {
 	}
 	w.log.Info("savepoint written", "dir", dir, "tasks", len(w.tasks))
 	return nil
+}
+
+// repartitionTopics lists the job's repartition topics.
+func (w *Worker) repartitionTopics() []string {
+	var out []string
+	for _, s := range w.plan.Subtopologies {
+		for _, in := range s.Inputs {
+			if in.Repartition && !slices.Contains(out, in.Topic) {
+				out = append(out, in.Topic)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// copyInFlight saves the committed records of [from, to) of a partition
+// to path, one JSON record per line.
+func (w *Worker) copyInFlight(ctx context.Context, path, topic string, p int32, from, to int64) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bw := bufio.NewWriter(f)
+	enc := json.NewEncoder(bw)
+	if from < to {
+		err = w.consumeRange(ctx, topic, p, from, to, func(r *kgo.Record) error {
+			if r.Attrs.IsControl() {
+				return nil
+			}
+			return enc.Encode(toSaved(r))
+		})
+		if err != nil {
+			return fmt.Errorf("copying in-flight records of %s/%d: %w", topic, p, err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func toSaved(r *kgo.Record) savedRecord {
+	sr := savedRecord{Offset: r.Offset, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp.UnixMilli()}
+	for _, h := range r.Headers {
+		sr.Headers = append(sr.Headers, [2][]byte{[]byte(h.Key), h.Value})
+	}
+	return sr
+}
+
+func readSaved(path string) ([]savedRecord, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []savedRecord
+	dec := json.NewDecoder(bufio.NewReader(f))
+	for {
+		var sr savedRecord
+		if err := dec.Decode(&sr); errors.Is(err, io.EOF) {
+			return out, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", path, err)
+		}
+		out = append(out, sr)
+	}
 }
 
 func writeJSON(path string, v any) error {
@@ -144,6 +292,10 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
+	inflight, err := w.savedInFlight(ctx, dir, job, tasks)
+	if err != nil {
+		return err
+	}
 	if err := w.recreateChangelogs(ctx); err != nil {
 		return err
 	}
@@ -158,8 +310,14 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 			return err
 		}
 		for topic, off := range st.Offsets {
+			if _, ok := inflight[topic]; ok {
+				off = 0 // recreated, holding what was in flight
+			}
 			offsets.AddOffset(topic, id.part, off, -1)
 		}
+	}
+	if err := w.rewriteRepartitions(ctx, prod, inflight); err != nil {
+		return err
 	}
 	resp, err := w.adm.CommitOffsets(ctx, Group(w.cfg.JobID), offsets)
 	if err == nil {
@@ -208,38 +366,171 @@ func (w *Worker) savepointTasks(dir string) (map[taskID]savepointTask, error) {
 	return out, nil
 }
 
+// savedInFlight gathers, per repartition topic and partition, the records
+// in flight at the savepoint: the reader's copy, cut at the highest end
+// offset a writer recorded, completed from the live topic when a writer
+// stopped after the reader did.
+func (w *Worker) savedInFlight(ctx context.Context, dir string, job savepointJob, tasks map[taskID]savepointTask) (map[string]map[int32][]savedRecord, error) {
+	out := map[string]map[int32][]savedRecord{}
+	for _, s := range w.plan.Subtopologies {
+		for _, in := range s.Inputs {
+			if !in.Repartition {
+				continue
+			}
+			out[in.Topic] = map[int32][]savedRecord{}
+			for p := int32(0); p < s.Partitions; p++ {
+				id := taskID{s.ID, p}
+				st := tasks[id]
+				copyEnd, ok := st.InFlight[in.Topic]
+				if !ok {
+					return nil, fmt.Errorf("savepoint %s: task %s has no copy of its in-flight %s records (written by an older version?); it cannot be restored", dir, id, in.Topic)
+				}
+				end := copyEnd
+				for _, other := range tasks {
+					if e, ok := other.Writes[in.Topic][p]; ok && e > end {
+						end = e
+					}
+				}
+				recs, err := readSaved(filepath.Join(dir, "tasks", id.String(), "inflight", in.Topic))
+				if err != nil {
+					return nil, err
+				}
+				for len(recs) > 0 && recs[len(recs)-1].Offset >= end {
+					recs = recs[:len(recs)-1]
+				}
+				if end > copyEnd {
+					tail, err := w.liveTail(ctx, job, in.Topic, p, copyEnd, end)
+					if err != nil {
+						return nil, fmt.Errorf("savepoint %s: %w", dir, err)
+					}
+					recs = append(recs, tail...)
+				}
+				out[in.Topic][p] = recs
+			}
+		}
+	}
+	return out, nil
+}
+
+// liveTail reads [from, to) of a repartition partition from the cluster,
+// if it is still the topic the savepoint knew and still holds them.
+func (w *Worker) liveTail(ctx context.Context, job savepointJob, topic string, p int32, from, to int64) ([]savedRecord, error) {
+	ids, err := w.topicIdentities(ctx, []string{topic})
+	if err != nil {
+		return nil, err
+	}
+	id := ids[topic]
+	if fmt.Sprintf("%x", id) != job.Repartitions[topic] {
+		return nil, fmt.Errorf("records [%d,%d) of %s/%d were written after its reader saved and the topic has been recreated since: stop every worker of the job together with the savepoint", from, to, topic, p)
+	}
+	starts, err := w.adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	if s, _ := starts.Lookup(topic, p); s.Offset > from {
+		return nil, fmt.Errorf("records [%d,%d) of %s/%d were written after its reader saved and have been deleted since: stop every worker of the job together with the savepoint", from, to, topic, p)
+	}
+	var out []savedRecord
+	err = w.consumeRange(ctx, topic, p, from, to, func(r *kgo.Record) error {
+		if !r.Attrs.IsControl() {
+			out = append(out, toSaved(r))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// rewriteRepartitions recreates the repartition topics holding only the
+// records in flight at the savepoint.
+func (w *Worker) rewriteRepartitions(ctx context.Context, prod *kgo.Client, inflight map[string]map[int32][]savedRecord) error {
+	var topics []string
+	for t := range inflight {
+		topics = append(topics, t)
+	}
+	sort.Strings(topics)
+	var specs []topicSpec
+	for _, s := range w.plan.Subtopologies {
+		for _, in := range s.Inputs {
+			if in.Repartition {
+				specs = append(specs, topicSpec{name: in.Topic, partitions: s.Partitions, role: "repartition",
+					configs: map[string]*string{"retention.ms": strp("-1")}})
+			}
+		}
+	}
+	if err := w.recreateTopics(ctx, topics, specs); err != nil {
+		return err
+	}
+	n := 0
+	for _, t := range topics {
+		for p, recs := range inflight[t] {
+			var batch []*kgo.Record
+			for _, sr := range recs {
+				r := &kgo.Record{Topic: t, Partition: p, Key: sr.Key, Value: sr.Value, Timestamp: time.UnixMilli(sr.Timestamp)}
+				for _, h := range sr.Headers {
+					r.Headers = append(r.Headers, kgo.RecordHeader{Key: string(h[0]), Value: h[1]})
+				}
+				batch = append(batch, r)
+			}
+			if len(batch) > 0 {
+				if err := prod.ProduceSync(ctx, batch...).FirstErr(); err != nil {
+					return fmt.Errorf("rewriting in-flight records of %s/%d: %w", t, p, err)
+				}
+			}
+			n += len(batch)
+		}
+	}
+	w.log.Info("repartition topics recreated with the savepoint's in-flight records", "topics", len(topics), "records", n)
+	return nil
+}
+
 func (w *Worker) recreateChangelogs(ctx context.Context) error {
 	var logs []string
+	var specs []topicSpec
 	for _, s := range w.plan.Subtopologies {
 		logs = append(logs, s.Changelogs...)
+		for _, cl := range s.Changelogs {
+			specs = append(specs, topicSpec{name: cl, partitions: s.Partitions, role: "changelog", configs: map[string]*string{"cleanup.policy": strp("compact")}})
+		}
 	}
-	resp, err := w.adm.DeleteTopics(ctx, logs...)
+	return w.recreateTopics(ctx, logs, specs)
+}
+
+// recreateTopics deletes topics and creates them again from specs.
+func (w *Worker) recreateTopics(ctx context.Context, topics []string, specs []topicSpec) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	resp, err := w.adm.DeleteTopics(ctx, topics...)
 	if err != nil {
 		return fmt.Errorf("deleting changelogs: %w", err)
 	}
 	for _, r := range resp {
 		if r.Err != nil && !errors.Is(r.Err, kerr.UnknownTopicOrPartition) {
-			return fmt.Errorf("deleting changelog %s: %w", r.Topic, r.Err)
+			return fmt.Errorf("deleting %s: %w", r.Topic, r.Err)
 		}
 	}
-	for _, s := range w.plan.Subtopologies {
-		var ts []topicSpec
-		for _, cl := range s.Changelogs {
-			ts = append(ts, topicSpec{name: cl, partitions: s.Partitions, role: "changelog", configs: map[string]*string{"cleanup.policy": strp("compact")}})
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			err := createTopics(ctx, w.adm, w.cfg, ts)
-			if err == nil || time.Now().After(deadline) {
-				if err != nil {
-					return err
+	// A broker may still answer "already exists" for a topic being
+	// deleted: wait until none is left before creating them again.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		td, err := w.adm.ListTopics(ctx, topics...)
+		if err == nil {
+			left := 0
+			for _, d := range td {
+				if d.Err == nil {
+					left++
 				}
+			}
+			if left == 0 {
 				break
 			}
-			time.Sleep(200 * time.Millisecond) // deletion still in progress
 		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("topics %v still exist 60s after their deletion", topics)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return nil
+	return createTopics(ctx, w.adm, w.cfg, dedupe(specs))
 }
 
 // rewriteChangelogs writes a saved task state into its changelog

@@ -144,15 +144,15 @@ func (w *Worker) setup(ctx context.Context) error {
 	if w.parts, err = ensureTopics(ctx, w.adm, w.plan, w.cfg); err != nil {
 		return err
 	}
-	if w.cfg.FromSavepoint != "" {
-		if err := w.restoreSavepoint(ctx, w.cfg.FromSavepoint); err != nil {
-			return err
-		}
-	}
 	w.rcl, err = kgo.NewClient(w.clientOpts(kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(200*time.Millisecond))...)
 	if err != nil {
 		return fmt.Errorf("creating restore client: %w", err)
+	}
+	if w.cfg.FromSavepoint != "" {
+		if err := w.restoreSavepoint(ctx, w.cfg.FromSavepoint); err != nil {
+			return err
+		}
 	}
 	opts := w.clientOpts(
 		kgo.ConsumerGroup(Group(w.cfg.JobID)),

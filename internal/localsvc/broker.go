@@ -41,8 +41,12 @@ type Broker struct {
 	Cluster *kfake.Cluster
 }
 
-// StartBroker starts the embedded broker.
-func StartBroker(opts BrokerOptions) (*Broker, error) {
+// StartBroker starts the embedded broker in this process. With a DataDir,
+// a SIGKILL of this process can tear the transaction being committed;
+// StartBrokerProcess runs it where that cannot happen.
+func StartBroker(opts BrokerOptions) (*Broker, error) { return startBroker(opts) }
+
+func startBroker(opts BrokerOptions, extra ...kfake.Opt) (*Broker, error) {
 	if opts.CompactionInterval <= 0 {
 		opts.CompactionInterval = neverCompact
 	}
@@ -68,7 +72,7 @@ func StartBroker(opts BrokerOptions) (*Broker, error) {
 	if opts.DataDir != "" {
 		kopts = append(kopts, kfake.DataDir(opts.DataDir))
 	}
-	c, err := kfake.NewCluster(kopts...)
+	c, err := kfake.NewCluster(append(kopts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded broker: %w", err)
 	}

@@ -8,6 +8,44 @@
 // servers are used instead by configuration alone and never go through this
 // package.
 //
+// # The embedded broker
+//
+// StartBroker runs kfake in this process: the shared test broker (in
+// memory) and tests that want one of their own. StartBrokerProcess runs it
+// in a child process, for a broker that persists to a directory and must
+// survive the death of the process using it (`loanflow dev`): kfake is not
+// crash-atomic. Its EndTxn writes the commit markers partition by
+// partition, then the transaction's offset commits, then its producer
+// state, as separate file writes; a SIGKILL in between leaves a torn
+// transaction on disk (committed in some partitions, unended in the others
+// and left blocking read_committed readers, or outputs committed with
+// their inputs' offsets not). A clean Close, which runs on kfake's loop
+// between requests, is consistent.
+//
+// The child is this binary re-executed: StartBrokerProcess passes the
+// options in an environment variable, and MaybeRunBrokerChild, which main
+// (and the TestMain of a test binary that starts broker children, as
+// testenv.Main does) calls first, runs the broker and exits. The child:
+//
+//   - gets SIGTERM when its parent dies (the parent-death signal, set by
+//     the OS thread that started it, which stays locked to the goroutine
+//     waiting for the child), so a SIGKILL of the parent makes it finish
+//     the request it is handling, close cleanly (saving its state) and
+//     exit; Stop sends the same SIGTERM;
+//   - holds an exclusive flock on its data directory from before loading
+//     it until it exits, after the save; a new child on the same directory
+//     waits for the lock (its parent's Waiting callback says so), so a
+//     quick restart never loads a half-saved directory;
+//   - runs in its own process group (a Ctrl-C in the terminal reaches the
+//     parent, which stops the broker last) and logs to DataDir + ".log";
+//   - reports "ready ADDR" on a pipe; the parent then waits until the
+//     broker answers a metadata request there.
+//
+// Killing the child itself (or the machine) can still tear a transaction:
+// TestKfakeTornByDirectKill (opt-in, LOANFLOW_KFAKE_TORN_REPRO=1) shows
+// it; TestParentKillKeepsTransactionsWhole shows the parent's death does
+// not.
+//
 // # Apache Kafka
 //
 // StartKafka runs Apache Kafka (KafkaVersion) in KRaft mode from its jars:
@@ -64,12 +102,17 @@
 // the in-process broker) and the goroutines waiting on them. Stop (Close
 // for Kafka) ends the servers and waits for them; it is safe to call more
 // than once. External processes are started with a parent-death signal, so
-// a killed parent does not leave orphaned servers behind.
+// a killed parent does not leave orphaned servers behind: SIGKILL for
+// PostgreSQL, Redis and Apache Kafka, which recover from a crash by
+// themselves, SIGTERM for the broker child, which must save.
 //
 // # Errors
 //
 // ErrNotInstalled (wrapped, with an install hint) when a server binary is
 // missing (for Apache Kafka: java, or mvn while the jars are not cached
 // yet); callers decide whether that is a skip (local tests) or a failure
-// (CI, `loanflow dev`). Other errors carry the server's log tail.
+// (CI, `loanflow dev`). ErrNoBrokerChildHook when StartBrokerProcess runs
+// in a broker child: its binary's main does not call MaybeRunBrokerChild
+// (the child would otherwise run the binary's own main, tests included).
+// Other errors carry the server's log tail.
 package localsvc

@@ -30,13 +30,20 @@ type proc struct {
 }
 
 func startProc(name string, cmd *exec.Cmd, logPath string, cred *syscall.Credential) (*proc, error) {
+	return startProcSignal(name, cmd, logPath, cred, syscall.SIGKILL)
+}
+
+// startProcSignal is startProc with the signal the process gets when this
+// one dies: SIGKILL for servers that recover from a crash by themselves,
+// SIGTERM for one that must shut down cleanly (the broker child).
+func startProcSignal(name string, cmd *exec.Cmd, logPath string, cred *syscall.Credential, deathSig syscall.Signal) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s log: %w", name, err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Pdeathsig:  syscall.SIGKILL,
+		Pdeathsig:  deathSig,
 		Setpgid:    true,
 		Credential: cred,
 	}

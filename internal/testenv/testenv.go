@@ -31,8 +31,12 @@ var (
 	dbSerial atomic.Int64
 )
 
-// Main runs the package's tests and then stops every shared server.
+// Main runs the package's tests and then stops every shared server. A
+// test binary started as an embedded broker child (see
+// localsvc.StartBrokerProcess, which `loanflow dev`'s stack uses) runs the
+// broker instead.
 func Main(m *testing.M) {
+	localsvc.MaybeRunBrokerChild()
 	code := m.Run()
 	stopAll()
 	os.Exit(code)

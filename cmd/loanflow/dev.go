@@ -26,6 +26,12 @@ broker, then the schema registry, the API with its dev OAuth2 issuer, the
 credit-bureau simulator, the CDC reader and one worker of each job. All data
 lives in --dir; run it again to resume, delete the directory to start over.
 
+The broker runs in a child process (broker.log in --dir) that saves its state
+and exits when this one stops or dies, even by SIGKILL: a hard kill of
+loanflow dev loses no accepted application. Killing the broker process itself,
+or the machine, can tear the transaction being committed; use your own Kafka
+(--brokers) where that matters.
+
 Use your own servers instead of local ones by configuration alone:
 --database-url, --redis-url, --brokers, --schema-registry.
 
@@ -36,6 +42,8 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Brokers = splitList(brokers)
+			// Only for the negative control of TestDevStackSurvivesSIGKILL.
+			cfg.BrokerInProcess = os.Getenv("LOANFLOW_DEV_BROKER_IN_PROCESS") == "1"
 			log, closeLog, err := devLogger(cfg.Dir, logLevel)
 			if err != nil {
 				return err

@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/loanflow/loanflow/internal/localsvc"
 )
 
 var commands []func() *cobra.Command
@@ -29,6 +31,8 @@ func newRootCmd() *cobra.Command {
 }
 
 func main() {
+	// `loanflow dev` re-executes this binary to run the embedded broker.
+	localsvc.MaybeRunBrokerChild()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {

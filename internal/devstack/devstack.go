@@ -74,6 +74,10 @@ type Config struct {
 	// Bureau configures the credit-bureau simulator; Listen is set from
 	// BureauAddr.
 	Bureau bureau.Config
+	// BrokerInProcess runs the embedded broker in this process instead of
+	// a child process. Only for the negative control of the crash test:
+	// a SIGKILL of the process can then tear a transaction.
+	BrokerInProcess bool
 
 	Logger *slog.Logger
 }
@@ -142,6 +146,9 @@ type stack struct {
 	log     *slog.Logger
 	info    Info
 	servers []func() // stop functions, in start order
+	// brokerExited is closed when the broker child ends; nil when there
+	// is none.
+	brokerExited <-chan struct{}
 }
 
 // Run starts the stack, calls ready once every part is up (workers own
@@ -159,6 +166,7 @@ func Run(ctx context.Context, cfg Config, ready func(Info)) error {
 	partsCtx, stopParts := context.WithCancel(ctx)
 	defer stopParts()
 	g, gctx := errgroup.WithContext(partsCtx)
+	s.watchBroker(gctx, g)
 	err := s.startParts(gctx, g)
 	if err != nil {
 		stopParts() // the parts already started stop too
@@ -172,6 +180,22 @@ func Run(ctx context.Context, cfg Config, ready func(Info)) error {
 		err = nil // a requested stop
 	}
 	return err
+}
+
+// watchBroker fails the stack when the broker child ends before the
+// stack stops it.
+func (s *stack) watchBroker(ctx context.Context, g *errgroup.Group) {
+	if s.brokerExited == nil {
+		return
+	}
+	g.Go(func() error {
+		select {
+		case <-s.brokerExited:
+			return fmt.Errorf("dev: the embedded broker exited (see %s)", s.sub("broker.log"))
+		case <-ctx.Done():
+			return nil
+		}
+	})
 }
 
 func (s *stack) prepareDir() error {

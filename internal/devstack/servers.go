@@ -35,14 +35,36 @@ func (s *stack) startServers(ctx context.Context) error {
 		s.info.Brokers = s.cfg.Brokers
 		return nil
 	}
-	b, err := localsvc.StartBroker(localsvc.BrokerOptions{Port: s.cfg.BrokerPort, DataDir: s.sub("broker"),
-		DefaultPartitions: s.cfg.Partitions})
+	return s.startBroker()
+}
+
+// startBroker starts the embedded broker in a child process that closes
+// cleanly (saving its state) when this process dies, however it dies: a
+// broker in this process would tear the transaction it was committing
+// when the process is killed (docs/design.md, "The embedded broker").
+func (s *stack) startBroker() error {
+	opts := localsvc.BrokerOptions{Port: s.cfg.BrokerPort, DataDir: s.sub("broker"), DefaultPartitions: s.cfg.Partitions}
+	if s.cfg.BrokerInProcess {
+		b, err := localsvc.StartBroker(opts)
+		if err != nil {
+			return fmt.Errorf("dev: broker: %w (another port: --broker-port; your own Kafka: --brokers)", err)
+		}
+		s.servers = append(s.servers, b.Stop)
+		s.info.Brokers = b.Addrs()
+		s.info.Started = append(s.info.Started, "Kafka-protocol broker (kfake, in process) "+b.Addrs()[0])
+		return nil
+	}
+	b, err := localsvc.StartBrokerProcess(localsvc.BrokerProcessOptions{BrokerOptions: opts,
+		Waiting: func(dir string) {
+			s.log.Warn("waiting for the previous embedded broker to finish saving its state", "dir", dir)
+		}})
 	if err != nil {
 		return fmt.Errorf("dev: broker: %w (another port: --broker-port; your own Kafka: --brokers)", err)
 	}
 	s.servers = append(s.servers, b.Stop)
+	s.brokerExited = b.Exited()
 	s.info.Brokers = b.Addrs()
-	s.info.Started = append(s.info.Started, "Kafka-protocol broker (kfake) "+b.Addrs()[0])
+	s.info.Started = append(s.info.Started, fmt.Sprintf("Kafka-protocol broker (kfake, pid %d, log broker.log) %s", b.Pid(), b.Addrs()[0]))
 	return nil
 }
 

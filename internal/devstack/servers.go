@@ -35,14 +35,14 @@ func (s *stack) startServers(ctx context.Context) error {
 		s.info.Brokers = s.cfg.Brokers
 		return nil
 	}
-	return s.startBroker()
+	return s.startBroker(ctx)
 }
 
 // startBroker starts the embedded broker in a child process that closes
 // cleanly (saving its state) when this process dies, however it dies: a
 // broker in this process would tear the transaction it was committing
 // when the process is killed (docs/design.md, "The embedded broker").
-func (s *stack) startBroker() error {
+func (s *stack) startBroker(ctx context.Context) error {
 	opts := localsvc.BrokerOptions{Port: s.cfg.BrokerPort, DataDir: s.sub("broker"), DefaultPartitions: s.cfg.Partitions}
 	if s.cfg.BrokerInProcess {
 		b, err := localsvc.StartBroker(opts)
@@ -54,7 +54,7 @@ func (s *stack) startBroker() error {
 		s.info.Started = append(s.info.Started, "Kafka-protocol broker (kfake, in process) "+b.Addrs()[0])
 		return nil
 	}
-	b, err := localsvc.StartBrokerProcess(localsvc.BrokerProcessOptions{BrokerOptions: opts,
+	b, err := localsvc.StartBrokerProcess(ctx, localsvc.BrokerProcessOptions{BrokerOptions: opts,
 		Waiting: func(dir string) {
 			s.log.Warn("waiting for the previous embedded broker to finish saving its state", "dir", dir)
 		}})

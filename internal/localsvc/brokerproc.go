@@ -73,7 +73,8 @@ type BrokerProcess struct {
 }
 
 // StartBrokerProcess starts the embedded broker in a child process that
-// re-executes this binary, and waits until it answers a metadata request.
+// re-executes this binary, and waits until it answers a metadata request
+// (or ctx ends: the child is then stopped).
 // The child holds an exclusive lock (flock) on DataDir from before it
 // loads the directory until after it has saved it; a child started while a
 // previous broker on the same directory is still saving waits for it.
@@ -84,7 +85,7 @@ type BrokerProcess struct {
 // kfake writes a transaction's markers and offsets as separate file writes
 // and tears it when killed in between; its Close, which runs between
 // requests, does not (docs/design.md, "The embedded broker").
-func StartBrokerProcess(opts BrokerProcessOptions) (*BrokerProcess, error) {
+func StartBrokerProcess(ctx context.Context, opts BrokerProcessOptions) (*BrokerProcess, error) {
 	if opts.DataDir == "" {
 		return nil, errors.New("localsvc: BrokerProcessOptions.DataDir is empty")
 	}
@@ -120,7 +121,7 @@ func StartBrokerProcess(opts BrokerProcessOptions) (*BrokerProcess, error) {
 		return nil, err
 	}
 	b := &BrokerProcess{opts: opts, proc: p}
-	if b.addr, err = b.awaitReady(status); err != nil {
+	if b.addr, err = b.awaitReady(ctx, status); err != nil {
 		b.Stop()
 		return nil, err
 	}
@@ -129,7 +130,7 @@ func StartBrokerProcess(opts BrokerProcessOptions) (*BrokerProcess, error) {
 
 // awaitReady reads the child's status lines ("waiting", "ready ADDR")
 // until it is ready, then checks it answers metadata requests.
-func (b *BrokerProcess) awaitReady(status io.Reader) (string, error) {
+func (b *BrokerProcess) awaitReady(ctx context.Context, status io.Reader) (string, error) {
 	lines := make(chan string, 4)
 	go func() { // ends at EOF: the child closes fd 3 when ready, or exits
 		defer close(lines)
@@ -154,6 +155,8 @@ func (b *BrokerProcess) awaitReady(status io.Reader) (string, error) {
 				err := waitReady(b.proc, 30*time.Second, func() error { return brokerAnswers(addr) })
 				return addr, err
 			}
+		case <-ctx.Done():
+			return "", fmt.Errorf("starting embedded broker: %w", ctx.Err())
 		case <-deadline.C:
 			return "", fmt.Errorf("embedded broker not ready after %v (is another broker saving %s?)\n%s", b.opts.StartTimeout, b.opts.DataDir, b.proc.logTail())
 		}

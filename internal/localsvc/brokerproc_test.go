@@ -305,7 +305,7 @@ func TestHelperTxnParent(t *testing.T) {
 	port, _ := strconv.Atoi(os.Getenv(helperPortEnv))
 	first, _ := strconv.Atoi(os.Getenv(helperFirstEnv))
 	kill, _ := strconv.Atoi(os.Getenv(helperKillEnv))
-	b, err := StartBrokerProcess(BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir, Port: port},
+	b, err := StartBrokerProcess(context.Background(), BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir, Port: port},
 		Waiting: func(string) { fmt.Println("waiting") }})
 	if err != nil {
 		t.Fatal(err)
@@ -397,7 +397,7 @@ func TestParentKillKeepsTransactionsWhole(t *testing.T) {
 		}
 	}
 	killing := time.Since(start)
-	b, err := StartBrokerProcess(BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir, Port: port}})
+	b, err := StartBrokerProcess(context.Background(), BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir, Port: port}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,7 +455,7 @@ func TestKfakeTornByDirectKill(t *testing.T) {
 		kills = n
 	}
 	for kill := range kills {
-		b, err := StartBrokerProcess(opts)
+		b, err := StartBrokerProcess(ctx, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -477,7 +477,7 @@ func TestKfakeTornByDirectKill(t *testing.T) {
 		b.Kill()
 		p.Close()
 	}
-	b, err := StartBrokerProcess(opts)
+	b, err := StartBrokerProcess(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +500,7 @@ func TestKfakeTornByDirectKill(t *testing.T) {
 // then serves what the first one held.
 func TestBrokerProcessWaitsForPreviousBroker(t *testing.T) {
 	dir := t.TempDir()
-	first, err := StartBrokerProcess(BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir}})
+	first, err := StartBrokerProcess(context.Background(), BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +524,7 @@ func TestBrokerProcessWaitsForPreviousBroker(t *testing.T) {
 	}
 	second := make(chan started, 1)
 	go func() {
-		b, err := StartBrokerProcess(BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir},
+		b, err := StartBrokerProcess(context.Background(), BrokerProcessOptions{BrokerOptions: BrokerOptions{DataDir: dir},
 			Waiting: func(d string) { waiting <- d }})
 		second <- started{b, err}
 	}()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -114,6 +115,7 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 			_ = os.Chown(logPath, uid, gid)
 		}
 	}
+	awaitPreviousServer(ctx, pg.dataDir(), opts.StartTimeout)
 	if pg.proc, err = startProc("postgres", cmd, logPath, cred); err != nil {
 		return nil, err
 	}
@@ -230,4 +232,63 @@ func (pg *Postgres) Kill() {
 	if pg.proc != nil {
 		pg.proc.stop(syscall.SIGKILL, time.Second)
 	}
+}
+
+// awaitPreviousServer waits, up to limit, until the processes of a
+// previous server on dataDir are gone: the postmaster named in
+// postmaster.pid while it is a zombie (killed with the process that
+// started it, not reaped yet), and any process still working in dataDir
+// (backends finishing after their postmaster died). PostgreSQL refuses to
+// start beside either ("lock file already exists", "pre-existing shared
+// memory block is still in use"); a restart right after a SIGKILL of
+// `loanflow dev` used to fail so. A live postmaster is left to PostgreSQL
+// to report.
+func awaitPreviousServer(ctx context.Context, dataDir string, limit time.Duration) {
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if !zombiePostmaster(dataDir) && len(processesIn(dataDir)) == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// zombiePostmaster reports whether the pid in dataDir/postmaster.pid is a
+// zombie.
+func zombiePostmaster(dataDir string) bool {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: the state follows the last ')'.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// processesIn lists the processes whose working directory is dir.
+func processesIn(dir string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == dir {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -115,12 +115,8 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 // sealApplication encrypts the applicant's details (bound to the
 // application row) and computes the SSN blind index.
 func (s *Server) sealApplication(req applicationReq, lender string, amount money.Amount, ssn string) (Application, error) {
-	details, _ := json.Marshal(applicantReq{Name: req.Applicant.Name, SSN: ssn, Address: req.Applicant.Address, DateOfBirth: req.Applicant.DateOfBirth})
-	ct, err := s.keys.Encrypt(pii.Field{Table: "loan_applications", Column: "applicant_details", Row: req.ApplicationID}, details)
-	if err != nil {
-		return Application{}, err
-	}
-	idx, _, err := s.keys.BlindIndex(ssn)
+	a := req.Applicant
+	ct, idx, err := SealApplicant(s.keys, req.ApplicationID, a.Name, ssn, a.Address, a.DateOfBirth)
 	if err != nil {
 		return Application{}, err
 	}
@@ -131,6 +127,26 @@ func (s *Server) sealApplication(req applicationReq, lender string, amount money
 	return Application{ApplicationID: req.ApplicationID, POSTerminalID: req.POSTerminalID, LenderID: lender,
 		CustomerID: req.CustomerID, Amount: amount.String(), Currency: req.Currency, EventTime: et,
 		ApplicantDetails: ct, SSNIndex: idx}, nil
+}
+
+// SealApplicant returns the applicant_details and ssn_index of a
+// LoanApplication record: the applicant's details as JSON encrypted with
+// the PII data keyset (associated data: table loan_applications, column
+// applicant_details, row applicationID) and the blind index of the SSN.
+// The ingest endpoint seals with it; so can a terminal that produces to
+// loan_applications directly with the same keys (`loanflow load --direct`).
+func SealApplicant(keys *pii.Keyring, applicationID, name, ssn, address, dateOfBirth string) (details, ssnIndex []byte, err error) {
+	if ssn, err = pii.NormalizeSSN(ssn); err != nil {
+		return nil, nil, err
+	}
+	plain, _ := json.Marshal(applicantReq{Name: name, SSN: ssn, Address: address, DateOfBirth: dateOfBirth})
+	if details, err = keys.Encrypt(pii.Field{Table: "loan_applications", Column: "applicant_details", Row: applicationID}, plain); err != nil {
+		return nil, nil, err
+	}
+	if ssnIndex, _, err = keys.BlindIndex(ssn); err != nil {
+		return nil, nil, err
+	}
+	return details, ssnIndex, nil
 }
 
 // getDecision long-polls for an application's decision (?timeout=10s).

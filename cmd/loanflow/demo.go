@@ -1,18 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
-	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -66,21 +60,10 @@ type demoDecision struct {
 	Latency  time.Duration // from submission to the decision's arrival
 }
 
-// demoClient calls the API with one bearer token.
-type demoClient struct {
-	base  string
-	token string
-	hc    *http.Client
-}
-
 func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision, error) {
-	raw, err := os.ReadFile(cfg.credentials)
+	admin, err := readAdminCredentials(cfg.credentials)
 	if err != nil {
-		return nil, fmt.Errorf("reading the admin credentials: %w (start the stack with `loanflow dev`, or pass --credentials)", err)
-	}
-	var admin api.ClientCredentials
-	if err := json.Unmarshal(raw, &admin); err != nil || admin.ClientID == "" || admin.ClientSecret == "" {
-		return nil, fmt.Errorf("%s holds no client_id and client_secret", cfg.credentials)
+		return nil, err
 	}
 	base := strings.TrimRight(cfg.apiURL, "/")
 	hc := &http.Client{Timeout: cfg.timeout + 10*time.Second}
@@ -91,12 +74,11 @@ func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision
 	run := randomHex(4)
 
 	// The lender, its point-of-sale client and two customers.
-	if err := op.call(ctx, "POST", "/v1/admin/lenders", api.NewLender{LenderID: cfg.lender, Name: "Demo Bank"}, nil, http.StatusConflict); err != nil {
+	if err := ensureLender(ctx, op, api.NewLender{LenderID: cfg.lender, Name: "Demo Bank"}); err != nil {
 		return nil, err
 	}
-	var pos api.ClientCredentials
-	if err := op.call(ctx, "POST", "/v1/admin/clients", api.NewClient{ClientID: "demo-pos-" + run, LenderID: cfg.lender,
-		Scopes: []string{"applications:write", "loans:write", "credit:read", "portfolio:read"}}, &pos); err != nil {
+	lender, err := newPOSClient(ctx, op, cfg.lender, "demo-pos-"+run)
+	if err != nil {
 		return nil, err
 	}
 	alice := api.NewCustomer{CustomerID: "cust-" + run + "-alice", Name: "Alice Demo", SSN: randomSSN(), CreditLimit: "20000.00", RiskTier: "LOW", Score: 780}
@@ -107,12 +89,8 @@ func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision
 		}
 	}
 	fmt.Fprintf(out, "lender %s, point-of-sale client %s\ncustomers %s (LOW risk, score 780, limit 20000.00) and %s (HIGH risk, score 560, limit 1000.00)\n\n",
-		cfg.lender, pos.ClientID, alice.CustomerID, bob.CustomerID)
+		cfg.lender, lender.id, alice.CustomerID, bob.CustomerID)
 
-	lender, err := login(ctx, hc, base, pos.ClientID, pos.ClientSecret)
-	if err != nil {
-		return nil, err
-	}
 	type application struct {
 		who      string
 		customer *string
@@ -162,117 +140,32 @@ func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision
 	if err := tw.Flush(); err != nil {
 		return results, err
 	}
-	fmt.Fprintf(out, "\nportfolio: %s/dashboard (sign in with %s)\n", base, pos.ClientID)
+	fmt.Fprintf(out, "\nportfolio: %s/dashboard (sign in with %s)\n", base, lender.id)
 	return results, nil
 }
 
-// login gets an access token with the client-credentials grant.
-func login(ctx context.Context, hc *http.Client, base, id, secret string) (*demoClient, error) {
-	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {id}, "client_secret": {secret}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/oauth/token", strings.NewReader(form.Encode()))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reaching the API at %s: %w (is `loanflow dev` running? pass --api otherwise)", base, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &tok) != nil || tok.AccessToken == "" {
-		return nil, fmt.Errorf("token for client %s: %s: %s", id, resp.Status, strings.TrimSpace(string(b)))
-	}
-	return &demoClient{base: base, token: tok.AccessToken, hc: hc}, nil
-}
-
-// call sends body as JSON and decodes a 2xx answer into out; statuses in
-// ok (e.g. 409 for something that exists) are accepted too.
-func (c *demoClient) call(ctx context.Context, method, path string, body, out any, ok ...int) error {
-	status, b, err := c.do(ctx, method, path, body)
-	if err != nil {
-		return err
-	}
-	if status/100 == 2 {
-		if out != nil {
-			return json.Unmarshal(b, out)
-		}
-		return nil
-	}
-	for _, s := range ok {
-		if status == s {
-			return nil
-		}
-	}
-	return fmt.Errorf("%s %s: HTTP %d: %s", method, path, status, strings.TrimSpace(string(b)))
-}
-
-func (c *demoClient) do(ctx context.Context, method, path string, body any) (int, []byte, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return 0, nil, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, b, err
-}
-
 // awaitDecision long-polls an application's decision.
-func (c *demoClient) awaitDecision(ctx context.Context, id string, limit time.Duration) (api.Decision, error) {
+func (c *apiClient) awaitDecision(ctx context.Context, id string, limit time.Duration) (api.Decision, error) {
 	deadline := time.Now().Add(limit)
 	for {
 		wait := min(time.Until(deadline), 30*time.Second).Round(time.Second)
 		if wait < time.Second {
 			return api.Decision{}, fmt.Errorf("no decision for application %s after %s: are the decisions job and the bureau running (`loanflow job status decisions`)?", id, limit)
 		}
-		status, b, err := c.do(ctx, http.MethodGet, "/v1/loan-applications/"+id+"/decision?timeout="+wait.String(), nil)
+		resp, err := c.do(ctx, http.MethodGet, "/v1/loan-applications/"+id+"/decision?timeout="+wait.String(), nil)
 		if err != nil {
 			return api.Decision{}, err
 		}
-		switch status {
+		switch resp.status {
 		case http.StatusOK:
 			var d api.Decision
-			return d, json.Unmarshal(b, &d)
+			return d, json.Unmarshal(resp.body, &d)
 		case http.StatusAccepted: // still pending
 		default:
-			return api.Decision{}, fmt.Errorf("decision of %s: HTTP %d: %s", id, status, strings.TrimSpace(string(b)))
+			return api.Decision{}, fmt.Errorf("decision of %s: HTTP %d: %s", id, resp.status, strings.TrimSpace(string(resp.body)))
 		}
 		if ctx.Err() != nil {
 			return api.Decision{}, errors.Join(ctx.Err(), fmt.Errorf("waiting for the decision of %s", id))
 		}
 	}
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// randomSSN returns nine digits in the shape NNN-NN-NNNN, never starting
-// with 000, 666 or 9 (numbers the SSA does not issue).
-func randomSSN() string {
-	n, _ := rand.Int(rand.Reader, big.NewInt(665_000_000))
-	v := n.Int64() + 1_000_000 // area 001..665
-	s := fmt.Sprintf("%09d", v)
-	return s[:3] + "-" + s[3:5] + "-" + s[5:]
 }

@@ -74,6 +74,12 @@ type Config struct {
 	// Bureau configures the credit-bureau simulator; Listen is set from
 	// BureauAddr.
 	Bureau bureau.Config
+	// LenderRateLimitPerSec and LenderRateBurst are the API's default
+	// per-lender request rate and burst (a lender row may override them;
+	// the operator clients share one bucket of the same size). Defaults
+	// 200 and 400, the API's; a rate without a burst gets twice the rate.
+	LenderRateLimitPerSec float64
+	LenderRateBurst       int
 	// BrokerInProcess runs the embedded broker in this process instead of
 	// a child process. Only for the negative control of the crash test:
 	// a SIGKILL of the process can then tear a transaction.
@@ -114,6 +120,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Partitions == 0 {
 		c.Partitions = 6
+	}
+	if c.LenderRateLimitPerSec > 0 && c.LenderRateBurst == 0 {
+		c.LenderRateBurst = max(1, int(2*c.LenderRateLimitPerSec))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -348,16 +357,17 @@ func (s *stack) startBureau(ctx context.Context, g *errgroup.Group) error {
 	return nil
 }
 
-// piiConfig is where the stack keeps its PII keys: a local KEK file
-// wrapping the data and blind-index keysets.
-func (s *stack) piiConfig() pii.Config {
-	keys := filepath.Join(s.cfg.Dir, "keys")
+// PIIConfig is where the stack in dir keeps its PII keys: a local KEK file
+// wrapping the data and blind-index keysets (`loanflow load --direct`
+// seals applications with them).
+func PIIConfig(dir string) pii.Config {
+	keys := filepath.Join(dir, "keys")
 	return pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(keys, "kek.json"),
 		DataKeysetPath: filepath.Join(keys, "pii-data.json"), IndexKeysetPath: filepath.Join(keys, "pii-index.json")}
 }
 
 func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []string) error {
-	keys := s.piiConfig()
+	keys := PIIConfig(s.cfg.Dir)
 	if err := os.MkdirAll(filepath.Join(s.cfg.Dir, "keys"), 0o700); err != nil {
 		return err
 	}
@@ -371,6 +381,7 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 	addr := ln.Addr().String()
 	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
+		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
 		PII: keys, OperatorMetricsURLs: metricsURLs, Logger: s.log.With("part", "api")}, nil)
 	if err != nil {
 		ln.Close()

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestLoadTrackerCounts: a decision counts for its application whether it
+// is read before or after the 202; a decision of a submission without a
+// 202 is reported apart; missing and duplicated decisions fail the run.
+func TestLoadTrackerCounts(t *testing.T) {
+	tr := newLoadTracker()
+	for _, id := range []string{"ok", "early", "missing", "twice", "refused", "lost-202"} {
+		tr.sending(id, id != "refused")
+	}
+	tr.decided("early", "CUSTOMER_360") // read before its 202 was handled
+	tr.answered("early", true, "")
+	tr.answered("ok", true, "")
+	tr.decided("ok", "CREDIT_BUREAU")
+	tr.answered("missing", true, "")
+	tr.answered("twice", true, "")
+	tr.decided("twice", "FALLBACK")
+	tr.decided("twice", "FALLBACK")
+	tr.answered("refused", false, "HTTP 429 rate-limited")
+	tr.answered("lost-202", false, "no response: EOF")
+	tr.decided("lost-202", "CUSTOMER_360")
+	tr.decided("other-run", "CUSTOMER_360")
+	if got := tr.pending(); got != 1 {
+		t.Errorf("pending %d, want 1 (missing)", got)
+	}
+	s := tr.summary("api", "run")
+	want := [7]int{6, 4, 2, 3, 1, 1, 1}
+	got := [7]int{s.Submitted, s.Accepted, s.Rejected, s.Decided, s.Missing, s.Duplicated, s.Unconfirmed}
+	if got != want { // submitted, accepted, rejected, decided, missing, duplicated, unconfirmed
+		t.Errorf("summary %+v, want %+v", got, want)
+	}
+	if s.RejectedBy["HTTP 429 rate-limited"] != 1 || s.RejectedBy["no response: EOF"] != 1 {
+		t.Errorf("rejected by %v", s.RejectedBy)
+	}
+	if s.LatencyMs["ALL"].Count != 4 || s.LatencyMs["FALLBACK"].Count != 1 {
+		t.Errorf("latency counts %+v", s.LatencyMs)
+	}
+	if err := s.err(); err == nil {
+		t.Error("a run with a missing and a duplicated decision reports no error")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	ds := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 5}, {0.9, 9}, {0.99, 10}, {0, 1}, {1, 10}} {
+		if got := percentile(ds, c.q); got != c.want {
+			t.Errorf("percentile(%v) = %v, want %v", c.q, got, c.want)
+		}
+	}
+}
+
+func TestErrorKind(t *testing.T) {
+	for in, want := range map[string]string{
+		`Post "http://127.0.0.1:1/v1/loan-applications": dial tcp 127.0.0.1:1: connect: connection refused`: "connection refused",
+		`Post "http://x/y": EOF`:                                "EOF",
+		`Post "http://x/y": read tcp: connection reset by peer`: "connection reset",
+		`Post "http://x/y": something else`:                     "something else",
+	} {
+		if got := errorKind(errors.New(in)); got != want {
+			t.Errorf("errorKind(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

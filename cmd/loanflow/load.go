@@ -38,6 +38,7 @@ type loadConfig struct {
 	drain, requestTimeout      time.Duration
 	direct                     bool
 	applications, decisionsTop string // topics
+	submissions                string // file of every submission's outcome
 }
 
 func (c loadConfig) validate() error {
@@ -131,6 +132,7 @@ accepted then means acknowledged by the broker.`,
 	f.BoolVar(&cfg.direct, "direct", false, "produce to loan_applications directly instead of through the API")
 	f.StringVar(&cfg.applications, "applications-topic", "loan_applications", "topic of --direct applications")
 	f.StringVar(&cfg.decisionsTop, "decisions-topic", "loan_decisions", "topic the decisions are read from")
+	f.StringVar(&cfg.submissions, "submissions", "", "write every submission to this file as a line: application id, then accepted or rejected and the reason (tab-separated)")
 	return cmd
 }
 
@@ -152,11 +154,18 @@ type loadRun struct {
 	producer *kgo.Client  // --direct
 	tracker  *loadTracker
 	start    time.Time
+	record   *submissionLog // --submissions; nil without
 }
 
 func runLoad(ctx context.Context, cfg loadConfig, progress io.Writer) (loadSummary, error) {
 	l := &loadRun{cfg: cfg, run: "ld-" + randomHex(5), tracker: newLoadTracker()}
 	defer l.close()
+	if cfg.submissions != "" {
+		var err error
+		if l.record, err = createSubmissionLog(cfg.submissions); err != nil {
+			return loadSummary{}, err
+		}
+	}
 	if err := l.setup(ctx, progress); err != nil {
 		return loadSummary{}, err
 	}
@@ -177,6 +186,9 @@ func runLoad(ctx context.Context, cfg loadConfig, progress io.Writer) (loadSumma
 	if err := g.Wait(); err != nil && ctx.Err() == nil {
 		return loadSummary{}, err
 	}
+	if err := l.record.close(); err != nil {
+		return loadSummary{}, err
+	}
 	mode := "api"
 	if cfg.direct {
 		mode = "direct"
@@ -188,6 +200,7 @@ func (l *loadRun) close() {
 	if l.producer != nil {
 		l.producer.Close()
 	}
+	_ = l.record.close()
 }
 
 // drive submits, then drains, printing progress every second.
@@ -284,6 +297,7 @@ func (l *loadRun) submit(ctx context.Context, terminal, seq int) {
 		accepted, reason = l.post(ctx, a)
 	}
 	l.tracker.answered(a.id, accepted, reason)
+	l.record.add(a.id, accepted, reason)
 }
 
 // post submits through the API. A 401 (token expired, or the dev issuer

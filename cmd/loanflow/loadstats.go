@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -264,4 +266,66 @@ func (s loadSummary) write(w io.Writer, format string) error {
 		fmt.Fprintf(tw, "\nmissing: %s\nduplicated: %s\n", strings.Join(s.MissingIDs, " "), strings.Join(s.DuplicatedIDs, " "))
 	}
 	return tw.Flush()
+}
+
+// submissionLog is the --submissions file: one line per submission,
+// "ID\taccepted" or "ID\trejected\tREASON". Its methods do nothing on a
+// nil log and are safe for concurrent use.
+type submissionLog struct {
+	mu struct {
+		sync.Mutex
+		f   *os.File
+		w   *bufio.Writer
+		err error // the first write error
+	}
+}
+
+func createSubmissionLog(path string) (*submissionLog, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--submissions: %w", err)
+	}
+	l := &submissionLog{}
+	l.mu.f, l.mu.w = f, bufio.NewWriter(f)
+	return l, nil
+}
+
+func (l *submissionLog) add(id string, accepted bool, reason string) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.mu.w == nil || l.mu.err != nil {
+		return
+	}
+	if accepted {
+		_, l.mu.err = fmt.Fprintf(l.mu.w, "%s\taccepted\n", id)
+	} else {
+		_, l.mu.err = fmt.Fprintf(l.mu.w, "%s\trejected\t%s\n", id, reason)
+	}
+}
+
+// close flushes and closes the file; later calls return nil.
+func (l *submissionLog) close() error {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.mu.w == nil {
+		return nil
+	}
+	err := l.mu.err
+	if ferr := l.mu.w.Flush(); err == nil {
+		err = ferr
+	}
+	if cerr := l.mu.f.Close(); err == nil {
+		err = cerr
+	}
+	l.mu.w = nil
+	if err != nil {
+		return fmt.Errorf("--submissions: %w", err)
+	}
+	return nil
 }

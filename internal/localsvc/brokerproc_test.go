@@ -428,16 +428,16 @@ func TestParentKillKeepsTransactionsWhole(t *testing.T) {
 // kills, default 20) and reports what it found rather than asserting it.
 //
 // Kills alternate between a random 0-1.5ms after EndTxn is sent (the
-// first reproduction, which tore about one run in three) and a kill
-// timed by inotify after the broker wrote 2-250 of the 256 markers (which
-// lands inside EndTxn every time). An earlier tear may not survive to the
-// final read: the producer's next commit, replayed after the next crash,
-// also commits the unmarked records of the torn transaction (an aborted
-// transaction turning committed, another flaw). The last kill is
-// therefore always timed by the markers. Found (kfake 2026-09-18, 2
-// cores): every run ends with one transaction visible in a part of the
-// partitions (e.g. 246 of 256) and the rest of them stuck: read_committed
-// readers never pass the unended transaction.
+// first reproduction's timing, which lands inside EndTxn only now and
+// then) and a kill timed by inotify after the broker wrote to 2-250 of the
+// 256 partitions. An earlier tear may not survive to the final read: the
+// producer's next commit, replayed after the next crash, also commits the
+// unmarked records of the torn transaction (an aborted transaction turning
+// committed, another flaw). The last kill is therefore always timed by the
+// markers. Found (kfake 2026-09-18, 2 cores): about half the runs end with
+// one transaction visible in part of the partitions (45, 165, 200, 224,
+// 246 of 256 seen) and the rest stuck, read_committed readers never
+// passing the unended transaction; in the others the kill came too late.
 func TestKfakeTornByDirectKill(t *testing.T) {
 	if os.Getenv("LOANFLOW_KFAKE_TORN_REPRO") != "1" {
 		t.Skip("set LOANFLOW_KFAKE_TORN_REPRO=1 to reproduce kfake tearing a transaction when the broker is killed")

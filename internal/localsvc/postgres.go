@@ -115,7 +115,7 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 			_ = os.Chown(logPath, uid, gid)
 		}
 	}
-	awaitPreviousServer(ctx, pg.dataDir(), opts.StartTimeout)
+	awaitPreviousServer(ctx, pg.dataDir(), opts.Dir, opts.StartTimeout)
 	if pg.proc, err = startProc("postgres", cmd, logPath, cred); err != nil {
 		return nil, err
 	}
@@ -234,39 +234,50 @@ func (pg *Postgres) Kill() {
 	}
 }
 
-// awaitPreviousServer waits, up to limit, until the processes of a
-// previous server on dataDir are gone: the postmaster named in
-// postmaster.pid while it is a zombie (killed with the process that
-// started it, not reaped yet), and any process still working in dataDir
-// (backends finishing after their postmaster died). PostgreSQL refuses to
-// start beside either ("lock file already exists", "pre-existing shared
-// memory block is still in use"); a restart right after a SIGKILL of
-// `loanflow dev` used to fail so. A live postmaster is left to PostgreSQL
-// to report.
-func awaitPreviousServer(ctx context.Context, dataDir string, limit time.Duration) {
+// awaitPreviousServer waits, up to limit, until no process of a previous
+// server works in dataDir (backends finishing after their postmaster was
+// killed; every PostgreSQL process has the data directory as its working
+// directory). If the postmaster named in postmaster.pid is then a zombie
+// (killed with the process that started it and not reaped yet: an init
+// that reaps slowly, or never), its lock files (postmaster.pid and the
+// socket's in socketDir) are stale and are removed. PostgreSQL refuses to
+// start beside either ("pre-existing shared memory block is still in use",
+// "lock file ... already exists"): a restart right after a SIGKILL of
+// `loanflow dev` failed so. A live postmaster is left to PostgreSQL to
+// report.
+func awaitPreviousServer(ctx context.Context, dataDir, socketDir string, limit time.Duration) {
 	if abs, err := filepath.Abs(dataDir); err == nil {
 		dataDir = abs
 	}
 	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if !zombiePostmaster(dataDir) && len(processesIn(dataDir)) == 0 {
-			return
-		}
+	for len(processesIn(dataDir)) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
+	}
+	pidFile := filepath.Join(dataDir, "postmaster.pid")
+	pid := lockFilePID(pidFile)
+	if pid <= 0 || !isZombie(pid) || len(processesIn(dataDir)) > 0 {
+		return
+	}
+	locks, _ := filepath.Glob(filepath.Join(socketDir, ".s.PGSQL.*.lock"))
+	for _, l := range append(locks, pidFile) {
+		if lockFilePID(l) == pid {
+			_ = os.Remove(l)
+		}
 	}
 }
 
-// zombiePostmaster reports whether the pid in dataDir/postmaster.pid is a
-// zombie.
-func zombiePostmaster(dataDir string) bool {
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+// lockFilePID is the pid on the first line of a PostgreSQL lock file, or 0.
+func lockFilePID(path string) int {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return false
+		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil || pid <= 0 {
-		return false
-	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	return pid
+}
+
+// isZombie reports whether process pid has exited and awaits its reaping.
+func isZombie(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return false

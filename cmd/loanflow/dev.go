@@ -77,7 +77,7 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 	f.StringVar(&cfg.RedisURL, "redis-url", "", "use this Redis instead of a local one")
 	f.StringVar(&brokers, "brokers", "", "use these Kafka brokers (comma-separated) instead of the embedded one")
 	f.StringVar(&cfg.SchemaRegistryURL, "schema-registry", "", "use this schema registry instead of the embedded one")
-	f.Float64Var(&cfg.LenderRateLimitPerSec, "lender-rate-limit", 200, "API requests per second per lender (lenders created with their own limit keep it; loanflow load raises it)")
+	f.Float64Var(&cfg.LenderRateLimitPerSec, "lender-rate-limit", 200, "API requests per second per lender (lenders created with their own limit keep it); raise it for loanflow load above 200/s per lender")
 	f.IntVar(&cfg.LenderRateBurst, "lender-rate-burst", 0, "burst of the per-lender rate limit (default twice --lender-rate-limit)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 500*time.Millisecond, "CDC heartbeat interval (bounds a known customer's decision wait)")
 	f.DurationVar(&cfg.Bureau.LatencyMin, "bureau-latency-min", 200*time.Millisecond, "shortest simulated bureau latency")

@@ -367,8 +367,13 @@ func (w *windowOp[K, In, Acc, Out]) addTo(r pipeline.Record[In], win Window) err
 	// restore that is none at all until the restored watermark comes
 	// through (records re-issued by an async stage come first), and a
 	// window that fired before the restart has no fire timer left: the
-	// record's update would never be emitted. So the fire timer is set on
-	// every record, as Flink's EventTimeTrigger does (idempotent).
+	// record's update would never be emitted. So while the watermark is
+	// unknown the fire timer is set again (idempotent, as Flink's
+	// EventTimeTrigger does on every record); once it is known, a window
+	// that exists and is not due still holds the timer registerTimers set.
+	if ok && w.ctx.CurrentWatermark() != pipeline.MinTime {
+		return nil
+	}
 	return w.timers.Register(win.MaxTimestamp(), w.timerKey(r.Key, win, timerFire))
 }
 

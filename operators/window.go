@@ -340,16 +340,13 @@ func (w *windowOp[K, In, Acc, Out]) late(r pipeline.Record[In]) error {
 }
 
 func (w *windowOp[K, In, Acc, Out]) addTo(r pipeline.Record[In], win Window) error {
-	wk := winKey(win)
-	acc, ok, err := w.accs.Get(r.Key, wk)
+	acc, ok, err := w.accs.Update(r.Key, winKey(win), func(acc Acc, found bool) Acc {
+		if !found {
+			acc = w.logic.empty()
+		}
+		return w.logic.add(acc, r.Value)
+	})
 	if err != nil {
-		return err
-	}
-	if !ok {
-		acc = w.logic.empty()
-	}
-	acc = w.logic.add(acc, r.Value)
-	if err := w.accs.Put(r.Key, wk, acc); err != nil {
 		return err
 	}
 	if !ok {

@@ -114,6 +114,39 @@ func (ms *MapState[V]) Put(key, userKey string, v V) error {
 	return nil
 }
 
+// Update sets userKey in key's map to fn(old, found), where found says
+// whether a live value was there: a read-modify-write with one lookup of
+// the map instead of a Get and a Put. It returns the value written and
+// found.
+func (ms *MapState[V]) Update(key, userKey string, fn func(old V, found bool) V) (V, bool, error) {
+	var zero V
+	if err := ms.h.s.check(); err != nil {
+		return zero, false, err
+	}
+	e, err := ms.load(key)
+	if err != nil {
+		return zero, false, err
+	}
+	mv, ok := e.m[userKey]
+	if !ok {
+		mv = &mapVal[V]{}
+		e.m[userKey] = mv
+	}
+	found := mv.present && (mv.expireAt == 0 || mv.expireAt > ms.h.s.now())
+	old := mv.v
+	if !found {
+		old = zero
+	}
+	mv.v, mv.present = fn(old, found), true
+	if ttl := ms.h.spec.TTL; ttl > 0 {
+		mv.expireAt = ms.h.s.now() + ttl.Milliseconds()
+	} else if !found {
+		mv.expireAt = 0
+	}
+	ms.markDirty(e, mv)
+	return mv.v, found, nil
+}
+
 // Remove deletes userKey from key's map.
 func (ms *MapState[V]) Remove(key, userKey string) error {
 	if err := ms.h.s.check(); err != nil {

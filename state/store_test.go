@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -345,4 +346,76 @@ func TestFullCacheKeepsEveryWrite(t *testing.T) {
 	if lost > 0 {
 		t.Fatalf("%d of %d writes lost through a full cache", lost, len(wantV)+len(wantM)+500)
 	}
+}
+
+// TestMapUpdateMatchesModel: Update is a read-modify-write of one map
+// entry; a plain Go map with the same TTL rule is the reference, under a
+// cache small enough to evict on every call, across checkpoints and a
+// reopen.
+func TestMapUpdateMatchesModel(t *testing.T) {
+	fs := vfs.NewMem()
+	now := time.UnixMilli(1_000_000)
+	clock := func(o *Options) { o.Now = func() time.Time { return now }; o.MaxCachedEntries = 16 }
+	s := openMem(t, fs, clock)
+	spec := Spec{Operator: "op", Name: "m", Log: "log", TTL: 10 * time.Second}
+	ms, err := Map[int64](s, spec, int64Codec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type mv struct{ v, expireAt int64 }
+	model := map[string]mv{}
+	key := func(i int) (string, string) { return fmt.Sprint("rk-", i%37), fmt.Sprint("u-", i%5) }
+	for i := 0; i < 3000; i++ {
+		rk, uk := key(i * 7)
+		mk := rk + "/" + uk
+		m, ok := model[mk]
+		if ok && m.expireAt <= now.UnixMilli() {
+			ok = false
+		}
+		wantOld := int64(0)
+		if ok {
+			wantOld = m.v
+		}
+		got, found, err := ms.Update(rk, uk, func(old int64, found bool) int64 {
+			if found != ok || old != wantOld {
+				t.Fatalf("step %d: fn saw (%d, %v), model (%d, %v)", i, old, found, wantOld, ok)
+			}
+			return old + int64(i%11) + 1
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := wantOld + int64(i%11) + 1
+		if got != want || found != ok {
+			t.Fatalf("step %d: Update = (%d, %v), model (%d, %v)", i, got, found, want, ok)
+		}
+		model[mk] = mv{want, now.UnixMilli() + spec.TTL.Milliseconds()}
+		now = now.Add(time.Duration(i%3) * 100 * time.Millisecond)
+		if s.NeedsFlush() || i%500 == 499 {
+			checkpoint(t, s, nil)
+		}
+		if i == 1500 {
+			checkpoint(t, s, nil)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s = openMem(t, fs, clock)
+			if ms, err = Map[int64](s, spec, int64Codec{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for mk, m := range model {
+		var rk, uk string
+		fmt.Sscanf(strings.Replace(mk, "/", " ", 1), "%s %s", &rk, &uk)
+		v, ok, err := ms.Get(rk, uk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		live := m.expireAt > now.UnixMilli()
+		if ok != live || (ok && v != m.v) {
+			t.Fatalf("%s: Get = (%d, %v), model (%d, %v)", mk, v, ok, m.v, live)
+		}
+	}
+	s.Close()
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +24,14 @@ func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool
 	for !cond() {
 		if time.Now().After(deadline) {
 			dumpWorkers()
+			// Workers in this process: their goroutines, into the log
+			// directory when there is one.
+			buf := make([]byte, 4<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			if dir := os.Getenv("LOANFLOW_TEST_LOGS"); dir != "" {
+				_ = os.MkdirAll(dir, 0o755)
+				_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-goroutines.txt"), buf, 0o644)
+			}
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(50 * time.Millisecond)

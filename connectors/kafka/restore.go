@@ -228,27 +228,19 @@ func (w *Worker) topicIdentities(ctx context.Context, topics []string) (map[stri
 	// A topic just created (a savepoint restore recreates changelogs) may
 	// take a moment to appear in every broker's metadata.
 	var td kadm.TopicDetails
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	err := retryUnknownTopic(ctx, func() error {
 		var err error
 		if td, err = w.adm.ListTopics(ctx, topics...); err == nil {
 			for t, d := range td {
 				if d.Err != nil {
-					err = fmt.Errorf("describing %s: %w", t, d.Err)
-					break
+					return fmt.Errorf("describing %s: %w", t, d.Err)
 				}
 			}
 		}
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
-			return nil, fmt.Errorf("describing changelogs: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("describing changelogs: %w", err)
 	}
 	out := make(map[string][16]byte, len(td))
 	for t, d := range td {
@@ -268,4 +260,27 @@ func (w *Worker) checkIdentities(st *state.Store, logs []string, ids map[string]
 		}
 	}
 	return nil
+}
+
+// unknownTopicPatience bounds how long a just created topic may stay
+// unknown to a broker's metadata before retryUnknownTopic gives up.
+const unknownTopicPatience = time.Minute
+
+// retryUnknownTopic runs fn until it does not fail with
+// UNKNOWN_TOPIC_OR_PARTITION: a topic just created (a savepoint restore
+// recreates changelogs and repartition topics) takes a moment to reach
+// every broker's metadata, the group coordinator's included.
+func retryUnknownTopic(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(unknownTopicPatience)
+	for {
+		err := fn()
+		if err == nil || !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

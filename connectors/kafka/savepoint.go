@@ -319,10 +319,16 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 	if err := w.rewriteRepartitions(ctx, prod, inflight); err != nil {
 		return err
 	}
-	resp, err := w.adm.CommitOffsets(ctx, Group(w.cfg.JobID), offsets)
-	if err == nil {
-		err = resp.Error()
-	}
+	// The recreated topics may not be in the group coordinator's
+	// metadata yet (Apache Kafka answers UNKNOWN_TOPIC_OR_PARTITION for a
+	// moment after a topic is recreated, though records were written).
+	err = retryUnknownTopic(ctx, func() error {
+		resp, err := w.adm.CommitOffsets(ctx, Group(w.cfg.JobID), offsets)
+		if err == nil {
+			err = resp.Error()
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("committing savepoint offsets: %w", err)
 	}

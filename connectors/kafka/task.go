@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -101,6 +102,10 @@ func (tr *taskRunner) onLogProduced(r *kgo.Record, err error) {
 	}
 }
 
+// errCheckpointAborted marks a task whose checkpoint did not commit: it
+// waits, inert, for the worker to reopen it.
+var errCheckpointAborted = errors.New("kafka: checkpoint aborted; the task reopens from its last checkpoint")
+
 // run is the task goroutine; it ends on msgClose.
 func (tr *taskRunner) run() {
 	defer close(tr.done)
@@ -197,8 +202,15 @@ func (tr *taskRunner) checkpoint(m taskMsg) error {
 	})
 	m.reply <- err
 	oc := <-m.resume
-	if err != nil || !oc.committed {
+	if err != nil {
 		return err
+	}
+	if !oc.committed {
+		// The worker reopens every task from its last checkpoint next:
+		// until then the staged store must not be touched (a tick's TTL
+		// sweep or timers would fail the task with state.ErrFlushing).
+		tr.failed = errCheckpointAborted
+		return nil
 	}
 	tr.mu.Lock()
 	offsets := make(map[string]int64, len(tr.logEnd)+len(oc.sources))

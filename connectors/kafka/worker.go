@@ -479,6 +479,9 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	// restarts from its last checkpoint, instead of being committed past
 	// (in at-least-once mode that loss was silent).
 	if err := w.sess.Client().Flush(ctx); err != nil {
+		for _, p := range ps {
+			p.resume <- outcome{} // not committed: the tasks wait to be reopened
+		}
 		return fmt.Errorf("flushing the checkpoint's records: %w", err)
 	}
 	for _, p := range ps {

@@ -15,9 +15,13 @@ import (
 // TestCacheInvalidationEndToEnd: with the real CDC reader streaming the
 // API's tables, each change of a customer or its credit profile deletes
 // exactly that customer's cached profile (versioned by the change's LSN),
-// a TRUNCATE deletes them all, and a restarted job goes on.
+// a TRUNCATE deletes them all, and a restarted job goes on; on both
+// brokers.
 func TestCacheInvalidationEndToEnd(t *testing.T) {
-	s := newStack(t)
+	testenv.EachBroker(t, func(t *testing.T, _ string, seeds []string) { testCacheInvalidation(t, newStackOn(t, seeds)) })
+}
+
+func testCacheInvalidation(t *testing.T, s *stack) {
 	s.env.RedisURL = testenv.NewRedis(t).URL() // TRUNCATE flushes every profile: a server of its own
 	opts, err := goredis.ParseURL(s.env.RedisURL)
 	if err != nil {
@@ -55,7 +59,7 @@ func TestCacheInvalidationEndToEnd(t *testing.T) {
 	cache(ids...)
 	s.startCDC()
 	job := testenv.Name(t, "cache")
-	w := runWorker(t, buildCache(t, job, s.env), t.TempDir())
+	w := runWorker(t, s.env.Brokers, buildCache(t, job, s.env), t.TempDir())
 	for _, id := range ids {
 		invalidated(id)
 	}
@@ -83,7 +87,7 @@ func TestCacheInvalidationEndToEnd(t *testing.T) {
 
 	// After a restart the job goes on where it stopped.
 	w.halt(t)
-	w = runWorker(t, buildCache(t, job, s.env), t.TempDir())
+	w = runWorker(t, s.env.Brokers, buildCache(t, job, s.env), t.TempDir())
 	cache("c-profile")
 	s.exec("UPDATE credit_profiles SET current_score = 640 WHERE customer_id = 'c-profile'")
 	invalidated("c-profile")

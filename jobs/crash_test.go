@@ -103,12 +103,15 @@ func (p *helperProc) tail() string {
 // directory each time, and then counts: every application has exactly one
 // decision on loan_decisions (read_committed), the loans table holds
 // exactly the APPROVED ones, each customer's balance grew by exactly its
-// loans and the audit log has one loan.create per loan.
+// loans and the audit log has one loan.create per loan; on both brokers.
 func TestDecisionsSurviveSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test")
 	}
-	s := newStack(t)
+	testenv.EachBroker(t, func(t *testing.T, _ string, seeds []string) { testDecisionsSurviveSIGKILL(t, newStackOn(t, seeds)) })
+}
+
+func testDecisionsSurviveSIGKILL(t *testing.T, s *stack) {
 	br := startBureau(t, bureau.Config{LatencyMin: time.Millisecond, LatencyMax: 30 * time.Millisecond, ErrorRate: 0.1, TimeoutRate: -1, NoFileRate: -1, Seed: 3})
 	s.env.BureauURL = br.URL()
 	s.addLender("K1")
@@ -117,14 +120,14 @@ func TestDecisionsSurviveSIGKILL(t *testing.T) {
 		s.addCustomer(customer{ID: fmt.Sprintf("k%02d", i), Tier: []string{"LOW", "MEDIUM", "HIGH"}[i%3], Limit: "20000.00", Balance: "0", Score: 600 + 20*i})
 	}
 	tp := s.env.Topics.WithDefaults()
-	createTopic(t, tp.Applications, 4, false)
-	createTopic(t, tp.Customer360, 3, false) // history kept: see TestDecisionsEndToEnd
+	createTopic(t, s.env.Brokers, tp.Applications, 4, false)
+	createTopic(t, s.env.Brokers, tp.Customer360, 3, false) // history kept: see TestDecisionsEndToEnd
 	s.startCDC()
 	awaitCustomer360(t, s.env, "k00", fmt.Sprintf("k%02d", customers-1))
 
 	spec := helperSpec{Job: testenv.Name(t, "decisions"), Env: s.env, StateDir: t.TempDir(), WorkerID: "crash-worker"}
 	spec.Env.Logger = nil
-	prod := appProducer{t: t, topic: tp.Applications, serde: serde[schemas.LoanApplication](t, s.env, tp.Applications, schemas.LoanApplicationSchema)}
+	prod := newAppProducer(t, s.env)
 	rng := rand.New(rand.NewSource(11))
 	var ids []string
 	sent := map[string]schemas.LoanApplication{}
@@ -175,7 +178,7 @@ func TestDecisionsSurviveSIGKILL(t *testing.T) {
 				t.Errorf("no decision for %s (customer %s, event time %s)", id, c, a.EventTime.Format(time.RFC3339Nano))
 			}
 		}
-		dumpDLQ(t, spec.Job)
+		dumpDLQ(t, s.env.Brokers, spec.Job)
 		t.Fatalf("worker log:\n%s", p.tail())
 	}
 	dr.c.until(2*time.Second, func(*kgo.Record) { dr.n++ }, func() bool { return false }) // any late duplicate

@@ -38,9 +38,17 @@ func ptr(s string) *string { return &s }
 
 // appProducer writes LoanApplications as the API does (Avro, keyed by id).
 type appProducer struct {
-	t     testing.TB
-	topic string
-	serde *schemas.Serde[schemas.LoanApplication]
+	t       testing.TB
+	brokers []string
+	topic   string
+	serde   *schemas.Serde[schemas.LoanApplication]
+}
+
+// newAppProducer writes to the stack's applications topic.
+func newAppProducer(t testing.TB, env Env) appProducer {
+	tp := env.Topics.WithDefaults()
+	return appProducer{t: t, brokers: env.Brokers, topic: tp.Applications,
+		serde: serde[schemas.LoanApplication](t, env, tp.Applications, schemas.LoanApplicationSchema)}
 }
 
 func (p appProducer) send(apps ...schemas.LoanApplication) {
@@ -53,7 +61,7 @@ func (p appProducer) send(apps ...schemas.LoanApplication) {
 		}
 		recs = append(recs, &kgo.Record{Topic: p.topic, Key: []byte(a.ApplicationID), Value: v})
 	}
-	produce(p.t, recs...)
+	produce(p.t, p.brokers, recs...)
 }
 
 // decisionReader collects loan_decisions by application id.
@@ -66,7 +74,7 @@ type decisionReader struct {
 
 func newDecisionReader(t testing.TB, env Env) *decisionReader {
 	tp := env.Topics.WithDefaults()
-	return &decisionReader{c: newConsumer(t, tp.Decisions), serde: serde[schemas.LoanDecision](t, env, tp.Decisions, schemas.LoanDecisionSchema),
+	return &decisionReader{c: newConsumer(t, env.Brokers, tp.Decisions), serde: serde[schemas.LoanDecision](t, env, tp.Decisions, schemas.LoanDecisionSchema),
 		got: map[string][]schemas.LoanDecision{}}
 }
 
@@ -152,13 +160,13 @@ func TestDecisionsEndToEnd(t *testing.T) {
 		s.addCustomer(c)
 	}
 	tp := s.env.Topics.WithDefaults()
-	createTopic(t, tp.Applications, 2, false) // not co-partitioned with customer_360 (3): the job repartitions
+	createTopic(t, s.env.Brokers, tp.Applications, 2, false) // not co-partitioned with customer_360 (3): the job repartitions
 	// customer_360 keeps its history here (no compaction), so that the full
 	// replay at the end can decide old applications as of their time. A
 	// compacted customer_360 keeps only each customer's newest version: a
 	// job started from scratch decides old applications against what
 	// survived (see doc.go).
-	createTopic(t, tp.Customer360, 3, false)
+	createTopic(t, s.env.Brokers, tp.Customer360, 3, false)
 	s.startCDC()
 	awaitCustomer360(t, s.env, "c-good", "c-limit", "c-frozen", "c-marginal", "c-versioned")
 	checkCoPartitioned(t, s.env, 3)
@@ -183,7 +191,7 @@ func TestDecisionsEndToEnd(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	tAfter := time.Now()
 
-	prod := appProducer{t: t, topic: tp.Applications, serde: serde[schemas.LoanApplication](t, s.env, tp.Applications, schemas.LoanApplicationSchema)}
+	prod := newAppProducer(t, s.env)
 	bad := app("a-bad", "L1", ptr("c-good"), "0.00", tApp)
 	prod.send(
 		app("a-good", "L1", ptr("c-good"), "1000.00", tApp),
@@ -202,7 +210,7 @@ func TestDecisionsEndToEnd(t *testing.T) {
 
 	job := testenv.Name(t, "decisions")
 	stateDir := t.TempDir()
-	w := runWorker(t, buildDecisions(t, job, s.env), stateDir)
+	w := runWorker(t, s.env.Brokers, buildDecisions(t, job, s.env), stateDir)
 	dr := newDecisionReader(t, s.env)
 	first := []string{"a-good", "a-limit", "a-frozen", "a-marginal", "a-versioned-1", "a-versioned-2", "a-ghost", "a-new-1", "a-new-2", "a-new-3"}
 	dr.await(60*time.Second, first...)
@@ -221,11 +229,11 @@ func TestDecisionsEndToEnd(t *testing.T) {
 	prod.send(app("a-good-2", "L1", ptr("c-good"), "9500.00", time.Now()))
 	dr.await(30*time.Second, "a-good-2")
 	checkDecision(t, dr.got["a-good-2"][0], want{schemas.DecisionDeclined, "LIMIT_EXCEEDED", "9000.00", 2})
-	checkDeadLetter(t, job, "a-bad")
+	checkDeadLetter(t, s.env.Brokers, job, "a-bad")
 
 	// A restarted worker (same state) publishes nothing twice.
 	w.halt(t)
-	w = runWorker(t, buildDecisions(t, job, s.env), stateDir)
+	w = runWorker(t, s.env.Brokers, buildDecisions(t, job, s.env), stateDir)
 	prod.send(app("a-after-restart", "L1", ptr("c-marginal"), "10.00", time.Now()))
 	dr.await(30*time.Second, "a-after-restart")
 	w.halt(t)
@@ -241,7 +249,7 @@ func TestDecisionsEndToEnd(t *testing.T) {
 
 	// A full replay by a new job instance re-decides everything the same
 	// way and books nothing twice.
-	replay := runWorker(t, buildDecisions(t, testenv.Name(t, "decisions-replay"), s.env), t.TempDir())
+	replay := runWorker(t, s.env.Brokers, buildDecisions(t, testenv.Name(t, "decisions-replay"), s.env), t.TempDir())
 	before := dr.n
 	ok := dr.c.until(60*time.Second, func(rec *kgo.Record) {
 		d, err := dr.serde.Decode(rec.Value)
@@ -313,7 +321,7 @@ func awaitCustomer360(t testing.TB, env Env, ids ...string) {
 	tp := env.Topics.WithDefaults()
 	keys := AvroStringKeysWithID(0)
 	seen := map[string]bool{}
-	c := newConsumer(t, tp.Customer360)
+	c := newConsumer(t, env.Brokers, tp.Customer360)
 	if !c.until(60*time.Second, func(r *kgo.Record) {
 		if r.Value == nil {
 			return
@@ -396,9 +404,9 @@ func (s *stack) checkBooked(balances map[string]string, apps ...string) {
 
 // checkDeadLetter: the invalid application is in the job's dead-letter
 // topic with the reason.
-func checkDeadLetter(t *testing.T, job, appID string) {
+func checkDeadLetter(t *testing.T, brokers []string, job, appID string) {
 	t.Helper()
-	c := newConsumer(t, pipeline.DeadLetterTopic(job))
+	c := newConsumer(t, brokers, pipeline.DeadLetterTopic(job))
 	var found bool
 	c.until(30*time.Second, func(r *kgo.Record) {
 		for _, h := range r.Headers {
@@ -430,7 +438,7 @@ func checkCoPartitioned(t *testing.T, env Env, parts int32) {
 	}
 	rows := serde[schemas.Customer360](t, env, tp.Customer360, schemas.Customer360Schema)
 	n := 0
-	c := newConsumer(t, tp.Customer360)
+	c := newConsumer(t, env.Brokers, tp.Customer360)
 	c.until(10*time.Second, func(r *kgo.Record) {
 		if r.Value == nil || len(r.Headers) > 0 { // tombstones, heartbeats
 			return

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,37 +36,54 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-var (
-	regOnce sync.Once
-	regURL  string
-	regErr  error
-)
+// registries are the package's embedded schema registries, one per
+// broker (keyed by its seed addresses), each started on first use.
+var registries struct {
+	sync.Mutex
+	byBroker map[string]*sharedRegistry
+}
 
-// registryURL runs one embedded schema registry for the package.
-func registryURL(t testing.TB) string {
+type sharedRegistry struct {
+	once sync.Once
+	url  string
+	err  error
+}
+
+// registryURL runs one embedded schema registry per broker for the package.
+func registryURL(t testing.TB, brokers []string) string {
 	t.Helper()
-	brokers := testenv.Broker(t).Addrs()
-	regOnce.Do(func() {
+	key := strings.Join(brokers, ",")
+	registries.Lock()
+	if registries.byBroker == nil {
+		registries.byBroker = map[string]*sharedRegistry{}
+	}
+	r := registries.byBroker[key]
+	if r == nil {
+		r = &sharedRegistry{}
+		registries.byBroker[key] = r
+	}
+	registries.Unlock()
+	r.once.Do(func() {
 		var reg *schemaregistry.Registry
-		reg, regErr = schemaregistry.New(schemaregistry.Config{Brokers: brokers, Listen: "127.0.0.1:0",
+		reg, r.err = schemaregistry.New(schemaregistry.Config{Brokers: brokers, Listen: "127.0.0.1:0",
 			Topic: "_schemas_jobs_test", Logger: quietLogger()})
-		if regErr != nil {
+		if r.err != nil {
 			return
 		}
 		done := make(chan error, 1)
 		go func() { done <- reg.Run(context.Background()) }()
 		select {
 		case <-reg.Ready():
-			regURL = reg.URL()
-		case regErr = <-done:
+			r.url = reg.URL()
+		case r.err = <-done:
 		case <-time.After(time.Minute):
-			regErr = fmt.Errorf("schema registry not ready")
+			r.err = fmt.Errorf("schema registry not ready")
 		}
 	})
-	if regErr != nil {
-		t.Fatalf("schema registry: %v", regErr)
+	if r.err != nil {
+		t.Fatalf("schema registry: %v", r.err)
 	}
-	return regURL
+	return r.url
 }
 
 // startBureau runs a simulator until the test ends.
@@ -89,8 +107,8 @@ func startBureau(t testing.TB, cfg bureau.Config) *bureau.Server {
 }
 
 // stack is one test's system: a database with the API's schema, the CDC
-// reader streaming it (customer_360 view and envelope topics), and the
-// shared broker and registry, all under test-unique names.
+// reader streaming it (customer_360 view and envelope topics), and a
+// shared broker and its registry, all under test-unique names.
 type stack struct {
 	t      testing.TB
 	env    Env
@@ -99,7 +117,15 @@ type stack struct {
 	stopFn func() error
 }
 
+// newStack builds a stack on the package's embedded broker (kfake).
 func newStack(t testing.TB) *stack {
+	t.Helper()
+	return newStackOn(t, testenv.Broker(t).Addrs())
+}
+
+// newStackOn builds a stack on the broker at brokers (see
+// testenv.EachBroker).
+func newStackOn(t testing.TB, brokers []string) *stack {
 	t.Helper()
 	dsn := testenv.NewDatabase(t)
 	ctx := context.Background()
@@ -117,7 +143,7 @@ func newStack(t testing.TB) *stack {
 	}
 	topics := Topics{Applications: name + "_applications", Customer360: name + "_customer_360", Decisions: name + "_decisions",
 		PortfolioMetrics: name + "_portfolio", CDCPrefix: name}
-	s := &stack{t: t, pool: pool, env: Env{Brokers: testenv.Broker(t).Addrs(), SchemaRegistryURL: registryURL(t),
+	s := &stack{t: t, pool: pool, env: Env{Brokers: brokers, SchemaRegistryURL: registryURL(t, brokers),
 		DatabaseURL: dsn, RedisURL: testenv.Redis(t).URL(), Topics: topics, Logger: quietLogger()}}
 	view := postgres.Customer360View()
 	view.Topic = topics.Customer360
@@ -210,9 +236,9 @@ type worker struct {
 	done chan error
 }
 
-func runWorker(t testing.TB, b *pipeline.Builder, stateDir string) *worker {
+func runWorker(t testing.TB, brokers []string, b *pipeline.Builder, stateDir string) *worker {
 	t.Helper()
-	w, err := kafka.NewWorker(b, kafka.Config{Brokers: testenv.Broker(t).Addrs(), StateDir: stateDir, Logger: quietLogger(),
+	w, err := kafka.NewWorker(b, kafka.Config{Brokers: brokers, StateDir: stateDir, Logger: quietLogger(),
 		CommitInterval: 100 * time.Millisecond, TransactionTimeout: 5 * time.Second, SessionTimeout: 3 * time.Second, DefaultPartitions: 3})
 	if err != nil {
 		t.Fatal(err)
@@ -243,8 +269,8 @@ func (wk *worker) halt(t testing.TB) {
 	}
 }
 
-func newAdmin(t testing.TB) *kadm.Client {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(testenv.Broker(t).Addrs()...))
+func newAdmin(t testing.TB, brokers []string) *kadm.Client {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,14 +278,16 @@ func newAdmin(t testing.TB) *kadm.Client {
 	return kadm.NewClient(cl)
 }
 
-func createTopic(t testing.TB, topic string, parts int32, compact bool) {
+// createTopic creates a topic with the broker's default replication
+// factor (-1), as the jobs' own topics are created.
+func createTopic(t testing.TB, brokers []string, topic string, parts int32, compact bool) {
 	t.Helper()
 	var cfg map[string]*string
 	if compact {
 		c := "compact"
 		cfg = map[string]*string{"cleanup.policy": &c}
 	}
-	resp, err := newAdmin(t).CreateTopic(context.Background(), parts, 1, cfg, topic)
+	resp, err := newAdmin(t, brokers).CreateTopic(context.Background(), parts, -1, cfg, topic)
 	if err == nil {
 		err = resp.Err
 	}
@@ -268,9 +296,9 @@ func createTopic(t testing.TB, topic string, parts int32, compact bool) {
 	}
 }
 
-func produce(t testing.TB, recs ...*kgo.Record) {
+func produce(t testing.TB, brokers []string, recs ...*kgo.Record) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(testenv.Broker(t).Addrs()...))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,9 +314,9 @@ type consumer struct {
 	cl *kgo.Client
 }
 
-func newConsumer(t testing.TB, topic string) *consumer {
+func newConsumer(t testing.TB, brokers []string, topic string) *consumer {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(testenv.Broker(t).Addrs()...), kgo.ConsumeTopics(topic),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)

@@ -15,25 +15,29 @@ import (
 // TestPortfolioEndToEnd: loans written to the API's table reach the
 // portfolio job through the real CDC reader, decisions through
 // loan_decisions; closed windows reach the portfolio_metrics topic (Avro,
-// as the API's hub reads it) and the analytics table with the same figures.
+// as the API's hub reads it) and the analytics table with the same figures;
+// on both brokers.
 func TestPortfolioEndToEnd(t *testing.T) {
-	s := newStack(t)
+	testenv.EachBroker(t, func(t *testing.T, _ string, seeds []string) { testPortfolio(t, newStackOn(t, seeds)) })
+}
+
+func testPortfolio(t *testing.T, s *stack) {
 	s.addLender("P1")
 	s.addCustomer(customer{ID: "cp1", Tier: "LOW", Limit: "100000.00", Balance: "0", Score: 700})
 	tp := s.env.Topics.WithDefaults()
-	createTopic(t, tp.Decisions, 3, false)
+	createTopic(t, s.env.Brokers, tp.Decisions, 3, false)
 	// A loan from before CDC started arrives as a snapshot read: active,
 	// but not an origination.
 	s.exec(`INSERT INTO loans (loan_id, customer_id, lender_id, amount, balance, currency, term_months, status) VALUES
 		('pl0', 'cp1', 'P1', 100, 100, 'USD', 12, 'ACTIVE')`)
 	s.startCDC()
 	job := testenv.Name(t, "portfolio")
-	defer dumpDLQ(t, job)
+	defer dumpDLQ(t, s.env.Brokers, job)
 	b := pipeline.NewBuilder(job)
 	if err := BuildPortfolio(b, s.env, PortfolioConfig{Window: time.Second, MaxOutOfOrderness: 100 * time.Millisecond, IdleTimeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	w := runWorker(t, b, t.TempDir())
+	w := runWorker(t, s.env.Brokers, b, t.TempDir())
 	awaitCustomer360(t, s.env, "cp1") // the snapshot is done: the loans below are streamed creations
 
 	s.exec(`INSERT INTO loans (loan_id, customer_id, lender_id, amount, balance, currency, term_months, status) VALUES
@@ -49,7 +53,7 @@ func TestPortfolioEndToEnd(t *testing.T) {
 		}
 		recs = append(recs, &kgo.Record{Topic: tp.Decisions, Key: []byte("pa"), Value: v})
 	}
-	produce(t, recs...)
+	produce(t, s.env.Brokers, recs...)
 	time.Sleep(1100 * time.Millisecond) // the delinquency lands in a later window
 	s.exec("UPDATE loans SET status = 'DELINQUENT', balance = 900, days_past_due = 31 WHERE loan_id = 'pl1'")
 
@@ -57,7 +61,7 @@ func TestPortfolioEndToEnd(t *testing.T) {
 	byWindow := map[time.Time]schemas.PortfolioMetric{}
 	var orig, decided int64
 	var last schemas.PortfolioMetric
-	c := newConsumer(t, tp.PortfolioMetrics)
+	c := newConsumer(t, s.env.Brokers, tp.PortfolioMetrics)
 	ok := c.until(15*time.Second, func(r *kgo.Record) {
 		m, err := metrics.Decode(r.Value)
 		if err != nil {
@@ -95,8 +99,8 @@ func TestPortfolioEndToEnd(t *testing.T) {
 	}
 }
 
-func dumpDLQ(t *testing.T, job string) {
-	c := newConsumer(t, pipeline.DeadLetterTopic(job))
+func dumpDLQ(t *testing.T, brokers []string, job string) {
+	c := newConsumer(t, brokers, pipeline.DeadLetterTopic(job))
 	n := 0
 	c.until(3*time.Second, func(r *kgo.Record) {
 		n++

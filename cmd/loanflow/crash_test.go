@@ -136,9 +136,14 @@ type crashStack struct {
 	decisionsAtRestart int64
 }
 
-func newCrashStack(t *testing.T, bin string) *crashStack {
+func newCrashStack(t *testing.T, bin string) *crashStack { return newBinaryStack(t, bin, "crash", nil) }
+
+// newBinaryStack prepares `loanflow dev` in a directory named after name,
+// on fixed free ports, with the embedded broker or (brokers set) with
+// --brokers.
+func newBinaryStack(t *testing.T, bin, name string, brokers []string) *crashStack {
 	t.Helper()
-	dir := testenv.Dir(t, "crash")
+	dir := testenv.Dir(t, name)
 	port := func() string {
 		p, err := localsvc.FreePort()
 		if err != nil {
@@ -154,6 +159,10 @@ func newCrashStack(t *testing.T, bin string) *crashStack {
 		"--worker-admin-port", strconv.Itoa(freePortRun(t, len(devJobs))), "--postgres-port", port(),
 		"--redis-port", port(), "--broker-port", broker, "--lender-rate-limit", "2000",
 		"--bureau-latency-min", "20ms", "--bureau-latency-max", "200ms"}
+	if len(brokers) > 0 {
+		s.brokers = brokers
+		s.args = append(s.args, "--brokers", strings.Join(brokers, ","))
+	}
 	s.env = os.Environ()
 	if os.Getenv("LOANFLOW_CRASH_NEGATIVE_CONTROL") == "1" {
 		s.env = append(s.env, "LOANFLOW_DEV_BROKER_IN_PROCESS=1")

@@ -215,3 +215,49 @@ func TestDevStackUnreachableDir(t *testing.T) {
 		t.Fatalf("Run returned %v, want a refusal naming %s and --dir", err, private)
 	}
 }
+
+// TestDevStackOnApacheKafka runs the real loanflow binary's `loanflow dev
+// --brokers` against an Apache Kafka 4.4 broker (KRaft, one node), runs
+// the demo against it, stops it and starts it again on the same directory
+// and broker: every part (registry, API, CDC reader, the three jobs) runs
+// on Apache Kafka and the demo decides its three applications both times.
+func TestDevStackOnApacheKafka(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary, runs the whole stack on Apache Kafka")
+	}
+	requireServers(t)
+	k := testenv.NewKafka(t, localsvc.KafkaOptions{})
+	st := newBinaryStack(t, buildLoanflow(t), "dev-apache", k.Addrs())
+	info := devstack.Info{APIURL: st.api, CredentialsFile: filepath.Join(st.dir, "admin-client.json")}
+	for i := 1; i <= 2; i++ {
+		start := time.Now()
+		st.start(t)
+		t.Logf("loanflow dev --brokers %s (start %d) ready in %s", strings.Join(k.Addrs(), ","), i, time.Since(start).Round(100*time.Millisecond))
+		if out, _ := os.ReadFile(st.logPath(st.incarnation)); !strings.Contains(string(out), strings.Join(k.Addrs(), ",")) {
+			t.Fatalf("loanflow dev does not report the Apache broker:\n%s", out)
+		}
+		checkDemo(t, info)
+		st.stop(t)
+		if !st.cmd.ProcessState.Success() {
+			t.Errorf("loanflow dev (start %d) did not stop cleanly:\n%s", i, st.logTail())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(st.dir, "broker")); err == nil {
+		t.Error("loanflow dev --brokers started an embedded broker too")
+	}
+	// An independent read_committed reader of the Apache broker: the two
+	// demos' six applications, each decided once.
+	decisions, err := readAllDecisions(k.Addrs(), time.Minute)
+	if err != nil {
+		t.Fatalf("reading loan_decisions on the Apache broker: %v", err)
+	}
+	once := 0
+	for _, n := range decisions {
+		if n == 1 {
+			once++
+		}
+	}
+	if len(decisions) != 6 || once != 6 {
+		t.Errorf("loan_decisions on the Apache broker: %v, want 6 applications decided once each", decisions)
+	}
+}

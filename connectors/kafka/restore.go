@@ -48,8 +48,10 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 			return s.Offset, h.Offset, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("kafka: %s/%d has had an open transaction for over %s (stable offset %d, end %d); a crashed worker's transaction must time out first (transaction timeout %s)",
-				topic, p, w.cfg.RestoreWait, l.Offset, h.Offset, w.cfg.TransactionTimeout)
+			return 0, 0, fmt.Errorf("kafka: %s/%d has had an open transaction for over %s (stable offset %d, end %d); a crashed worker's transaction must time out first (transaction timeout %s). "+
+				"If it never ends, the transaction is hanging (a single-node Kafka that crashed while it timed out can leave one; docs/design.md): "+
+				"abort it with `kafka-transactions.sh --bootstrap-server BROKER abort --topic %s --partition %d --start-offset %d`",
+				topic, p, w.cfg.RestoreWait, l.Offset, h.Offset, w.cfg.TransactionTimeout, topic, p, l.Offset)
 		}
 		select {
 		case <-ctx.Done():

@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // topicSpec is a topic the job needs.
@@ -135,4 +139,89 @@ func createTopics(ctx context.Context, adm *kadm.Client, cfg Config, ts []topicS
 		cfg.Logger.Info("created topic", "topic", t.name, "partitions", t.partitions, "role", t.role)
 	}
 	return nil
+}
+
+// topicsVisibleTimeout bounds the wait for created topics to appear in
+// every broker's metadata.
+const topicsVisibleTimeout = 60 * time.Second
+
+// awaitTopicsVisible waits until every broker's metadata lists each topic
+// with its partition count and a leader for every partition. A topic just
+// created is known to the controller before the brokers' metadata caches
+// have it (Apache Kafka; kfake has one view): a group leader whose
+// metadata lacked one of two co-partitioned topics assigned the other
+// alone, which fails the worker (assignedTasks).
+func awaitTopicsVisible(ctx context.Context, cl *kgo.Client, want map[string]int32) error {
+	if len(want) == 0 {
+		return nil
+	}
+	topics := make([]string, 0, len(want))
+	for t := range want {
+		topics = append(topics, t)
+	}
+	sort.Strings(topics)
+	deadline := time.Now().Add(topicsVisibleTimeout)
+	for {
+		err := topicsVisible(ctx, cl, topics, want)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waiting for the job's topics to appear in the brokers' metadata: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// topicsVisible asks each broker of the cluster for the topics' metadata.
+func topicsVisible(ctx context.Context, cl *kgo.Client, topics []string, want map[string]int32) error {
+	bm, err := kadm.NewClient(cl).BrokerMetadata(ctx)
+	if err != nil {
+		return err
+	}
+	req := kmsg.NewPtrMetadataRequest()
+	for _, t := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(t)
+		req.Topics = append(req.Topics, rt)
+	}
+	req.AllowAutoTopicCreation = false
+	var missing []string
+	for _, b := range bm.Brokers {
+		resp, err := req.RequestWith(ctx, cl.Broker(int(b.NodeID)))
+		if err != nil {
+			return fmt.Errorf("broker %d: %w", b.NodeID, err)
+		}
+		ready := make(map[string]bool, len(topics))
+		for _, t := range resp.Topics {
+			if t.Topic != nil && topicReady(t, want[*t.Topic]) {
+				ready[*t.Topic] = true
+			}
+		}
+		for _, t := range topics {
+			if !ready[t] {
+				missing = append(missing, fmt.Sprintf("%s on broker %d", t, b.NodeID))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("not yet visible with every partition led: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func topicReady(t kmsg.MetadataResponseTopic, partitions int32) bool {
+	if t.ErrorCode != 0 || int32(len(t.Partitions)) != partitions {
+		return false
+	}
+	for _, p := range t.Partitions {
+		if p.ErrorCode != 0 || p.Leader < 0 {
+			return false
+		}
+	}
+	return true
 }

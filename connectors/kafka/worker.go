@@ -154,6 +154,13 @@ func (w *Worker) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	subscribed := make(map[string]int32, len(w.inputs))
+	for _, t := range w.inputs {
+		subscribed[t] = w.partitions(t)
+	}
+	if err := awaitTopicsVisible(ctx, w.admCl, subscribed); err != nil {
+		return err
+	}
 	opts := w.clientOpts(
 		kgo.ConsumerGroup(Group(w.cfg.JobID)),
 		// Static membership: a restarted worker takes its place back at

@@ -98,10 +98,24 @@ func consumeUntil(ctx context.Context, t *testing.T, k *Kafka, topic, last strin
 }
 
 // TestKafkaTransactionSurvivesKill kills the broker while two transactions
-// are open and restarts it on the same data: committed records survive, the
-// open ones are aborted (one by the producer re-initialising, one by its
-// timeout) and never reach a read_committed consumer, although they are in
-// the log.
+// are open and restarts it on the same data: committed records survive, and
+// the open ones, although in the log, never reach a read_committed
+// consumer once their producers' transactional ids are initialised again
+// (as restarted producers do); a transaction its producer abandons after
+// the restart is aborted by its timeout.
+//
+// The transactions open at the kill have timeouts longer than the test:
+// one that times out while a single node restarts after a SIGKILL can be
+// completed without its markers. The restarted node's transaction
+// coordinator runs from its replayed metadata before the node has
+// registered again; the controller then fences the old incarnation, the
+// partitions have no leader for a moment, and the coordinator's marker
+// writer takes a partition without a leader for a deleted one ("Couldn't
+// find leader endpoint ... likely deleted already"): it completes the
+// abort without the marker, and the partition's last stable offset stays
+// behind that transaction for good. With a 5s timeout here this test
+// failed about 1 run in 3 under load (docs/design.md, "kfake and Apache
+// Kafka: what differs").
 func TestKafkaTransactionSurvivesKill(t *testing.T) {
 	k := startTestKafka(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -109,38 +123,49 @@ func TestKafkaTransactionSurvivesKill(t *testing.T) {
 	const topic = "txn"
 	createTopic(ctx, t, k, topic, 1, 1)
 
-	// reinit's open transaction would outlive the test (its timeout is
-	// longer than the test's deadline) unless the new producer aborts it;
-	// timeout's is aborted by the broker soon after the restart.
 	txnClient := func(id string, timeout time.Duration) *kgo.Client {
 		return newTestClient(t, k, kgo.TransactionalID(id), kgo.TransactionTimeout(timeout))
 	}
-	reinit, timeout := txnClient("reinit", 10*time.Minute), txnClient("timeout", 5*time.Second)
-	for _, cl := range []*kgo.Client{reinit, timeout} {
+	// Longer than the test's deadline: only re-initialising aborts them.
+	first, second := txnClient("first", 10*time.Minute), txnClient("second", 10*time.Minute)
+	for _, cl := range []*kgo.Client{first, second} {
 		if err := cl.BeginTransaction(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	produceValues(ctx, t, reinit, topic, seq("committed", 0, 10)...)
-	if err := reinit.EndTransaction(ctx, kgo.TryCommit); err != nil {
+	produceValues(ctx, t, first, topic, seq("committed", 0, 10)...)
+	if err := first.EndTransaction(ctx, kgo.TryCommit); err != nil {
 		t.Fatalf("committing: %v", err)
 	}
-	if err := reinit.BeginTransaction(); err != nil {
+	if err := first.BeginTransaction(); err != nil {
 		t.Fatal(err)
 	}
-	produceValues(ctx, t, reinit, topic, seq("open", 0, 10)...)
-	produceValues(ctx, t, timeout, topic, seq("timeout", 0, 10)...)
+	produceValues(ctx, t, first, topic, seq("open", 0, 10)...)
+	produceValues(ctx, t, second, topic, seq("second", 0, 10)...)
 
 	k.Kill(1)
-	reinit.Close()
-	timeout.Close()
+	first.Close()
+	second.Close()
 	if err := k.Start(1); err != nil {
 		t.Fatalf("restarting: %v", err)
 	}
 
-	// The same transactional id fences the old producer: the coordinator
-	// aborts its open transaction before the new one begins.
-	again := txnClient("reinit", 10*time.Minute)
+	// The same transactional ids fence the old producers: the coordinator
+	// aborts their open transactions before the new ones begin.
+	for _, id := range []string{"second", "first"} {
+		if _, _, err := txnClient(id, 10*time.Minute).ProducerID(ctx); err != nil {
+			t.Fatalf("initialising %s again: %v", id, err)
+		}
+	}
+	// A producer that dies with its transaction open after the restart:
+	// its timeout aborts it.
+	abandoned := txnClient("abandoned", 3*time.Second)
+	if err := abandoned.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	produceValues(ctx, t, abandoned, topic, seq("abandoned", 0, 10)...)
+	abandoned.Close()
+	again := txnClient("first", 10*time.Minute)
 	if err := again.BeginTransaction(); err != nil {
 		t.Fatal(err)
 	}
@@ -149,15 +174,14 @@ func TestKafkaTransactionSurvivesKill(t *testing.T) {
 		t.Fatalf("committing after restart: %v", err)
 	}
 
-	// "after" is readable committed only once the last open transaction
-	// before it, the one nobody re-initialises, has timed out and been
-	// aborted.
+	// "after" is readable committed only once every transaction open
+	// before it has ended.
 	got := consumeUntil(ctx, t, k, topic, "after", kgo.ReadCommitted())
 	if want := append(seq("committed", 0, 10), "after"); !slices.Equal(got, want) {
 		t.Fatalf("read_committed got %v, want %v", got, want)
 	}
 	all := consumeUntil(ctx, t, k, topic, "after", kgo.ReadUncommitted())
-	for _, v := range append(seq("open", 0, 10), seq("timeout", 0, 10)...) {
+	for _, v := range slices.Concat(seq("open", 0, 10), seq("second", 0, 10), seq("abandoned", 0, 10)) {
 		if !slices.Contains(all, v) {
 			t.Fatalf("read_uncommitted lacks %q, so the kill lost it and the test proves nothing: %v", v, all)
 		}

@@ -19,6 +19,9 @@
 //	own := testenv.NewRedis(t)       // a dedicated server the test may stop
 //	cls := testenv.NewKafka(t, localsvc.KafkaOptions{Brokers: 3})
 //	                                 // a dedicated cluster to kill nodes of
+//	testenv.EachBroker(t, func(t *testing.T, kind string, seeds []string) {
+//		// runs as the subtests "kfake" and "apache"
+//	})
 //
 // Apache Kafka runs from jars that scripts/kafka-jars.sh fetches with Maven
 // on first use into a cache outside the repository (see localsvc), so it

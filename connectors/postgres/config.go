@@ -75,6 +75,13 @@ type Config struct {
 	// error at start. Default false.
 	EnsureReplicaIdentityFull bool `yaml:"ensure_replica_identity_full"`
 
+	// AllowTimelineChange lets the reader resume from a position read on
+	// another timeline of the same system (a promotion of a standby whose
+	// slot was synchronized, PostgreSQL 17 failover slots). Positions
+	// written afterwards carry the new timeline, so set it for one start
+	// only. Default false: a timeline change stops the reader.
+	AllowTimelineChange bool `yaml:"allow_timeline_change"`
+
 	// Brokers are the Kafka seed brokers. Required.
 	Brokers []string `yaml:"brokers"`
 	// SchemaRegistryURL is the Confluent-compatible schema registry.
@@ -103,6 +110,12 @@ type Config struct {
 	// (the position then records how far into it the reader got). Default
 	// 20000.
 	TxnMaxRecords int `yaml:"txn_max_records"`
+	// MaxRecordBytes is the largest record the reader writes to a table
+	// topic; a larger change goes to the dead-letter topic (reason
+	// too_large) instead of failing its Kafka transaction. Keep it at or
+	// below the topics' max.message.bytes. Default 1000000 (Kafka's
+	// default limit is 1048588).
+	MaxRecordBytes int `yaml:"max_record_bytes"`
 	// TxnMaxBytes bounds the encoded bytes of one Kafka transaction, in the
 	// same way. Default 16 MiB.
 	TxnMaxBytes int `yaml:"txn_max_bytes"`
@@ -210,6 +223,7 @@ func (c Config) WithDefaults() Config {
 	defInt(&c.TopicReplicationFactor, -1)
 	defInt(&c.TxnMaxRecords, 20000)
 	defInt(&c.TxnMaxBytes, 16<<20)
+	defInt(&c.MaxRecordBytes, 1000000)
 	defInt(&c.QueueMaxBatches, 64)
 	defDur := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -283,7 +297,7 @@ func (c Config) Validate() error {
 	}
 	for name, v := range map[string]int{
 		"snapshot_txn_max_rows": c.SnapshotTxnMaxRows, "txn_max_records": c.TxnMaxRecords,
-		"txn_max_bytes": c.TxnMaxBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions,
+		"txn_max_bytes": c.TxnMaxBytes, "max_record_bytes": c.MaxRecordBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions,
 	} {
 		if v <= 0 {
 			bad("%s must be positive, got %d", name, v)

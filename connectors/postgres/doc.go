@@ -47,24 +47,50 @@
 // When a Relation message describes a table whose columns differ from the
 // known version, the next change of that table registers a new schema
 // version (TopicNameStrategy subjects). A change the registry rejects (409,
-// e.g. a column type change) stops the reader with ErrSchema naming the
-// subject.
+// e.g. a column type change) goes to the dead-letter topic (reason
+// schema), as does every later change of that table version, while the
+// other tables flow; fix the subject's compatibility (or route the table
+// to a new topic) and restart.
 //
 // Type mapping: bool→boolean; int2, int4→int; int8, oid→long;
-// float4→float; float8→double; numeric(p,s)→bytes decimal(p,s)
-// (unconstrained numeric, or a negative scale, → its exact text as string);
-// text, varchar, char, name and other scalar types (enums, inet, interval,
-// money, ...) → string of their text form; uuid→string (logicalType uuid);
-// json, jsonb→string; bytea→bytes; timestamptz→long timestamp-micros;
-// timestamp→long local-timestamp-micros; date→int date; time→long
-// time-micros; one-dimensional arrays of the above (bool, bytea, int2/4/8,
-// text, varchar, bpchar, float4/8, numeric, uuid, json, jsonb, date,
-// timestamp, timestamptz) → array of nullable items. Other built-in array
-// types fail at the table's Relation message with ErrUnsupportedType (arrays
-// of user-defined types are carried as their text form); a value that has
-// no Avro form (numeric NaN, infinite timestamps, a multi-dimensional array)
-// sends the change to the dead-letter topic (dlq.cdc-<name>) with the error
-// and its source in headers.
+// float4→float; float8→double (NaN and ±Infinity as such); numeric(p,s)→
+// bytes decimal(p,s) (unconstrained numeric, or a negative scale, → its
+// exact text as string); text, varchar, char, name and other scalar types
+// (enums, inet, interval, money, ...) → string of their text form;
+// uuid→string (logicalType uuid); json, jsonb→string; bytea→bytes;
+// timestamptz→long timestamp-micros; timestamp→long local-timestamp-micros;
+// date→int date; time→long time-micros; one-dimensional arrays of the
+// above (bool, bytea, int2/4/8, text, varchar, bpchar, float4/8, numeric,
+// uuid, json, jsonb, date, timestamp, timestamptz) → array of nullable
+// items. Other array types (inet[], interval[], user-defined types) are
+// carried as their text form ({a,b}) with a warning in the log.
+//
+// Values without a plain Avro form are represented, never dropped: BC
+// dates and years past 9999 are exact (micros or days since 1970, the
+// proleptic Gregorian calendar PostgreSQL uses); ±infinity timestamps are
+// Debezium's sentinels TimestampPosInfinity/TimestampNegInfinity, ±infinity
+// dates DatePosInfinity/DateNegInfinity; numeric NaN and ±Infinity in a
+// decimal column are written as null and named in the record header
+// loanflow.special ("after.n=NaN", one per line), as Debezium's precise
+// decimal mode writes null for them. The before- and after-images are
+// converted independently, so the update that fixes such a row is written
+// like any other.
+//
+// # Poison changes
+//
+// A change that cannot be written goes to the dead-letter topic
+// (dlq.cdc-<name>; JSON with table, op, LSNs, xid, reason, error and each
+// column's text cut to 4 KiB; headers error, reason, source.table,
+// source.lsn, source.commit_lsn, source.topic) and the stream goes on.
+// Reasons: value (a key column holding NaN, a multi-dimensional array),
+// unchanged_toast (see below), schema (registry rejection, or a table that
+// cannot be mapped at all, e.g. two columns with one Avro name),
+// too_large (a record over max_record_bytes, default 1,000,000, which the
+// broker would reject) and skipped: `loanflow cdc skip --lsn X/Y` (or
+// SkipChange) records in the positions topic that the change at that LSN
+// goes to the dead-letter topic; a pgoutput message that cannot be decoded
+// stops the reader with an error naming its LSN, and skipping that LSN
+// sends its bytes (message_hex) to the dead-letter topic.
 //
 // # Unchanged TOAST values and REPLICA IDENTITY
 //
@@ -73,8 +99,8 @@
 // (complete and detoasted), and never emits it as null. At start the reader
 // therefore requires REPLICA IDENTITY FULL on captured tables that have
 // TOAST-able columns (or sets it, with ensure_replica_identity_full); should
-// a value still be missing (identity changed while running), the reader
-// stops with ErrUnchangedToast. Before-images follow the identity: FULL
+// a value still be missing (identity changed while running), the change
+// goes to the dead-letter topic with reason unchanged_toast. Before-images follow the identity: FULL
 // gives every column, DEFAULT only the key columns (other fields null).
 //
 // # Snapshot
@@ -116,6 +142,24 @@
 // with ErrSlotGone; if the slot's confirmed_flush_lsn is past the committed
 // position (dropped and recreated, or advanced by someone else), it stops
 // with ErrSlotGap naming the slot and the gap. It never skips WAL.
+//
+// The position also records the server's system identifier and timeline
+// (IDENTIFY_SYSTEM), the xid of its transaction and the slot's nonce (a
+// random value the reader writes with pg_logical_emit_message(false,
+// 'loanflow.slot', ...) right after creating the slot, so the slot decodes
+// it first). The reader stops with ErrSlotMismatch, saying what to do,
+// when the server has another system identifier (another cluster, a dump
+// restored elsewhere), another timeline (point-in-time recovery or a
+// promotion; allow_timeline_change: true accepts it once, for a failover
+// to a standby that synchronised the slot), a WAL end before the position,
+// or when the slot decodes another reader's nonce. A slot that restarts
+// before the position (PostgreSQL persists slots at checkpoints, so a
+// server crash moves them back) is resumed only if the first transaction
+// it replays at or past the position's commit LSN is that transaction,
+// with its xid; otherwise the WAL is another history and the reader stops.
+// The flush LSN reported to the server never exceeds the server's WAL end.
+// `loanflow cdc reset` deletes a position (the next start re-snapshots).
+// On PostgreSQL 17 and later slots are created with failover = true.
 //
 // # Heartbeats
 //

@@ -35,9 +35,8 @@ type snapshotter struct {
 // returns its consistent point and exported snapshot. The snapshot lives
 // until the next command on repl, so it must be imported before repl is
 // used again.
-func createSlotWithSnapshot(ctx context.Context, repl *pgconn.PgConn, slot string) (pglogrepl.LSN, string, error) {
-	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+func createSlotWithSnapshot(ctx context.Context, repl *pgconn.PgConn, slot string, major int) (pglogrepl.LSN, string, error) {
+	res, err := pglogrepl.ParseCreateReplicationSlot(repl.Exec(ctx, createSlotCommand(slot, major)))
 	if err != nil {
 		return 0, "", fmt.Errorf("creating slot %s: %w", slot, err)
 	}
@@ -93,10 +92,13 @@ func (s *snapshotter) prepare(ctx context.Context, tx pgx.Tx, pub []pubTable) ([
 		if err != nil {
 			return nil, nil, err
 		}
-		t, err := newTable(rel, pk, s.cfg.routeFor(p.schema, p.name))
+		rt := s.cfg.routeFor(p.schema, p.name)
+		t, err := newTable(rel, pk, rt)
 		if err != nil {
-			return nil, nil, err
+			s.cfg.Logger.Error("cdc: table cannot be written; its rows go to the dead-letter topic", "table", p.ident(), "error", err)
+			t = poisonedTable(rel, rt, err)
 		}
+		warnFallbacks(s.cfg, t)
 		s.tables[rel.id] = t
 		var n int64
 		if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+p.ident()).Scan(&n); err != nil {

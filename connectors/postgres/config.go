@@ -131,9 +131,13 @@ type Config struct {
 	StatusInterval time.Duration `yaml:"status_interval"`
 	// HeartbeatInterval is how often the reader emits a heartbeat with
 	// pg_logical_emit_message, which moves the slot on an idle database and
-	// sends heartbeat records to every partition of the CDC topics; 0
-	// disables heartbeats. Default 5s.
+	// sends heartbeat records to the heartbeat topic and every partition of
+	// the view topics; 0 disables heartbeats. Default 5s.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// HeartbeatTopic receives one record per heartbeat (Avro key
+	// {serverName}, value {ts_ms, lsn}; compacted), like Debezium's
+	// __debezium-heartbeat topic. Default "__loanflow-heartbeat." + Name.
+	HeartbeatTopic string `yaml:"heartbeat_topic"`
 	// ReconnectBackoffMax caps the wait between reconnection attempts after
 	// a lost connection. Default 5s.
 	ReconnectBackoffMax time.Duration `yaml:"reconnect_backoff_max"`
@@ -213,6 +217,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.TransactionalID, "loanflow-cdc-"+c.Name)
 	def(&c.PositionsTopic, "_loanflow_cdc_positions")
 	def(&c.DeadLetterTopic, "dlq.cdc-"+c.Name)
+	def(&c.HeartbeatTopic, "__loanflow-heartbeat."+c.Name)
 	defInt := func(n *int, v int) {
 		if *n == 0 {
 			*n = v

@@ -167,21 +167,33 @@
 // 'loanflow.heartbeat', <ms>), whose content is the database clock in
 // milliseconds since the Unix epoch. When that message arrives outside a
 // transaction, the writer sends one heartbeat record to every partition of
-// every topic it writes and moves the flush position to the message, so the
-// slot advances on an idle database. Keepalives from the server move the
-// flush position too when nothing is pending (WAL of other databases).
+// every view topic (e.g. customer_360) and one to the heartbeat topic
+// (__loanflow-heartbeat.<name>), and moves the flush position to the
+// message, so the slot advances on an idle database. Keepalives from the
+// server move the flush position too when nothing is pending (WAL of other
+// databases).
 //
-// Heartbeat records carry the header "loanflow.heartbeat" whose value is
-// the heartbeat's event time, in milliseconds since the Unix epoch, as
-// decimal ASCII; the record timestamp is the same instant, the key is
-// "__loanflow_heartbeat" (raw bytes, not Avro) and the value is null.
-// Consumers must check for the header before decoding: a heartbeat says
-// "this partition has no change committed before this time still to come",
-// up to the commit-timestamp skew between concurrent transactions (a few
-// milliseconds), which an engine's bounded out-of-orderness absorbs. Change
-// records carry the PostgreSQL commit time as their timestamp.
+// Every record of every topic decodes with a standard Confluent-Avro
+// deserializer. In a view topic a heartbeat's key is the Avro string
+// "__loanflow_heartbeat" framed with the topic's key schema (<topic>-key,
+// "string") and its value is null: to a consumer that ignores heartbeats it
+// is the tombstone of a key no row has. It carries the header
+// "loanflow.heartbeat", whose value is the heartbeat's event time in
+// milliseconds since the Unix epoch as decimal ASCII; the record timestamp
+// is the same instant. Consumers that use heartbeats for event time (the
+// decisions job's customer_360 source) recognise them by that header. The
+// heartbeat topic (one partition, compacted) holds Debezium's heartbeat
+// shape: key {serverName: <name>}, value {ts_ms, lsn}. Table topics carry
+// no heartbeats: their consumers (Debezium formats, Connect sinks) expect
+// envelopes and tombstones only.
 //
-// This holds for views too. The message's time H is read from the clock
+// A heartbeat in a view topic says "this partition has no change committed
+// before this time still to come", up to the commit-timestamp skew between
+// concurrent transactions (a few milliseconds), which an engine's bounded
+// out-of-orderness absorbs. Change records carry the PostgreSQL commit time
+// as their timestamp.
+//
+// Why this holds for views: the message's time H is read from the clock
 // before the message enters the WAL, so every transaction committed before
 // H precedes it in the WAL and is decoded first. Change records are
 // produced as they are decoded; view rows are deferred, so before writing

@@ -187,6 +187,13 @@ func newDecoder(t testing.TB, url string) *decoder {
 }
 
 func (d *decoder) decode(b []byte) (map[string]any, int, error) {
+	out, id, err := d.decodeAny(b)
+	m, _ := out.(map[string]any) // nil for non-record keys
+	return m, id, err
+}
+
+// decodeAny decodes Confluent-framed Avro of any type.
+func (d *decoder) decodeAny(b []byte) (any, int, error) {
 	if len(b) < 5 || b[0] != 0 {
 		return nil, 0, fmt.Errorf("not confluent-framed: %x", b)
 	}
@@ -206,8 +213,7 @@ func (d *decoder) decode(b []byte) (map[string]any, int, error) {
 	if _, err := s.Decode(b[5:], &out); err != nil {
 		return nil, id, err
 	}
-	m, _ := out.(map[string]any) // nil for non-record keys
-	return m, id, nil
+	return out, id, nil
 }
 
 // readAll reads topics with read_committed up to an end marker it writes
@@ -269,7 +275,7 @@ func (e *cdcEnv) read(decode bool, topics ...string) []consumed {
 				return
 			}
 			c := consumed{rec: r}
-			if decode && !c.heartbeat() {
+			if decode { // every record, heartbeats too, must decode
 				var err error
 				if r.Key != nil {
 					if c.key, _, err = dec.decode(r.Key); err != nil {

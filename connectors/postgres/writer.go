@@ -13,9 +13,12 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/avro"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/loanflow/loanflow/schemas"
 )
 
 // HeartbeatHeader is the header that marks a heartbeat record; its value is
@@ -23,8 +26,9 @@ import (
 // decimal ASCII. See doc.go.
 const HeartbeatHeader = "loanflow.heartbeat"
 
-// heartbeatKey is the key of heartbeat records (compacted topics need one).
-var heartbeatKey = []byte("__loanflow_heartbeat")
+// HeartbeatKey is the key of heartbeat records in view topics, an Avro
+// string framed with the topic's key schema (compacted topics need a key).
+const HeartbeatKey = "__loanflow_heartbeat"
 
 // writer owns the transactional Kafka producer: it turns queue items into
 // records, commits them with the position in one Kafka transaction and
@@ -51,6 +55,10 @@ type writer struct {
 
 	codecs    map[*table]*codec
 	codecErrs map[*table]error // table versions whose schemas the registry rejected
+	hb        struct {         // the heartbeat topic's schemas
+		key, value     *avro.Schema
+		keyID, valueID int
+	}
 	// skipLSNs are changes an operator skipped (`loanflow cdc skip`): they
 	// go to the dead-letter topic.
 	skipLSNs map[pglogrepl.LSN]string
@@ -422,12 +430,15 @@ func (w *writer) truncate(ctx context.Context, c *codec, ev *event) error {
 	return nil
 }
 
-// heartbeat writes a heartbeat record to every partition of every topic
-// the reader writes, and moves the flush position to the heartbeat. The
-// view rows of the keys touched so far go first: every transaction
-// committed before the heartbeat's time precedes it in the WAL, so its
-// rows then precede the heartbeat in every partition, change records and
-// view rows alike (see doc.go, Heartbeats).
+// heartbeat writes a heartbeat record to every partition of every view
+// topic and one to the heartbeat topic, and moves the flush position to
+// the heartbeat. The view rows of the keys touched so far go first: every
+// transaction committed before the heartbeat's time precedes it in the
+// WAL, so its rows then precede the heartbeat in every partition (see
+// doc.go, Heartbeats). Every heartbeat record is decodable by a
+// Confluent-Avro consumer: in a view topic its key is the Avro string
+// HeartbeatKey framed with the topic's key schema and its value null (a
+// tombstone of a key no row has).
 func (w *writer) heartbeat(ctx context.Context, it *item) error {
 	if w.inPG || it.lsn <= w.resume.FlushLSN || w.pending.Snapshot != nil {
 		return nil
@@ -436,16 +447,24 @@ func (w *writer) heartbeat(ctx context.Context, it *item) error {
 		return err
 	}
 	ms := strconv.FormatInt(it.at.UnixMilli(), 10)
-	for topic, n := range w.topics {
-		for p := int32(0); p < n; p++ {
-			r := &kgo.Record{
-				Topic: topic, Partition: p, Key: heartbeatKey, Timestamp: it.at, Context: manualPartition,
-				Headers: []kgo.RecordHeader{{Key: HeartbeatHeader, Value: []byte(ms)}},
-			}
+	hdr := []kgo.RecordHeader{{Key: HeartbeatHeader, Value: []byte(ms)}}
+	for _, vs := range w.views {
+		if err := w.viewCodec(ctx, vs); err != nil {
+			return err
+		}
+		key, err := vs.key.AppendEncode(frame(nil, vs.keyID), HeartbeatKey)
+		if err != nil {
+			return fmt.Errorf("%w: heartbeat key of %s: %v", ErrSchema, vs.cfg.Topic, err)
+		}
+		for p := int32(0); p < w.topics[vs.cfg.Topic]; p++ {
+			r := &kgo.Record{Topic: vs.cfg.Topic, Partition: p, Key: key, Timestamp: it.at, Context: manualPartition, Headers: hdr}
 			if err := w.produce(ctx, r); err != nil {
 				return err
 			}
 		}
+	}
+	if err := w.heartbeatRecord(ctx, it, hdr); err != nil {
+		return err
 	}
 	w.m.heartbeats.Inc()
 	if it.lsn > w.pending.FlushLSN {
@@ -453,6 +472,41 @@ func (w *writer) heartbeat(ctx context.Context, it *item) error {
 	}
 	w.dirty = true
 	return nil
+}
+
+// Schemas of the heartbeat topic (as Debezium's __debezium-heartbeat
+// topic: key {serverName}, value {ts_ms}), plus the heartbeat's LSN.
+const (
+	heartbeatKeySchema   = `{"type":"record","name":"HeartbeatKey","namespace":"io.loanflow.cdc","fields":[{"name":"serverName","type":"string"}]}`
+	heartbeatValueSchema = `{"type":"record","name":"Heartbeat","namespace":"io.loanflow.cdc","fields":[{"name":"ts_ms","type":"long"},{"name":"lsn","type":"long"}]}`
+)
+
+// heartbeatRecord writes the heartbeat to the heartbeat topic (one
+// partition, compacted, keyed by the reader's name).
+func (w *writer) heartbeatRecord(ctx context.Context, it *item, hdr []kgo.RecordHeader) error {
+	topic := w.cfg.HeartbeatTopic
+	if w.hb.key == nil {
+		if _, err := ensureTopic(ctx, w.adm, topic, 1, int16(w.cfg.TopicReplicationFactor), true); err != nil {
+			return err
+		}
+		var err error
+		if w.hb.key, w.hb.keyID, err = register(ctx, w.reg, schemas.KeySubject(topic), avro.MustParse(heartbeatKeySchema)); err != nil {
+			return err
+		}
+		if w.hb.value, w.hb.valueID, err = register(ctx, w.reg, schemas.ValueSubject(topic), avro.MustParse(heartbeatValueSchema)); err != nil {
+			w.hb.key = nil
+			return err
+		}
+	}
+	key, err := w.hb.key.AppendEncode(frame(nil, w.hb.keyID), map[string]any{"serverName": w.cfg.Name})
+	if err != nil {
+		return fmt.Errorf("%w: heartbeat key: %v", ErrSchema, err)
+	}
+	val, err := w.hb.value.AppendEncode(frame(nil, w.hb.valueID), map[string]any{"ts_ms": it.at.UnixMilli(), "lsn": int64(it.lsn)})
+	if err != nil {
+		return fmt.Errorf("%w: heartbeat value: %v", ErrSchema, err)
+	}
+	return w.produce(ctx, &kgo.Record{Topic: topic, Partition: 0, Context: manualPartition, Key: key, Value: val, Timestamp: it.at, Headers: hdr})
 }
 
 // poisonReasons are the errors that send a change to the dead-letter

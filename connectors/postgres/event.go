@@ -33,6 +33,8 @@ const (
 	itFlush                         // keepalive: nothing is pending up to lsn
 	itSnapMark                      // snapshot boundary: pos may be committed
 	itSlotNonce                     // the slot's nonce message at lsn: text
+	itWatermark                     // an incremental snapshot watermark at lsn: text
+	itSignal                        // a loanflow.signal message at lsn: text
 )
 
 // item is one unit of the receiver → writer queue.
@@ -45,7 +47,8 @@ type item struct {
 	pos    *Position
 	final  bool   // last snapshot mark
 	xid    uint32 // itBegin
-	text   string // itSlotNonce
+	text   string // itSlotNonce, itWatermark, itSignal
+	tables []string // final itSnapMark: the tables the snapshot read
 }
 
 // Change operations (the envelope's op).
@@ -62,7 +65,7 @@ type event struct {
 	op         byte
 	t          *table
 	old, new   []colValue
-	lsn        pglogrepl.LSN // the change's own LSN (nil for snapshot reads)
+	lsn        pglogrepl.LSN // the change's own LSN (a snapshot read's: the snapshot's)
 	commitLSN  pglogrepl.LSN
 	xid        uint32
 	commitTime time.Time
@@ -175,8 +178,13 @@ func (ev *event) source(t *table, s map[string]any) map[string]any {
 	s["version"], s["connector"], s["name"] = Version, "postgresql", t.route.topicPrefix()
 	s["ts_ms"], s["snapshot"], s["db"] = ev.commitTime.UnixMilli(), ev.snapshot, ev.db
 	s["schema"], s["table"], s["sequence"], s["txId"], s["lsn"], s["xmin"] = t.schema, t.name, nil, nil, nil, nil
-	if ev.op != opRead {
+	// Snapshot reads carry the snapshot's LSN (the slot's consistent point,
+	// or an incremental chunk's high watermark) and xmin, as Debezium fills
+	// them.
+	if ev.op != opRead || ev.xid != 0 {
 		s["txId"] = int64(ev.xid)
+	}
+	if ev.lsn != 0 {
 		s["lsn"] = int64(ev.lsn)
 		s["sequence"] = `["` + strconv.FormatUint(uint64(ev.commitLSN), 10) + `","` + strconv.FormatUint(uint64(ev.lsn), 10) + `"]`
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +47,15 @@ type Position struct {
 	SlotNonce string `json:"slot_nonce,omitempty"`
 	// Snapshot is set while the initial snapshot is in progress.
 	Snapshot *SnapshotProgress `json:"snapshot,omitempty"`
+	// Incremental is set while watermark-based snapshots run (tables added
+	// later, `loanflow cdc snapshot`, or the rest of an interrupted initial
+	// snapshot).
+	Incremental *IncrementalProgress `json:"incremental,omitempty"`
+	// Tables are the tables whose snapshot is complete (schema.table); a
+	// published table missing from them is snapshotted incrementally.
+	// Nil in positions written before it existed (then every published
+	// table counts as complete).
+	Tables []string `json:"tables"`
 	// CommittedAt is when the Kafka transaction was committed (writer
 	// clock, informational).
 	CommittedAt time.Time `json:"committed_at"`
@@ -57,6 +67,44 @@ type SnapshotProgress struct {
 	ConsistentLSN pglogrepl.LSN `json:"consistent_lsn"`
 	// Rows read so far.
 	Rows int64 `json:"rows"`
+	// Table is the table being read and LastKey the text of the key
+	// columns of its last row committed (tables are read in key order);
+	// Done the tables read completely. An interrupted snapshot continues
+	// from there, incrementally.
+	Table   string   `json:"table,omitempty"`
+	LastKey []string `json:"last_key,omitempty"`
+	Done    []string `json:"done,omitempty"`
+	// XID is the snapshot's xmin, written to source.txId of its rows.
+	XID uint32 `json:"xid,omitempty"`
+}
+
+// IncrementalProgress is the state of watermark-based snapshots.
+type IncrementalProgress struct {
+	// Queue holds the tables still to read, in order.
+	Queue []string `json:"queue,omitempty"`
+	// Table is the table being read, LastKey the text of the key columns
+	// of its last row written (nil: from the start).
+	Table   string   `json:"table,omitempty"`
+	LastKey []string `json:"last_key,omitempty"`
+	// Rows written so far by the current table's snapshot.
+	Rows int64 `json:"rows"`
+}
+
+// active reports whether a table is being read or queued.
+func (p *IncrementalProgress) active() bool { return p != nil && (p.Table != "" || len(p.Queue) > 0) }
+
+// clone returns a deep copy (positions are values; their slices are not).
+func (p Position) clone() Position {
+	if p.Incremental != nil {
+		inc := *p.Incremental
+		inc.Queue = slices.Clone(inc.Queue)
+		inc.LastKey = slices.Clone(inc.LastKey)
+		p.Incremental = &inc
+	}
+	if p.Tables != nil {
+		p.Tables = append([]string{}, p.Tables...)
+	}
+	return p
 }
 
 // skip reports how many of a transaction's changes are already in Kafka:

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -111,6 +113,31 @@ type sessionPlan struct {
 	snapshot bool          // create the slot (and read a snapshot)
 	verify   pglogrepl.LSN // the slot restarts at or before the position's transaction: see writer.verify
 	nonce    string        // the slot's nonce
+	// resumeSnapshot: the initial snapshot was interrupted; stream from the
+	// slot's consistent point and read the rest incrementally.
+	resumeSnapshot bool
+}
+
+// resumeSnapshot turns the position of an interrupted initial snapshot
+// into a streaming position at the slot's consistent point, with the
+// tables (and the rest of the table) not yet committed queued for
+// incremental snapshots.
+func resumeSnapshot(pos Position, pub []pubTable) Position {
+	sp := pos.Snapshot
+	out := Position{Slot: pos.Slot, LSN: sp.ConsistentLSN, Complete: true, FlushLSN: sp.ConsistentLSN,
+		SystemID: pos.SystemID, Timeline: pos.Timeline, SlotNonce: pos.SlotNonce, Tables: append([]string{}, sp.Done...)}
+	inc := &IncrementalProgress{Table: sp.Table, LastKey: slices.Clone(sp.LastKey)}
+	if slices.Contains(sp.Done, sp.Table) {
+		inc.Table, inc.LastKey = "", nil
+	}
+	for _, p := range pub {
+		n := p.schema + "." + p.name
+		if n != inc.Table && !slices.Contains(sp.Done, n) {
+			inc.Queue = append(inc.Queue, n)
+		}
+	}
+	out.Incremental = inc
+	return out
 }
 
 // plan decides whether the session takes a new snapshot, after checking
@@ -139,6 +166,16 @@ func (r *Reader) plan(ctx context.Context, meta *pgx.Conn, pos Position, found b
 		// A first start, or a position without a slot because the
 		// snapshot never committed: (re)create the slot.
 		return sessionPlan{snapshot: true, nonce: newNonce()}, nil
+	case found && slot.confirmedFlush <= pos.Snapshot.ConsistentLSN:
+		// The initial snapshot was interrupted after some chunks were
+		// committed; the slot still stands at its consistent point. Stream
+		// from there and read the rest incrementally (see resumeSnapshot).
+		if err := checkServer(id, Position{SystemID: pos.SystemID, Timeline: pos.Timeline, FlushLSN: pos.Snapshot.ConsistentLSN}, r.cfg.Slot, r.cfg.AllowTimelineChange); err != nil {
+			return sessionPlan{}, err
+		}
+		r.cfg.Logger.Info("cdc: continuing the interrupted snapshot incrementally", "slot", r.cfg.Slot,
+			"rows_committed", pos.Snapshot.Rows, "table", pos.Snapshot.Table, "tables_done", len(pos.Snapshot.Done))
+		return sessionPlan{nonce: pos.SlotNonce, resumeSnapshot: true}, terminateSlotUser(ctx, meta, r.cfg.Slot)
 	case r.cfg.Snapshot == SnapshotNever && !found:
 		r.cfg.Logger.Info("cdc: adopting slot without a snapshot", "slot", r.cfg.Slot, "confirmed_flush_lsn", slot.confirmedFlush.String())
 		p := sessionPlan{nonce: newNonce()}
@@ -175,6 +212,9 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if err != nil {
 		return err
 	}
+	if plan.resumeSnapshot {
+		pos = resumeSnapshot(pos, pub)
+	}
 	db := meta.Config().Database
 	flushed := new(atomic.Uint64)
 	flushed.Store(uint64(pos.FlushLSN))
@@ -185,7 +225,16 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 		codecs: map[*table]*codec{}, codecErrs: map[*table]error{}, skipLSNs: skips, topics: map[string]int32{}, committed: pos, pending: pos, flushed: flushed,
 		lastCommit: time.Now(), verify: plan.verify,
 		ident: Position{SystemID: id.systemID, Timeline: id.timeline, SlotNonce: plan.nonce},
+		incPos: &IncrementalProgress{}, tables: pos.clone().Tables,
 	}
+	if pos.Incremental != nil {
+		w.incPos = pos.clone().Incremental
+	}
+	if found && !plan.snapshot && !plan.resumeSnapshot && pos.Snapshot == nil {
+		w.tables = r.addedTables(w, pos, pub)
+	}
+	reqs, chunks := make(chan chunkReq, 1), make(chan *chunk, 1)
+	w.inc = incremental{reqs: reqs, chunks: chunks, prefix: newNonce()[:8]}
 	if err := r.knownTopics(ctx, w, pub); err != nil {
 		return err
 	}
@@ -207,7 +256,35 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if r.cfg.HeartbeatInterval > 0 {
 		g.Go(func() error { return r.heartbeats(gctx) })
 	}
+	ck := &chunker{cfg: &r.cfg, reqs: reqs, out: chunks, tables: map[string]*table{}}
+	g.Go(func() error { return ck.run(gctx) })
 	return g.Wait()
+}
+
+// addedTables queues an incremental snapshot of each published table the
+// position does not list as snapshotted (a table added to the config after
+// the first start), and returns the tables to count as complete. A
+// position written before it listed tables counts every published table.
+func (r *Reader) addedTables(w *writer, pos Position, pub []pubTable) []string {
+	names := make([]string, len(pub))
+	for i, p := range pub {
+		names[i] = p.schema + "." + p.name
+	}
+	if pos.Tables == nil {
+		w.dirty = true
+		return names
+	}
+	var added []string
+	for _, n := range names {
+		if !slices.Contains(pos.Tables, n) {
+			added = append(added, n)
+		}
+	}
+	if len(added) > 0 {
+		r.cfg.Logger.Info("cdc: tables added since the last start are snapshotted incrementally", "tables", strings.Join(added, ", "))
+		w.queueSnapshots(added)
+	}
+	return slices.Clone(pos.Tables)
 }
 
 // knownTopics creates the topics of the published tables up front, so

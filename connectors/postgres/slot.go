@@ -269,7 +269,24 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 			have = append(have, t)
 		}
 	}
-	return have, nil
+	if len(want) == 0 {
+		return have, nil // an adopted publication: its tables are the config
+	}
+	// A table removed from the config leaves the publication, so its WAL
+	// is no longer decoded for the slot.
+	kept := have[:0]
+	for _, t := range have {
+		if containsTable(want, t) {
+			kept = append(kept, t)
+			continue
+		}
+		sql := "ALTER PUBLICATION " + pgx.Identifier{cfg.Publication}.Sanitize() + " DROP TABLE " + t.ident()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return nil, fmt.Errorf("removing %s from publication %s: %w", t.ident(), cfg.Publication, err)
+		}
+		cfg.Logger.Info("cdc: table removed from the publication (no longer configured)", "table", t.ident(), "publication", cfg.Publication)
+	}
+	return kept, nil
 }
 
 func containsTable(ts []pubTable, t pubTable) bool {
@@ -333,7 +350,7 @@ func checkIdentity(ctx context.Context, conn *pgx.Conn, cfg *Config, tables []pu
 // catalogRelation builds the relation of a table from the catalog, as a
 // Relation message would describe it (used by the snapshot, which reads
 // before any Relation message arrives).
-func catalogRelation(ctx context.Context, q pgx.Tx, t pubTable) (*msgRelation, []string, error) {
+func catalogRelation(ctx context.Context, q catalogQuerier, t pubTable) (*msgRelation, []string, error) {
 	rel := &msgRelation{namespace: t.schema, name: t.name}
 	var ident string
 	if err := q.QueryRow(ctx, "SELECT c.oid, c.relreplident::text FROM pg_class c WHERE c.oid = $1::regclass", t.ident()).Scan(&rel.id, &ident); err != nil {
@@ -357,6 +374,12 @@ func catalogRelation(ctx context.Context, q pgx.Tx, t pubTable) (*msgRelation, [
 	}
 	pk, err := primaryKey(ctx, q, rel.id)
 	return rel, pk, err
+}
+
+// catalogQuerier is a connection or a transaction.
+type catalogQuerier interface {
+	querier
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // querier is what primaryKey needs (a connection or a transaction).

@@ -202,6 +202,14 @@ func (r *receiver) message(ctx context.Context, xld pglogrepl.XLogData, buf []by
 			r.add(item{kind: itSlotNonce, lsn: m.lsn, text: string(m.content)})
 			return r.send(ctx)
 		}
+		if m.prefix == watermarkPrefix && !m.transactional {
+			r.add(item{kind: itWatermark, lsn: m.lsn, text: string(m.content)})
+			return r.send(ctx)
+		}
+		if m.prefix == SignalPrefix && !m.transactional {
+			r.add(item{kind: itSignal, lsn: m.lsn, text: string(m.content)})
+			return r.send(ctx)
+		}
 		if m.prefix == heartbeatPrefix && !m.transactional {
 			at := xld.ServerTime
 			if ms, err := strconv.ParseInt(string(m.content), 10, 64); err == nil {

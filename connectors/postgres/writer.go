@@ -55,6 +55,11 @@ type writer struct {
 
 	codecs    map[*table]*codec
 	codecErrs map[*table]error // table versions whose schemas the registry rejected
+	// inc runs incremental snapshots; incPos is their progress and tables
+	// the tables whose snapshot is complete (both stamped on positions).
+	inc    incremental
+	incPos *IncrementalProgress
+	tables []string
 	hb        struct {         // the heartbeat topic's schemas
 		key, value     *avro.Schema
 		keyID, valueID int
@@ -124,10 +129,12 @@ func (w *writer) run(ctx context.Context, in <-chan []item) error {
 			if err := w.handle(ctx, batch); err != nil {
 				return err
 			}
+			w.requestChunk()
 			if err := w.maybeCommit(ctx, len(in) == 0); err != nil {
 				return err
 			}
 		case <-tick.C:
+			w.requestChunk()
 			if err := w.maybeCommit(ctx, len(in) == 0); err != nil {
 				return err
 			}
@@ -164,7 +171,14 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 		w.inPG, w.pgLSN, w.pgXID, w.pgChanges = true, it.lsn, it.xid, 0
 		w.skip = w.resume.skip(it.lsn)
 	case itChange:
+		if it.ev.op != opRead {
+			w.noteWindow(it.ev)
+		}
 		return w.change(ctx, it.ev)
+	case itWatermark:
+		return w.watermark(ctx, it)
+	case itSignal:
+		w.handleSignal(it)
 	case itCommit:
 		w.inPG = false
 		if w.skip < 0 {
@@ -190,8 +204,11 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 		w.pending.Slot = w.cfg.Slot
 		w.dirty = true
 		if it.final {
-			return w.commit(ctx)
+			w.tables = append([]string{}, it.tables...)
 		}
+		// A mark follows the last row it covers: commit exactly there, so
+		// the committed last key is the last row in Kafka.
+		return w.commit(ctx)
 	}
 	return nil
 }
@@ -253,7 +270,7 @@ func (w *writer) change(ctx context.Context, ev *event) error {
 // maybeCommit commits at a transaction boundary when the queue is drained,
 // the transaction is full, or the commit interval has passed.
 func (w *writer) maybeCommit(ctx context.Context, idle bool) error {
-	if !w.dirty || w.inPG || w.pending.Snapshot != nil && !idle && w.records < w.cfg.SnapshotTxnMaxRows {
+	if !w.dirty || w.inPG || w.pending.Snapshot != nil { // snapshot chunks commit at their marks
 		return nil
 	}
 	if w.records == 0 && !idle && time.Since(w.lastCommit) < w.cfg.StatusInterval {
@@ -298,6 +315,11 @@ func (w *writer) commit(ctx context.Context) error {
 	pos := w.pending
 	pos.CommittedAt = time.Now().UTC()
 	pos.SystemID, pos.Timeline, pos.SlotNonce = w.ident.SystemID, w.ident.Timeline, w.ident.SlotNonce
+	pos.Incremental, pos.Tables = nil, w.tables
+	if w.incPos.active() {
+		pos.Incremental = w.incPos
+	}
+	pos = pos.clone()
 	rec, err := positionRecord(w.cfg.PositionsTopic, w.cfg.Name, pos)
 	if err != nil {
 		return err

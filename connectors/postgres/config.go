@@ -177,13 +177,19 @@ type TableConfig struct {
 	Mode Mode `yaml:"mode"`
 	// Topic overrides the topic: default <prefix>.<schema>.<table>.
 	Topic string `yaml:"topic"`
+	// Heartbeats writes heartbeat records to every partition of the
+	// table's topic (see doc.go, Heartbeats), for consumers that use them
+	// as per-partition watermarks (the portfolio and cache jobs). Default
+	// true; set false for a topic only foreign consumers read.
+	Heartbeats *bool `yaml:"heartbeats"`
 }
 
 // route is a resolved TableConfig.
 type route struct {
-	mode   Mode
-	topic  string
-	prefix string
+	mode       Mode
+	topic      string
+	prefix     string
+	heartbeats bool
 }
 
 // LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
@@ -327,10 +333,10 @@ func (c *Config) routeFor(schema, name string) *route {
 	q := schema + "." + name
 	for _, t := range c.Tables {
 		if t.Table == q {
-			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix}
+			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats}
 		}
 	}
-	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix}
+	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true}
 }
 
 // topicPrefix is the logical server name written to source.name.

@@ -63,14 +63,20 @@ type cdcEnv struct {
 
 func newEnv(t testing.TB) *cdcEnv {
 	t.Helper()
+	return newEnvOn(t, testenv.Broker(t).Addrs())
+}
+
+// newEnvOn is newEnv on the brokers at seeds (e.g. an Apache Kafka the
+// test owns).
+func newEnvOn(t testing.TB, seeds []string) *cdcEnv {
+	t.Helper()
 	dsn := testenv.NewDatabase(t)
-	brk := testenv.Broker(t)
 	name := testenv.Name(t, "cdc")
 	if len(name) > 60 {
 		name = name[len(name)-60:]
 	}
-	regURL := startRegistry(t, brk.Addrs(), name+"_schemas")
-	e := &cdcEnv{t: t, dsn: dsn, brokers: brk.Addrs(), regURL: regURL}
+	regURL := startRegistry(t, seeds, name+"_schemas")
+	e := &cdcEnv{t: t, dsn: dsn, brokers: seeds, regURL: regURL}
 	e.cfg = Config{
 		Name: name, DatabaseURL: dsn, Brokers: e.brokers, SchemaRegistryURL: regURL,
 		TopicPrefix: name, PositionsTopic: name + "_positions", TopicPartitions: 3,

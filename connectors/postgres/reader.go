@@ -235,7 +235,7 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	}
 	reqs, chunks := make(chan chunkReq, 1), make(chan *chunk, 1)
 	w.inc = incremental{reqs: reqs, chunks: chunks, prefix: newNonce()[:8]}
-	if err := r.knownTopics(ctx, w, pub); err != nil {
+	if err := r.knownTopics(ctx, w, meta, pub); err != nil {
 		return err
 	}
 	if len(r.cfg.Views) > 0 {
@@ -290,12 +290,28 @@ func (r *Reader) addedTables(w *writer, pos Position, pub []pubTable) []string {
 // knownTopics creates the topics of the published tables up front, so
 // heartbeats reach every partition of every CDC topic even before a
 // table's first change.
-func (r *Reader) knownTopics(ctx context.Context, w *writer, pub []pubTable) error {
+func (r *Reader) knownTopics(ctx context.Context, w *writer, meta *pgx.Conn, pub []pubTable) error {
 	for _, p := range pub {
 		rt := r.cfg.routeFor(p.schema, p.name)
 		if err := w.ensureTopic(ctx, rt.topic, rt.mode == ModeUpsert); err != nil {
 			return err
 		}
+		if !rt.heartbeats {
+			continue
+		}
+		rel, pk, err := catalogRelation(ctx, meta, p)
+		if err != nil {
+			return err
+		}
+		t, err := newTable(rel, pk, rt)
+		if err != nil {
+			continue // its changes are dead-lettered
+		}
+		if _, ok := heartbeatKeyValue(t); !ok {
+			r.cfg.Logger.Warn("cdc: no heartbeats in this table's topic: its key has no safe sentinel value (set heartbeats: false to silence)", "table", p.ident(), "topic", rt.topic)
+			continue
+		}
+		w.hbTables = append(w.hbTables, t)
 	}
 	for _, v := range r.cfg.Views {
 		if err := w.ensureTopic(ctx, v.Topic, true); err != nil {

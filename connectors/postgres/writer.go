@@ -57,7 +57,9 @@ type writer struct {
 	codecErrs map[*table]error // table versions whose schemas the registry rejected
 	// inc runs incremental snapshots; incPos is their progress and tables
 	// the tables whose snapshot is complete (both stamped on positions).
-	inc    incremental
+	// hbTables are the tables whose topics receive heartbeats.
+	hbTables []*table
+	inc      incremental
 	incPos *IncrementalProgress
 	tables []string
 	hb        struct {         // the heartbeat topic's schemas
@@ -470,6 +472,11 @@ func (w *writer) heartbeat(ctx context.Context, it *item) error {
 	}
 	ms := strconv.FormatInt(it.at.UnixMilli(), 10)
 	hdr := []kgo.RecordHeader{{Key: HeartbeatHeader, Value: []byte(ms)}}
+	for _, t := range w.hbTables {
+		if err := w.tableHeartbeat(ctx, t, it, hdr); err != nil {
+			return err
+		}
+	}
 	for _, vs := range w.views {
 		if err := w.viewCodec(ctx, vs); err != nil {
 			return err
@@ -493,6 +500,30 @@ func (w *writer) heartbeat(ctx context.Context, it *item) error {
 		w.pending.FlushLSN = it.lsn
 	}
 	w.dirty = true
+	return nil
+}
+
+// tableHeartbeat writes a heartbeat to every partition of a table's topic,
+// its key framed with the table's key schema (heartbeatKeyValue).
+func (w *writer) tableHeartbeat(ctx context.Context, t *table, it *item, hdr []kgo.RecordHeader) error {
+	c, err := w.codecFor(ctx, t)
+	if err != nil {
+		if poisonReason(err) != "" {
+			return nil // the table's changes are dead-lettered; so are its heartbeats
+		}
+		return err
+	}
+	kv, _ := heartbeatKeyValue(t)
+	key, err := c.key.AppendEncode(frame(nil, c.keyID), kv)
+	if err != nil {
+		return fmt.Errorf("%w: heartbeat key of %s: %v", ErrSchema, t.route.topic, err)
+	}
+	for p := int32(0); p < w.topics[t.route.topic]; p++ {
+		r := &kgo.Record{Topic: t.route.topic, Partition: p, Key: key, Timestamp: it.at, Context: manualPartition, Headers: hdr}
+		if err := w.produce(ctx, r); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -64,10 +64,9 @@ type Config struct {
 	TopicPrefix string `yaml:"topic_prefix"`
 	// Snapshot is the first start's behaviour. Default initial.
 	Snapshot SnapshotMode `yaml:"snapshot"`
-	// SnapshotTxnMaxRows bounds the rows of one Kafka transaction during the
-	// snapshot. A snapshot that fits in one transaction leaves nothing
-	// behind when it is interrupted; a larger one is split (see doc.go).
-	// Keep rows/second × transaction_timeout above it. Default 500000.
+	// SnapshotTxnMaxRows is the chunk size of snapshots: the rows of one
+	// Kafka transaction of the initial snapshot, and of one incremental
+	// chunk (held in memory between its watermarks). Default 10000.
 	SnapshotTxnMaxRows int `yaml:"snapshot_txn_max_rows"`
 	// EnsureReplicaIdentityFull runs ALTER TABLE ... REPLICA IDENTITY FULL
 	// on captured tables that have TOAST-able columns, so unchanged TOAST
@@ -229,7 +228,7 @@ func (c Config) WithDefaults() Config {
 			*n = v
 		}
 	}
-	defInt(&c.SnapshotTxnMaxRows, 500000)
+	defInt(&c.SnapshotTxnMaxRows, 10000)
 	defInt(&c.TopicPartitions, 6)
 	defInt(&c.TopicReplicationFactor, -1)
 	defInt(&c.TxnMaxRecords, 20000)

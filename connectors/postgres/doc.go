@@ -107,18 +107,44 @@
 //
 // On first start (no position in Kafka) the reader creates the slot with an
 // exported snapshot, imports it (SET TRANSACTION SNAPSHOT in a REPEATABLE
-// READ transaction) and reads every published table, writing op=r records
-// (source.snapshot true, last for the final row) in Kafka transactions of
-// snapshot_txn_max_rows rows, then streams from the slot's consistent point:
-// a row committed during the snapshot is in exactly one of the two.
-// Progress is logged and exported as metrics. The exported snapshot dies
-// with its connection, so an interrupted snapshot starts over with a new
-// slot. A snapshot of at most snapshot_txn_max_rows rows (default
-// 500,000) is a single Kafka transaction, so an interrupted one leaves
-// nothing visible. A larger snapshot is committed in parts; if it is
-// interrupted, the parts already committed stay in the topic and the new
-// attempt overwrites every row that still exists, but a row deleted between
-// the two attempts keeps its stale snapshot record (no tombstone).
+// READ transaction) and reads every published table in key order, writing
+// op=r records (source.snapshot true, last for the final row; source.lsn
+// the slot's consistent point, txId the snapshot's xmin) in chunks of
+// snapshot_txn_max_rows rows (default 10,000), one Kafka transaction per
+// chunk whose position records the table and the last key committed; then
+// it streams from the slot's consistent point: a row committed during the
+// snapshot is in exactly one of the two. Progress is logged and exported
+// as metrics (row counts are the planner's estimate).
+//
+// An interrupted snapshot continues: the slot still stands at its
+// consistent point, so the next session streams from there and reads the
+// rest (the current table after its last committed key, then the tables
+// not read) incrementally, as below. Every row is read once; a table
+// without a primary key is read again from its start.
+//
+// # Incremental snapshots
+//
+// While streaming, tables are read in chunks between two watermarks, the
+// DBLog approach: the writer asks for a chunk, the chunker writes a low
+// watermark (pg_logical_emit_message(false, 'loanflow.snapshot', 'low:<id>')),
+// selects the next snapshot_txn_max_rows rows after the last key, and
+// writes a high watermark. When the stream reaches the high watermark, the
+// writer writes the chunk's rows whose key the stream did not change since
+// it asked (op=r, source.snapshot incremental, last_in_data_collection for
+// a table's last row; source.lsn the high watermark), and commits the new
+// last key in the position with them. A change in the window is at least
+// as new as the chunk's row, so the row is dropped; a change after it
+// follows the row. The chunk's query runs in a snapshot that sees every
+// transaction whose commit is recorded (retaken while pg_xact_status still
+// shows one in progress). Incremental snapshots run for tables added to
+// the config (a published table missing from the position's table list),
+// for the rest of an interrupted initial snapshot, and on request:
+// `loanflow cdc snapshot --table T` (SignalSnapshot) writes a
+// 'loanflow.signal' message {"snapshot": ["schema.table"]} that the reader
+// queues when the stream reaches it, exactly once. A table removed from the
+// config is removed from the publication. Progress:
+// loanflow_cdc_incremental_snapshot_tables_remaining and
+// loanflow_cdc_snapshot_rows_total.
 //
 // # Exactly once
 //
@@ -167,25 +193,27 @@
 // 'loanflow.heartbeat', <ms>), whose content is the database clock in
 // milliseconds since the Unix epoch. When that message arrives outside a
 // transaction, the writer sends one heartbeat record to every partition of
-// every view topic (e.g. customer_360) and one to the heartbeat topic
-// (__loanflow-heartbeat.<name>), and moves the flush position to the
+// every view topic (e.g. customer_360) and of every table topic (unless the
+// table is configured with heartbeats: false) and one to the heartbeat
+// topic (__loanflow-heartbeat.<name>), and moves the flush position to the
 // message, so the slot advances on an idle database. Keepalives from the
 // server move the flush position too when nothing is pending (WAL of other
 // databases).
 //
 // Every record of every topic decodes with a standard Confluent-Avro
-// deserializer. In a view topic a heartbeat's key is the Avro string
-// "__loanflow_heartbeat" framed with the topic's key schema (<topic>-key,
-// "string") and its value is null: to a consumer that ignores heartbeats it
+// deserializer. A heartbeat's key is framed with the topic's key schema: in
+// a view topic the Avro string "__loanflow_heartbeat"; in a table topic a
+// Key record whose columns hold sentinels (that string, the int or long
+// minimum, the nil UUID; a table whose key has another type gets no
+// heartbeats). Its value is null: to a consumer that ignores heartbeats it
 // is the tombstone of a key no row has. It carries the header
 // "loanflow.heartbeat", whose value is the heartbeat's event time in
 // milliseconds since the Unix epoch as decimal ASCII; the record timestamp
 // is the same instant. Consumers that use heartbeats for event time (the
-// decisions job's customer_360 source) recognise them by that header. The
-// heartbeat topic (one partition, compacted) holds Debezium's heartbeat
-// shape: key {serverName: <name>}, value {ts_ms, lsn}. Table topics carry
-// no heartbeats: their consumers (Debezium formats, Connect sinks) expect
-// envelopes and tombstones only.
+// decisions job's customer_360 source, the portfolio and cache jobs'
+// table sources) recognise them by that header. The heartbeat topic (one
+// partition, compacted) holds Debezium's heartbeat shape: key
+// {serverName: <name>}, value {ts_ms, lsn}.
 //
 // A heartbeat in a view topic says "this partition has no change committed
 // before this time still to come", up to the commit-timestamp skew between

@@ -45,9 +45,9 @@ type item struct {
 	endLSN pglogrepl.LSN
 	at     time.Time
 	pos    *Position
-	final  bool   // last snapshot mark
-	xid    uint32 // itBegin
-	text   string // itSlotNonce, itWatermark, itSignal
+	final  bool     // last snapshot mark
+	xid    uint32   // itBegin
+	text   string   // itSlotNonce, itWatermark, itSignal
 	tables []string // final itSnapMark: the tables the snapshot read
 }
 

@@ -224,7 +224,7 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 		cfg: &r.cfg, cl: prod, adm: adm, reg: r.reg, m: r.m, db: db, resume: pos,
 		codecs: map[*table]*codec{}, codecErrs: map[*table]error{}, skipLSNs: skips, topics: map[string]int32{}, committed: pos, pending: pos, flushed: flushed,
 		lastCommit: time.Now(), verify: plan.verify,
-		ident: Position{SystemID: id.systemID, Timeline: id.timeline, SlotNonce: plan.nonce},
+		ident:  Position{SystemID: id.systemID, Timeline: id.timeline, SlotNonce: plan.nonce},
 		incPos: &IncrementalProgress{}, tables: pos.clone().Tables,
 	}
 	if pos.Incremental != nil {

@@ -60,9 +60,9 @@ type writer struct {
 	// hbTables are the tables whose topics receive heartbeats.
 	hbTables []*table
 	inc      incremental
-	incPos *IncrementalProgress
-	tables []string
-	hb        struct {         // the heartbeat topic's schemas
+	incPos   *IncrementalProgress
+	tables   []string
+	hb       struct { // the heartbeat topic's schemas
 		key, value     *avro.Schema
 		keyID, valueID int
 	}

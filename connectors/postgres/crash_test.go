@@ -305,8 +305,8 @@ loop:
 				// The broker dies (SIGKILL) under the reader and comes back
 				// on the same data directory.
 				brokerKilled = true
-				broker.Kill(0)
-				if err := broker.Start(0); err != nil {
+				broker.Kill(1)
+				if err := broker.Start(1); err != nil {
 					t.Fatal(err)
 				}
 				continue

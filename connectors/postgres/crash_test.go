@@ -295,7 +295,7 @@ loop:
 			// first of its split Kafka commits.
 			copied = nil
 			before := plog.partialCount()
-			for i := 0; i < 2000 && plog.partialCount() == before; i++ {
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && plog.partialCount() == before; {
 				time.Sleep(time.Millisecond)
 			}
 			midCopy = plog.partialCount() > before

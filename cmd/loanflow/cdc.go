@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,7 +44,7 @@ func newCDCCmd() *cobra.Command {
 		Use:   "cdc",
 		Short: "PostgreSQL change-data-capture into Kafka (exactly once, Avro)",
 	}
-	cmd.AddCommand(newCDCRunCmd(), &cobra.Command{
+	cmd.AddCommand(newCDCRunCmd(), newCDCResetCmd(), newCDCSkipCmd(), newCDCSnapshotCmd(), &cobra.Command{
 		Use:   "example-config",
 		Short: "Print an example config file",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprint(cmd.OutOrStdout(), exampleCDCConfig) },
@@ -112,4 +114,95 @@ func serveMetrics(addr string, reg *prometheus.Registry) (func(), error) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
+}
+
+func newCDCResetCmd() *cobra.Command {
+	var cfgPath string
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "reset --config FILE --yes",
+		Short: "Delete the reader's committed position: its next start takes a new snapshot",
+		Long: "Writes a tombstone for the reader's position in the positions topic. Stop the reader first. " +
+			"The next `loanflow cdc run` drops the old slot, creates a new one and snapshots every table again " +
+			"(use it after the reader refused a server or slot that does not match its position).",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgPath == "" || !yes {
+				return errors.New("cdc reset: --config FILE and --yes are required (the next start re-snapshots every table)")
+			}
+			cfg, err := postgres.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			if err := postgres.ResetPosition(cmd.Context(), cfg); err != nil {
+				return fmt.Errorf("cdc reset: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "position of reader %q deleted; the next start takes a new snapshot\n", cfg.WithDefaults().Name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "config file (YAML or JSON)")
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm")
+	return cmd
+}
+
+func newCDCSkipCmd() *cobra.Command {
+	var cfgPath, lsnText, reason string
+	cmd := &cobra.Command{
+		Use:   "skip --config FILE --lsn X/Y [--reason TEXT]",
+		Short: "Send the change at an LSN to the dead-letter topic instead of its table topic",
+		Long: "Records, in the positions topic, that the change at LSN (its source.lsn, or the LSN a reader's error names) " +
+			"must not stop the reader: from its next start (or session restart) the reader writes it to the dead-letter topic " +
+			"with reason skipped and goes on with the other changes.",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgPath == "" || lsnText == "" {
+				return errors.New("cdc skip: --config FILE and --lsn X/Y are required (the LSN is in the reader's error or a record's source.lsn)")
+			}
+			lsn, err := pglogrepl.ParseLSN(lsnText)
+			if err != nil {
+				return fmt.Errorf("cdc skip: --lsn %q: want the X/Y form PostgreSQL prints (e.g. 0/16B3748): %w", lsnText, err)
+			}
+			cfg, err := postgres.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			if err := postgres.SkipChange(cmd.Context(), cfg, lsn, reason); err != nil {
+				return fmt.Errorf("cdc skip: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "the change at %s goes to the dead-letter topic from the reader's next session\n", lsn)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "config file (YAML or JSON)")
+	cmd.Flags().StringVar(&lsnText, "lsn", "", "LSN of the change (X/Y)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the dead-letter record)")
+	return cmd
+}
+
+func newCDCSnapshotCmd() *cobra.Command {
+	var cfgPath string
+	var tables []string
+	cmd := &cobra.Command{
+		Use:   "snapshot --config FILE --table T [--table T2]",
+		Short: "Snapshot tables again while the reader streams (incremental, watermark-based)",
+		Long: "Writes a loanflow.signal logical message asking the running reader to read the tables again in chunks " +
+			"(op r, source.snapshot incremental), interleaved with the stream and exactly once. " +
+			"Progress: the reader's log and loanflow_cdc_incremental_snapshot_tables_remaining, loanflow_cdc_snapshot_rows_total.",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgPath == "" || len(tables) == 0 {
+				return errors.New("cdc snapshot: --config FILE and at least one --table schema.table are required")
+			}
+			cfg, err := postgres.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			if err := postgres.SignalSnapshot(cmd.Context(), cfg.DatabaseURL, tables); err != nil {
+				return fmt.Errorf("cdc snapshot: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "snapshot of %s requested; the reader starts it when it reaches the request in the WAL\n", strings.Join(tables, ", "))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "config file (YAML or JSON)")
+	cmd.Flags().StringArrayVar(&tables, "table", nil, "table to snapshot (schema.table; repeatable)")
+	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/loanflow/loanflow/schemas"
 	"github.com/twmb/avro"
@@ -230,4 +231,39 @@ func (c *codec) encodeValue(dst []byte, t *table, ev *event) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s change at %s: %v", ErrValue, t.qualified(), ev.lsn, err)
 	}
 	return out, nil
+}
+
+// heartbeatKeyValue is the key value of heartbeat records in a table's
+// topic: per key column a sentinel no row is expected to hold
+// (HeartbeatKey for strings, the type's minimum for integers, the nil UUID
+// for uuid). ok is false for key types without a safe sentinel (the topic
+// then gets no heartbeats).
+func heartbeatKeyValue(t *table) (map[string]any, bool) {
+	if len(t.keyIdx) == 0 {
+		return nil, false
+	}
+	m := map[string]any{}
+	for _, i := range t.keyIdx {
+		c := t.cols[i]
+		typ, logical := c.typ.avro, ""
+		if x, ok := typ.(map[string]any); ok {
+			typ = x["type"]
+			logical, _ = x["logicalType"].(string)
+		}
+		switch {
+		case logical == "uuid":
+			m[c.field] = "00000000-0000-0000-0000-000000000000"
+		case logical != "":
+			return nil, false // dates, timestamps, decimals: any value may be a real key
+		case typ == "string":
+			m[c.field] = HeartbeatKey
+		case typ == "int":
+			m[c.field] = int32(math.MinInt32)
+		case typ == "long":
+			m[c.field] = int64(math.MinInt64)
+		default:
+			return nil, false
+		}
+	}
+	return m, true
 }

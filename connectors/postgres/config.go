@@ -64,16 +64,22 @@ type Config struct {
 	TopicPrefix string `yaml:"topic_prefix"`
 	// Snapshot is the first start's behaviour. Default initial.
 	Snapshot SnapshotMode `yaml:"snapshot"`
-	// SnapshotTxnMaxRows bounds the rows of one Kafka transaction during the
-	// snapshot. A snapshot that fits in one transaction leaves nothing
-	// behind when it is interrupted; a larger one is split (see doc.go).
-	// Keep rows/second × transaction_timeout above it. Default 500000.
+	// SnapshotTxnMaxRows is the chunk size of snapshots: the rows of one
+	// Kafka transaction of the initial snapshot, and of one incremental
+	// chunk (held in memory between its watermarks). Default 10000.
 	SnapshotTxnMaxRows int `yaml:"snapshot_txn_max_rows"`
 	// EnsureReplicaIdentityFull runs ALTER TABLE ... REPLICA IDENTITY FULL
 	// on captured tables that have TOAST-able columns, so unchanged TOAST
 	// values and before-images are complete. Otherwise such a table is an
 	// error at start. Default false.
 	EnsureReplicaIdentityFull bool `yaml:"ensure_replica_identity_full"`
+
+	// AllowTimelineChange lets the reader resume from a position read on
+	// another timeline of the same system (a promotion of a standby whose
+	// slot was synchronized, PostgreSQL 17 failover slots). Positions
+	// written afterwards carry the new timeline, so set it for one start
+	// only. Default false: a timeline change stops the reader.
+	AllowTimelineChange bool `yaml:"allow_timeline_change"`
 
 	// Brokers are the Kafka seed brokers. Required.
 	Brokers []string `yaml:"brokers"`
@@ -103,6 +109,12 @@ type Config struct {
 	// (the position then records how far into it the reader got). Default
 	// 20000.
 	TxnMaxRecords int `yaml:"txn_max_records"`
+	// MaxRecordBytes is the largest record the reader writes to a table
+	// topic; a larger change goes to the dead-letter topic (reason
+	// too_large) instead of failing its Kafka transaction. Keep it at or
+	// below the topics' max.message.bytes. Default 1000000 (Kafka's
+	// default limit is 1048588).
+	MaxRecordBytes int `yaml:"max_record_bytes"`
 	// TxnMaxBytes bounds the encoded bytes of one Kafka transaction, in the
 	// same way. Default 16 MiB.
 	TxnMaxBytes int `yaml:"txn_max_bytes"`
@@ -118,9 +130,13 @@ type Config struct {
 	StatusInterval time.Duration `yaml:"status_interval"`
 	// HeartbeatInterval is how often the reader emits a heartbeat with
 	// pg_logical_emit_message, which moves the slot on an idle database and
-	// sends heartbeat records to every partition of the CDC topics; 0
-	// disables heartbeats. Default 5s.
+	// sends heartbeat records to the heartbeat topic and every partition of
+	// the view topics; 0 disables heartbeats. Default 5s.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// HeartbeatTopic receives one record per heartbeat (Avro key
+	// {serverName}, value {ts_ms, lsn}; compacted), like Debezium's
+	// __debezium-heartbeat topic. Default "__loanflow-heartbeat." + Name.
+	HeartbeatTopic string `yaml:"heartbeat_topic"`
 	// ReconnectBackoffMax caps the wait between reconnection attempts after
 	// a lost connection. Default 5s.
 	ReconnectBackoffMax time.Duration `yaml:"reconnect_backoff_max"`
@@ -160,13 +176,19 @@ type TableConfig struct {
 	Mode Mode `yaml:"mode"`
 	// Topic overrides the topic: default <prefix>.<schema>.<table>.
 	Topic string `yaml:"topic"`
+	// Heartbeats writes heartbeat records to every partition of the
+	// table's topic (see doc.go, Heartbeats), for consumers that use them
+	// as per-partition watermarks (the portfolio and cache jobs). Default
+	// true; set false for a topic only foreign consumers read.
+	Heartbeats *bool `yaml:"heartbeats"`
 }
 
 // route is a resolved TableConfig.
 type route struct {
-	mode   Mode
-	topic  string
-	prefix string
+	mode       Mode
+	topic      string
+	prefix     string
+	heartbeats bool
 }
 
 // LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
@@ -200,16 +222,18 @@ func (c Config) WithDefaults() Config {
 	def(&c.TransactionalID, "loanflow-cdc-"+c.Name)
 	def(&c.PositionsTopic, "_loanflow_cdc_positions")
 	def(&c.DeadLetterTopic, "dlq.cdc-"+c.Name)
+	def(&c.HeartbeatTopic, "__loanflow-heartbeat."+c.Name)
 	defInt := func(n *int, v int) {
 		if *n == 0 {
 			*n = v
 		}
 	}
-	defInt(&c.SnapshotTxnMaxRows, 500000)
+	defInt(&c.SnapshotTxnMaxRows, 10000)
 	defInt(&c.TopicPartitions, 6)
 	defInt(&c.TopicReplicationFactor, -1)
 	defInt(&c.TxnMaxRecords, 20000)
 	defInt(&c.TxnMaxBytes, 16<<20)
+	defInt(&c.MaxRecordBytes, 1000000)
 	defInt(&c.QueueMaxBatches, 64)
 	defDur := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -283,7 +307,7 @@ func (c Config) Validate() error {
 	}
 	for name, v := range map[string]int{
 		"snapshot_txn_max_rows": c.SnapshotTxnMaxRows, "txn_max_records": c.TxnMaxRecords,
-		"txn_max_bytes": c.TxnMaxBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions,
+		"txn_max_bytes": c.TxnMaxBytes, "max_record_bytes": c.MaxRecordBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions,
 	} {
 		if v <= 0 {
 			bad("%s must be positive, got %d", name, v)
@@ -308,10 +332,10 @@ func (c *Config) routeFor(schema, name string) *route {
 	q := schema + "." + name
 	for _, t := range c.Tables {
 		if t.Table == q {
-			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix}
+			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats}
 		}
 	}
-	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix}
+	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true}
 }
 
 // topicPrefix is the logical server name written to source.name.

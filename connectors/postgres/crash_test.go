@@ -16,6 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/loanflow/loanflow/internal/localsvc"
+	"github.com/loanflow/loanflow/internal/testenv"
 )
 
 // changeID identifies one row change: its LSN and primary key.
@@ -67,6 +70,52 @@ type positionLog struct {
 	mu       sync.Mutex
 	recs     []posRec
 	partials int // positions inside a split transaction
+	last     Position
+	triggers []posTrigger
+}
+
+type posTrigger struct {
+	cond  func(Position) bool
+	fired chan struct{}
+}
+
+// when returns a channel closed at the first committed position, from now
+// on, for which cond holds.
+func (p *positionLog) when(cond func(Position) bool) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	tr := posTrigger{cond: cond, fired: make(chan struct{})}
+	p.triggers = append(p.triggers, tr)
+	return tr.fired
+}
+
+// await waits for ch or fails after a while.
+func await(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// waitFor waits until cond holds for the last committed position.
+func (p *positionLog) waitFor(t *testing.T, what string, cond func(Position) bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		p.mu.Lock()
+		ok := cond(p.last)
+		last := p.last
+		p.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; last position %+v", what, last)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 type posRec struct {
@@ -105,6 +154,14 @@ func (p *positionLog) follow(ctx context.Context, t *testing.T, brokers []string
 			if !pos.Complete && pos.Snapshot == nil {
 				p.partials++
 			}
+			p.last = pos
+			for i := 0; i < len(p.triggers); i++ {
+				if tr := p.triggers[i]; tr.cond(pos) {
+					close(tr.fired)
+					p.triggers = append(p.triggers[:i], p.triggers[i+1:]...)
+					i--
+				}
+			}
 			p.mu.Unlock()
 		})
 	}
@@ -123,55 +180,108 @@ func (p *positionLog) committedBefore(lso int64) pglogrepl.LSN {
 	return max
 }
 
-// TestCrashExactlyOnce SIGKILLs the reader process every few seconds
-// during 50,000 mixed changes and a 10,000-row single-transaction COPY and
-// counts, per (LSN, key), what read_committed consumers see against an
-// independent test_decoding slot.
+// TestCrashExactlyOnce SIGKILLs the reader process during a chunked
+// initial snapshot of 20,000 rows, during the incremental snapshot of a
+// table added to the config later, and every few seconds during 50,000
+// mixed changes and a 10,000-row single-transaction COPY, and counts, per
+// (LSN, key), what read_committed consumers see against an independent
+// test_decoding slot; snapshot reads are counted per key, and both topics
+// must end equal to their tables. It runs on the embedded broker and on
+// Apache Kafka; on Apache the broker itself is SIGKILLed and restarted
+// mid-run too.
 func TestCrashExactlyOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test starts processes")
 	}
-	e := newEnv(t)
+	testenv.EachBroker(t, func(t *testing.T, kind string, seeds []string) {
+		var k *localsvc.Kafka
+		if kind == testenv.Apache {
+			k = testenv.NewKafka(t, localsvc.KafkaOptions{})
+			seeds = k.Addrs()
+		}
+		crashExactlyOnce(t, seeds, k)
+	})
+}
+
+func crashExactlyOnce(t *testing.T, seeds []string, broker *localsvc.Kafka) {
+	e := newEnvOn(t, seeds)
 	ctx := context.Background()
 	c := e.conn()
 	e.exec(c, "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL, n numeric(12,2) NOT NULL)")
 	e.exec(c, "ALTER TABLE items REPLICA IDENTITY FULL")
-	e.exec(c, "INSERT INTO items SELECT g, 'seed', 1 FROM generate_series(0, 999) g")
+	e.exec(c, "INSERT INTO items SELECT g, 'seed', 1 FROM generate_series(0, 99999) g")
+	e.exec(c, "CREATE TABLE added (id int PRIMARY KEY, v text NOT NULL, n numeric(12,2) NOT NULL)")
+	e.exec(c, "ALTER TABLE added REPLICA IDENTITY FULL")
+	e.exec(c, "INSERT INTO added SELECT g, 'added', g FROM generate_series(0, 49999) g")
 	cfg := e.cfg
 	cfg.Tables = []TableConfig{{Table: "items"}}
 	cfg.TxnMaxRecords = 2000 // the COPY spans several Kafka transactions
+	cfg.SnapshotTxnMaxRows = 500
 	cfg.Logger = nil
 	cfgPath := writeConfig(t, cfg)
 	oracle := testenvName(cfg.Name, "oracle")
 	e.exec(c, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", oracle)
 	t.Cleanup(func() { c.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", oracle) })
 
+	sctx, stopSampling := context.WithCancel(ctx)
+	var plog positionLog
+	inSnapshot := plog.when(func(p Position) bool { return p.Snapshot != nil && p.Snapshot.Rows >= 2000 })
+	resumed := plog.when(func(p Position) bool { return p.Incremental != nil && p.Incremental.Table == "public.items" })
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); plog.follow(sctx, t, e.brokers, cfg.PositionsTopic, cfg.Name) }()
+
 	logf, _ := os.CreateTemp("", "cdc-child-*.log")
 	defer os.Remove(logf.Name())
 	child := startChild(t, cfgPath, logf)
 	defer func() { _ = child.Process.Kill(); _, _ = child.Process.Wait() }()
-	e.waitSnapshot(c, cfg.Name)
-
-	sctx, stopSampling := context.WithCancel(ctx)
-	var plog positionLog
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); plog.follow(sctx, t, e.brokers, cfg.PositionsTopic, cfg.Name) }()
-	var samples []posSample
-	go func() { defer wg.Done(); samples = e.sampleSlot(sctx, cfg.Name, cfg.PositionsTopic) }()
-
-	loadDone := make(chan error, 1)
-	copied := make(chan struct{})
-	go func() { loadDone <- pacedLoad(ctx, e, copied) }()
-
-	kills, midCopy := 0, false
-	rng := rand.New(rand.NewPCG(7, 7))
+	kills := 0
 	kill := func() {
 		_ = child.Process.Signal(syscall.SIGKILL)
 		_, _ = child.Process.Wait()
 		kills++
 		child = startChild(t, cfgPath, logf)
 	}
+	// Kill inside the chunked initial snapshot (200 chunks), after its
+	// fourth.
+	await(t, inSnapshot, "four snapshot chunks")
+	kill()
+	select {
+	case <-resumed:
+	case <-time.After(2 * time.Minute):
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("the snapshot did not resume incrementally; child log:\n%s", tail(b, 3000))
+	}
+	plog.waitFor(t, "the initial snapshot", func(p Position) bool { return p.Snapshot == nil && p.Incremental == nil && len(p.Tables) == 1 })
+
+	// A table added to the config: killed inside its incremental snapshot.
+	inIncremental := plog.when(func(p Position) bool {
+		return p.Incremental != nil && p.Incremental.Table == "public.added" && p.Incremental.Rows >= 1000
+	})
+	cfg.Tables = append(cfg.Tables, TableConfig{Table: "added"})
+	cfgPath = writeConfig(t, cfg)
+	kill()
+	await(t, inIncremental, "two incremental chunks") // of 100
+	kill()
+	resumedInc := plog.when(func(p Position) bool {
+		return p.Incremental != nil && p.Incremental.Table == "public.added" && p.Incremental.Rows >= 1000
+	})
+	plog.waitFor(t, "the added table's snapshot", func(p Position) bool { return p.Incremental == nil && len(p.Tables) == 2 })
+	select {
+	case <-resumedInc:
+	default:
+		t.Error("the kill did not land inside the added table's snapshot (it was complete after the restart)")
+	}
+
+	var samples []posSample
+	wg.Add(1)
+	go func() { defer wg.Done(); samples = e.sampleSlot(sctx, cfg.Name, cfg.PositionsTopic) }()
+	loadDone := make(chan error, 1)
+	copied := make(chan struct{})
+	go func() { loadDone <- pacedLoad(ctx, e, copied) }()
+
+	midCopy, brokerKilled := false, false
+	rng := rand.New(rand.NewPCG(7, 7))
 loop:
 	for {
 		select {
@@ -185,12 +295,22 @@ loop:
 			// first of its split Kafka commits.
 			copied = nil
 			before := plog.partialCount()
-			for i := 0; i < 2000 && plog.partialCount() == before; i++ {
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && plog.partialCount() == before; {
 				time.Sleep(time.Millisecond)
 			}
 			midCopy = plog.partialCount() > before
 			kill()
 		case <-time.After(time.Duration(1500+rng.IntN(2000)) * time.Millisecond):
+			if broker != nil && !brokerKilled && kills >= 8 {
+				// The broker dies (SIGKILL) under the reader and comes back
+				// on the same data directory.
+				brokerKilled = true
+				broker.Kill(1)
+				if err := broker.Start(1); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
 			kill()
 		}
 	}
@@ -200,8 +320,17 @@ loop:
 
 	want := oracleChanges(t, c, oracle)
 	seen := map[changeID]int{}
-	for _, r := range e.readAll(cfg.TopicPrefix + ".public.items") {
-		if r.heartbeat() || r.value == nil || r.value["op"] == "r" {
+	reads := map[string]map[int32]int{}
+	recs := e.readAll(cfg.TopicPrefix+".public.items", cfg.TopicPrefix+".public.added")
+	for _, r := range recs {
+		if r.heartbeat() || r.value == nil {
+			continue
+		}
+		if r.value["op"] == "r" {
+			if reads[r.rec.Topic] == nil {
+				reads[r.rec.Topic] = map[int32]int{}
+			}
+			reads[r.rec.Topic][r.key["id"].(int32)]++
 			continue
 		}
 		src := r.value["source"].(map[string]any)
@@ -221,6 +350,36 @@ loop:
 			extra++
 		}
 	}
+	// Snapshot reads: every row of items once (the load starts after the
+	// snapshot), every row of added once (nothing changes it).
+	readLost, readDup := 0, 0
+	for topic, n := range map[string]int32{cfg.TopicPrefix + ".public.items": 100000, cfg.TopicPrefix + ".public.added": 50000} {
+		for id := int32(0); id < n; id++ {
+			switch reads[topic][id] {
+			case 0:
+				readLost++
+			case 1:
+			default:
+				readDup += reads[topic][id] - 1
+			}
+		}
+	}
+	var stateDiff int
+	for _, tb := range []string{"items", "added"} {
+		var topicRecs []consumed
+		for _, r := range recs {
+			if r.rec.Topic == cfg.TopicPrefix+".public."+tb {
+				topicRecs = append(topicRecs, r)
+			}
+		}
+		got, wantRows := lastValues(t, topicRecs), tableState(t, c, tb)
+		for id, w := range wantRows {
+			if g, ok := got[id]; !ok || g["v"] != w[0] {
+				stateDiff++
+			}
+		}
+		stateDiff += max(0, len(got)-len(wantRows))
+	}
 	ahead := 0
 	for _, s := range samples {
 		if committed := plog.committedBefore(s.lso); s.confirmed > committed {
@@ -228,14 +387,18 @@ loop:
 			t.Errorf("slot confirmed %s while Kafka had committed only %s", s.confirmed, committed)
 		}
 	}
-	fmt.Printf("crash test: kills=%d (one mid-COPY: %v) changes=%d lost=%d duplicated=%d unexpected=%d slot_samples=%d slot_ahead=%d\n",
-		kills, midCopy, len(want), lost, dup, extra, len(samples), ahead)
+	fmt.Printf("crash test (%s): kills=%d (one mid-COPY: %v, broker killed: %v) changes=%d lost=%d duplicated=%d unexpected=%d snapshot_reads lost=%d duplicated=%d state_diff=%d slot_samples=%d slot_ahead=%d\n",
+		t.Name(), kills, midCopy, brokerKilled, len(want), lost, dup, extra, readLost, readDup, stateDiff, len(samples), ahead)
 	if !midCopy {
 		t.Error("no kill landed inside the COPY's transaction (no split commit seen)")
 	}
-	if lost != 0 || dup != 0 || extra != 0 || kills < 10 || len(want) < 40000 {
+	if broker != nil && !brokerKilled {
+		t.Error("the broker was never killed")
+	}
+	if lost != 0 || dup != 0 || extra != 0 || readLost != 0 || readDup != 0 || stateDiff != 0 || kills < 10 || len(want) < 40000 {
 		b, _ := os.ReadFile(logf.Name())
-		t.Fatalf("lost=%d duplicated=%d unexpected=%d kills=%d changes=%d\nchild log:\n%s", lost, dup, extra, kills, len(want), tail(b, 4000))
+		t.Fatalf("lost=%d duplicated=%d unexpected=%d reads lost=%d duplicated=%d state_diff=%d kills=%d changes=%d\nchild log:\n%s",
+			lost, dup, extra, readLost, readDup, stateDiff, kills, len(want), tail(b, 4000))
 	}
 }
 

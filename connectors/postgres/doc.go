@@ -47,24 +47,50 @@
 // When a Relation message describes a table whose columns differ from the
 // known version, the next change of that table registers a new schema
 // version (TopicNameStrategy subjects). A change the registry rejects (409,
-// e.g. a column type change) stops the reader with ErrSchema naming the
-// subject.
+// e.g. a column type change) goes to the dead-letter topic (reason
+// schema), as does every later change of that table version, while the
+// other tables flow; fix the subject's compatibility (or route the table
+// to a new topic) and restart.
 //
 // Type mapping: bool→boolean; int2, int4→int; int8, oid→long;
-// float4→float; float8→double; numeric(p,s)→bytes decimal(p,s)
-// (unconstrained numeric, or a negative scale, → its exact text as string);
-// text, varchar, char, name and other scalar types (enums, inet, interval,
-// money, ...) → string of their text form; uuid→string (logicalType uuid);
-// json, jsonb→string; bytea→bytes; timestamptz→long timestamp-micros;
-// timestamp→long local-timestamp-micros; date→int date; time→long
-// time-micros; one-dimensional arrays of the above (bool, bytea, int2/4/8,
-// text, varchar, bpchar, float4/8, numeric, uuid, json, jsonb, date,
-// timestamp, timestamptz) → array of nullable items. Other built-in array
-// types fail at the table's Relation message with ErrUnsupportedType (arrays
-// of user-defined types are carried as their text form); a value that has
-// no Avro form (numeric NaN, infinite timestamps, a multi-dimensional array)
-// sends the change to the dead-letter topic (dlq.cdc-<name>) with the error
-// and its source in headers.
+// float4→float; float8→double (NaN and ±Infinity as such); numeric(p,s)→
+// bytes decimal(p,s) (unconstrained numeric, or a negative scale, → its
+// exact text as string); text, varchar, char, name and other scalar types
+// (enums, inet, interval, money, ...) → string of their text form;
+// uuid→string (logicalType uuid); json, jsonb→string; bytea→bytes;
+// timestamptz→long timestamp-micros; timestamp→long local-timestamp-micros;
+// date→int date; time→long time-micros; one-dimensional arrays of the
+// above (bool, bytea, int2/4/8, text, varchar, bpchar, float4/8, numeric,
+// uuid, json, jsonb, date, timestamp, timestamptz) → array of nullable
+// items. Other array types (inet[], interval[], user-defined types) are
+// carried as their text form ({a,b}) with a warning in the log.
+//
+// Values without a plain Avro form are represented, never dropped: BC
+// dates and years past 9999 are exact (micros or days since 1970, the
+// proleptic Gregorian calendar PostgreSQL uses); ±infinity timestamps are
+// Debezium's sentinels TimestampPosInfinity/TimestampNegInfinity, ±infinity
+// dates DatePosInfinity/DateNegInfinity; numeric NaN and ±Infinity in a
+// decimal column are written as null and named in the record header
+// loanflow.special ("after.n=NaN", one per line), as Debezium's precise
+// decimal mode writes null for them. The before- and after-images are
+// converted independently, so the update that fixes such a row is written
+// like any other.
+//
+// # Poison changes
+//
+// A change that cannot be written goes to the dead-letter topic
+// (dlq.cdc-<name>; JSON with table, op, LSNs, xid, reason, error and each
+// column's text cut to 4 KiB; headers error, reason, source.table,
+// source.lsn, source.commit_lsn, source.topic) and the stream goes on.
+// Reasons: value (a key column holding NaN, a multi-dimensional array),
+// unchanged_toast (see below), schema (registry rejection, or a table that
+// cannot be mapped at all, e.g. two columns with one Avro name),
+// too_large (a record over max_record_bytes, default 1,000,000, which the
+// broker would reject) and skipped: `loanflow cdc skip --lsn X/Y` (or
+// SkipChange) records in the positions topic that the change at that LSN
+// goes to the dead-letter topic; a pgoutput message that cannot be decoded
+// stops the reader with an error naming its LSN, and skipping that LSN
+// sends its bytes (message_hex) to the dead-letter topic.
 //
 // # Unchanged TOAST values and REPLICA IDENTITY
 //
@@ -73,26 +99,52 @@
 // (complete and detoasted), and never emits it as null. At start the reader
 // therefore requires REPLICA IDENTITY FULL on captured tables that have
 // TOAST-able columns (or sets it, with ensure_replica_identity_full); should
-// a value still be missing (identity changed while running), the reader
-// stops with ErrUnchangedToast. Before-images follow the identity: FULL
+// a value still be missing (identity changed while running), the change
+// goes to the dead-letter topic with reason unchanged_toast. Before-images follow the identity: FULL
 // gives every column, DEFAULT only the key columns (other fields null).
 //
 // # Snapshot
 //
 // On first start (no position in Kafka) the reader creates the slot with an
 // exported snapshot, imports it (SET TRANSACTION SNAPSHOT in a REPEATABLE
-// READ transaction) and reads every published table, writing op=r records
-// (source.snapshot true, last for the final row) in Kafka transactions of
-// snapshot_txn_max_rows rows, then streams from the slot's consistent point:
-// a row committed during the snapshot is in exactly one of the two.
-// Progress is logged and exported as metrics. The exported snapshot dies
-// with its connection, so an interrupted snapshot starts over with a new
-// slot. A snapshot of at most snapshot_txn_max_rows rows (default
-// 500,000) is a single Kafka transaction, so an interrupted one leaves
-// nothing visible. A larger snapshot is committed in parts; if it is
-// interrupted, the parts already committed stay in the topic and the new
-// attempt overwrites every row that still exists, but a row deleted between
-// the two attempts keeps its stale snapshot record (no tombstone).
+// READ transaction) and reads every published table in key order, writing
+// op=r records (source.snapshot true, last for the final row; source.lsn
+// the slot's consistent point, txId the snapshot's xmin) in chunks of
+// snapshot_txn_max_rows rows (default 10,000), one Kafka transaction per
+// chunk whose position records the table and the last key committed; then
+// it streams from the slot's consistent point: a row committed during the
+// snapshot is in exactly one of the two. Progress is logged and exported
+// as metrics (row counts are the planner's estimate).
+//
+// An interrupted snapshot continues: the slot still stands at its
+// consistent point, so the next session streams from there and reads the
+// rest (the current table after its last committed key, then the tables
+// not read) incrementally, as below. Every row is read once; a table
+// without a primary key is read again from its start.
+//
+// # Incremental snapshots
+//
+// While streaming, tables are read in chunks between two watermarks, the
+// DBLog approach: the writer asks for a chunk, the chunker writes a low
+// watermark (pg_logical_emit_message(false, 'loanflow.snapshot', 'low:<id>')),
+// selects the next snapshot_txn_max_rows rows after the last key, and
+// writes a high watermark. When the stream reaches the high watermark, the
+// writer writes the chunk's rows whose key the stream did not change since
+// it asked (op=r, source.snapshot incremental, last_in_data_collection for
+// a table's last row; source.lsn the high watermark), and commits the new
+// last key in the position with them. A change in the window is at least
+// as new as the chunk's row, so the row is dropped; a change after it
+// follows the row. The chunk's query runs in a snapshot that sees every
+// transaction whose commit is recorded (retaken while pg_xact_status still
+// shows one in progress). Incremental snapshots run for tables added to
+// the config (a published table missing from the position's table list),
+// for the rest of an interrupted initial snapshot, and on request:
+// `loanflow cdc snapshot --table T` (SignalSnapshot) writes a
+// 'loanflow.signal' message {"snapshot": ["schema.table"]} that the reader
+// queues when the stream reaches it, exactly once. A table removed from the
+// config is removed from the publication. Progress:
+// loanflow_cdc_incremental_snapshot_tables_remaining and
+// loanflow_cdc_snapshot_rows_total.
 //
 // # Exactly once
 //
@@ -117,27 +169,59 @@
 // position (dropped and recreated, or advanced by someone else), it stops
 // with ErrSlotGap naming the slot and the gap. It never skips WAL.
 //
+// The position also records the server's system identifier and timeline
+// (IDENTIFY_SYSTEM), the xid of its transaction and the slot's nonce (a
+// random value the reader writes with pg_logical_emit_message(false,
+// 'loanflow.slot', ...) right after creating the slot, so the slot decodes
+// it first). The reader stops with ErrSlotMismatch, saying what to do,
+// when the server has another system identifier (another cluster, a dump
+// restored elsewhere), another timeline (point-in-time recovery or a
+// promotion; allow_timeline_change: true accepts it once, for a failover
+// to a standby that synchronised the slot), a WAL end before the position,
+// or when the slot decodes another reader's nonce. A slot that restarts
+// before the position (PostgreSQL persists slots at checkpoints, so a
+// server crash moves them back) is resumed only if the first transaction
+// it replays at or past the position's commit LSN is that transaction,
+// with its xid; otherwise the WAL is another history and the reader stops.
+// The flush LSN reported to the server never exceeds the server's WAL end.
+// `loanflow cdc reset` deletes a position (the next start re-snapshots).
+// On PostgreSQL 17 and later slots are created with failover = true.
+//
 // # Heartbeats
 //
 // Every heartbeat_interval the reader runs pg_logical_emit_message(false,
 // 'loanflow.heartbeat', <ms>), whose content is the database clock in
 // milliseconds since the Unix epoch. When that message arrives outside a
 // transaction, the writer sends one heartbeat record to every partition of
-// every topic it writes and moves the flush position to the message, so the
-// slot advances on an idle database. Keepalives from the server move the
-// flush position too when nothing is pending (WAL of other databases).
+// every view topic (e.g. customer_360) and of every table topic (unless the
+// table is configured with heartbeats: false) and one to the heartbeat
+// topic (__loanflow-heartbeat.<name>), and moves the flush position to the
+// message, so the slot advances on an idle database. Keepalives from the
+// server move the flush position too when nothing is pending (WAL of other
+// databases).
 //
-// Heartbeat records carry the header "loanflow.heartbeat" whose value is
-// the heartbeat's event time, in milliseconds since the Unix epoch, as
-// decimal ASCII; the record timestamp is the same instant, the key is
-// "__loanflow_heartbeat" (raw bytes, not Avro) and the value is null.
-// Consumers must check for the header before decoding: a heartbeat says
-// "this partition has no change committed before this time still to come",
-// up to the commit-timestamp skew between concurrent transactions (a few
-// milliseconds), which an engine's bounded out-of-orderness absorbs. Change
-// records carry the PostgreSQL commit time as their timestamp.
+// Every record of every topic decodes with a standard Confluent-Avro
+// deserializer. A heartbeat's key is framed with the topic's key schema: in
+// a view topic the Avro string "__loanflow_heartbeat"; in a table topic a
+// Key record whose columns hold sentinels (that string, the int or long
+// minimum, the nil UUID; a table whose key has another type gets no
+// heartbeats). Its value is null: to a consumer that ignores heartbeats it
+// is the tombstone of a key no row has. It carries the header
+// "loanflow.heartbeat", whose value is the heartbeat's event time in
+// milliseconds since the Unix epoch as decimal ASCII; the record timestamp
+// is the same instant. Consumers that use heartbeats for event time (the
+// decisions job's customer_360 source, the portfolio and cache jobs'
+// table sources) recognise them by that header. The heartbeat topic (one
+// partition, compacted) holds Debezium's heartbeat shape: key
+// {serverName: <name>}, value {ts_ms, lsn}.
 //
-// This holds for views too. The message's time H is read from the clock
+// A heartbeat in a view topic says "this partition has no change committed
+// before this time still to come", up to the commit-timestamp skew between
+// concurrent transactions (a few milliseconds), which an engine's bounded
+// out-of-orderness absorbs. Change records carry the PostgreSQL commit time
+// as their timestamp.
+//
+// Why this holds for views: the message's time H is read from the clock
 // before the message enters the WAL, so every transaction committed before
 // H precedes it in the WAL and is decoded first. Change records are
 // produced as they are decoded; view rows are deferred, so before writing

@@ -63,14 +63,20 @@ type cdcEnv struct {
 
 func newEnv(t testing.TB) *cdcEnv {
 	t.Helper()
+	return newEnvOn(t, testenv.Broker(t).Addrs())
+}
+
+// newEnvOn is newEnv on the brokers at seeds (e.g. an Apache Kafka the
+// test owns).
+func newEnvOn(t testing.TB, seeds []string) *cdcEnv {
+	t.Helper()
 	dsn := testenv.NewDatabase(t)
-	brk := testenv.Broker(t)
 	name := testenv.Name(t, "cdc")
 	if len(name) > 60 {
 		name = name[len(name)-60:]
 	}
-	regURL := startRegistry(t, brk.Addrs(), name+"_schemas")
-	e := &cdcEnv{t: t, dsn: dsn, brokers: brk.Addrs(), regURL: regURL}
+	regURL := startRegistry(t, seeds, name+"_schemas")
+	e := &cdcEnv{t: t, dsn: dsn, brokers: seeds, regURL: regURL}
 	e.cfg = Config{
 		Name: name, DatabaseURL: dsn, Brokers: e.brokers, SchemaRegistryURL: regURL,
 		TopicPrefix: name, PositionsTopic: name + "_positions", TopicPartitions: 3,
@@ -187,6 +193,13 @@ func newDecoder(t testing.TB, url string) *decoder {
 }
 
 func (d *decoder) decode(b []byte) (map[string]any, int, error) {
+	out, id, err := d.decodeAny(b)
+	m, _ := out.(map[string]any) // nil for non-record keys
+	return m, id, err
+}
+
+// decodeAny decodes Confluent-framed Avro of any type.
+func (d *decoder) decodeAny(b []byte) (any, int, error) {
 	if len(b) < 5 || b[0] != 0 {
 		return nil, 0, fmt.Errorf("not confluent-framed: %x", b)
 	}
@@ -206,8 +219,7 @@ func (d *decoder) decode(b []byte) (map[string]any, int, error) {
 	if _, err := s.Decode(b[5:], &out); err != nil {
 		return nil, id, err
 	}
-	m, _ := out.(map[string]any) // nil for non-record keys
-	return m, id, nil
+	return out, id, nil
 }
 
 // readAll reads topics with read_committed up to an end marker it writes
@@ -269,7 +281,7 @@ func (e *cdcEnv) read(decode bool, topics ...string) []consumed {
 				return
 			}
 			c := consumed{rec: r}
-			if decode && !c.heartbeat() {
+			if decode { // every record, heartbeats too, must decode
 				var err error
 				if r.Key != nil {
 					if c.key, _, err = dec.decode(r.Key); err != nil {

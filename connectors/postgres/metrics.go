@@ -21,6 +21,7 @@ type metrics struct {
 	snapRows      *prometheus.CounterVec
 	snapExpected  *prometheus.GaugeVec
 	snapProgress  prometheus.Gauge
+	incRemaining  prometheus.Gauge
 	restarts      prometheus.Counter
 }
 
@@ -53,6 +54,7 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 			Name: "loanflow_cdc_snapshot_rows_expected", Help: "Rows of each table in the snapshot (counted in the snapshot).", ConstLabels: l,
 		}, []string{"table"})).(*prometheus.GaugeVec),
 		snapProgress: g("loanflow_cdc_snapshot_progress_ratio", "Fraction of snapshot rows read (1 when done)."),
+		incRemaining: g("loanflow_cdc_incremental_snapshot_tables_remaining", "Tables an incremental snapshot is reading or has queued (0 when none runs)."),
 		restarts:     c("loanflow_cdc_session_restarts_total", "Sessions restarted after a retryable error."),
 	}
 }

@@ -61,7 +61,7 @@ func exercise(t *testing.T, m any) {
 		if len(tuple) == 0 {
 			return
 		}
-		_, _ = convertRow(fuzzTable(len(tuple)), tuple)
+		_, _ = (&event{t: fuzzTable(len(tuple))}).convertRow(tuple, "after")
 	}
 	switch m := m.(type) {
 	case *msgRelation:

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -29,8 +31,31 @@ type Position struct {
 	// FlushLSN is the LSN up to which everything is in Kafka: the slot's
 	// confirmed_flush_lsn may advance to it and never further.
 	FlushLSN pglogrepl.LSN `json:"flush_lsn"`
+	// XID is the transaction id of transaction LSN: a slot that restarts
+	// before LSN (PostgreSQL persists a slot's position at checkpoints, so
+	// a server crash moves it back) must decode that same transaction again,
+	// which proves the server's WAL is the history the position was read
+	// from.
+	XID uint32 `json:"xid,omitempty"`
+	// SystemID and Timeline identify the server's WAL history
+	// (IDENTIFY_SYSTEM) and SlotNonce the slot (the content of the
+	// loanflow.slot message written right after the slot was created). A
+	// reader refuses to resume from a position whose identity differs from
+	// the server's. Empty in positions written before they existed.
+	SystemID  string `json:"system_id,omitempty"`
+	Timeline  int32  `json:"timeline,omitempty"`
+	SlotNonce string `json:"slot_nonce,omitempty"`
 	// Snapshot is set while the initial snapshot is in progress.
 	Snapshot *SnapshotProgress `json:"snapshot,omitempty"`
+	// Incremental is set while watermark-based snapshots run (tables added
+	// later, `loanflow cdc snapshot`, or the rest of an interrupted initial
+	// snapshot).
+	Incremental *IncrementalProgress `json:"incremental,omitempty"`
+	// Tables are the tables whose snapshot is complete (schema.table); a
+	// published table missing from them is snapshotted incrementally.
+	// Nil in positions written before it existed (then every published
+	// table counts as complete).
+	Tables []string `json:"tables"`
 	// CommittedAt is when the Kafka transaction was committed (writer
 	// clock, informational).
 	CommittedAt time.Time `json:"committed_at"`
@@ -42,6 +67,44 @@ type SnapshotProgress struct {
 	ConsistentLSN pglogrepl.LSN `json:"consistent_lsn"`
 	// Rows read so far.
 	Rows int64 `json:"rows"`
+	// Table is the table being read and LastKey the text of the key
+	// columns of its last row committed (tables are read in key order);
+	// Done the tables read completely. An interrupted snapshot continues
+	// from there, incrementally.
+	Table   string   `json:"table,omitempty"`
+	LastKey []string `json:"last_key,omitempty"`
+	Done    []string `json:"done,omitempty"`
+	// XID is the snapshot's xmin, written to source.txId of its rows.
+	XID uint32 `json:"xid,omitempty"`
+}
+
+// IncrementalProgress is the state of watermark-based snapshots.
+type IncrementalProgress struct {
+	// Queue holds the tables still to read, in order.
+	Queue []string `json:"queue,omitempty"`
+	// Table is the table being read, LastKey the text of the key columns
+	// of its last row written (nil: from the start).
+	Table   string   `json:"table,omitempty"`
+	LastKey []string `json:"last_key,omitempty"`
+	// Rows written so far by the current table's snapshot.
+	Rows int64 `json:"rows"`
+}
+
+// active reports whether a table is being read or queued.
+func (p *IncrementalProgress) active() bool { return p != nil && (p.Table != "" || len(p.Queue) > 0) }
+
+// clone returns a deep copy (positions are values; their slices are not).
+func (p Position) clone() Position {
+	if p.Incremental != nil {
+		inc := *p.Incremental
+		inc.Queue = slices.Clone(inc.Queue)
+		inc.LastKey = slices.Clone(inc.LastKey)
+		p.Incremental = &inc
+	}
+	if p.Tables != nil {
+		p.Tables = append([]string{}, p.Tables...)
+	}
+	return p
 }
 
 // skip reports how many of a transaction's changes are already in Kafka:
@@ -78,7 +141,7 @@ func sentinelKey(name string) []byte { return []byte("__sentinel__" + name) }
 // which aborts a zombie's open transaction) and then reads the positions
 // topic with read_committed up to that sentinel: the last position of name
 // before it is the committed position.
-func readPosition(ctx context.Context, prod *kgo.Client, seeds []string, topic, name string) (Position, bool, error) {
+func readPosition(ctx context.Context, prod *kgo.Client, seeds []string, topic, name string, skips map[pglogrepl.LSN]string) (Position, bool, error) {
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
 	sentinel := []byte(hex.EncodeToString(nonce))
@@ -102,10 +165,13 @@ func readPosition(ctx context.Context, prod *kgo.Client, seeds []string, topic, 
 		return Position{}, false, fmt.Errorf("creating position consumer: %w", err)
 	}
 	defer cons.Close()
-	return scanPositions(ctx, cons, name, sentinel)
+	return scanPositions(ctx, cons, name, sentinel, skips)
 }
 
-func scanPositions(ctx context.Context, cons *kgo.Client, name string, sentinel []byte) (Position, bool, error) {
+// skipPrefix starts the key of an operator's skip record: <name>/skip/<lsn>.
+func skipPrefix(name string) string { return name + "/skip/" }
+
+func scanPositions(ctx context.Context, cons *kgo.Client, name string, sentinel []byte, skips map[pglogrepl.LSN]string) (Position, bool, error) {
 	var (
 		pos   Position
 		found bool
@@ -127,6 +193,15 @@ func scanPositions(ctx context.Context, cons *kgo.Client, name string, sentinel 
 			case done:
 			case string(r.Key) == string(sentinelKey(name)):
 				done = string(r.Value) == string(sentinel)
+			case strings.HasPrefix(string(r.Key), skipPrefix(name)):
+				lsn, err := pglogrepl.ParseLSN(strings.TrimPrefix(string(r.Key), skipPrefix(name)))
+				if err == nil && r.Value != nil {
+					skips[lsn] = string(r.Value)
+				} else if err == nil {
+					delete(skips, lsn)
+				}
+			case string(r.Key) == name && r.Value == nil:
+				pos, found = Position{}, false // reset by an operator
 			case string(r.Key) == name:
 				var p Position
 				if err := json.Unmarshal(r.Value, &p); err != nil {
@@ -143,4 +218,47 @@ func scanPositions(ctx context.Context, cons *kgo.Client, name string, sentinel 
 			return pos, found, nil
 		}
 	}
+}
+
+// ResetPosition deletes the committed position of the reader cfg names
+// (a tombstone in the positions topic): its next start takes a new
+// snapshot with a new slot, as a first start does. The reader must be
+// stopped; the old slot, if any, is dropped by that start.
+func ResetPosition(ctx context.Context, cfg Config) error {
+	cfg = cfg.WithDefaults()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		return fmt.Errorf("%w: kafka client: %v", ErrConfig, err)
+	}
+	defer cl.Close()
+	rec := &kgo.Record{Topic: cfg.PositionsTopic, Partition: 0, Key: []byte(cfg.Name)}
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("deleting the position of %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// SkipChange records that the change at lsn (a source.lsn, or the LSN a
+// reader's error names) must not stop the reader of cfg: at its next start
+// the reader writes that change to the dead-letter topic (reason skipped,
+// with reason) instead of the table topic, and goes on. The record stays
+// in the positions topic (compacted), so the skip holds across restarts.
+func SkipChange(ctx context.Context, cfg Config, lsn pglogrepl.LSN, reason string) error {
+	cfg = cfg.WithDefaults()
+	if lsn == 0 {
+		return fmt.Errorf("%w: skip: LSN 0/0 names no change", ErrConfig)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		return fmt.Errorf("%w: kafka client: %v", ErrConfig, err)
+	}
+	defer cl.Close()
+	if reason == "" {
+		reason = "skipped by an operator"
+	}
+	rec := &kgo.Record{Topic: cfg.PositionsTopic, Partition: 0, Key: []byte(skipPrefix(cfg.Name) + lsn.String()), Value: []byte(reason)}
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("recording the skip of %s: %w", lsn, err)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -29,6 +30,24 @@ type table struct {
 	route  *route
 	// version counts the versions of this relation seen by this process.
 	version int
+	// err, when set, says why no change of this version can be written
+	// (e.g. two columns map to one Avro field): its changes go to the
+	// dead-letter topic while the other tables flow. Its columns carry
+	// names only.
+	err error
+	// fallbacks name the columns whose type has no mapping and are carried
+	// as their text form (logged once per version).
+	fallbacks []string
+}
+
+// poisonedTable is the version of a relation that newTable rejected.
+func poisonedTable(rel *msgRelation, rt *route, err error) *table {
+	t := &table{relID: rel.id, schema: rel.namespace, name: rel.name, identity: rel.replicaIdentity, route: rt}
+	for _, c := range rel.columns {
+		t.cols = append(t.cols, tableCol{name: c.name, field: avroName(c.name), oid: c.typOID, typMod: c.typMod})
+	}
+	t.err = fmt.Errorf("%w: %s cannot be written (%v); its changes go to the dead-letter topic until the table is fixed", ErrSchema, t.qualified(), err)
+	return t
 }
 
 type tableCol struct {
@@ -65,7 +84,10 @@ func newTable(rel *msgRelation, pk []string, rt *route) (*table, error) {
 	seen := map[string]string{}
 	for i, c := range rel.columns {
 		ct, err := mapType(c.typOID, c.typMod)
-		if err != nil {
+		if errors.Is(err, ErrUnsupportedType) {
+			ct = colType{"string", convString}
+			t.fallbacks = append(t.fallbacks, c.name)
+		} else if err != nil {
 			return nil, fmt.Errorf("column %s.%s: %w", t.qualified(), c.name, err)
 		}
 		f := avroName(c.name)

@@ -2,8 +2,11 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -139,6 +142,81 @@ func checkSlot(s slotInfo, pos Position, name string) error {
 	return nil
 }
 
+// serverIdent is what IDENTIFY_SYSTEM says about the server, plus its
+// major version.
+type serverIdent struct {
+	systemID string
+	timeline int32
+	walEnd   pglogrepl.LSN // flushed WAL end when the session started
+	major    int
+}
+
+func identify(ctx context.Context, repl *pgconn.PgConn) (serverIdent, error) {
+	res, err := pglogrepl.IdentifySystem(ctx, repl)
+	if err != nil {
+		return serverIdent{}, fmt.Errorf("identifying the server: %w", err)
+	}
+	id := serverIdent{systemID: res.SystemID, timeline: res.Timeline, walEnd: res.XLogPos}
+	v := repl.ParameterStatus("server_version")
+	if i := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' }); i > 0 {
+		v = v[:i]
+	}
+	id.major, _ = strconv.Atoi(v)
+	return id, nil
+}
+
+// checkServer compares the server with the identity stored in the
+// position: resuming against another cluster (or a restored copy, or
+// another timeline) would skip that server's changes whose LSNs happen to
+// lie below the position, and confirm an LSN the server never wrote.
+func checkServer(id serverIdent, pos Position, slot string, allowTimeline bool) error {
+	const fix = "the position in Kafka was read from another server's WAL; if this server is a restored or different cluster, start over with a new snapshot (a new reader name, or `loanflow cdc reset` to delete the position) after checking what happened"
+	if pos.SystemID != "" && pos.SystemID != id.systemID {
+		return fmt.Errorf("%w: slot %s: the server's system identifier is %s but the committed position (%s) was read from system %s; %s",
+			ErrSlotMismatch, slot, id.systemID, pos.FlushLSN, pos.SystemID, fix)
+	}
+	if pos.Timeline != 0 && pos.Timeline != id.timeline && !allowTimeline {
+		return fmt.Errorf("%w: slot %s: the server is on timeline %d but the committed position (%s) was read on timeline %d (point-in-time recovery or a promotion forked the history); if this is a failover to a standby whose slot was synchronized (failover slots, PostgreSQL 17) start once with allow_timeline_change: true, otherwise %s",
+			ErrSlotMismatch, slot, id.timeline, pos.FlushLSN, pos.Timeline, fix)
+	}
+	if pos.FlushLSN > id.walEnd {
+		return fmt.Errorf("%w: slot %s: the server's WAL ends at %s, before the committed position %s; %s",
+			ErrSlotMismatch, slot, id.walEnd, pos.FlushLSN, fix)
+	}
+	return nil
+}
+
+// createSlotCommand is CREATE_REPLICATION_SLOT with an exported snapshot;
+// on PostgreSQL 17 and later the slot is created with failover = true so
+// standbys synchronise it and it survives a promotion.
+func createSlotCommand(slot string, major int) string {
+	name := pgx.Identifier{slot}.Sanitize()
+	if major >= 17 {
+		return "CREATE_REPLICATION_SLOT " + name + " LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
+	}
+	return "CREATE_REPLICATION_SLOT " + name + " LOGICAL pgoutput EXPORT_SNAPSHOT"
+}
+
+// slotPrefix is the prefix of the logical message that carries a slot's
+// nonce, written right after the reader creates the slot.
+const slotPrefix = "loanflow.slot"
+
+// newNonce returns a random slot nonce.
+func newNonce() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// emitNonce writes the slot's nonce into the WAL (a non-transactional
+// logical message, decoded by the slot as its first message).
+func emitNonce(ctx context.Context, conn *pgx.Conn, nonce string) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", slotPrefix, nonce); err != nil {
+		return fmt.Errorf("writing the slot nonce: %w", err)
+	}
+	return nil
+}
+
 // pubTable is a published table.
 type pubTable struct{ schema, name string }
 
@@ -191,7 +269,24 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 			have = append(have, t)
 		}
 	}
-	return have, nil
+	if len(want) == 0 {
+		return have, nil // an adopted publication: its tables are the config
+	}
+	// A table removed from the config leaves the publication, so its WAL
+	// is no longer decoded for the slot.
+	kept := have[:0]
+	for _, t := range have {
+		if containsTable(want, t) {
+			kept = append(kept, t)
+			continue
+		}
+		sql := "ALTER PUBLICATION " + pgx.Identifier{cfg.Publication}.Sanitize() + " DROP TABLE " + t.ident()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return nil, fmt.Errorf("removing %s from publication %s: %w", t.ident(), cfg.Publication, err)
+		}
+		cfg.Logger.Info("cdc: table removed from the publication (no longer configured)", "table", t.ident(), "publication", cfg.Publication)
+	}
+	return kept, nil
 }
 
 func containsTable(ts []pubTable, t pubTable) bool {
@@ -255,7 +350,7 @@ func checkIdentity(ctx context.Context, conn *pgx.Conn, cfg *Config, tables []pu
 // catalogRelation builds the relation of a table from the catalog, as a
 // Relation message would describe it (used by the snapshot, which reads
 // before any Relation message arrives).
-func catalogRelation(ctx context.Context, q pgx.Tx, t pubTable) (*msgRelation, []string, error) {
+func catalogRelation(ctx context.Context, q catalogQuerier, t pubTable) (*msgRelation, []string, error) {
 	rel := &msgRelation{namespace: t.schema, name: t.name}
 	var ident string
 	if err := q.QueryRow(ctx, "SELECT c.oid, c.relreplident::text FROM pg_class c WHERE c.oid = $1::regclass", t.ident()).Scan(&rel.id, &ident); err != nil {
@@ -279,6 +374,12 @@ func catalogRelation(ctx context.Context, q pgx.Tx, t pubTable) (*msgRelation, [
 	}
 	pk, err := primaryKey(ctx, q, rel.id)
 	return rel, pk, err
+}
+
+// catalogQuerier is a connection or a transaction.
+type catalogQuerier interface {
+	querier
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // querier is what primaryKey needs (a connection or a transaction).

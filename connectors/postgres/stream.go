@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,7 @@ type receiver struct {
 	flushed *atomic.Uint64
 	m       *metrics
 	db      string
+	skips   map[pglogrepl.LSN]string // read-only: operator skips
 
 	batch       []item
 	inTxn       bool
@@ -88,8 +90,11 @@ func (r *receiver) run(ctx context.Context) error {
 	}
 }
 
+// sendStatus reports the committed flush LSN, never past the server's
+// WAL end as last seen: a position from another server's history must not
+// move this slot past WAL it has not decoded.
 func (r *receiver) sendStatus(ctx context.Context, reply bool) error {
-	lsn := pglogrepl.LSN(r.flushed.Load())
+	lsn := min(pglogrepl.LSN(r.flushed.Load()), r.walEnd)
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, r.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ReplyRequested: reply,
 	})
@@ -170,12 +175,15 @@ func (r *receiver) send(ctx context.Context) error {
 func (r *receiver) message(ctx context.Context, xld pglogrepl.XLogData, buf []byte) error {
 	msg, err := decodeMessage(buf)
 	if err != nil {
-		return fmt.Errorf("slot %s at %s: %w", r.cfg.Slot, xld.WALStart, err)
+		if _, ok := r.skips[xld.WALStart]; ok {
+			return r.skipUndecodable(xld, buf, err)
+		}
+		return fmt.Errorf("slot %s at %s: %w (to skip this message, run `loanflow cdc skip --lsn %s`; it goes to the dead-letter topic)", r.cfg.Slot, xld.WALStart, err, xld.WALStart)
 	}
 	switch m := msg.(type) {
 	case *msgBegin:
 		r.inTxn, r.begin = true, *m
-		r.add(item{kind: itBegin, lsn: m.finalLSN, at: m.commitTime})
+		r.add(item{kind: itBegin, lsn: m.finalLSN, at: m.commitTime, xid: m.xid})
 	case *msgCommit:
 		r.inTxn = false
 		r.add(item{kind: itCommit, lsn: m.commitLSN, endLSN: m.endLSN, at: m.commitTime})
@@ -190,6 +198,18 @@ func (r *receiver) message(ctx context.Context, xld pglogrepl.XLogData, buf []by
 			return err
 		}
 	case *msgLogical:
+		if m.prefix == slotPrefix && !m.transactional {
+			r.add(item{kind: itSlotNonce, lsn: m.lsn, text: string(m.content)})
+			return r.send(ctx)
+		}
+		if m.prefix == watermarkPrefix && !m.transactional {
+			r.add(item{kind: itWatermark, lsn: m.lsn, text: string(m.content)})
+			return r.send(ctx)
+		}
+		if m.prefix == SignalPrefix && !m.transactional {
+			r.add(item{kind: itSignal, lsn: m.lsn, text: string(m.content)})
+			return r.send(ctx)
+		}
 		if m.prefix == heartbeatPrefix && !m.transactional {
 			at := xld.ServerTime
 			if ms, err := strconv.ParseInt(string(m.content), 10, 64); err == nil {
@@ -213,10 +233,13 @@ func (r *receiver) relation(ctx context.Context, m *msgRelation) error {
 	if err != nil {
 		return err
 	}
-	t, err := newTable(m, pk, r.cfg.routeFor(m.namespace, m.name))
+	rt := r.cfg.routeFor(m.namespace, m.name)
+	t, err := newTable(m, pk, rt)
 	if err != nil {
-		return err
+		r.cfg.Logger.Error("cdc: table cannot be written; its changes go to the dead-letter topic", "table", m.namespace+"."+m.name, "error", err)
+		t = poisonedTable(m, rt, err)
 	}
+	warnFallbacks(r.cfg, t)
 	if old := r.tables[m.id]; old != nil {
 		if t.sameShape(old) {
 			return nil
@@ -255,11 +278,11 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 		if err != nil {
 			return err
 		}
-		if err := resolveToast(t, m); err != nil {
-			return err
-		}
 		e := ev(t, opUpdate)
 		e.old, e.new = m.old, m.new
+		if err := resolveToast(t, m); err != nil {
+			e.converted, e.convErr = true, err // dead-lettered by the writer
+		}
 		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgDelete:
@@ -281,6 +304,25 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 		}
 	}
 	return nil
+}
+
+// skipUndecodable hands a message an operator skipped, and that cannot be
+// decoded, to the writer as a change of no table: it goes to the
+// dead-letter topic with its bytes.
+func (r *receiver) skipUndecodable(xld pglogrepl.XLogData, buf []byte, cause error) error {
+	t := &table{schema: "pgoutput", name: "undecodable", route: &route{mode: ModeEnvelope}}
+	e := &event{op: '?', t: t, lsn: xld.WALStart, commitLSN: r.begin.finalLSN, xid: r.begin.xid, commitTime: r.begin.commitTime, db: r.db, raw: buf}
+	e.converted, e.convErr = true, fmt.Errorf("%w: %v", ErrProtocol, cause)
+	r.add(item{kind: itChange, ev: e})
+	return nil
+}
+
+// warnFallbacks logs the columns of a table version carried as text
+// because their type has no mapping.
+func warnFallbacks(cfg *Config, t *table) {
+	if len(t.fallbacks) > 0 {
+		cfg.Logger.Warn("cdc: columns of unsupported types are carried as their text form (Avro string)", "table", t.qualified(), "columns", strings.Join(t.fallbacks, ", "))
+	}
 }
 
 // resolveToast fills unchanged TOAST values of an update from its old
@@ -309,7 +351,7 @@ func resolveToast(t *table, m *msgUpdate) error {
 // sentinels, and PostgreSQL errors of authentication (class 28), missing
 // objects or privileges (42) and unknown databases (3D).
 func isFatal(err error) bool {
-	for _, e := range []error{ErrConfig, ErrProtocol, ErrSlotGone, ErrSlotGap, ErrUnchangedToast, ErrReplicaIdentity, ErrSchema, ErrFenced, ErrUnsupportedType} {
+	for _, e := range []error{ErrConfig, ErrProtocol, ErrSlotGone, ErrSlotGap, ErrSlotMismatch, ErrReplicaIdentity, ErrSchema, ErrFenced} {
 		if errors.Is(err, e) {
 			return true
 		}

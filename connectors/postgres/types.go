@@ -3,6 +3,7 @@ package postgres
 import (
 	"encoding/hex"
 	"fmt"
+	"math"
 	"math/big"
 	"strconv"
 	"strings"
@@ -149,6 +150,12 @@ func numericType(typMod int32) colType {
 
 func convString(b []byte) (any, error) { return string(b), nil }
 
+// specialValue is a value the column's Avro type cannot hold (numeric NaN
+// and ±Infinity in an Avro decimal). The field is written as null and the
+// record carries the value in the loanflow.special header (see doc.go), as
+// Debezium's precise decimal mode writes null for them.
+type specialValue string
+
 func convBool(b []byte) (any, error) {
 	switch string(b) {
 	case "t", "true":
@@ -198,9 +205,13 @@ func decimalConverter(scale int) converter {
 		if u, ok := decimalBytes(b, scale); ok {
 			return u, nil
 		}
+		switch string(b) {
+		case "NaN", "Infinity", "-Infinity":
+			return specialValue(b), nil
+		}
 		r, ok := new(big.Rat).SetString(string(b))
 		if !ok {
-			return nil, fmt.Errorf("%w: numeric %q has no Avro decimal form (NaN or infinity)", ErrValue, b)
+			return nil, fmt.Errorf("%w: numeric %q", ErrValue, b)
 		}
 		return r, nil
 	}
@@ -217,38 +228,118 @@ func convBytea(b []byte) (any, error) {
 	return out, nil
 }
 
-// Timestamps arrive in ISO DateStyle; the reader's sessions use
-// TimeZone=UTC, but any numeric offset parses.
+// Sentinels for PostgreSQL's infinite timestamps and dates, which have no
+// instant. The timestamp values are Debezium's (the PostgreSQL JDBC
+// driver's PGStatement.DATE_POSITIVE_INFINITY/NEGATIVE_INFINITY), written
+// as is into the timestamp-micros and local-timestamp-micros longs; dates
+// (int days) use the int extremes.
+const (
+	TimestampPosInfinity int64 = 9223372036825200000
+	TimestampNegInfinity int64 = -9223372036832400000
+	DatePosInfinity      int32 = math.MaxInt32
+	DateNegInfinity      int32 = math.MinInt32
+)
+
+// parseDateTime parses PostgreSQL's ISO output of a date, timestamp or
+// timestamptz (TimeZone UTC, or any numeric offset), including BC dates
+// ("0044-03-15 BC": astronomical year -43) and years past 9999, which
+// time.Parse does not take. withTime and withZone say what the text holds.
+func parseDateTime(b []byte, withTime, withZone bool) (time.Time, bool) {
+	s := string(b)
+	bc := strings.HasSuffix(s, " BC")
+	s = strings.TrimSuffix(s, " BC")
+	i := strings.IndexByte(s, '-')
+	if i < 4 {
+		return time.Time{}, false
+	}
+	year, err := strconv.Atoi(s[:i])
+	if err != nil {
+		return time.Time{}, false
+	}
+	if bc {
+		year = 1 - year
+	}
+	// Parse the rest in year 2000 (a leap year, so Feb 29 parses), then
+	// rebuild the time in the real year.
+	rest := "2000" + s[i:]
+	var t time.Time
+	switch {
+	case !withTime:
+		t, err = time.Parse("2006-01-02", rest)
+	case !withZone:
+		t, err = time.Parse("2006-01-02 15:04:05.999999", rest)
+	default:
+		for _, l := range tsLayouts {
+			if t, err = time.Parse(l, rest); err == nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return time.Time{}, false
+	}
+	_, off := t.Zone()
+	out := time.Date(year, t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC)
+	if t.Month() == time.February && t.Day() == 29 && out.Month() != time.February {
+		return time.Time{}, false // Feb 29 of a year that has none
+	}
+	return out.Add(-time.Duration(off) * time.Second), true
+}
+
 var tsLayouts = []string{
 	"2006-01-02 15:04:05.999999-07",
 	"2006-01-02 15:04:05.999999-07:00",
 	"2006-01-02 15:04:05.999999-07:00:00",
 }
 
-func convTimestamptz(b []byte) (any, error) {
-	s := string(b)
-	for _, l := range tsLayouts {
-		if t, err := time.Parse(l, s); err == nil {
-			return t.UTC(), nil
+// convTimestampMicros converts a timestamptz (zoned) or timestamp to
+// microseconds since the epoch (a timestamp's wall clock read as UTC),
+// with the infinity sentinels.
+func convTimestampMicros(zoned bool) converter {
+	name := "timestamp"
+	if zoned {
+		name = "timestamptz"
+	}
+	return func(b []byte) (any, error) {
+		switch string(b) {
+		case "infinity":
+			return TimestampPosInfinity, nil
+		case "-infinity":
+			return TimestampNegInfinity, nil
 		}
+		t, ok := parseDateTime(b, true, zoned)
+		if !ok || t.Year() > 294000 || t.Year() < -290000 {
+			// Past ~294,000 AD (PostgreSQL's limit is 294,276 AD)
+			// microseconds since 1970 overflow a long.
+			return nil, fmt.Errorf("%w: %s %q", ErrValue, name, b)
+		}
+		return t.UnixMicro(), nil
 	}
-	return nil, fmt.Errorf("%w: timestamptz %q (infinity and BC dates have no Avro form)", ErrValue, b)
 }
 
-func convTimestamp(b []byte) (any, error) {
-	t, err := time.Parse("2006-01-02 15:04:05.999999", string(b))
-	if err != nil {
-		return nil, fmt.Errorf("%w: timestamp %q (infinity and BC dates have no Avro form)", ErrValue, b)
-	}
-	return t, nil
-}
+var (
+	convTimestamptz = convTimestampMicros(true)
+	convTimestamp   = convTimestampMicros(false)
+)
 
+// convDate converts a date to days since the epoch, with the infinity
+// sentinels.
 func convDate(b []byte) (any, error) {
-	t, err := time.Parse("2006-01-02", string(b))
-	if err != nil {
-		return nil, fmt.Errorf("%w: date %q (infinity and BC dates have no Avro form)", ErrValue, b)
+	switch string(b) {
+	case "infinity":
+		return DatePosInfinity, nil
+	case "-infinity":
+		return DateNegInfinity, nil
 	}
-	return t, nil
+	t, ok := parseDateTime(b, false, false)
+	if !ok {
+		return nil, fmt.Errorf("%w: date %q", ErrValue, b)
+	}
+	days := t.Unix() / 86400
+	if t.Unix()%86400 < 0 {
+		days--
+	}
+	return int32(days), nil
 }
 
 func convTime(b []byte) (any, error) {
@@ -283,6 +374,9 @@ func arrayConverter(elem converter) converter {
 			}
 			if out[i], err = elem(it); err != nil {
 				return nil, err
+			}
+			if _, ok := out[i].(specialValue); ok {
+				return specialValue(b), nil // the whole array, as text
 			}
 		}
 		return out, nil

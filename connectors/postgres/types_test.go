@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"errors"
 	"math/big"
+	"strings"
 	"testing"
 
 	"github.com/twmb/avro"
@@ -28,8 +30,13 @@ func TestDecimalConverter(t *testing.T) {
 			t.Errorf("%s: round trip gave %s", in, out.FloatString(3))
 		}
 	}
-	if _, err := conv([]byte("NaN")); err == nil {
-		t.Error("NaN converted")
+	for _, in := range []string{"NaN", "Infinity", "-Infinity"} {
+		if v, err := conv([]byte(in)); err != nil || v != specialValue(in) {
+			t.Errorf("%s converted to %v, %v; want the special value", in, v, err)
+		}
+	}
+	if _, err := conv([]byte("1.2.3")); err == nil {
+		t.Error("1.2.3 converted")
 	}
 }
 
@@ -66,5 +73,44 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if c.Tables[0].Table != "public.t" || c.Tables[0].Topic != "cdc.public.t" || c.Slot != "loanflow_cdc" {
 		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// TestCreateSlotCommand: slots are created with failover = true from
+// PostgreSQL 17 on (so a standby synchronises them), with the old syntax
+// before.
+func TestCreateSlotCommand(t *testing.T) {
+	for _, c := range []struct {
+		major int
+		want  string
+	}{
+		{15, `CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput EXPORT_SNAPSHOT`},
+		{16, `CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput EXPORT_SNAPSHOT`},
+		{17, `CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)`},
+	} {
+		if got := createSlotCommand("s", c.major); got != c.want {
+			t.Errorf("PostgreSQL %d: %s, want %s", c.major, got, c.want)
+		}
+	}
+}
+
+// TestCheckServerTimeline: a position read on another timeline is refused
+// unless allow_timeline_change is set; one from another system always.
+func TestCheckServerTimeline(t *testing.T) {
+	id := serverIdent{systemID: "7", timeline: 2, walEnd: 1000}
+	pos := Position{SystemID: "7", Timeline: 1, FlushLSN: 500}
+	if err := checkServer(id, pos, "s", false); !errors.Is(err, ErrSlotMismatch) || !strings.Contains(err.Error(), "allow_timeline_change") {
+		t.Errorf("timeline change: %v", err)
+	}
+	if err := checkServer(id, pos, "s", true); err != nil {
+		t.Errorf("allowed timeline change: %v", err)
+	}
+	pos.SystemID = "8"
+	if err := checkServer(id, pos, "s", true); !errors.Is(err, ErrSlotMismatch) {
+		t.Errorf("other system: %v", err)
+	}
+	pos = Position{FlushLSN: 2000} // written before identities: WAL end still checked
+	if err := checkServer(id, pos, "s", false); !errors.Is(err, ErrSlotMismatch) {
+		t.Errorf("position past the WAL end: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,9 +13,12 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/avro"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/loanflow/loanflow/schemas"
 )
 
 // HeartbeatHeader is the header that marks a heartbeat record; its value is
@@ -22,8 +26,9 @@ import (
 // decimal ASCII. See doc.go.
 const HeartbeatHeader = "loanflow.heartbeat"
 
-// heartbeatKey is the key of heartbeat records (compacted topics need one).
-var heartbeatKey = []byte("__loanflow_heartbeat")
+// HeartbeatKey is the key of heartbeat records in view topics, an Avro
+// string framed with the topic's key schema (compacted topics need a key).
+const HeartbeatKey = "__loanflow_heartbeat"
 
 // writer owns the transactional Kafka producer: it turns queue items into
 // records, commits them with the position in one Kafka transaction and
@@ -36,8 +41,34 @@ type writer struct {
 	m      *metrics
 	db     string
 	resume Position // position read at session start: what Kafka holds
+	// ident carries the server's and slot's identity (SystemID, Timeline,
+	// SlotNonce), stamped on every position the writer commits.
+	ident Position
+	// verify, when set, is the commit LSN of the position's transaction
+	// that the slot must decode again before anything after it: the slot
+	// restarted at or before it (a server crash moves a slot back to its
+	// last checkpointed position). Replaying it with the same xid proves
+	// the server's WAL is the history the position was read from; a later
+	// transaction first means another history, whose changes below the
+	// position would be skipped.
+	verify pglogrepl.LSN
 
-	codecs   map[*table]*codec
+	codecs    map[*table]*codec
+	codecErrs map[*table]error // table versions whose schemas the registry rejected
+	// inc runs incremental snapshots; incPos is their progress and tables
+	// the tables whose snapshot is complete (both stamped on positions).
+	// hbTables are the tables whose topics receive heartbeats.
+	hbTables []*table
+	inc      incremental
+	incPos   *IncrementalProgress
+	tables   []string
+	hb       struct { // the heartbeat topic's schemas
+		key, value     *avro.Schema
+		keyID, valueID int
+	}
+	// skipLSNs are changes an operator skipped (`loanflow cdc skip`): they
+	// go to the dead-letter topic.
+	skipLSNs map[pglogrepl.LSN]string
 	views    []*viewState
 	viewConn *pgx.Conn        // view queries; nil without views
 	topics   map[string]int32 // created topics → partitions
@@ -57,6 +88,7 @@ type writer struct {
 
 	inPG      bool
 	pgLSN     pglogrepl.LSN
+	pgXID     uint32
 	pgChanges int
 	skip      int
 
@@ -99,10 +131,12 @@ func (w *writer) run(ctx context.Context, in <-chan []item) error {
 			if err := w.handle(ctx, batch); err != nil {
 				return err
 			}
+			w.requestChunk()
 			if err := w.maybeCommit(ctx, len(in) == 0); err != nil {
 				return err
 			}
 		case <-tick.C:
+			w.requestChunk()
 			if err := w.maybeCommit(ctx, len(in) == 0); err != nil {
 				return err
 			}
@@ -133,22 +167,37 @@ func (w *writer) handle(ctx context.Context, batch []item) error {
 func (w *writer) handleItem(ctx context.Context, it *item) error {
 	switch it.kind {
 	case itBegin:
-		w.inPG, w.pgLSN, w.pgChanges = true, it.lsn, 0
+		if err := w.verified(it.lsn, it.xid, "transaction"); err != nil {
+			return err
+		}
+		w.inPG, w.pgLSN, w.pgXID, w.pgChanges = true, it.lsn, it.xid, 0
 		w.skip = w.resume.skip(it.lsn)
 	case itChange:
+		if it.ev.op != opRead {
+			w.noteWindow(it.ev)
+		}
 		return w.change(ctx, it.ev)
+	case itWatermark:
+		return w.watermark(ctx, it)
+	case itSignal:
+		w.handleSignal(it)
 	case itCommit:
 		w.inPG = false
 		if w.skip < 0 {
 			return nil
 		}
-		w.pending = Position{Slot: w.cfg.Slot, LSN: it.lsn, Changes: w.pgChanges, Complete: true, FlushLSN: it.endLSN}
+		w.pending = Position{Slot: w.cfg.Slot, LSN: it.lsn, XID: w.pgXID, Changes: w.pgChanges, Complete: true, FlushLSN: it.endLSN}
 		w.commitTimes = append(w.commitTimes, it.at)
 		w.dirty = true
 	case itHeartbeat:
+		if err := w.verified(it.lsn, 0, "heartbeat"); err != nil {
+			return err
+		}
 		return w.heartbeat(ctx, it)
+	case itSlotNonce:
+		return w.slotNonce(it)
 	case itFlush:
-		if it.lsn > w.pending.FlushLSN && w.pending.Snapshot == nil {
+		if it.lsn > w.pending.FlushLSN && w.pending.Snapshot == nil && w.verify == 0 {
 			w.pending.FlushLSN = it.lsn
 			w.dirty = true
 		}
@@ -157,15 +206,48 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 		w.pending.Slot = w.cfg.Slot
 		w.dirty = true
 		if it.final {
-			return w.commit(ctx)
+			w.tables = append([]string{}, it.tables...)
 		}
+		// A mark follows the last row it covers: commit exactly there, so
+		// the committed last key is the last row in Kafka.
+		return w.commit(ctx)
+	}
+	return nil
+}
+
+// verified checks a message at lsn (a transaction's commit LSN with its
+// xid, or a heartbeat) against the transaction the slot must replay first
+// (see writer.verify).
+func (w *writer) verified(lsn pglogrepl.LSN, xid uint32, what string) error {
+	switch {
+	case w.verify == 0 || lsn < w.verify:
+		return nil
+	case lsn == w.verify && xid != 0 && (w.resume.XID == 0 || xid == w.resume.XID):
+		w.verify = 0
+		return nil
+	}
+	return fmt.Errorf("%w: slot %s restarted before the committed position (transaction %d committed at %s) but replays a %s at %s (xid %d) instead: this server's WAL is not the history the position was read from (a restored backup, a copied data directory or another cluster); resuming would skip its changes below the position. Start over with a new snapshot (a new reader name, or `loanflow cdc reset` to delete the position) after checking what happened",
+		ErrSlotMismatch, w.cfg.Slot, w.resume.XID, w.verify, what, lsn, xid)
+}
+
+// slotNonce checks the nonce message a reader writes right after creating
+// a slot: a slot that carries another nonce than the position's was
+// recreated by another reader, and the WAL before it is not in Kafka.
+func (w *writer) slotNonce(it *item) error {
+	if w.ident.SlotNonce == "" {
+		w.ident.SlotNonce = it.text
+		return nil
+	}
+	if it.text != w.ident.SlotNonce {
+		return fmt.Errorf("%w: slot %s was created by another reader (slot nonce %s at %s, the position's is %s): WAL before its creation was never read; start over with a new snapshot (a new reader name, or `loanflow cdc reset` to delete the position)",
+			ErrSlotMismatch, w.cfg.Slot, it.text, it.lsn, w.ident.SlotNonce)
 	}
 	return nil
 }
 
 // change writes one change, unless the resumed position says Kafka has it.
 func (w *writer) change(ctx context.Context, ev *event) error {
-	if ev.op != opRead {
+	if ev.op != opRead && w.inPG {
 		w.pgChanges++
 		if w.skip < 0 || w.pgChanges <= w.skip {
 			return nil
@@ -180,7 +262,7 @@ func (w *writer) change(ctx context.Context, ev *event) error {
 	if w.records >= w.cfg.TxnMaxRecords || w.bytes >= w.cfg.TxnMaxBytes {
 		// Split a large transaction: commit what we have with a partial
 		// position; the flush LSN stays at the last complete transaction.
-		w.pending = Position{Slot: w.cfg.Slot, LSN: w.pgLSN, Changes: w.pgChanges, FlushLSN: w.pending.FlushLSN}
+		w.pending = Position{Slot: w.cfg.Slot, LSN: w.pgLSN, XID: w.pgXID, Changes: w.pgChanges, FlushLSN: w.pending.FlushLSN}
 		w.dirty = true
 		return w.commit(ctx)
 	}
@@ -190,7 +272,7 @@ func (w *writer) change(ctx context.Context, ev *event) error {
 // maybeCommit commits at a transaction boundary when the queue is drained,
 // the transaction is full, or the commit interval has passed.
 func (w *writer) maybeCommit(ctx context.Context, idle bool) error {
-	if !w.dirty || w.inPG || w.pending.Snapshot != nil && !idle && w.records < w.cfg.SnapshotTxnMaxRows {
+	if !w.dirty || w.inPG || w.pending.Snapshot != nil { // snapshot chunks commit at their marks
 		return nil
 	}
 	if w.records == 0 && !idle && time.Since(w.lastCommit) < w.cfg.StatusInterval {
@@ -234,6 +316,12 @@ func (w *writer) commit(ctx context.Context) error {
 	}
 	pos := w.pending
 	pos.CommittedAt = time.Now().UTC()
+	pos.SystemID, pos.Timeline, pos.SlotNonce = w.ident.SystemID, w.ident.Timeline, w.ident.SlotNonce
+	pos.Incremental, pos.Tables = nil, w.tables
+	if w.incPos.active() {
+		pos.Incremental = w.incPos
+	}
+	pos = pos.clone()
 	rec, err := positionRecord(w.cfg.PositionsTopic, w.cfg.Name, pos)
 	if err != nil {
 		return err
@@ -284,18 +372,23 @@ func (w *writer) afterCommit(pos Position) {
 	w.records, w.bytes, w.commitTimes = 0, 0, nil
 }
 
-// writeEvent produces the records of one change.
+// writeEvent produces the records of one change. A change that cannot be
+// written (see poisonReason) goes to the dead-letter topic instead, and
+// the stream goes on.
 func (w *writer) writeEvent(ctx context.Context, ev *event) error {
+	if _, ok := w.skipLSNs[ev.lsn]; ok && ev.op != opRead {
+		return w.deadLetter(ctx, ev, fmt.Errorf("%w: change at %s of %s", ErrSkipped, ev.lsn, ev.t.qualified()))
+	}
+	if err := ev.convert(); err != nil {
+		return w.deadLetter(ctx, ev, err)
+	}
 	c, err := w.codecFor(ctx, ev.t)
 	if err != nil {
-		return err
+		return w.deadLetter(ctx, ev, err)
 	}
 	ev.processedMs = time.Now().UnixMilli()
 	if ev.op == opTruncate {
 		return w.truncate(ctx, c, ev)
-	}
-	if err := ev.convert(); err != nil {
-		return w.deadLetter(ctx, ev, err)
 	}
 	w.touchViews(ev)
 	if ev.keyChanged() {
@@ -326,7 +419,12 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 		if err != nil {
 			return w.deadLetter(ctx, ev, err)
 		}
-		if err := w.produce(ctx, &kgo.Record{Topic: t.route.topic, Key: key, Value: val, Timestamp: ev.commitTime}); err != nil {
+		rec := &kgo.Record{Topic: t.route.topic, Key: key, Value: val, Timestamp: ev.commitTime, Headers: ev.headers()}
+		if n := recordSize(rec); n > w.cfg.MaxRecordBytes {
+			return w.deadLetter(ctx, ev, fmt.Errorf("%w: the %s record of %s at %s is %d bytes, over max_record_bytes %d (raise it together with the topic's max.message.bytes)",
+				ErrTooLarge, opNames[ev.op], t.qualified(), ev.lsn, n, w.cfg.MaxRecordBytes))
+		}
+		if err := w.produce(ctx, rec); err != nil {
 			return err
 		}
 	}
@@ -356,12 +454,15 @@ func (w *writer) truncate(ctx context.Context, c *codec, ev *event) error {
 	return nil
 }
 
-// heartbeat writes a heartbeat record to every partition of every topic
-// the reader writes, and moves the flush position to the heartbeat. The
-// view rows of the keys touched so far go first: every transaction
-// committed before the heartbeat's time precedes it in the WAL, so its
-// rows then precede the heartbeat in every partition, change records and
-// view rows alike (see doc.go, Heartbeats).
+// heartbeat writes a heartbeat record to every partition of every view
+// topic and one to the heartbeat topic, and moves the flush position to
+// the heartbeat. The view rows of the keys touched so far go first: every
+// transaction committed before the heartbeat's time precedes it in the
+// WAL, so its rows then precede the heartbeat in every partition (see
+// doc.go, Heartbeats). Every heartbeat record is decodable by a
+// Confluent-Avro consumer: in a view topic its key is the Avro string
+// HeartbeatKey framed with the topic's key schema and its value null (a
+// tombstone of a key no row has).
 func (w *writer) heartbeat(ctx context.Context, it *item) error {
 	if w.inPG || it.lsn <= w.resume.FlushLSN || w.pending.Snapshot != nil {
 		return nil
@@ -370,16 +471,29 @@ func (w *writer) heartbeat(ctx context.Context, it *item) error {
 		return err
 	}
 	ms := strconv.FormatInt(it.at.UnixMilli(), 10)
-	for topic, n := range w.topics {
-		for p := int32(0); p < n; p++ {
-			r := &kgo.Record{
-				Topic: topic, Partition: p, Key: heartbeatKey, Timestamp: it.at, Context: manualPartition,
-				Headers: []kgo.RecordHeader{{Key: HeartbeatHeader, Value: []byte(ms)}},
-			}
+	hdr := []kgo.RecordHeader{{Key: HeartbeatHeader, Value: []byte(ms)}}
+	for _, t := range w.hbTables {
+		if err := w.tableHeartbeat(ctx, t, it, hdr); err != nil {
+			return err
+		}
+	}
+	for _, vs := range w.views {
+		if err := w.viewCodec(ctx, vs); err != nil {
+			return err
+		}
+		key, err := vs.key.AppendEncode(frame(nil, vs.keyID), HeartbeatKey)
+		if err != nil {
+			return fmt.Errorf("%w: heartbeat key of %s: %v", ErrSchema, vs.cfg.Topic, err)
+		}
+		for p := int32(0); p < w.topics[vs.cfg.Topic]; p++ {
+			r := &kgo.Record{Topic: vs.cfg.Topic, Partition: p, Key: key, Timestamp: it.at, Context: manualPartition, Headers: hdr}
 			if err := w.produce(ctx, r); err != nil {
 				return err
 			}
 		}
+	}
+	if err := w.heartbeatRecord(ctx, it, hdr); err != nil {
+		return err
 	}
 	w.m.heartbeats.Inc()
 	if it.lsn > w.pending.FlushLSN {
@@ -389,34 +503,161 @@ func (w *writer) heartbeat(ctx context.Context, it *item) error {
 	return nil
 }
 
-// deadLetter writes a change that cannot be encoded to the dead-letter
-// topic, with the error and where it came from in headers, so it is neither
-// lost nor able to stop the stream. Errors that are not about the value
-// (schema registration, protocol) stop the reader instead.
+// tableHeartbeat writes a heartbeat to every partition of a table's topic,
+// its key framed with the table's key schema (heartbeatKeyValue).
+func (w *writer) tableHeartbeat(ctx context.Context, t *table, it *item, hdr []kgo.RecordHeader) error {
+	c, err := w.codecFor(ctx, t)
+	if err != nil {
+		if poisonReason(err) != "" {
+			return nil // the table's changes are dead-lettered; so are its heartbeats
+		}
+		return err
+	}
+	kv, _ := heartbeatKeyValue(t)
+	key, err := c.key.AppendEncode(frame(nil, c.keyID), kv)
+	if err != nil {
+		return fmt.Errorf("%w: heartbeat key of %s: %v", ErrSchema, t.route.topic, err)
+	}
+	for p := int32(0); p < w.topics[t.route.topic]; p++ {
+		r := &kgo.Record{Topic: t.route.topic, Partition: p, Key: key, Timestamp: it.at, Context: manualPartition, Headers: hdr}
+		if err := w.produce(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Schemas of the heartbeat topic (as Debezium's __debezium-heartbeat
+// topic: key {serverName}, value {ts_ms}), plus the heartbeat's LSN.
+const (
+	heartbeatKeySchema   = `{"type":"record","name":"HeartbeatKey","namespace":"io.loanflow.cdc","fields":[{"name":"serverName","type":"string"}]}`
+	heartbeatValueSchema = `{"type":"record","name":"Heartbeat","namespace":"io.loanflow.cdc","fields":[{"name":"ts_ms","type":"long"},{"name":"lsn","type":"long"}]}`
+)
+
+// heartbeatRecord writes the heartbeat to the heartbeat topic (one
+// partition, compacted, keyed by the reader's name).
+func (w *writer) heartbeatRecord(ctx context.Context, it *item, hdr []kgo.RecordHeader) error {
+	topic := w.cfg.HeartbeatTopic
+	if w.hb.key == nil {
+		if _, err := ensureTopic(ctx, w.adm, topic, 1, int16(w.cfg.TopicReplicationFactor), true); err != nil {
+			return err
+		}
+		var err error
+		if w.hb.key, w.hb.keyID, err = register(ctx, w.reg, schemas.KeySubject(topic), avro.MustParse(heartbeatKeySchema)); err != nil {
+			return err
+		}
+		if w.hb.value, w.hb.valueID, err = register(ctx, w.reg, schemas.ValueSubject(topic), avro.MustParse(heartbeatValueSchema)); err != nil {
+			w.hb.key = nil
+			return err
+		}
+	}
+	key, err := w.hb.key.AppendEncode(frame(nil, w.hb.keyID), map[string]any{"serverName": w.cfg.Name})
+	if err != nil {
+		return fmt.Errorf("%w: heartbeat key: %v", ErrSchema, err)
+	}
+	val, err := w.hb.value.AppendEncode(frame(nil, w.hb.valueID), map[string]any{"ts_ms": it.at.UnixMilli(), "lsn": int64(it.lsn)})
+	if err != nil {
+		return fmt.Errorf("%w: heartbeat value: %v", ErrSchema, err)
+	}
+	return w.produce(ctx, &kgo.Record{Topic: topic, Partition: 0, Context: manualPartition, Key: key, Value: val, Timestamp: it.at, Headers: hdr})
+}
+
+// poisonReasons are the errors that send a change to the dead-letter
+// topic (with the reason) instead of stopping the reader; other errors
+// (protocol, Kafka, a retryable registry error) end the session.
+var poisonReasons = []struct {
+	err    error
+	reason string
+}{
+	{ErrSkipped, "skipped"},
+	{ErrTooLarge, "too_large"},
+	{ErrUnchangedToast, "unchanged_toast"},
+	{ErrSchema, "schema"},
+	{ErrUnsupportedType, "unsupported_type"},
+	{ErrValue, "value"},
+}
+
+func poisonReason(err error) string {
+	for _, p := range poisonReasons {
+		if errors.Is(err, p.err) {
+			return p.reason
+		}
+	}
+	return ""
+}
+
+// deadLetterTextMax bounds each column's text in a dead-letter record, so a
+// change dead-lettered for its size fits.
+const deadLetterTextMax = 4096
+
+// deadLetter writes a change that cannot be written to the dead-letter
+// topic (JSON: table, op, LSNs, xid, reason, error, the columns' text),
+// with the reason and where it came from in headers, so it is neither
+// lost nor able to stop the stream. Errors that are not about the change
+// (protocol, Kafka) stop the session instead.
 func (w *writer) deadLetter(ctx context.Context, ev *event, cause error) error {
-	if !errors.Is(cause, ErrValue) && !errors.Is(cause, ErrUnsupportedType) {
+	reason := poisonReason(cause)
+	if reason == "" {
 		return cause
 	}
 	w.m.deadLetters.Inc()
-	w.cfg.Logger.Warn("cdc: change sent to dead-letter topic", "table", ev.t.qualified(), "lsn", ev.lsn.String(), "error", cause)
-	body := map[string]any{"table": ev.t.qualified(), "op": string(ev.op), "lsn": ev.lsn.String(), "commit_lsn": ev.commitLSN.String(), "xid": ev.xid, "error": cause.Error()}
-	cols := map[string]any{}
-	for i, c := range ev.t.cols {
-		if ev.new != nil && i < len(ev.new) && ev.new[i].kind == kindText {
-			cols[c.name] = string(ev.new[i].data)
-		}
+	w.cfg.Logger.Warn("cdc: change sent to dead-letter topic", "table", ev.t.qualified(), "lsn", ev.lsn.String(), "reason", reason, "error", cause)
+	body := map[string]any{"table": ev.t.qualified(), "op": string(ev.op), "lsn": ev.lsn.String(), "commit_lsn": ev.commitLSN.String(),
+		"xid": ev.xid, "reason": reason, "error": cause.Error(), "topic": ev.t.route.topic}
+	body["before_text"] = textColumns(ev.t, ev.old)
+	body["after_text"] = textColumns(ev.t, ev.new)
+	if ev.raw != nil {
+		body["message_hex"] = hex.EncodeToString(ev.raw)
 	}
-	body["after_text"] = cols
 	b, _ := json.Marshal(body)
 	return w.produce(ctx, &kgo.Record{
 		Topic: w.cfg.DeadLetterTopic, Value: b, Timestamp: ev.commitTime,
 		Headers: []kgo.RecordHeader{
 			{Key: "error", Value: []byte(cause.Error())},
+			{Key: "reason", Value: []byte(reason)},
 			{Key: "source.table", Value: []byte(ev.t.qualified())},
 			{Key: "source.lsn", Value: []byte(ev.lsn.String())},
+			{Key: "source.commit_lsn", Value: []byte(ev.commitLSN.String())},
 			{Key: "source.topic", Value: []byte(ev.t.route.topic)},
 		},
 	})
+}
+
+// textColumns is the text of a tuple's columns (nil when there is none),
+// each cut to deadLetterTextMax bytes.
+func textColumns(t *table, vals []colValue) map[string]any {
+	if vals == nil {
+		return nil
+	}
+	cols := map[string]any{}
+	for i, c := range t.cols {
+		if i >= len(vals) {
+			break
+		}
+		switch v := vals[i]; v.kind {
+		case kindText:
+			s := string(v.data)
+			if len(s) > deadLetterTextMax {
+				s = s[:deadLetterTextMax] + "...(" + strconv.Itoa(len(v.data)) + " bytes)"
+			}
+			cols[c.name] = s
+		case kindNull:
+			cols[c.name] = nil
+		case kindUnchange:
+			cols[c.name] = "(unchanged TOAST value, not sent)"
+		}
+	}
+	return cols
+}
+
+// recordSize is a record's size as the broker counts it, roughly: key,
+// value, headers and the record overhead.
+func recordSize(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value) + 64
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 8
+	}
+	return n
 }
 
 // codecFor returns the codec of a table version, creating its topic and
@@ -425,12 +666,24 @@ func (w *writer) codecFor(ctx context.Context, t *table) (*codec, error) {
 	if c, ok := w.codecs[t]; ok {
 		return c, nil
 	}
+	if err, ok := w.codecErrs[t]; ok {
+		return nil, err
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
 	if err := w.ensureTopic(ctx, t.route.topic, t.route.mode == ModeUpsert); err != nil {
 		return nil, err
 	}
 	c, err := newCodec(ctx, w.reg, t)
 	if err != nil {
-		return nil, fmt.Errorf("table %s version %d: %w", t.qualified(), t.version, err)
+		err = fmt.Errorf("table %s version %d: %w", t.qualified(), t.version, err)
+		if errors.Is(err, ErrSchema) {
+			// Every change of this table version would fail the same way:
+			// dead-letter them without asking the registry each time.
+			w.codecErrs[t] = err
+		}
+		return nil, err
 	}
 	w.codecs[t] = c
 	return c, nil

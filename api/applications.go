@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/api/audit"
@@ -79,6 +80,21 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-application", err.Error())
 		return
 	}
+	if req.CustomerID != nil {
+		ok, err := s.applicantMayName(r.Context(), p.Lender, *req.CustomerID, ssn, req.Currency)
+		if err != nil {
+			s.log.Error("checking the named customer", "request_id", requestID(r.Context()), "err", err)
+			writeProblem(w, r, http.StatusInternalServerError, "internal", "could not check the named customer")
+			return
+		}
+		if !ok {
+			if s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "customer/"+*req.CustomerID, "CREDIT_TRANSACTION", audit.ResultDenied)) {
+				writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer",
+					"customer_id does not name a customer of this lender whose SSN is the applicant's, in this currency; omit customer_id to apply as a new applicant")
+			}
+			return
+		}
+	}
 	app, err := s.sealApplication(req, p.Lender, amount, ssn)
 	if err != nil {
 		s.log.Error("sealing application", "request_id", requestID(r.Context()), "err", err)
@@ -97,7 +113,7 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultOK)) {
 		return
 	}
-	rec := &kgo.Record{Topic: s.cfg.ApplicationsTopic, Key: []byte(app.ApplicationID), Value: val}
+	rec := &kgo.Record{Topic: s.cfg.ApplicationsTopic, Key: []byte(AppKey(app.LenderID, app.ApplicationID)), Value: val}
 	if err := s.producer.ProduceSync(r.Context(), rec).FirstErr(); err != nil {
 		s.log.Error("producing application", "request_id", requestID(r.Context()), "err", err)
 		_ = s.audit.Append(context.WithoutCancel(r.Context()), s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultError))
@@ -162,7 +178,11 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "bad-timeout", err.Error())
 		return
 	}
-	d, ok, ch := s.hub.decision(id)
+	// Keyed by the caller's lender: another lender's application of the
+	// same id is a different application, and an id this lender never
+	// used answers like one still pending (202), so ids cannot be probed.
+	key := AppKey(p.Lender, id)
+	d, ok, ch := s.hub.decision(key)
 	if !ok {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -174,7 +194,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		case <-s.closing:
 		}
 		if !ok {
-			s.hub.cancelWait(id, ch)
+			s.hub.cancelWait(key, ch)
 		}
 	}
 	if ok && d.LenderID != p.Lender {
@@ -278,4 +298,43 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 func writeEvent(w http.ResponseWriter, ev event) {
 	b, _ := json.Marshal(ev.data)
 	_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, strings.ReplaceAll(string(b), "\n", ""))
+}
+
+// applicantMayName reports whether an application of lender may name
+// customer: the customer exists, its credit is in currency, and either the
+// applicant's SSN is the customer's (its blind index under any index key
+// equals the customer's; the lender then gains the application
+// relationship) or the lender already has a relationship with the
+// customer (a different applicant is then REFERred by the decisions job,
+// which compares the blind indexes too).
+func (s *Server) applicantMayName(ctx context.Context, lender, customer, ssn, currency string) (bool, error) {
+	var idx []byte
+	var cur string
+	err := s.pool.QueryRow(ctx, "SELECT ssn_index, credit_currency FROM customers WHERE customer_id = $1", customer).Scan(&idx, &cur)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if cur != currency {
+		return false, nil
+	}
+	idxs, err := s.keys.BlindIndexes(ssn)
+	if err != nil {
+		return false, err
+	}
+	match := false
+	for _, x := range idxs {
+		match = match || pii.EqualIndex(x, idx)
+	}
+	if !match {
+		rel, err := s.relationship(ctx, lender, customer, relCustomer|relApplication|relLoan)
+		return rel != 0, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return relate(ctx, tx, lender, customer, basisApplication) })
+	if err == nil {
+		s.rels.add(lender, customer, relApplication)
+	}
+	return err == nil, err
 }

@@ -271,11 +271,21 @@ func (e *env) lender(id string, extra ...string) string {
 	return e.token(c.ClientID, c.ClientSecret)
 }
 
-// customer creates a customer with PII and a credit profile.
-func (e *env) customer(id, name, ssn string) {
+// customer creates a customer with PII and a credit profile (limit
+// 10,000.00 USD), onboarded by lender[0] when given (the lender gets the
+// customer relationship).
+func (e *env) customer(id, name, ssn string, lender ...string) {
 	e.t.Helper()
-	r := e.do("POST", "/v1/customers", e.admin, NewCustomer{CustomerID: id, Name: name, SSN: ssn,
-		Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: "10000.00", RiskTier: "MEDIUM", Score: 710})
+	e.customerWith(NewCustomer{CustomerID: id, Name: name, SSN: ssn,
+		Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: "10000.00", RiskTier: "MEDIUM", Score: 710}, lender...)
+}
+
+func (e *env) customerWith(c NewCustomer, lender ...string) {
+	e.t.Helper()
+	if len(lender) > 0 {
+		c.LenderID = lender[0]
+	}
+	r := e.do("POST", "/v1/customers", e.admin, c)
 	if r.status != 201 {
 		e.dumpLogs()
 		e.t.Fatalf("creating customer: %d %s", r.status, r.body)

@@ -104,7 +104,7 @@ func (q *createLoanReq) validate() (money.Amount, error) {
 		return 0, errors.New(`amount must be a positive decimal string with at most 2 decimals, e.g. "1500.00"`)
 	}
 	if !validCurrency(q.Currency) {
-		return 0, errors.New("currency must be a three-letter ISO 4217 code, e.g. USD")
+		return 0, errors.New("currency must be an ISO 4217 currency code, e.g. USD")
 	}
 	if q.TermMonths < 1 || q.TermMonths > 480 {
 		return 0, errors.New("term_months must be within 1..480")
@@ -112,17 +112,6 @@ func (q *createLoanReq) validate() (money.Amount, error) {
 	return a, nil
 }
 
-func validCurrency(c string) bool {
-	if len(c) != 3 {
-		return false
-	}
-	for i := 0; i < 3; i++ {
-		if c[i] < 'A' || c[i] > 'Z' {
-			return false
-		}
-	}
-	return true
-}
 
 // storedResponse is what an idempotency key replays.
 type storedResponse struct {
@@ -162,7 +151,13 @@ func (s *Server) createLoan(w http.ResponseWriter, r *http.Request) {
 func (s *Server) finishIdempotent(w http.ResponseWriter, r *http.Request, resp storedResponse, replayed bool, hash []byte, err error) {
 	switch {
 	case errors.Is(err, errNoCustomer):
-		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer", "customer_id does not name a customer")
+		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer", "customer_id does not name a customer of this lender")
+		return
+	case errors.Is(err, errCreditLimit):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "credit-limit-exceeded", "the loan would take the customer's balance over its credit limit")
+		return
+	case errors.Is(err, errCurrency):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "currency-mismatch", strings.TrimPrefix(err.Error(), "api: "))
 		return
 	case errors.Is(err, errBalanceOverflow):
 		writeProblem(w, r, http.StatusUnprocessableEntity, "balance-overflow", strings.TrimPrefix(err.Error(), "api: "))
@@ -243,13 +238,34 @@ const addToBalance = `UPDATE customers SET current_balance = GREATEST(current_ba
 // errBalanceOverflow: the customer's total balance would not fit numeric(18,2).
 var errBalanceOverflow = errors.New("api: the customer's total balance would exceed " + money.Amount(money.MaxUnits).String())
 
+// bookOnCustomer adds a new loan's amount to the customer's balance, only
+// if the lender has a relationship with the customer; it returns whether
+// the new balance is within the credit limit and the limit's currency.
+// One statement, which locks the customer's row.
+const bookOnCustomer = `UPDATE customers c SET current_balance = c.current_balance + $2::numeric, version = c.version + 1, updated_at = now()
+	WHERE c.customer_id = $1 AND EXISTS (SELECT 1 FROM lender_customers r WHERE r.lender_id = $3 AND r.customer_id = $1)
+	RETURNING c.current_balance <= c.credit_limit, c.credit_currency, c.credit_limit::text`
+
+var (
+	errCreditLimit = errors.New("api: the loan would exceed the customer's credit limit")
+	errCurrency    = errors.New("api: the loan's currency is not the customer's credit currency")
+)
+
 func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq, amount money.Amount) (Loan, error) {
-	tag, err := tx.Exec(ctx, addToBalance, req.CustomerID, amount.String())
+	var within bool
+	var cur, limit string
+	err := tx.QueryRow(ctx, bookOnCustomer, req.CustomerID, amount.String(), lender).Scan(&within, &cur, &limit)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Loan{}, errNoCustomer // unknown, or not this lender's customer: answered alike
+	}
 	if err != nil {
 		return Loan{}, balanceErr(err, "adding the loan to the customer's balance")
 	}
-	if tag.RowsAffected() == 0 {
-		return Loan{}, errNoCustomer
+	if cur != req.Currency {
+		return Loan{}, fmt.Errorf("%w: the customer's credit is in %s; loans in %s cannot be weighed against it", errCurrency, cur, req.Currency)
+	}
+	if !within {
+		return Loan{}, errCreditLimit
 	}
 	row := tx.QueryRow(ctx, `INSERT INTO loans (loan_id, customer_id, lender_id, amount, balance, currency, term_months, status)
 		VALUES ($1, $2, $3, $4::numeric, $4::numeric, $5, $6, 'ACTIVE') RETURNING `+loanCols,
@@ -257,6 +273,9 @@ func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq
 	l, err := scanLoan(row)
 	if err != nil {
 		return l, fmt.Errorf("inserting loan: %w", err)
+	}
+	if err := relate(ctx, tx, lender, req.CustomerID, basisLoan); err != nil {
+		return l, err
 	}
 	return l, nil
 }

@@ -10,7 +10,7 @@ import (
 func TestLoanLifecycle(t *testing.T) {
 	e := newEnv(t)
 	a := e.lender("lender-a")
-	e.customer("cust-1", "Ada Lovelace", "123-45-6789")
+	e.customer("cust-1", "Ada Lovelace", "123-45-6789", "lender-a")
 
 	loan, r := e.createLoan(a, "key-1", "cust-1", "1500.00")
 	if r.status != 201 || loan.Amount != "1500.00" || loan.Balance != "1500.00" || loan.Status != "ACTIVE" || loan.LenderID != "lender-a" {

@@ -202,6 +202,9 @@ func (s *Server) protect(rt route, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+		// Every authenticated answer may carry credit data: no cache
+		// (browser, proxy or CDN) may keep it.
+		w.Header().Set("Cache-Control", "no-store")
 		ctx := context.WithValue(r.Context(), ctxPrincipal, p)
 		if !rt.stream {
 			var cancel context.CancelFunc

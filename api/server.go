@@ -51,6 +51,7 @@ type Server struct {
 	hub        *hub
 	limits     limiters
 	streams    *semaphore.Weighted
+	rels       relCache // lender-customer relationships found
 	registry   *prometheus.Registry
 	metrics    *metrics
 	badRecords prometheus.Counter
@@ -105,6 +106,7 @@ func (s *Server) connect(ctx context.Context) error {
 		return fmt.Errorf("api: connecting to PostgreSQL: %w", err)
 	}
 	s.store = &store{pool: s.pool}
+	s.rels.max = max(s.cfg.MaxLenders*10, 100000)
 	if err := s.connectRedis(); err != nil {
 		return err
 	}

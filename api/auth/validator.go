@@ -224,8 +224,15 @@ type Principal struct {
 	Scopes  map[string]bool
 }
 
-// Has reports whether the principal holds scope (admin holds every scope).
-func (p Principal) Has(scope string) bool { return p.Scopes[scope] || p.Scopes[ScopeAdmin] }
+// Has reports whether the principal holds scope. Admin holds every scope
+// except pii:read, which is only ever granted explicitly: decrypting a
+// customer's full PII is never a side effect of operating the platform.
+func (p Principal) Has(scope string) bool {
+	if scope == ScopePIIRead {
+		return p.Scopes[ScopePIIRead]
+	}
+	return p.Scopes[scope] || p.Scopes[ScopeAdmin]
+}
 
 func reject(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrUnauthorized}, args...)...)

@@ -112,7 +112,6 @@ func (q *createLoanReq) validate() (money.Amount, error) {
 	return a, nil
 }
 
-
 // storedResponse is what an idempotency key replays.
 type storedResponse struct {
 	hash   []byte

@@ -55,6 +55,13 @@ type Config struct {
 	KeyRotationInterval time.Duration
 	// ClockSkew tolerated on exp/nbf. Default 30s.
 	ClockSkew time.Duration
+	// MaxTokenLifetime caps the lifetime of accepted tokens (exp - iat),
+	// whoever issued them. Default 1h; TokenTTL must not exceed it.
+	MaxTokenLifetime time.Duration
+	// RevocationStaleness bounds how long a disabled client's tokens keep
+	// working (the per-subject cache of api_clients.disabled). Default
+	// 10s, at most 30s.
+	RevocationStaleness time.Duration
 
 	// PII keysets (required).
 	PII pii.Config
@@ -139,6 +146,8 @@ func (c *Config) SetDefaults() {
 	def(&c.TokenTTL, 15*time.Minute)
 	def(&c.KeyRotationInterval, 24*time.Hour)
 	def(&c.ClockSkew, 30*time.Second)
+	def(&c.MaxTokenLifetime, time.Hour)
+	def(&c.RevocationStaleness, 10*time.Second)
 	def(&c.KeysReloadInterval, 10*time.Second)
 	def(&c.CacheTTL, 5*time.Minute)
 	def(&c.CacheTTLJitter, time.Minute)
@@ -198,6 +207,8 @@ func (c *Config) Validate() error {
 	req(c.LongPollMax > 0 && c.LongPollMax <= 5*time.Minute, "LongPollMax must be within (0, 5m]")
 	req(c.DBMaxConns > 0, "DBMaxConns must be positive")
 	req(c.ClockSkew >= 0 && c.ClockSkew <= 5*time.Minute, "ClockSkew must be within 0..5m")
+	req(c.TokenTTL <= c.MaxTokenLifetime, "TokenTTL must not exceed MaxTokenLifetime")
+	req(c.RevocationStaleness > 0 && c.RevocationStaleness <= 30*time.Second, "RevocationStaleness must be within (0, 30s]")
 	if err := c.PII.Validate(); err != nil {
 		errs = append(errs, err)
 	}

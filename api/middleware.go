@@ -184,7 +184,13 @@ func (s *Server) protect(rt route, h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "a bearer access token is required")
 			return
 		}
-		p, err := s.validator.Validate(r.Context(), tok)
+		p, err := s.authenticate(r.Context(), tok)
+		if err != nil && !errors.Is(err, auth.ErrUnauthorized) && !errors.Is(err, errRevoked) {
+			s.log.Error("authenticating", "request_id", requestID(r.Context()), "err", err)
+			w.Header().Set("Retry-After", "1")
+			writeProblem(w, r, http.StatusServiceUnavailable, "auth-unavailable", "the token could not be checked; retry")
+			return
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="loanflow", error="invalid_token"`)
 			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "invalid access token")

@@ -314,7 +314,7 @@ func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
 		s.servePage(w, "login.html")
 		return
 	}
-	p, err := s.validator.Validate(r.Context(), tok)
+	p, err := s.authenticate(r.Context(), tok)
 	if err != nil || !p.Has(auth.ScopeAdmin) {
 		writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "the operator page needs scope admin")
 		return

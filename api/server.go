@@ -51,7 +51,8 @@ type Server struct {
 	hub        *hub
 	limits     limiters
 	streams    *semaphore.Weighted
-	rels       relCache // lender-customer relationships found
+	rels       relCache    // lender-customer relationships found
+	revoked    revocations // disabled clients, bounded staleness
 	registry   *prometheus.Registry
 	metrics    *metrics
 	badRecords prometheus.Counter
@@ -151,7 +152,8 @@ func (s *Server) setupAuth() error {
 			return err
 		}
 	}
-	vc := auth.ValidatorConfig{Issuer: s.cfg.PublicURL, Audience: s.cfg.Audience, Skew: s.cfg.ClockSkew}
+	vc := auth.ValidatorConfig{Issuer: s.cfg.PublicURL, Audience: s.cfg.Audience, Skew: s.cfg.ClockSkew, MaxLifetime: s.cfg.MaxTokenLifetime,
+		CacheMaxAge: s.cfg.RevocationStaleness}
 	switch {
 	case s.cfg.ExternalIssuer != "":
 		vc.Issuer = s.cfg.ExternalIssuer
@@ -203,6 +205,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/customers", p(auth.ScopeAdmin, s.postCustomer))
 	mux.HandleFunc("POST /v1/admin/lenders", p(auth.ScopeAdmin, s.postLender))
 	mux.HandleFunc("POST /v1/admin/clients", p(auth.ScopeAdmin, s.postClient))
+	mux.HandleFunc("POST /v1/admin/clients/{id}/disable", p(auth.ScopeAdmin, s.postDisableClient))
 	mux.HandleFunc("GET /v1/admin/pipeline-health", p(auth.ScopeAdmin, s.getHealth))
 	mux.HandleFunc("GET /dashboard", s.dashboardPage)
 	mux.HandleFunc("POST /dashboard/login", s.dashboardLogin)

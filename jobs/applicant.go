@@ -58,17 +58,17 @@ func (c *customerIndexes) index(ctx context.Context, customer string) ([]byte, e
 	return idx, err
 }
 
-// applicantCheck compares each KNOWN application's SSN blind index with
-// the named customer's and marks a mismatch (ReasonApplicantMismatch) or
-// a comparison that failed every attempt (ReasonApplicantUnverified). A
-// customer id with no customer row passes unmarked: the temporal join
-// finds no customer_360 row for it either and the bureau decides. Both
+// applicantCheck compares the SSN blind index of each application found
+// in customer_360 with the named customer's and marks a mismatch
+// (ReasonApplicantMismatch) or a comparison that failed every attempt
+// (ReasonApplicantUnverified). A customer with no customers row (deleted
+// since) passes unmarked. Both
 // indexes come from the same PII index keyset; after a rotation of that
 // keyset, customers must be re-indexed (loanflow keys rotate) or their
 // applicants are referred.
-func applicantCheck(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Stream[pendingApp] {
-	return operators.Async(in, "applicant-check", operators.AsyncSpec[pendingApp, pendingApp]{
-		Call: func(ctx context.Context, p pendingApp) (pendingApp, error) {
+func applicantCheck(in pipeline.Stream[knownApp], d decisionsDeps) pipeline.Stream[knownApp] {
+	return operators.Async(in, "applicant-check", operators.AsyncSpec[knownApp, knownApp]{
+		Call: func(ctx context.Context, p knownApp) (knownApp, error) {
 			idx, err := d.customers.index(ctx, *p.App.CustomerID)
 			switch {
 			case errors.Is(err, errNoSuchCustomer):
@@ -85,10 +85,10 @@ func applicantCheck(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.St
 		Timeout:  2 * time.Second,
 		Retry: operators.RetryPolicy{MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
 			Retryable: func(error) bool { return true }},
-		OnFailure: func(p pendingApp, _ error) (pendingApp, bool) {
+		OnFailure: func(p knownApp, _ error) (knownApp, bool) {
 			p.Mismatch = ReasonApplicantUnverified
 			return p, true
 		},
-		InCodec: pipeline.JSONCodec[pendingApp](),
+		InCodec: pipeline.JSONCodec[knownApp](),
 	})
 }

@@ -215,8 +215,6 @@ var (
 	tagFound    = pipeline.NewOutputTag[knownApp]("found")
 	tagNotFound = pipeline.NewOutputTag[knownApp]("not-found")
 	tagTooLate  = pipeline.NewOutputTag[operators.Rejected[pendingApp]]("too-late")
-	tagVerified = pipeline.NewOutputTag[pendingApp]("verified")
-	tagMismatch = pipeline.NewOutputTag[pendingApp]("mismatch")
 )
 
 // decisionsGraph declares the graph; deps carries codecs and sinks.
@@ -229,25 +227,7 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 	unique := operators.Process(byApp, "dedupe", func() operators.ProcessFunc[string, pendingApp, pendingApp] { return &dedupe{ttl: d.cfg.DedupeTTL} })
 	routed := operators.Split(unique, "route", route, tagKnown, tagUnknown)
 
-	// The applicant must be the customer the application names: the
-	// applicant's SSN blind index must equal the customer's. A mismatch is
-	// referred with ReasonApplicantMismatch and no customer data.
-	checked := operators.Split(applicantCheck(pipeline.Side(routed, tagKnown), d), "applicant", func(p pendingApp) pipeline.OutputTag[pendingApp] {
-		if p.Mismatch != "" {
-			return tagMismatch
-		}
-		return tagVerified
-	}, tagVerified, tagMismatch)
-	// Repartitioned like the unknown applications: the decisions union
-	// must not fuse the applications' tasks with customer_360's.
-	mismatchedApps := pipeline.KeyBy(pipeline.Side(checked, tagMismatch), "mismatch-by-application", func(p pendingApp) string { return AppKey(p.App.LenderID, p.App.ApplicationID) },
-		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
-	mismatched := operators.Map(mismatchedApps.Stream, "refer-mismatch", func(p pendingApp) (schemas.LoanDecision, error) {
-		dec := d.cfg.Policy.Fallback(p.App, p.Mismatch)
-		dec.CustomerID = nil // nothing of the named customer
-		return d.stamp(dec, p), nil
-	})
-	known := pipeline.KeyBy(pipeline.Side(checked, tagVerified), "by-customer", func(p pendingApp) string { return *p.App.CustomerID },
+	known := pipeline.KeyBy(pipeline.Side(routed, tagKnown), "by-customer", func(p pendingApp) string { return *p.App.CustomerID },
 		pipeline.WithKeyCodec(d.keys), pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
 	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return AppKey(p.App.LenderID, p.App.ApplicationID) },
 		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
@@ -272,7 +252,16 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return tagNotFound
 	}, tagFound, tagNotFound)
 
-	fromTable := operators.Map(pipeline.Side(found, tagFound), "score-customer", func(k knownApp) (schemas.LoanDecision, error) {
+	// The applicant must be the customer the application names: the
+	// applicant's SSN blind index must equal the customer's. A mismatch is
+	// referred with ReasonApplicantMismatch and no customer data. (After
+	// the join, so the check's latency cannot make an application late.)
+	fromTable := operators.Map(applicantCheck(pipeline.Side(found, tagFound), d), "score-customer", func(k knownApp) (schemas.LoanDecision, error) {
+		if k.Mismatch != "" {
+			dec := d.cfg.Policy.Fallback(k.App, k.Mismatch)
+			dec.CustomerID = nil // nothing of the named customer
+			return d.stamp(dec, k.pendingApp), nil
+		}
 		dec, err := d.cfg.Policy.ScoreCustomer(k.App, *k.Row)
 		return d.stamp(dec, k.pendingApp), err
 	})
@@ -288,7 +277,7 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return d.stamp(d.cfg.Policy.Fallback(r.Value.App, ReasonApplicationTooLate), r.Value), nil
 	})
 
-	decisions := pipeline.Union("decisions", fromTable, fromBureau, tooLate, mismatched)
+	decisions := pipeline.Union("decisions", fromTable, fromBureau, tooLate)
 	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
 		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte {
 			return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))

@@ -140,6 +140,10 @@ type ValidatorConfig struct {
 	// CacheMaxAge bounds how long a verified token is remembered (never
 	// past its exp), so a withdrawn key stops being honoured. Default 1m.
 	CacheMaxAge time.Duration
+	// MaxLifetime caps the lifetime the API accepts, whatever the issuer
+	// granted: exp - iat (or exp - now without iat) beyond it is refused.
+	// Default 1h.
+	MaxLifetime time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -210,6 +214,9 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	}
 	if cfg.CacheMaxAge <= 0 {
 		cfg.CacheMaxAge = time.Minute
+	}
+	if cfg.MaxLifetime <= 0 {
+		cfg.MaxLifetime = time.Hour
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -332,6 +339,14 @@ func (v *Validator) Validate(ctx context.Context, token string) (Principal, erro
 	)
 	if err != nil {
 		return Principal{}, reject("%v", err)
+	}
+	exp, _ := tok.Expiration()
+	start := v.cfg.Now()
+	if iat, ok := tok.IssuedAt(); ok && iat.Before(start) {
+		start = iat
+	}
+	if exp.Sub(start) > v.cfg.MaxLifetime+v.cfg.Skew {
+		return Principal{}, reject("token lifetime %v exceeds the accepted maximum %v", exp.Sub(start).Round(time.Second), v.cfg.MaxLifetime)
 	}
 	p, err := v.principal(tok)
 	if err != nil {

@@ -82,6 +82,11 @@ type Config struct {
 	// override). Defaults 200 and 400.
 	RateLimitPerSec float64
 	RateLimitBurst  int
+	// LoginRatePerSec and LoginBurst throttle /oauth/token,
+	// /dashboard/login and /operator per client id; per source address
+	// five times as much. Defaults 1 and 10.
+	LoginRatePerSec float64
+	LoginBurst      int
 	// MaxLenders bounds the per-lender limiter table. Default 10000.
 	MaxLenders int
 	// MaxBodyBytes bounds request bodies. Default 64 KiB.
@@ -164,6 +169,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RateLimitBurst == 0 {
 		c.RateLimitBurst = 400
+	}
+	if c.LoginRatePerSec == 0 {
+		c.LoginRatePerSec = 1
+	}
+	if c.LoginBurst == 0 {
+		c.LoginBurst = 10
 	}
 	if c.MaxLenders == 0 {
 		c.MaxLenders = 10000

@@ -314,8 +314,12 @@ func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
 		s.servePage(w, "login.html")
 		return
 	}
+	if !s.allowLogin(w, r, "operator.page", "") {
+		return
+	}
 	p, err := s.authenticate(r.Context(), tok)
 	if err != nil || !p.Has(auth.ScopeAdmin) {
+		s.loginOutcome(r, "operator.page", p.Subject, p.Lender, errBadClient)
 		writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "the operator page needs scope admin")
 		return
 	}

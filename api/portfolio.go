@@ -108,7 +108,12 @@ func (s *Server) dashboardLogin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "malformed-body", "form expected")
 		return
 	}
-	tok, err := s.IssueToken(r.Context(), r.PostForm.Get("client_id"), r.PostForm.Get("client_secret"))
+	id := r.PostForm.Get("client_id")
+	if !s.allowLogin(w, r, "dashboard.login", id) {
+		return
+	}
+	tok, err := s.IssueToken(r.Context(), id, r.PostForm.Get("client_secret"))
+	s.loginOutcome(r, "dashboard.login", id, "", err)
 	if err != nil {
 		http.Redirect(w, r, "/dashboard?error=login", http.StatusSeeOther)
 		return

@@ -53,6 +53,7 @@ type Server struct {
 	streams    *semaphore.Weighted
 	rels       relCache    // lender-customer relationships found
 	revoked    revocations // disabled clients, bounded staleness
+	logins     loginLimits // credential endpoints' throttle
 	registry   *prometheus.Registry
 	metrics    *metrics
 	badRecords prometheus.Counter

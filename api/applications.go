@@ -183,6 +183,17 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 	// used answers like one still pending (202), so ids cannot be probed.
 	key := AppKey(p.Lender, id)
 	d, ok, ch := s.hub.decision(key)
+	if !ok && timeout > 0 {
+		s.hub.cancelWait(key, ch)
+		if !s.lenderPolls.acquire(p.Lender) {
+			w.Header().Set("Retry-After", "5")
+			writeProblem(w, r, http.StatusServiceUnavailable, "too-many-long-polls", "this lender has too many long-polls waiting; retry later")
+			return
+		}
+		defer s.lenderPolls.release(p.Lender)
+		extendDeadlines(w, time.Now().Add(timeout+s.cfg.RequestTimeout))
+		d, ok, ch = s.hub.decision(key)
+	}
 	if !ok {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -255,12 +266,19 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 		writeProblem(w, r, http.StatusInternalServerError, "internal", "streaming unsupported")
 		return
 	}
+	if !s.lenderStreams.acquire(lender) {
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, r, http.StatusServiceUnavailable, "too-many-streams", "this lender has too many open event streams; close one or retry later")
+		return
+	}
+	defer s.lenderStreams.release(lender)
 	if !s.streams.TryAcquire(1) {
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, http.StatusServiceUnavailable, "too-many-streams", "too many open event streams; retry later")
 		return
 	}
 	defer s.streams.Release(1)
+	extendDeadlines(w, time.Time{})
 	sub := s.hub.subscribe(lender, s.cfg.SSEBuffer)
 	defer s.hub.unsubscribe(sub)
 	h := w.Header()

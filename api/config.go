@@ -100,6 +100,16 @@ type Config struct {
 	SSEBuffer int
 	// MaxStreams bounds concurrent SSE streams. Default 1000.
 	MaxStreams int
+	// MaxStreamsPerLender bounds one lender's SSE streams (decisions and
+	// dashboard). Default MaxStreams/10, at least 1.
+	MaxStreamsPerLender int
+	// MaxLongPollsPerLender bounds one lender's waiting decision
+	// long-polls. Default 200.
+	MaxLongPollsPerLender int
+	// ReadHeaderTimeout and ReadTimeout bound reading a request's headers
+	// and whole request. Defaults 5s and 15s.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
 	// ShutdownTimeout bounds graceful shutdown. Default 15s.
 	ShutdownTimeout time.Duration
 	// RequestTimeout bounds a non-streaming request. Default 10s.
@@ -191,6 +201,14 @@ func (c *Config) SetDefaults() {
 	if c.MaxStreams == 0 {
 		c.MaxStreams = 1000
 	}
+	if c.MaxStreamsPerLender == 0 {
+		c.MaxStreamsPerLender = max(1, c.MaxStreams/10)
+	}
+	if c.MaxLongPollsPerLender == 0 {
+		c.MaxLongPollsPerLender = 200
+	}
+	def(&c.ReadHeaderTimeout, 5*time.Second)
+	def(&c.ReadTimeout, 15*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -33,31 +33,35 @@ var webFS embed.FS
 // Server is the Loanflow HTTP API. New connects it; Run serves until its
 // context ends, then shuts down gracefully; Close releases the rest.
 type Server struct {
-	cfg        Config
-	log        *slog.Logger
-	pool       *pgxpool.Pool
-	store      *store
-	redis      *redis.Client
-	breaker    *gobreaker.CircuitBreaker[[]byte]
-	flight     singleflight.Group
-	keys       *pii.Keyring
-	issuer     *auth.Issuer
-	validator  *auth.Validator
-	audit      *audit.Writer
-	chain      *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
-	producer   *kgo.Client
-	consumer   *kgo.Client
-	codecs     Codecs
-	hub        *hub
-	limits     limiters
-	streams    *semaphore.Weighted
-	rels       relCache    // lender-customer relationships found
-	revoked    revocations // disabled clients, bounded staleness
-	logins     loginLimits // credential endpoints' throttle
-	registry   *prometheus.Registry
-	metrics    *metrics
-	badRecords prometheus.Counter
-	handler    http.Handler
+	cfg       Config
+	log       *slog.Logger
+	pool      *pgxpool.Pool
+	store     *store
+	redis     *redis.Client
+	breaker   *gobreaker.CircuitBreaker[[]byte]
+	flight    singleflight.Group
+	keys      *pii.Keyring
+	issuer    *auth.Issuer
+	validator *auth.Validator
+	audit     *audit.Writer
+	chain     *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
+	producer  *kgo.Client
+	consumer  *kgo.Client
+	codecs    Codecs
+	hub       *hub
+	limits    limiters
+	streams   *semaphore.Weighted
+	rels      relCache    // lender-customer relationships found
+	revoked   revocations // disabled clients, bounded staleness
+	logins    loginLimits // credential endpoints' throttle
+	// lenderStreams and lenderPolls cap each lender's SSE streams and
+	// long-polls.
+	lenderStreams lenderSlots
+	lenderPolls   lenderSlots
+	registry      *prometheus.Registry
+	metrics       *metrics
+	badRecords    prometheus.Counter
+	handler       http.Handler
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -126,6 +130,7 @@ func (s *Server) connect(ctx context.Context) error {
 	s.breaker = newBreaker(&s.cfg, s.metrics)
 	s.hub = newHub(s.cfg.DecisionCacheSize, s.cfg.MaxLenders)
 	s.streams = semaphore.NewWeighted(int64(s.cfg.MaxStreams))
+	s.lenderStreams.max, s.lenderPolls.max = s.cfg.MaxStreamsPerLender, s.cfg.MaxLongPollsPerLender
 	s.audit = audit.NewWriter(s.pool, audit.WriterConfig{})
 	s.chain = audit.NewChainer(s.pool, audit.ChainerConfig{OnError: func(err error) { s.log.Error("audit chainer", "err", err) }})
 	return s.connectKafka(ctx)
@@ -270,7 +275,12 @@ func (s *Server) Keys() *pii.Keyring { return s.keys }
 // accepting, ends streams and long-polls, and waits up to ShutdownTimeout
 // for in-flight requests.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
+	// Every request must arrive and be answered in bounded time: a client
+	// that announces a body and never sends it holds its connection for
+	// ReadTimeout at most. Streams and long-polls lift the deadlines for
+	// themselves (extendDeadlines), within their per-lender caps.
+	hs := &http.Server{Handler: s.handler, ReadHeaderTimeout: s.cfg.ReadHeaderTimeout, ReadTimeout: s.cfg.ReadTimeout,
+		WriteTimeout: s.cfg.RequestTimeout + 5*time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	hs.RegisterOnShutdown(s.signalClosing)
 	errc := make(chan error, 1)

@@ -15,6 +15,12 @@ import (
 type Config struct {
 	// Addr is the listen address. Default 127.0.0.1:8080.
 	Addr string
+	// AdminAddr, when set, serves /metrics (and /healthz, /readyz) on this
+	// separate listener only, off the public one. Empty: /metrics is on
+	// Addr (behind MetricsToken when set).
+	AdminAddr string
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
 	// DatabaseURL is the PostgreSQL DSN (required).
 	DatabaseURL string
 	// DBMaxConns bounds the connection pool. Default 20.

@@ -115,6 +115,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 			id = newRequestID()
 		}
 		w.Header().Set("X-Request-Id", id)
+		securityHeaders(w.Header())
 		r = r.WithContext(context.WithValue(r.Context(), ctxRequestID, id))
 		rec := &statusRecorder{ResponseWriter: w}
 		defer func() {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"html/template"
@@ -330,9 +331,15 @@ func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusServiceUnavailable, "audit-unavailable", "the audit log could not be written; retry")
 		return
 	}
+	var page bytes.Buffer
+	if err := operatorTmpl.Execute(&page, h); err != nil {
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not render the operator page")
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = operatorTmpl.Execute(w, h)
+	w.Header().Set("Content-Security-Policy", pageCSP(page.Bytes()))
+	_, _ = w.Write(page.Bytes())
 }
 
 func (s *Server) getHealth(w http.ResponseWriter, r *http.Request) {

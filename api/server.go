@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"embed"
 	"errors"
 	"fmt"
@@ -225,11 +226,43 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	if s.cfg.AdminAddr == "" {
+		mux.Handle("GET /metrics", s.metricsHandler())
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusNotFound, "not-found", "no such route")
 	})
 	return s.instrument(mux)
+}
+
+// metricsHandler serves the Prometheus registry, behind MetricsToken when
+// one is set.
+func (s *Server) metricsHandler() http.Handler {
+	h := promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})
+	if s.cfg.MetricsToken == "" {
+		return h
+	}
+	want := []byte("Bearer " + s.cfg.MetricsToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="loanflow-metrics"`)
+			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "the metrics endpoint needs its bearer token (--metrics-token)")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// AdminHandler serves /metrics, /healthz and /readyz for the admin
+// listener (Config.AdminAddr): operational endpoints off the public one.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	return mux
 }
 
 // readyz reports ready when PostgreSQL and Kafka answer; Redis being down
@@ -307,6 +340,18 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("api: listening on %s: %w", s.cfg.Addr, err)
 	}
 	s.log.Info("api listening", "addr", ln.Addr().String(), "public_url", s.cfg.PublicURL)
+	if s.cfg.AdminAddr != "" {
+		aln, err := net.Listen("tcp", s.cfg.AdminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("api: listening on the admin address %s: %w", s.cfg.AdminAddr, err)
+		}
+		s.log.Info("api admin listening (metrics, health)", "addr", aln.Addr().String())
+		ahs := &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+		go func() { _ = ahs.Serve(aln) }()
+		defer ahs.Close()
+	}
 	return s.Serve(ctx, ln)
 }
 

@@ -33,6 +33,12 @@ type Config struct {
 	ApplicationsTopic string // default loan_applications
 	DecisionsTopic    string // default loan_decisions
 	MetricsTopic      string // default portfolio_metrics
+	// AuditAnchorsTopic receives the signed heads of the audit chain.
+	// Default audit_anchors.
+	AuditAnchorsTopic string
+	// AuditAnchorInterval is how often the head is anchored (when it
+	// moved). Default 10s; negative disables.
+	AuditAnchorInterval time.Duration
 	// SchemaRegistryURL is the Confluent-compatible registry of the Avro
 	// serde (required).
 	SchemaRegistryURL string
@@ -154,6 +160,10 @@ func (c *Config) SetDefaults() {
 	if c.MetricsTopic == "" {
 		c.MetricsTopic = "portfolio_metrics"
 	}
+	if c.AuditAnchorsTopic == "" {
+		c.AuditAnchorsTopic = "audit_anchors"
+	}
+	def(&c.AuditAnchorInterval, 10*time.Second)
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.Addr
 	}

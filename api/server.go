@@ -55,6 +55,7 @@ type Server struct {
 	rels      relCache    // lender-customer relationships found
 	revoked   revocations // disabled clients, bounded staleness
 	logins    loginLimits // credential endpoints' throttle
+	anchors   anchorState // last audit head anchored
 	// lenderStreams and lenderPolls cap each lender's SSE streams and
 	// long-polls.
 	lenderStreams lenderSlots
@@ -89,6 +90,7 @@ func New(ctx context.Context, cfg Config, codecs Codecs) (*Server, error) {
 	s.start(bg, s.runHub)
 	s.start(bg, s.reloadKeys)
 	s.start(bg, s.rotateSigningKeys)
+	s.start(bg, s.anchorLoop)
 	return s, nil
 }
 

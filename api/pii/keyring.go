@@ -324,3 +324,33 @@ func Rotate(ctx context.Context, cfg Config) (uint32, error) {
 	}
 	return id, writeKeyset(cfg.DataKeysetPath, "data", nh, kek)
 }
+
+// MAC computes a 32-byte PRF tag of msg under the primary index key, with
+// domain separation ("mac:" + domain + ":" before msg, where blind indexes
+// use "ssn:"), and returns it with the key's id. The audit log's anchors
+// are signed with it: a key held by the KMS-wrapped keyset, never by the
+// database.
+func (k *Keyring) MAC(domain string, msg []byte) ([]byte, uint32, error) {
+	k.mu.RLock()
+	ps := k.mu.prfs
+	k.mu.RUnlock()
+	out, err := ps.ComputePrimaryPRF(append([]byte("mac:"+domain+":"), msg...), IndexLen)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pii: computing MAC: %w", err)
+	}
+	return out, ps.PrimaryID, nil
+}
+
+// VerifyMAC reports whether tag is MAC(domain, msg) under the index key
+// keyID (any key of the keyset, so tags made before a rotation verify).
+func (k *Keyring) VerifyMAC(domain string, msg []byte, keyID uint32, tag []byte) bool {
+	k.mu.RLock()
+	ps := k.mu.prfs
+	k.mu.RUnlock()
+	p, ok := ps.PRFs[keyID]
+	if !ok {
+		return false
+	}
+	want, err := p.ComputePRF(append([]byte("mac:"+domain+":"), msg...), IndexLen)
+	return err == nil && subtle.ConstantTimeCompare(want, tag) == 1
+}

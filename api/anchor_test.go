@@ -10,7 +10,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/api/audit"
-	"github.com/loanflow/loanflow/internal/testenv"
 )
 
 // readAnchors reads every anchor record of the topic (n expected).
@@ -48,9 +47,7 @@ func readAnchors(t *testing.T, e *env, n int) []audit.Anchor {
 // the rewrite and the truncation are each found, and a forged anchor is
 // refused.
 func TestAuditAnchorsDetectTruncationAndRewrite(t *testing.T) {
-	anchors := testenv.Name(t, "anchors")
-	e := newEnv(t, func(c *Config) { c.AuditAnchorsTopic = anchors; c.AuditAnchorInterval = -1 })
-	createTopics(t, e.brokers, anchors)
+	e := newEnv(t, func(c *Config) { c.AuditAnchorInterval = -1 })
 	tok := e.lender("bank-au")
 	e.customer("c-au", "Audit Person", "111-22-9999", "bank-au")
 	ctx := context.Background()

@@ -21,8 +21,14 @@ type Config struct {
 	AdminAddr string
 	// MetricsToken, when set, is the bearer token /metrics requires.
 	MetricsToken string
-	// DatabaseURL is the PostgreSQL DSN (required).
+	// DatabaseURL is the PostgreSQL DSN (required). In production it names
+	// a login role in loanflow_api (migration 00005), which owns nothing:
+	// it cannot alter or disable the audit tables' triggers.
 	DatabaseURL string
+	// MigrationsDatabaseURL, when set, is the DSN migrations run with (the
+	// schema owner); DatabaseURL then serves requests only. Empty: both
+	// use DatabaseURL.
+	MigrationsDatabaseURL string
 	// DBMaxConns bounds the connection pool. Default 20.
 	DBMaxConns int32
 	// RedisURL is the cache (required), e.g. redis://127.0.0.1:6379/0.

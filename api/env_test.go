@@ -75,7 +75,7 @@ func newEnvFor(t testing.TB, opts ...envOpt) *env {
 	rd := testenv.Redis(t)
 	e.brokers = testenv.Broker(t).Addrs()
 	e.registry = startRegistry(t, e.brokers)
-	topics := [3]string{testenv.Name(t, "apps"), testenv.Name(t, "decisions"), testenv.Name(t, "metrics")}
+	topics := [4]string{testenv.Name(t, "apps"), testenv.Name(t, "decisions"), testenv.Name(t, "metrics"), testenv.Name(t, "anchors")}
 	createTopics(t, e.brokers, topics[:]...)
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -85,7 +85,7 @@ func newEnvFor(t testing.TB, opts ...envOpt) *env {
 	e.url = "http://" + ln.Addr().String()
 	e.cfg = Config{
 		Addr: ln.Addr().String(), DatabaseURL: dsn, RedisURL: rd.URL(), KafkaBrokers: e.brokers,
-		SchemaRegistryURL: e.registry, ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2],
+		SchemaRegistryURL: e.registry, ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2], AuditAnchorsTopic: topics[3],
 		PublicURL: e.url, JWKSURL: e.url + "/.well-known/jwks.json", JWKSMinRefetchInterval: time.Second,
 		PII: pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(dir, "kek.json"),
 			DataKeysetPath: filepath.Join(dir, "data.json"), IndexKeysetPath: filepath.Join(dir, "index.json")},

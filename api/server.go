@@ -103,7 +103,11 @@ func (s *Server) start(ctx context.Context, fn func(context.Context)) {
 }
 
 func (s *Server) connect(ctx context.Context) error {
-	if _, err := migrations.Up(ctx, s.cfg.DatabaseURL); err != nil {
+	mdsn := s.cfg.MigrationsDatabaseURL
+	if mdsn == "" {
+		mdsn = s.cfg.DatabaseURL
+	}
+	if _, err := migrations.Up(ctx, mdsn); err != nil {
 		return err
 	}
 	pcfg, err := pgxpool.ParseConfig(s.cfg.DatabaseURL)

@@ -436,7 +436,7 @@ func (s *stack) adminCredentials(ctx context.Context, srv *api.Server) (api.Clie
 func (s *stack) startCDC(ctx context.Context, g *errgroup.Group, metrics net.Listener) error {
 	reg := newRegistry()
 	var tables []postgres.TableConfig
-	for _, t := range []string{"customers", "credit_profiles", "loans", "audit_log"} {
+	for _, t := range []string{"customers", "credit_profiles", "loans"} { // not audit_log (issue 9)
 		tables = append(tables, postgres.TableConfig{Table: "public." + t})
 	}
 	r, err := postgres.NewReader(postgres.Config{Name: "loanflow_cdc", DatabaseURL: s.info.DatabaseURL,

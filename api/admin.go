@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -121,6 +122,9 @@ func (c *NewCustomer) validate() error {
 	}
 	if _, err := pii.NormalizeSSN(c.SSN); err != nil {
 		return err
+	}
+	if c.DateOfBirth != "" && !validDOB(c.DateOfBirth) {
+		return errors.New("date_of_birth must be a past date YYYY-MM-DD after 1900-01-01")
 	}
 	if c.Currency == "" {
 		c.Currency = "USD"
@@ -321,4 +325,11 @@ func (s *Server) EnsureAdminClient(ctx context.Context, clientID string) (Client
 	system := auth.Principal{Subject: "system:bootstrap"}
 	c, err := s.CreateClient(ctx, system, NewClient{ClientID: clientID, Scopes: []string{auth.ScopeAdmin}})
 	return c, err == nil, err
+}
+
+// validDOB reports whether s is a calendar date YYYY-MM-DD between
+// 1900-01-01 and today.
+func validDOB(s string) bool {
+	d, err := time.Parse(time.DateOnly, s)
+	return err == nil && d.Year() >= 1900 && !d.After(time.Now())
 }

@@ -58,6 +58,9 @@ func (q *applicationReq) validate() (money.Amount, string, error) {
 	if q.Applicant.Name == "" || len(q.Applicant.Name) > 200 || len(q.Applicant.Address) > 500 || len(q.Applicant.DateOfBirth) > 10 {
 		return 0, "", errors.New("applicant.name is required (at most 200 characters); address at most 500, date_of_birth at most 10")
 	}
+	if q.Applicant.DateOfBirth != "" && !validDOB(q.Applicant.DateOfBirth) {
+		return 0, "", errors.New("applicant.date_of_birth must be a past date YYYY-MM-DD after 1900-01-01")
+	}
 	ssn, err := pii.NormalizeSSN(q.Applicant.SSN)
 	if err != nil {
 		return 0, "", errors.New("applicant.ssn must be nine digits (dashes allowed)")
@@ -76,6 +79,13 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	amount, ssn, err := req.validate()
+	if err == nil && req.EventTime != nil {
+		// event_time moves the decisions job's watermarks: a time far from
+		// now would make every later application late (or hold them).
+		if d := time.Since(*req.EventTime); d > s.cfg.EventTimeSkew || d < -s.cfg.EventTimeSkew {
+			err = fmt.Errorf("event_time must be within %v of the server's clock (now %s)", s.cfg.EventTimeSkew, time.Now().UTC().Format(time.RFC3339))
+		}
+	}
 	if err != nil {
 		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-application", err.Error())
 		return

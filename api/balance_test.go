@@ -81,8 +81,10 @@ func TestCustomerBalanceFollowsLoans(t *testing.T) {
 	step("balance up", "1700.25")
 	patch(l2, 1, map[string]string{"status": "PAID"}, 200)
 	step("paid off", "1200.00")
-	patch(l1, 4, map[string]string{"status": "DEFAULTED"}, 200)
-	patch(l1, 5, map[string]string{"status": "CHARGED_OFF"}, 200)
+	patch(l1, 4, map[string]string{"status": "DEFAULTED"}, 409) // never straight from ACTIVE
+	patch(l1, 4, map[string]string{"status": "DELINQUENT"}, 200)
+	patch(l1, 5, map[string]string{"status": "DEFAULTED"}, 200)
+	patch(l1, 6, map[string]string{"status": "CHARGED_OFF"}, 200)
 	step("charged off (still owed)", "1200.00")
 
 	// numeric(18,2) holds 9999999999999999.99 in all.

@@ -109,6 +109,12 @@ type Config struct {
 	MaxLenders int
 	// MaxBodyBytes bounds request bodies. Default 64 KiB.
 	MaxBodyBytes int64
+	// EventTimeSkew bounds an application's event_time to now ± it.
+	// Default 1h.
+	EventTimeSkew time.Duration
+	// IdempotencyTTL is how long an idempotency key is remembered; older
+	// keys are deleted every IdempotencyTTL/24. Default 24h.
+	IdempotencyTTL time.Duration
 	// LongPollMax bounds ?timeout= of the decision long-poll. Default 30s.
 	LongPollMax time.Duration
 	// DecisionCacheSize bounds remembered decisions and application
@@ -191,6 +197,8 @@ func (c *Config) SetDefaults() {
 	def(&c.RedisTimeout, 50*time.Millisecond)
 	def(&c.BreakerOpenTimeout, 2*time.Second)
 	def(&c.LongPollMax, 30*time.Second)
+	def(&c.EventTimeSkew, time.Hour)
+	def(&c.IdempotencyTTL, 24*time.Hour)
 	def(&c.ShutdownTimeout, 15*time.Second)
 	def(&c.RequestTimeout, 10*time.Second)
 	if c.BreakerFailures == 0 {

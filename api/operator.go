@@ -343,6 +343,10 @@ func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getHealth(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "pipeline_health.read", "pipeline", "", audit.ResultOK)) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	writeJSON(w, http.StatusOK, s.pipelineHealth(ctx))

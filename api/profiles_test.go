@@ -54,7 +54,7 @@ func TestCreditProfileCacheAndPurpose(t *testing.T) {
 		!strings.Contains(string(r.body), `"ssn":"***-**-5555"`) || strings.Contains(string(r.body), "Katherine") {
 		t.Fatalf("pii without scope: %d %s", r.status, r.body)
 	}
-	checkAuditCounts(t, e, "bank-p", map[string]int{"credit_profile.read": 4, "pii.read_masked": 1}) // 3 found, 1 unknown; 1 masked
+	checkAuditCounts(t, e, "bank-p", map[string]int{"credit_profile.read": 4, "pii.read_masked": 1, "oauth.token": 1}) // 3 found, 1 unknown; 1 masked
 	if r := e.do("GET", "/v1/credit-profiles/c-p?purpose=ACCOUNT_REVIEW&include=pii", pii, nil); r.status != 403 {
 		t.Fatalf("account review by a lender with an application only: %d %s", r.status, r.body)
 	}

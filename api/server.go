@@ -91,6 +91,7 @@ func New(ctx context.Context, cfg Config, codecs Codecs) (*Server, error) {
 	s.start(bg, s.reloadKeys)
 	s.start(bg, s.rotateSigningKeys)
 	s.start(bg, s.anchorLoop)
+	s.start(bg, s.expireIdempotencyKeys)
 	return s, nil
 }
 

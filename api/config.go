@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/pii"
 )
 
@@ -260,6 +261,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("api: PublicURL: %w", err))
 	}
 	req(c.DevIssuer || c.ExternalJWKSURL != "", "ExternalJWKSURL is required with ExternalIssuer")
+	for _, u := range []string{c.ExternalJWKSURL, c.JWKSURL} {
+		if u != "" {
+			if err := auth.ValidJWKSURL(u); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	req(c.CacheTTL > 0 && c.CacheTTLJitter >= 0, "CacheTTL must be positive and CacheTTLJitter non-negative")
 	req(c.RateLimitPerSec > 0 && c.RateLimitBurst > 0, "rate limits must be positive")
 	req(c.MaxBodyBytes >= 1024, "MaxBodyBytes must be at least 1024")

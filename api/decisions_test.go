@@ -241,8 +241,9 @@ func checkAudit(t *testing.T, e *env) {
 	t.Helper()
 	ctx := context.Background()
 	// Data accesses by bank-d in this test: 2 profile reads, 2 ingests (1
-	// refused at validation, not an access), 2 long-polls, 1 stream.
-	want := map[string]int{"credit_profile.read": 2, "application.create": 1, "decision.read": 1, "decision.stream": 1}
+	// refused at validation, not an access), 2 long-polls, 1 stream; and
+	// the client's token issuance (credential use is audited too).
+	want := map[string]int{"credit_profile.read": 2, "application.create": 1, "decision.read": 1, "decision.stream": 1, "oauth.token": 1}
 	rows, err := e.srv.Pool().Query(ctx, "SELECT action, count(*) FROM audit_log WHERE lender_id = 'bank-d' GROUP BY action")
 	if err != nil {
 		t.Fatal(err)
@@ -264,8 +265,8 @@ func checkAudit(t *testing.T, e *env) {
 	for _, n := range got {
 		total += n
 	}
-	if total != 5 {
-		t.Errorf("bank-d has %d audit rows, want 5 (one per data access): %v", total, got)
+	if total != 6 {
+		t.Errorf("bank-d has %d audit rows, want 6 (one per data access and the token): %v", total, got)
 	}
 	rep, err := audit.Verify(ctx, e.srv.Pool())
 	if err != nil || !rep.OK {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"strings"
 	"testing"
@@ -50,9 +51,22 @@ func TestLoginThrottleAndAudit(t *testing.T) {
 	if st := post("bank-l-victim", victim.ClientSecret); st != http.StatusTooManyRequests {
 		t.Fatalf("right secret while throttled: %d", st)
 	}
-	// The dashboard login shares the client's bucket.
-	form := url.Values{"client_id": {"bank-l-victim"}, "client_secret": {victim.ClientSecret}}
-	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	// The dashboard login (with the sign-in page's CSRF token) shares the
+	// client's bucket.
+	jar, _ := cookiejar.New(nil)
+	noRedirect := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	page, err := noRedirect.Get(e.url + "/dashboard")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page.Body.Close()
+	var csrf string
+	for _, ck := range page.Cookies() {
+		if ck.Name == csrfCookie {
+			csrf = ck.Value
+		}
+	}
+	form := url.Values{"client_id": {"bank-l-victim"}, "client_secret": {victim.ClientSecret}, "csrf": {csrf}}
 	resp, err := noRedirect.PostForm(e.url+"/dashboard/login", form)
 	if err != nil {
 		t.Fatal(err)

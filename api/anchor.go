@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/api/audit"
@@ -45,6 +48,24 @@ func (s *Server) AnchorAudit(ctx context.Context) (audit.Anchor, error) {
 	}
 	s.anchors.seq = seq
 	return a, nil
+}
+
+// ensureAnchorsTopic creates AuditAnchorsTopic (one partition, so anchors
+// keep their order) unless it exists; a failure is logged, and anchoring
+// reports it again at each interval.
+func (s *Server) ensureAnchorsTopic(ctx context.Context) {
+	if s.cfg.AuditAnchorInterval < 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := kadm.NewClient(s.producer).CreateTopic(cctx, 1, -1, nil, s.cfg.AuditAnchorsTopic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		s.log.Warn("creating the audit anchors topic", "topic", s.cfg.AuditAnchorsTopic, "err", err)
+	}
 }
 
 func (s *Server) anchorLoop(ctx context.Context) {

@@ -193,6 +193,7 @@ func (s *Server) connectKafka(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("api: Kafka producer: %w", err)
 	}
+	s.ensureAnchorsTopic(ctx)
 	s.consumer, err = kgo.NewClient(kgo.SeedBrokers(s.cfg.KafkaBrokers...),
 		kgo.ConsumeTopics(s.cfg.DecisionsTopic, s.cfg.MetricsTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),

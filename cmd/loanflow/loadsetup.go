@@ -132,12 +132,12 @@ func (l *loadRun) decisionReader() (*kgo.Client, error) {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(l.start.Add(-time.Minute).UnixMilli())))
 }
 
-// readDecisions matches the run's decisions (keyed by application id)
+// readDecisions matches the run's decisions (keyed lender/application id)
 // until ctx ends. The broker and the registry may go away and come back
 // (loanflow dev restarted): the client reconnects, and a record that does
 // not decode yet is tried again every second.
 func (l *loadRun) readDecisions(ctx context.Context, cl *kgo.Client) error {
-	prefix := []byte(l.run + "-")
+	prefix := []byte("/" + l.run + "-") // keys are lender/<run>-<seq>
 	for {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -145,7 +145,7 @@ func (l *loadRun) readDecisions(ctx context.Context, cl *kgo.Client) error {
 		}
 		for it := fs.RecordIter(); !it.Done(); {
 			r := it.Next()
-			if !bytes.HasPrefix(r.Key, prefix) {
+			if !bytes.Contains(r.Key, prefix) {
 				continue
 			}
 			d, err := l.decode(ctx, r.Value)

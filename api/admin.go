@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -86,6 +87,12 @@ type NewCustomer struct {
 	CreditLimit string `json:"credit_limit"`
 	RiskTier    string `json:"risk_tier"`
 	Score       int    `json:"score"`
+	// Currency of the credit limit (ISO 4217). Default USD.
+	Currency string `json:"currency,omitempty"`
+	// LenderID is the lender onboarding the customer: it gets the
+	// customer relationship (lender_customers). An operator's client may
+	// name any lender; a lender's own admin client creates for itself.
+	LenderID string `json:"lender_id,omitempty"`
 }
 
 // errRiskTier names the allowed tiers (schemas.RiskTiers): the decisions
@@ -115,6 +122,18 @@ func (c *NewCustomer) validate() error {
 	}
 	if _, err := pii.NormalizeSSN(c.SSN); err != nil {
 		return err
+	}
+	if c.DateOfBirth != "" && !validDOB(c.DateOfBirth) {
+		return errors.New("date_of_birth must be a past date YYYY-MM-DD after 1900-01-01")
+	}
+	if c.Currency == "" {
+		c.Currency = "USD"
+	}
+	if !validCurrency(c.Currency) {
+		return errors.New("currency must be an ISO 4217 currency code, e.g. USD")
+	}
+	if c.LenderID != "" && !validID(c.LenderID) {
+		return errors.New("lender_id must be 1-64 of [A-Za-z0-9_.:-]")
 	}
 	if a, err := money.Parse(c.CreditLimit); err != nil || a < 0 {
 		return errors.New(`credit_limit must be a non-negative decimal string, e.g. "5000.00"`)
@@ -180,6 +199,12 @@ func (s *Server) CreateCustomer(ctx context.Context, actor auth.Principal, c New
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if actor.Lender != "" {
+		if c.LenderID != "" && c.LenderID != actor.Lender {
+			return fmt.Errorf("%w: a lender's client creates customers for its own lender only", ErrInvalid)
+		}
+		c.LenderID = actor.Lender
+	}
 	ssn, _ := pii.NormalizeSSN(c.SSN)
 	enc := func(col, v string) ([]byte, error) {
 		if v == "" {
@@ -197,14 +222,19 @@ func (s *Server) CreateCustomer(ctx context.Context, actor auth.Principal, c New
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO customers (customer_id, name_ct, ssn_ct, address_ct, dob_ct, ssn_index, ssn_index_key_version,
-			credit_limit, risk_tier) VALUES ($1,$2,$3,$4,$5,$6,$7,$8::numeric,$9)`,
-			c.CustomerID, name, ssnCT, addr, dob, idx, int64(idxVer), c.CreditLimit, c.RiskTier)
+			credit_limit, risk_tier, credit_currency) VALUES ($1,$2,$3,$4,$5,$6,$7,$8::numeric,$9,$10)`,
+			c.CustomerID, name, ssnCT, addr, dob, idx, int64(idxVer), c.CreditLimit, c.RiskTier, c.Currency)
 		if err != nil {
 			return conflictOr(err, "creating customer")
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO credit_profiles (customer_id, current_score, score_history)
 			VALUES ($1, $2, jsonb_build_array(jsonb_build_object('score', $2::int, 'at', now())))`, c.CustomerID, c.Score); err != nil {
 			return fmt.Errorf("creating credit profile: %w", err)
+		}
+		if c.LenderID != "" {
+			if err := relate(ctx, tx, c.LenderID, c.CustomerID, basisCustomer); err != nil {
+				return conflictOr(err, "relating the customer to lender "+c.LenderID)
+			}
 		}
 		return audit.Append(ctx, tx, s.auditEntry(ctx, actor, "customer.create", "customer/"+c.CustomerID, "", audit.ResultOK))
 	})
@@ -295,4 +325,11 @@ func (s *Server) EnsureAdminClient(ctx context.Context, clientID string) (Client
 	system := auth.Principal{Subject: "system:bootstrap"}
 	c, err := s.CreateClient(ctx, system, NewClient{ClientID: clientID, Scopes: []string{auth.ScopeAdmin}})
 	return c, err == nil, err
+}
+
+// validDOB reports whether s is a calendar date YYYY-MM-DD between
+// 1900-01-01 and today.
+func validDOB(s string) bool {
+	d, err := time.Parse(time.DateOnly, s)
+	return err == nil && d.Year() >= 1900 && !d.After(time.Now())
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/api/audit"
@@ -57,6 +58,9 @@ func (q *applicationReq) validate() (money.Amount, string, error) {
 	if q.Applicant.Name == "" || len(q.Applicant.Name) > 200 || len(q.Applicant.Address) > 500 || len(q.Applicant.DateOfBirth) > 10 {
 		return 0, "", errors.New("applicant.name is required (at most 200 characters); address at most 500, date_of_birth at most 10")
 	}
+	if q.Applicant.DateOfBirth != "" && !validDOB(q.Applicant.DateOfBirth) {
+		return 0, "", errors.New("applicant.date_of_birth must be a past date YYYY-MM-DD after 1900-01-01")
+	}
 	ssn, err := pii.NormalizeSSN(q.Applicant.SSN)
 	if err != nil {
 		return 0, "", errors.New("applicant.ssn must be nine digits (dashes allowed)")
@@ -75,9 +79,31 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	amount, ssn, err := req.validate()
+	if err == nil && req.EventTime != nil {
+		// event_time moves the decisions job's watermarks: a time far from
+		// now would make every later application late (or hold them).
+		if d := time.Since(*req.EventTime); d > s.cfg.EventTimeSkew || d < -s.cfg.EventTimeSkew {
+			err = fmt.Errorf("event_time must be within %v of the server's clock (now %s)", s.cfg.EventTimeSkew, time.Now().UTC().Format(time.RFC3339))
+		}
+	}
 	if err != nil {
 		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-application", err.Error())
 		return
+	}
+	if req.CustomerID != nil {
+		ok, err := s.applicantMayName(r.Context(), p.Lender, *req.CustomerID, ssn, req.Currency)
+		if err != nil {
+			s.log.Error("checking the named customer", "request_id", requestID(r.Context()), "err", err)
+			writeProblem(w, r, http.StatusInternalServerError, "internal", "could not check the named customer")
+			return
+		}
+		if !ok {
+			if s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "customer/"+*req.CustomerID, "CREDIT_TRANSACTION", audit.ResultDenied)) {
+				writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer",
+					"customer_id does not name a customer of this lender whose SSN is the applicant's, in this currency; omit customer_id to apply as a new applicant")
+			}
+			return
+		}
 	}
 	app, err := s.sealApplication(req, p.Lender, amount, ssn)
 	if err != nil {
@@ -97,7 +123,7 @@ func (s *Server) postApplication(w http.ResponseWriter, r *http.Request) {
 	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultOK)) {
 		return
 	}
-	rec := &kgo.Record{Topic: s.cfg.ApplicationsTopic, Key: []byte(app.ApplicationID), Value: val}
+	rec := &kgo.Record{Topic: s.cfg.ApplicationsTopic, Key: []byte(AppKey(app.LenderID, app.ApplicationID)), Value: val}
 	if err := s.producer.ProduceSync(r.Context(), rec).FirstErr(); err != nil {
 		s.log.Error("producing application", "request_id", requestID(r.Context()), "err", err)
 		_ = s.audit.Append(context.WithoutCancel(r.Context()), s.auditEntry(r.Context(), p, "application.create", "application/"+app.ApplicationID, "CREDIT_TRANSACTION", audit.ResultError))
@@ -162,7 +188,22 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "bad-timeout", err.Error())
 		return
 	}
-	d, ok, ch := s.hub.decision(id)
+	// Keyed by the caller's lender: another lender's application of the
+	// same id is a different application, and an id this lender never
+	// used answers like one still pending (202), so ids cannot be probed.
+	key := AppKey(p.Lender, id)
+	d, ok, ch := s.hub.decision(key)
+	if !ok && timeout > 0 {
+		s.hub.cancelWait(key, ch)
+		if !s.lenderPolls.acquire(p.Lender) {
+			w.Header().Set("Retry-After", "5")
+			writeProblem(w, r, http.StatusServiceUnavailable, "too-many-long-polls", "this lender has too many long-polls waiting; retry later")
+			return
+		}
+		defer s.lenderPolls.release(p.Lender)
+		extendDeadlines(w, time.Now().Add(timeout+s.cfg.RequestTimeout))
+		d, ok, ch = s.hub.decision(key)
+	}
 	if !ok {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -174,7 +215,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		case <-s.closing:
 		}
 		if !ok {
-			s.hub.cancelWait(id, ch)
+			s.hub.cancelWait(key, ch)
 		}
 	}
 	if ok && d.LenderID != p.Lender {
@@ -235,12 +276,19 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 		writeProblem(w, r, http.StatusInternalServerError, "internal", "streaming unsupported")
 		return
 	}
+	if !s.lenderStreams.acquire(lender) {
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, r, http.StatusServiceUnavailable, "too-many-streams", "this lender has too many open event streams; close one or retry later")
+		return
+	}
+	defer s.lenderStreams.release(lender)
 	if !s.streams.TryAcquire(1) {
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, r, http.StatusServiceUnavailable, "too-many-streams", "too many open event streams; retry later")
 		return
 	}
 	defer s.streams.Release(1)
+	extendDeadlines(w, time.Time{})
 	sub := s.hub.subscribe(lender, s.cfg.SSEBuffer)
 	defer s.hub.unsubscribe(sub)
 	h := w.Header()
@@ -278,4 +326,43 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 func writeEvent(w http.ResponseWriter, ev event) {
 	b, _ := json.Marshal(ev.data)
 	_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, strings.ReplaceAll(string(b), "\n", ""))
+}
+
+// applicantMayName reports whether an application of lender may name
+// customer: the customer exists, its credit is in currency, and either the
+// applicant's SSN is the customer's (its blind index under any index key
+// equals the customer's; the lender then gains the application
+// relationship) or the lender already has a relationship with the
+// customer (a different applicant is then REFERred by the decisions job,
+// which compares the blind indexes too).
+func (s *Server) applicantMayName(ctx context.Context, lender, customer, ssn, currency string) (bool, error) {
+	var idx []byte
+	var cur string
+	err := s.pool.QueryRow(ctx, "SELECT ssn_index, credit_currency FROM customers WHERE customer_id = $1", customer).Scan(&idx, &cur)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if cur != currency {
+		return false, nil
+	}
+	idxs, err := s.keys.BlindIndexes(ssn)
+	if err != nil {
+		return false, err
+	}
+	match := false
+	for _, x := range idxs {
+		match = match || pii.EqualIndex(x, idx)
+	}
+	if !match {
+		rel, err := s.relationship(ctx, lender, customer, relCustomer|relApplication|relLoan)
+		return rel != 0, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return relate(ctx, tx, lender, customer, basisApplication) })
+	if err == nil {
+		s.rels.add(lender, customer, relApplication)
+	}
+	return err == nil, err
 }

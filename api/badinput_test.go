@@ -18,7 +18,7 @@ var badIDs = []string{"%00", "%ff", "a%00b", "%c3%28", "AA", "_w", "%0a", "..%2f
 func TestBadPathsAndParams(t *testing.T) {
 	e := newEnv(t)
 	tok := e.lender("bank-bad")
-	e.customer("c-bad", "Bad Input", "321-54-9876")
+	e.customer("c-bad", "Bad Input", "321-54-9876", "bank-bad")
 	loan, _ := e.createLoan(tok, "bad-seed", "c-bad", "100.00")
 	for _, id := range badIDs {
 		for _, rt := range []struct{ method, path string }{

@@ -33,7 +33,7 @@ func customerBalance(t *testing.T, e *env, id string) (bal string, version int64
 func TestCustomerBalanceFollowsLoans(t *testing.T) {
 	e := newEnv(t)
 	a := e.lender("lender-b")
-	e.customer("c-bal", "Grace Hopper", "111-22-3333")
+	e.customer("c-bal", "Grace Hopper", "111-22-3333", "lender-b")
 	step := func(what, wantBal string) int64 {
 		t.Helper()
 		bal, ver, loans := customerBalance(t, e, "c-bal")
@@ -81,12 +81,14 @@ func TestCustomerBalanceFollowsLoans(t *testing.T) {
 	step("balance up", "1700.25")
 	patch(l2, 1, map[string]string{"status": "PAID"}, 200)
 	step("paid off", "1200.00")
-	patch(l1, 4, map[string]string{"status": "DEFAULTED"}, 200)
-	patch(l1, 5, map[string]string{"status": "CHARGED_OFF"}, 200)
+	patch(l1, 4, map[string]string{"status": "DEFAULTED"}, 409) // never straight from ACTIVE
+	patch(l1, 4, map[string]string{"status": "DELINQUENT"}, 200)
+	patch(l1, 5, map[string]string{"status": "DEFAULTED"}, 200)
+	patch(l1, 6, map[string]string{"status": "CHARGED_OFF"}, 200)
 	step("charged off (still owed)", "1200.00")
 
 	// numeric(18,2) holds 9999999999999999.99 in all.
-	e.customer("c-big", "Big Spender", "111-22-4444")
+	e.customerWith(NewCustomer{CustomerID: "c-big", Name: "Big Spender", SSN: "111-22-4444", CreditLimit: "9999999999999999.99", RiskTier: "LOW", Score: 800}, "lender-b")
 	if _, r := e.createLoan(a, "big-1", "c-big", "9999999999999999.99"); r.status != 201 {
 		t.Fatalf("max loan: %d %s", r.status, r.body)
 	}
@@ -110,7 +112,7 @@ func TestCustomerBalanceConcurrent(t *testing.T) {
 	}
 	e := newEnv(t, func(c *Config) { c.DBMaxConns = 20 })
 	a := e.lender("lender-bc")
-	e.customer("c-busy", "Busy Person", "111-22-5555")
+	e.customerWith(NewCustomer{CustomerID: "c-busy", Name: "Busy Person", SSN: "111-22-5555", CreditLimit: "1000000.00", RiskTier: "LOW", Score: 800}, "lender-bc")
 	var wg sync.WaitGroup
 	errs := make(chan string, clients*ops)
 	for c := 0; c < clients; c++ {

@@ -29,7 +29,7 @@ func TestConcurrentConflictingUpdates(t *testing.T) {
 	}
 	e := newEnv(t, func(c *Config) { c.DBMaxConns = 40 })
 	tok := e.lender("bank-c")
-	e.customer("c-conc", "Alan Turing", "222-33-4444")
+	e.customerWith(NewCustomer{CustomerID: "c-conc", Name: "Alan Turing", SSN: "222-33-4444", CreditLimit: "9999999999999999.99", RiskTier: "LOW", Score: 800}, "bank-c")
 	const nLoans = 4
 	var loans []string
 	for i := 0; i < nLoans; i++ {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/pii"
 )
 
@@ -15,8 +16,20 @@ import (
 type Config struct {
 	// Addr is the listen address. Default 127.0.0.1:8080.
 	Addr string
-	// DatabaseURL is the PostgreSQL DSN (required).
+	// AdminAddr, when set, serves /metrics (and /healthz, /readyz) on this
+	// separate listener only, off the public one. Empty: /metrics is on
+	// Addr (behind MetricsToken when set).
+	AdminAddr string
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
+	// DatabaseURL is the PostgreSQL DSN (required). In production it names
+	// a login role in loanflow_api (migration 00005), which owns nothing:
+	// it cannot alter or disable the audit tables' triggers.
 	DatabaseURL string
+	// MigrationsDatabaseURL, when set, is the DSN migrations run with (the
+	// schema owner); DatabaseURL then serves requests only. Empty: both
+	// use DatabaseURL.
+	MigrationsDatabaseURL string
 	// DBMaxConns bounds the connection pool. Default 20.
 	DBMaxConns int32
 	// RedisURL is the cache (required), e.g. redis://127.0.0.1:6379/0.
@@ -27,6 +40,12 @@ type Config struct {
 	ApplicationsTopic string // default loan_applications
 	DecisionsTopic    string // default loan_decisions
 	MetricsTopic      string // default portfolio_metrics
+	// AuditAnchorsTopic receives the signed heads of the audit chain.
+	// Default audit_anchors.
+	AuditAnchorsTopic string
+	// AuditAnchorInterval is how often the head is anchored (when it
+	// moved). Default 10s; negative disables.
+	AuditAnchorInterval time.Duration
 	// SchemaRegistryURL is the Confluent-compatible registry of the Avro
 	// serde (required).
 	SchemaRegistryURL string
@@ -55,6 +74,13 @@ type Config struct {
 	KeyRotationInterval time.Duration
 	// ClockSkew tolerated on exp/nbf. Default 30s.
 	ClockSkew time.Duration
+	// MaxTokenLifetime caps the lifetime of accepted tokens (exp - iat),
+	// whoever issued them. Default 1h; TokenTTL must not exceed it.
+	MaxTokenLifetime time.Duration
+	// RevocationStaleness bounds how long a disabled client's tokens keep
+	// working (the per-subject cache of api_clients.disabled). Default
+	// 10s, at most 30s.
+	RevocationStaleness time.Duration
 
 	// PII keysets (required).
 	PII pii.Config
@@ -75,10 +101,21 @@ type Config struct {
 	// override). Defaults 200 and 400.
 	RateLimitPerSec float64
 	RateLimitBurst  int
+	// LoginRatePerSec and LoginBurst throttle /oauth/token,
+	// /dashboard/login and /operator per client id; per source address
+	// five times as much. Defaults 1 and 10.
+	LoginRatePerSec float64
+	LoginBurst      int
 	// MaxLenders bounds the per-lender limiter table. Default 10000.
 	MaxLenders int
 	// MaxBodyBytes bounds request bodies. Default 64 KiB.
 	MaxBodyBytes int64
+	// EventTimeSkew bounds an application's event_time to now ± it.
+	// Default 1h.
+	EventTimeSkew time.Duration
+	// IdempotencyTTL is how long an idempotency key is remembered; older
+	// keys are deleted every IdempotencyTTL/24. Default 24h.
+	IdempotencyTTL time.Duration
 	// LongPollMax bounds ?timeout= of the decision long-poll. Default 30s.
 	LongPollMax time.Duration
 	// DecisionCacheSize bounds remembered decisions and application
@@ -88,6 +125,16 @@ type Config struct {
 	SSEBuffer int
 	// MaxStreams bounds concurrent SSE streams. Default 1000.
 	MaxStreams int
+	// MaxStreamsPerLender bounds one lender's SSE streams (decisions and
+	// dashboard). Default MaxStreams/10, at least 1.
+	MaxStreamsPerLender int
+	// MaxLongPollsPerLender bounds one lender's waiting decision
+	// long-polls. Default 200.
+	MaxLongPollsPerLender int
+	// ReadHeaderTimeout and ReadTimeout bound reading a request's headers
+	// and whole request. Defaults 5s and 15s.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
 	// ShutdownTimeout bounds graceful shutdown. Default 15s.
 	ShutdownTimeout time.Duration
 	// RequestTimeout bounds a non-streaming request. Default 10s.
@@ -126,6 +173,10 @@ func (c *Config) SetDefaults() {
 	if c.MetricsTopic == "" {
 		c.MetricsTopic = "portfolio_metrics"
 	}
+	if c.AuditAnchorsTopic == "" {
+		c.AuditAnchorsTopic = "audit_anchors"
+	}
+	def(&c.AuditAnchorInterval, 10*time.Second)
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.Addr
 	}
@@ -139,12 +190,16 @@ func (c *Config) SetDefaults() {
 	def(&c.TokenTTL, 15*time.Minute)
 	def(&c.KeyRotationInterval, 24*time.Hour)
 	def(&c.ClockSkew, 30*time.Second)
+	def(&c.MaxTokenLifetime, time.Hour)
+	def(&c.RevocationStaleness, 10*time.Second)
 	def(&c.KeysReloadInterval, 10*time.Second)
 	def(&c.CacheTTL, 5*time.Minute)
 	def(&c.CacheTTLJitter, time.Minute)
 	def(&c.RedisTimeout, 50*time.Millisecond)
 	def(&c.BreakerOpenTimeout, 2*time.Second)
 	def(&c.LongPollMax, 30*time.Second)
+	def(&c.EventTimeSkew, time.Hour)
+	def(&c.IdempotencyTTL, 24*time.Hour)
 	def(&c.ShutdownTimeout, 15*time.Second)
 	def(&c.RequestTimeout, 10*time.Second)
 	if c.BreakerFailures == 0 {
@@ -155,6 +210,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RateLimitBurst == 0 {
 		c.RateLimitBurst = 400
+	}
+	if c.LoginRatePerSec == 0 {
+		c.LoginRatePerSec = 1
+	}
+	if c.LoginBurst == 0 {
+		c.LoginBurst = 10
 	}
 	if c.MaxLenders == 0 {
 		c.MaxLenders = 10000
@@ -171,6 +232,14 @@ func (c *Config) SetDefaults() {
 	if c.MaxStreams == 0 {
 		c.MaxStreams = 1000
 	}
+	if c.MaxStreamsPerLender == 0 {
+		c.MaxStreamsPerLender = max(1, c.MaxStreams/10)
+	}
+	if c.MaxLongPollsPerLender == 0 {
+		c.MaxLongPollsPerLender = 200
+	}
+	def(&c.ReadHeaderTimeout, 5*time.Second)
+	def(&c.ReadTimeout, 15*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -192,12 +261,21 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("api: PublicURL: %w", err))
 	}
 	req(c.DevIssuer || c.ExternalJWKSURL != "", "ExternalJWKSURL is required with ExternalIssuer")
+	for _, u := range []string{c.ExternalJWKSURL, c.JWKSURL} {
+		if u != "" {
+			if err := auth.ValidJWKSURL(u); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	req(c.CacheTTL > 0 && c.CacheTTLJitter >= 0, "CacheTTL must be positive and CacheTTLJitter non-negative")
 	req(c.RateLimitPerSec > 0 && c.RateLimitBurst > 0, "rate limits must be positive")
 	req(c.MaxBodyBytes >= 1024, "MaxBodyBytes must be at least 1024")
 	req(c.LongPollMax > 0 && c.LongPollMax <= 5*time.Minute, "LongPollMax must be within (0, 5m]")
 	req(c.DBMaxConns > 0, "DBMaxConns must be positive")
 	req(c.ClockSkew >= 0 && c.ClockSkew <= 5*time.Minute, "ClockSkew must be within 0..5m")
+	req(c.TokenTTL <= c.MaxTokenLifetime, "TokenTTL must not exceed MaxTokenLifetime")
+	req(c.RevocationStaleness > 0 && c.RevocationStaleness <= 30*time.Second, "RevocationStaleness must be within (0, 30s]")
 	if err := c.PII.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -5,7 +5,8 @@
 //
 // # Routes
 //
-//	GET   /v1/credit-profiles/{id}             credit:read; ?purpose= required; ?include=pii needs pii:read
+//	GET   /v1/credit-profiles/{id}             credit:read, a relationship with the customer and a ?purpose= it supports;
+//	                                           ?include=pii: full with pii:read granted explicitly, else the SSN's last four
 //	POST  /v1/loans                            loans:write; Idempotency-Key required
 //	PATCH /v1/loans/{id}                       loans:write; If-Match: "<version>" required
 //	GET   /v1/loans, /v1/loans/{id}            loans:write; cursor paging
@@ -14,11 +15,22 @@
 //	GET   /v1/decisions/stream                 applications:write; server-sent events
 //	GET   /v1/portfolio                        portfolio:read
 //	POST  /v1/customers, /v1/admin/lenders, /v1/admin/clients, GET /v1/admin/pipeline-health   admin
+//	POST  /v1/admin/clients/{id}/disable       admin; the client's tokens stop working within RevocationStaleness
 //	GET   /dashboard, /dashboard/events, POST /dashboard/login   live lender dashboard (cookie session)
 //	GET   /operator                            pipeline health page (admin): checkpoint age per engine worker,
 //	                                           CDC replication lag, consumer lag (from OperatorMetricsURLs and the brokers)
 //	POST  /oauth/token, GET /.well-known/jwks.json   dev issuer (client credentials, ES256)
-//	GET   /healthz, /readyz, /metrics
+//	GET   /healthz, /readyz, /metrics            (/metrics on AdminAddr only when set, behind MetricsToken when set)
+//
+// Security (docs/security.md): a lender reaches a customer only through a
+// relationship (lender_customers: it onboarded the customer, booked a
+// loan on it, or sent an application whose applicant's SSN is the
+// customer's), and each permissible purpose needs a matching one; loans
+// stay within the credit limit in the customer's credit currency;
+// application ids are per lender (AppKey); every authenticated answer is
+// Cache-Control: no-store; tokens are checked for revocation and a
+// lifetime cap; the credential endpoints are throttled and audited; the
+// audit chain's head is signed and anchored on a Kafka topic (AnchorAudit).
 //
 // # Concepts
 //

@@ -75,7 +75,7 @@ func newEnvFor(t testing.TB, opts ...envOpt) *env {
 	rd := testenv.Redis(t)
 	e.brokers = testenv.Broker(t).Addrs()
 	e.registry = startRegistry(t, e.brokers)
-	topics := [3]string{testenv.Name(t, "apps"), testenv.Name(t, "decisions"), testenv.Name(t, "metrics")}
+	topics := [4]string{testenv.Name(t, "apps"), testenv.Name(t, "decisions"), testenv.Name(t, "metrics"), testenv.Name(t, "anchors")}
 	createTopics(t, e.brokers, topics[:]...)
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -85,7 +85,7 @@ func newEnvFor(t testing.TB, opts ...envOpt) *env {
 	e.url = "http://" + ln.Addr().String()
 	e.cfg = Config{
 		Addr: ln.Addr().String(), DatabaseURL: dsn, RedisURL: rd.URL(), KafkaBrokers: e.brokers,
-		SchemaRegistryURL: e.registry, ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2],
+		SchemaRegistryURL: e.registry, ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2], AuditAnchorsTopic: topics[3],
 		PublicURL: e.url, JWKSURL: e.url + "/.well-known/jwks.json", JWKSMinRefetchInterval: time.Second,
 		PII: pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(dir, "kek.json"),
 			DataKeysetPath: filepath.Join(dir, "data.json"), IndexKeysetPath: filepath.Join(dir, "index.json")},
@@ -271,11 +271,21 @@ func (e *env) lender(id string, extra ...string) string {
 	return e.token(c.ClientID, c.ClientSecret)
 }
 
-// customer creates a customer with PII and a credit profile.
-func (e *env) customer(id, name, ssn string) {
+// customer creates a customer with PII and a credit profile (limit
+// 10,000.00 USD), onboarded by lender[0] when given (the lender gets the
+// customer relationship).
+func (e *env) customer(id, name, ssn string, lender ...string) {
 	e.t.Helper()
-	r := e.do("POST", "/v1/customers", e.admin, NewCustomer{CustomerID: id, Name: name, SSN: ssn,
-		Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: "10000.00", RiskTier: "MEDIUM", Score: 710})
+	e.customerWith(NewCustomer{CustomerID: id, Name: name, SSN: ssn,
+		Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: "10000.00", RiskTier: "MEDIUM", Score: 710}, lender...)
+}
+
+func (e *env) customerWith(c NewCustomer, lender ...string) {
+	e.t.Helper()
+	if len(lender) > 0 {
+		c.LenderID = lender[0]
+	}
+	r := e.do("POST", "/v1/customers", e.admin, c)
 	if r.status != 201 {
 		e.dumpLogs()
 		e.t.Fatalf("creating customer: %d %s", r.status, r.body)

@@ -14,7 +14,7 @@ import (
 func fuzzSetup(f *testing.F) (*env, string, string) {
 	e := newEnvFor(f)
 	tok := e.lender("bank-fuzz")
-	e.customer("c-fuzz", "Fuzz Person", "123-12-1234")
+	e.customer("c-fuzz", "Fuzz Person", "123-12-1234", "bank-fuzz")
 	l, _ := e.createLoan(tok, "fuzz-seed", "c-fuzz", "100.00")
 	return e, tok, l.LoanID
 }

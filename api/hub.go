@@ -52,23 +52,31 @@ func newHub(maxDecisions, maxLenders int) *hub {
 	return h
 }
 
+// AppKey is an application's key: application ids are chosen by each
+// lender's terminals and are unique per lender only, so everything keyed
+// by application (the loan_applications and loan_decisions record keys,
+// the decisions job's dedupe, the hub) is keyed by lender and id. "/" is
+// not an id character, so the key is unambiguous.
+func AppKey(lender, applicationID string) string { return lender + "/" + applicationID }
+
 func (h *hub) addDecision(d Decision) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.mu.consumed++
 	h.mu.lastEvent = time.Now()
-	if _, ok := h.mu.decisions[d.ApplicationID]; !ok {
-		h.mu.order = append(h.mu.order, d.ApplicationID)
+	key := AppKey(d.LenderID, d.ApplicationID)
+	if _, ok := h.mu.decisions[key]; !ok {
+		h.mu.order = append(h.mu.order, key)
 		if len(h.mu.order) > h.maxDecisions {
 			delete(h.mu.decisions, h.mu.order[0])
 			h.mu.order = h.mu.order[1:]
 		}
 	}
-	h.mu.decisions[d.ApplicationID] = d
-	for _, w := range h.mu.waiters[d.ApplicationID] {
+	h.mu.decisions[key] = d
+	for _, w := range h.mu.waiters[key] {
 		w <- d // buffered 1, registered once
 	}
-	delete(h.mu.waiters, d.ApplicationID)
+	delete(h.mu.waiters, key)
 	h.publishLocked(d.LenderID, event{name: "decision", data: d})
 }
 
@@ -111,7 +119,8 @@ func (h *hub) publishLocked(lender string, ev event) {
 	}
 }
 
-// decision returns a known decision, or a channel that receives it.
+// decision returns a known decision (appID is an AppKey), or a channel
+// that receives it.
 func (h *hub) decision(appID string) (Decision, bool, chan Decision) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -34,7 +34,7 @@ const (
 )
 
 var transitions = map[string][]string{
-	StatusActive:     {StatusPaid, StatusDelinquent, StatusDefaulted},
+	StatusActive:     {StatusPaid, StatusDelinquent}, // default only after delinquency
 	StatusDelinquent: {StatusActive, StatusPaid, StatusDefaulted},
 	StatusDefaulted:  {StatusChargedOff},
 }
@@ -50,11 +50,41 @@ func legalTransition(from, to string) bool {
 
 func knownStatus(s string) bool { return schemas.ValidLoanStatus(s) }
 
+// validIdemKey: 1-255 printable ASCII characters (it is stored and echoed).
+func validIdemKey(k string) bool {
+	if len(k) == 0 || len(k) > 255 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x20 || k[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // decodeBody decodes one strict JSON object, writing the problem itself.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(r.Body)
+	raw, err := io.ReadAll(r.Body)
+	if err != nil {
+		if isTooLarge(err) {
+			writeProblem(w, r, http.StatusRequestEntityTooLarge, "body-too-large", "request body exceeds the size limit")
+		} else {
+			writeProblem(w, r, http.StatusBadRequest, "malformed-body", "request body could not be read")
+		}
+		return false
+	}
+	// Go matches object keys to fields case-insensitively, the last one
+	// winning: {"amount":"1","AMOUNT":"9"} would be 9.00 here and 1 to
+	// whatever checked the body before. Keys that differ only in case are
+	// refused.
+	if k, dup := duplicateKey(raw); dup {
+		writeProblem(w, r, http.StatusBadRequest, "duplicate-key", fmt.Sprintf("the body repeats the key %q (keys are compared case-insensitively)", k))
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	err = dec.Decode(v)
 	if err == nil {
 		if _, extra := dec.Token(); extra != io.EOF {
 			err = errors.New("trailing data after the JSON object")
@@ -63,12 +93,56 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	switch {
 	case err == nil:
 		return true
-	case isTooLarge(err):
-		writeProblem(w, r, http.StatusRequestEntityTooLarge, "body-too-large", "request body exceeds the size limit")
 	default:
 		writeProblem(w, r, http.StatusBadRequest, "malformed-body", "request body is not valid JSON for this route: "+sanitizeJSONErr(err))
 	}
 	return false
+}
+
+// duplicateKey walks a JSON document and reports the first object key
+// that repeats (case-insensitively) within its object. Invalid JSON is
+// left to the decoder.
+func duplicateKey(b []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	type frame struct {
+		obj  bool
+		keys map[string]bool
+		key  bool // the next string token is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		var top *frame
+		if n := len(stack); n > 0 {
+			top = stack[n-1]
+		}
+		if top != nil && top.obj && top.key {
+			k, _ := tok.(string)
+			lk := strings.ToLower(k)
+			if top.keys[lk] {
+				return k, true
+			}
+			top.keys[lk] = true
+			top.key = false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{obj: true, keys: map[string]bool{}, key: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		if n := len(stack); n > 0 && stack[n-1].obj {
+			stack[n-1].key = true // a value ended: a key comes next
+		}
+	}
 }
 
 // sanitizeJSONErr keeps decoder errors free of request values.
@@ -96,32 +170,20 @@ type createLoanReq struct {
 }
 
 func (q *createLoanReq) validate() (money.Amount, error) {
-	if q.CustomerID == "" || len(q.CustomerID) > 64 {
-		return 0, errors.New("customer_id is required (at most 64 characters)")
+	if !validID(q.CustomerID) {
+		return 0, errors.New("customer_id is required: 1-64 of [A-Za-z0-9_.:-]")
 	}
 	a, err := money.Parse(q.Amount)
 	if err != nil || a <= 0 {
 		return 0, errors.New(`amount must be a positive decimal string with at most 2 decimals, e.g. "1500.00"`)
 	}
 	if !validCurrency(q.Currency) {
-		return 0, errors.New("currency must be a three-letter ISO 4217 code, e.g. USD")
+		return 0, errors.New("currency must be an ISO 4217 currency code, e.g. USD")
 	}
 	if q.TermMonths < 1 || q.TermMonths > 480 {
 		return 0, errors.New("term_months must be within 1..480")
 	}
 	return a, nil
-}
-
-func validCurrency(c string) bool {
-	if len(c) != 3 {
-		return false
-	}
-	for i := 0; i < 3; i++ {
-		if c[i] < 'A' || c[i] > 'Z' {
-			return false
-		}
-	}
-	return true
 }
 
 // storedResponse is what an idempotency key replays.
@@ -139,8 +201,8 @@ func (s *Server) createLoan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := r.Header.Get("Idempotency-Key")
-	if key == "" || len(key) > 255 {
-		writeProblem(w, r, http.StatusBadRequest, "idempotency-key-required", "send an Idempotency-Key header (1-255 characters)")
+	if !validIdemKey(key) {
+		writeProblem(w, r, http.StatusBadRequest, "idempotency-key-required", "send an Idempotency-Key header (1-255 printable ASCII characters)")
 		return
 	}
 	var req createLoanReq
@@ -156,13 +218,31 @@ func (s *Server) createLoan(w http.ResponseWriter, r *http.Request) {
 	canon, _ := json.Marshal(req)
 	sum := sha256.Sum256(canon)
 	resp, replayed, err := s.createLoanTx(r.Context(), p, key, sum[:], req, amount)
+	if err != nil {
+		// The transaction rolled back with its audit row: record the
+		// refused or failed write on its own (unknown-customer probes
+		// included).
+		result := audit.ResultDenied
+		if !errors.Is(err, errNoCustomer) && !errors.Is(err, errCreditLimit) && !errors.Is(err, errCurrency) && !errors.Is(err, errBalanceOverflow) {
+			result = audit.ResultError
+		}
+		if aerr := s.audit.Append(context.WithoutCancel(r.Context()), s.auditEntry(r.Context(), p, "loan.create", "customer/"+req.CustomerID, "", result)); aerr != nil {
+			s.log.Error("audit append", "request_id", requestID(r.Context()), "err", aerr)
+		}
+	}
 	s.finishIdempotent(w, r, resp, replayed, sum[:], err)
 }
 
 func (s *Server) finishIdempotent(w http.ResponseWriter, r *http.Request, resp storedResponse, replayed bool, hash []byte, err error) {
 	switch {
 	case errors.Is(err, errNoCustomer):
-		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer", "customer_id does not name a customer")
+		writeProblem(w, r, http.StatusUnprocessableEntity, "unknown-customer", "customer_id does not name a customer of this lender")
+		return
+	case errors.Is(err, errCreditLimit):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "credit-limit-exceeded", "the loan would take the customer's balance over its credit limit")
+		return
+	case errors.Is(err, errCurrency):
+		writeProblem(w, r, http.StatusUnprocessableEntity, "currency-mismatch", strings.TrimPrefix(err.Error(), "api: "))
 		return
 	case errors.Is(err, errBalanceOverflow):
 		writeProblem(w, r, http.StatusUnprocessableEntity, "balance-overflow", strings.TrimPrefix(err.Error(), "api: "))
@@ -196,6 +276,12 @@ func (s *Server) createLoanTx(ctx context.Context, p auth.Principal, key string,
 	var out storedResponse
 	replayed := false
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// A key older than IdempotencyTTL is forgotten (the cleanup loop
+		// deletes them in bulk; this covers the time in between).
+		if _, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE lender_id = $1 AND idem_key = $2 AND created_at < now() - $3 * interval '1 second'`,
+			p.Lender, key, s.cfg.IdempotencyTTL.Seconds()); err != nil {
+			return fmt.Errorf("expiring idempotency key: %w", err)
+		}
 		tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (lender_id, idem_key, request_hash, response_status, response_body)
 			VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING`, p.Lender, key, hash)
 		if err != nil {
@@ -243,13 +329,34 @@ const addToBalance = `UPDATE customers SET current_balance = GREATEST(current_ba
 // errBalanceOverflow: the customer's total balance would not fit numeric(18,2).
 var errBalanceOverflow = errors.New("api: the customer's total balance would exceed " + money.Amount(money.MaxUnits).String())
 
+// bookOnCustomer adds a new loan's amount to the customer's balance, only
+// if the lender has a relationship with the customer; it returns whether
+// the new balance is within the credit limit and the limit's currency.
+// One statement, which locks the customer's row.
+const bookOnCustomer = `UPDATE customers c SET current_balance = c.current_balance + $2::numeric, version = c.version + 1, updated_at = now()
+	WHERE c.customer_id = $1 AND EXISTS (SELECT 1 FROM lender_customers r WHERE r.lender_id = $3 AND r.customer_id = $1)
+	RETURNING c.current_balance <= c.credit_limit, c.credit_currency, c.credit_limit::text`
+
+var (
+	errCreditLimit = errors.New("api: the loan would exceed the customer's credit limit")
+	errCurrency    = errors.New("api: the loan's currency is not the customer's credit currency")
+)
+
 func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq, amount money.Amount) (Loan, error) {
-	tag, err := tx.Exec(ctx, addToBalance, req.CustomerID, amount.String())
+	var within bool
+	var cur, limit string
+	err := tx.QueryRow(ctx, bookOnCustomer, req.CustomerID, amount.String(), lender).Scan(&within, &cur, &limit)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Loan{}, errNoCustomer // unknown, or not this lender's customer: answered alike
+	}
 	if err != nil {
 		return Loan{}, balanceErr(err, "adding the loan to the customer's balance")
 	}
-	if tag.RowsAffected() == 0 {
-		return Loan{}, errNoCustomer
+	if cur != req.Currency {
+		return Loan{}, fmt.Errorf("%w: the customer's credit is in %s; loans in %s cannot be weighed against it", errCurrency, cur, req.Currency)
+	}
+	if !within {
+		return Loan{}, errCreditLimit
 	}
 	row := tx.QueryRow(ctx, `INSERT INTO loans (loan_id, customer_id, lender_id, amount, balance, currency, term_months, status)
 		VALUES ($1, $2, $3, $4::numeric, $4::numeric, $5, $6, 'ACTIVE') RETURNING `+loanCols,
@@ -257,6 +364,9 @@ func insertLoan(ctx context.Context, tx pgx.Tx, lender string, req createLoanReq
 	l, err := scanLoan(row)
 	if err != nil {
 		return l, fmt.Errorf("inserting loan: %w", err)
+	}
+	if err := relate(ctx, tx, lender, req.CustomerID, basisLoan); err != nil {
+		return l, err
 	}
 	return l, nil
 }
@@ -302,8 +412,10 @@ type patchLoanReq struct {
 	Balance *string `json:"balance"`
 }
 
+// errWeakETag: If-Match compares strongly (RFC 9110 §13.1.1), so a weak
+// validator never matches.
 func parseIfMatch(h string) (int64, bool) {
-	h = strings.TrimPrefix(strings.TrimSpace(h), "W/")
+	h = strings.TrimSpace(h)
 	if len(h) < 3 || h[0] != '"' || h[len(h)-1] != '"' {
 		return 0, false
 	}
@@ -321,6 +433,10 @@ func (s *Server) patchLoan(w http.ResponseWriter, r *http.Request) {
 	im := r.Header.Get("If-Match")
 	if im == "" {
 		writeProblem(w, r, http.StatusPreconditionRequired, "if-match-required", `send If-Match: "<version>" from the loan's ETag`)
+		return
+	}
+	if strings.HasPrefix(strings.TrimSpace(im), "W/") {
+		writeProblem(w, r, http.StatusPreconditionFailed, "weak-etag", `If-Match uses strong comparison: a weak ETag (W/"...") never matches; send the ETag as returned`)
 		return
 	}
 	ver, ok := parseIfMatch(im)

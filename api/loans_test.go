@@ -10,7 +10,7 @@ import (
 func TestLoanLifecycle(t *testing.T) {
 	e := newEnv(t)
 	a := e.lender("lender-a")
-	e.customer("cust-1", "Ada Lovelace", "123-45-6789")
+	e.customer("cust-1", "Ada Lovelace", "123-45-6789", "lender-a")
 
 	loan, r := e.createLoan(a, "key-1", "cust-1", "1500.00")
 	if r.status != 201 || loan.Amount != "1500.00" || loan.Balance != "1500.00" || loan.Status != "ACTIVE" || loan.LenderID != "lender-a" {
@@ -56,18 +56,24 @@ func TestLoanLifecycle(t *testing.T) {
 		!strings.Contains(string(r.body), "ACTIVE -> CHARGED_OFF") {
 		t.Fatalf("illegal transition: %d %s", r.status, r.body)
 	}
-	for i, st := range []string{"DEFAULTED", "CHARGED_OFF"} {
+	if r := e.do("PATCH", path, a, map[string]string{"status": "DEFAULTED"}, "If-Match", `"2"`); r.status != 409 {
+		t.Fatalf("ACTIVE -> DEFAULTED in one step: %d %s", r.status, r.body)
+	}
+	if r := e.do("PATCH", path, a, map[string]string{"balance": "1.00"}, "If-Match", `W/"2"`); r.status != 412 {
+		t.Fatalf("weak ETag in If-Match: %d %s", r.status, r.body)
+	}
+	for i, st := range []string{"DELINQUENT", "DEFAULTED", "CHARGED_OFF"} {
 		if r := e.do("PATCH", path, a, map[string]string{"status": st}, "If-Match", fmt.Sprintf(`"%d"`, i+2)); r.status != 200 {
 			t.Fatalf("%s: %d %s", st, r.status, r.body)
 		}
 	}
-	if r := e.do("PATCH", path, a, map[string]string{"status": "ACTIVE"}, "If-Match", `"4"`); r.status != 409 {
+	if r := e.do("PATCH", path, a, map[string]string{"status": "ACTIVE"}, "If-Match", `"5"`); r.status != 409 {
 		t.Fatalf("closed loan: %d %s", r.status, r.body)
 	}
 	got := e.do("GET", path, a, nil)
 	var l Loan
 	got.json(t, &l)
-	if got.status != 200 || l.Status != "CHARGED_OFF" || l.Version != 4 || got.header.Get("ETag") != `"4"` {
+	if got.status != 200 || l.Status != "CHARGED_OFF" || l.Version != 5 || got.header.Get("ETag") != `"5"` {
 		t.Fatalf("get: %d %s", got.status, got.body)
 	}
 
@@ -102,9 +108,10 @@ func TestLoanLifecycle(t *testing.T) {
 	// Completeness: one audit row per access of loan data, none for the
 	// requests refused before touching it.
 	checkAuditCounts(t, e, "lender-a", map[string]int{
-		"loan.create":        6, // key-1 and the five page-* loans
+		"loan.create":        7, // key-1 and the five page-* loans; the unknown-customer probe (denied)
+		"oauth.token":        1, // the client's token
 		"loan.create.replay": 1, // the replay of key-1 (not the 422 reuse)
-		"loan.update":        3, // balance 1000.00, DEFAULTED, CHARGED_OFF
+		"loan.update":        4, // balance 1000.00, DELINQUENT, DEFAULTED, CHARGED_OFF
 		"loan.read":          1,
 		"loan.list":          3, // three pages of two
 	})

@@ -115,6 +115,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 			id = newRequestID()
 		}
 		w.Header().Set("X-Request-Id", id)
+		securityHeaders(w.Header())
 		r = r.WithContext(context.WithValue(r.Context(), ctxRequestID, id))
 		rec := &statusRecorder{ResponseWriter: w}
 		defer func() {
@@ -184,7 +185,13 @@ func (s *Server) protect(rt route, h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "a bearer access token is required")
 			return
 		}
-		p, err := s.validator.Validate(r.Context(), tok)
+		p, err := s.authenticate(r.Context(), tok)
+		if err != nil && !errors.Is(err, auth.ErrUnauthorized) && !errors.Is(err, errRevoked) {
+			s.log.Error("authenticating", "request_id", requestID(r.Context()), "err", err)
+			w.Header().Set("Retry-After", "1")
+			writeProblem(w, r, http.StatusServiceUnavailable, "auth-unavailable", "the token could not be checked; retry")
+			return
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="loanflow", error="invalid_token"`)
 			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "invalid access token")
@@ -202,6 +209,9 @@ func (s *Server) protect(rt route, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+		// Every authenticated answer may carry credit data: no cache
+		// (browser, proxy or CDN) may keep it.
+		w.Header().Set("Cache-Control", "no-store")
 		ctx := context.WithValue(r.Context(), ctxPrincipal, p)
 		if !rt.stream {
 			var cancel context.CancelFunc

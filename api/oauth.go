@@ -75,7 +75,11 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
 	}
+	if !s.allowLogin(w, r, "oauth.token", id) {
+		return
+	}
 	g, err := s.authenticateClient(r.Context(), id, secret)
+	s.loginOutcome(r, "oauth.token", id, g.Lender, err)
 	if err != nil {
 		oauthError(w, http.StatusUnauthorized, "invalid_client", "unknown client or wrong secret")
 		return

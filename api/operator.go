@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"html/template"
@@ -314,8 +315,12 @@ func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
 		s.servePage(w, "login.html")
 		return
 	}
-	p, err := s.validator.Validate(r.Context(), tok)
+	if !s.allowLogin(w, r, "operator.page", "") {
+		return
+	}
+	p, err := s.authenticate(r.Context(), tok)
 	if err != nil || !p.Has(auth.ScopeAdmin) {
+		s.loginOutcome(r, "operator.page", p.Subject, p.Lender, errBadClient)
 		writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "the operator page needs scope admin")
 		return
 	}
@@ -326,12 +331,22 @@ func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusServiceUnavailable, "audit-unavailable", "the audit log could not be written; retry")
 		return
 	}
+	var page bytes.Buffer
+	if err := operatorTmpl.Execute(&page, h); err != nil {
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not render the operator page")
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = operatorTmpl.Execute(w, h)
+	w.Header().Set("Content-Security-Policy", pageCSP(page.Bytes()))
+	_, _ = w.Write(page.Bytes())
 }
 
 func (s *Server) getHealth(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "pipeline_health.read", "pipeline", "", audit.ResultOK)) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	writeJSON(w, http.StatusOK, s.pipelineHealth(ctx))

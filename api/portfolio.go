@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -108,18 +109,46 @@ func (s *Server) dashboardLogin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "malformed-body", "form expected")
 		return
 	}
-	tok, err := s.IssueToken(r.Context(), r.PostForm.Get("client_id"), r.PostForm.Get("client_secret"))
-	if err != nil {
-		http.Redirect(w, r, "/dashboard?error=login", http.StatusSeeOther)
+	if !csrfOK(r) {
+		writeProblem(w, r, http.StatusForbidden, "csrf", "sign in from the Loanflow sign-in page (its form token is missing or stale)")
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: dashboardCookie, Value: tok, Path: "/", HttpOnly: true,
-		SameSite: http.SameSiteStrictMode, MaxAge: int(s.cfg.TokenTTL / time.Second)})
-	next := "/dashboard"
-	if r.PostForm.Get("next") == "operator" {
-		next = "/operator"
+	id := r.PostForm.Get("client_id")
+	if !s.allowLogin(w, r, "dashboard.login", id) {
+		return
 	}
+	// The session holds only what its page needs: portfolio:read for the
+	// dashboard, admin for the operator page; never the client's other
+	// scopes.
+	next, scope := "/dashboard", auth.ScopePortfolioRead
+	if r.PostForm.Get("next") == "operator" {
+		next, scope = "/operator", auth.ScopeAdmin
+	}
+	tok, lender, err := s.sessionToken(r.Context(), id, r.PostForm.Get("client_secret"), scope)
+	s.loginOutcome(r, "dashboard.login", id, lender, err)
+	if err != nil {
+		http.Redirect(w, r, next+"?error=login", http.StatusSeeOther)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: dashboardCookie, Value: tok, Path: "/", HttpOnly: true, Secure: true,
+		SameSite: http.SameSiteStrictMode, MaxAge: int(s.cfg.TokenTTL / time.Second)})
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// sessionToken issues a token with scope only, for a client that holds it.
+func (s *Server) sessionToken(ctx context.Context, id, secret, scope string) (string, string, error) {
+	if s.issuer == nil {
+		return "", "", errors.New("api: the dev issuer is disabled")
+	}
+	g, err := s.authenticateClient(ctx, id, secret)
+	if err != nil {
+		return "", "", err
+	}
+	if g.Scopes, _ = narrowScopes(g.Scopes, scope); len(g.Scopes) == 0 {
+		return "", g.Lender, errBadClient
+	}
+	tok, _, err := s.issuer.Issue(g)
+	return tok, g.Lender, err
 }
 
 func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) {
@@ -136,8 +165,11 @@ func (s *Server) servePage(w http.ResponseWriter, name string) {
 		http.Error(w, "page missing", http.StatusInternalServerError)
 		return
 	}
+	if name == "login.html" {
+		s.setCSRF(w)
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'")
+	w.Header().Set("Content-Security-Policy", pageCSP(b))
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(b)
 }

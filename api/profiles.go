@@ -44,7 +44,7 @@ type CreditProfile struct {
 
 // PII is a customer's decrypted personal data (pii:read only; never cached).
 type PII struct {
-	Name        string `json:"name"`
+	Name        string `json:"name,omitempty"`
 	SSN         string `json:"ssn"`
 	Address     string `json:"address,omitempty"`
 	DateOfBirth string `json:"date_of_birth,omitempty"`
@@ -201,6 +201,33 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "bad-id", "customer id must be 1-64 of [A-Za-z0-9_.:-]")
 		return
 	}
+	if p.Lender == "" {
+		writeProblem(w, r, http.StatusForbidden, "no-lender", "credit profiles are read by a lender's client, for a customer of that lender")
+		return
+	}
+	// Tenant isolation: the lender must know the customer, and the purpose
+	// must be one its relationship justifies. No relationship and no such
+	// customer answer alike (404), so ids cannot be probed.
+	rel, err := s.relationship(r.Context(), p.Lender, id, purposeBases[purpose])
+	if err != nil {
+		s.log.Error("credit profile relationship", "request_id", requestID(r.Context()), "err", err)
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not read the credit profile")
+		return
+	}
+	if rel == 0 {
+		if s.auditRead(w, r, s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultDenied)) {
+			writeProblem(w, r, http.StatusNotFound, "not-found", "no such credit profile")
+		}
+		return
+	}
+	if rel&purposeBases[purpose] == 0 {
+		if s.auditRead(w, r, s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultDenied)) {
+			writeProblem(w, r, http.StatusForbidden, "purpose-not-permitted",
+				"your relationship with this customer does not support permissible purpose "+purpose+
+					" (CREDIT_TRANSACTION needs an application or your own customer, ACCOUNT_REVIEW a loan or your own customer, COLLECTION a loan, CONSUMER_REQUEST your own customer)")
+		}
+		return
+	}
 	cp, source, err := s.cachedProfile(r.Context(), id)
 	if errors.Is(err, errNoProfile) {
 		if s.auditRead(w, r, s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultDenied)) {
@@ -221,20 +248,22 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 	resp := profileResponse{CreditProfile: cp, Source: source}
 	entries := []audit.Entry{s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultOK)}
 	if r.URL.Query().Get("include") == "pii" {
-		if !p.Has(auth.ScopePIIRead) {
-			if s.auditRead(w, r, s.auditEntry(r.Context(), p, "pii.read", "customer/"+id, purpose, audit.ResultDenied)) {
-				writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "decrypting PII needs scope pii:read")
-			}
-			return
-		}
-		pi, err := s.decryptCustomer(r.Context(), id)
+		// Full PII needs pii:read granted explicitly (admin never implies
+		// it); anyone else who may read the profile gets the SSN's last
+		// four digits only, enough to confirm an applicant's identity.
+		full := p.Has(auth.ScopePIIRead)
+		pi, err := s.decryptCustomer(r.Context(), id, full)
 		if err != nil {
 			s.log.Error("decrypting PII", "request_id", requestID(r.Context()), "err", err)
 			writeProblem(w, r, http.StatusInternalServerError, "internal", "could not decrypt PII")
 			return
 		}
 		resp.PII = &pi
-		entries = append(entries, s.auditEntry(r.Context(), p, "pii.read", "customer/"+id, purpose, audit.ResultOK))
+		action := "pii.read"
+		if !full {
+			action = "pii.read_masked"
+		}
+		entries = append(entries, s.auditEntry(r.Context(), p, action, "customer/"+id, purpose, audit.ResultOK))
 	}
 	for _, e := range entries {
 		if !s.auditRead(w, r, e) {
@@ -244,7 +273,7 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *Server) decryptCustomer(ctx context.Context, id string) (PII, error) {
+func (s *Server) decryptCustomer(ctx context.Context, id string, full bool) (PII, error) {
 	var name, ssn, addr, dob []byte
 	err := s.pool.QueryRow(ctx, "SELECT name_ct, ssn_ct, address_ct, dob_ct FROM customers WHERE customer_id = $1", id).
 		Scan(&name, &ssn, &addr, &dob)
@@ -252,11 +281,15 @@ func (s *Server) decryptCustomer(ctx context.Context, id string) (PII, error) {
 		return PII{}, err
 	}
 	var out PII
-	for _, c := range []struct {
+	cols := []struct {
 		col string
 		ct  []byte
 		dst *string
-	}{{"name_ct", name, &out.Name}, {"ssn_ct", ssn, &out.SSN}, {"address_ct", addr, &out.Address}, {"dob_ct", dob, &out.DateOfBirth}} {
+	}{{"ssn_ct", ssn, &out.SSN}, {"name_ct", name, &out.Name}, {"address_ct", addr, &out.Address}, {"dob_ct", dob, &out.DateOfBirth}}
+	if !full {
+		cols = cols[:1]
+	}
+	for _, c := range cols {
 		if c.ct == nil {
 			continue
 		}
@@ -266,5 +299,16 @@ func (s *Server) decryptCustomer(ctx context.Context, id string) (PII, error) {
 		}
 		*c.dst = string(pt)
 	}
+	if !full {
+		out.SSN = MaskSSN(out.SSN)
+	}
 	return out, nil
+}
+
+// MaskSSN keeps an SSN's last four digits: "***-**-6789".
+func MaskSSN(ssn string) string {
+	if len(ssn) < 4 {
+		return "***-**-****"
+	}
+	return "***-**-" + ssn[len(ssn)-4:]
 }

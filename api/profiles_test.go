@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,7 +32,11 @@ func TestCreditProfileCacheAndPurpose(t *testing.T) {
 	e := newEnv(t)
 	tok := e.lender("bank-p")
 	pii := e.lender("bank-pii", "pii:read")
-	e.customer("c-p", "Katherine Johnson", "333-44-5555")
+	e.customer("c-p", "Katherine Johnson", "333-44-5555", "bank-p")
+	// bank-pii learns the customer from an application with its SSN.
+	if r := e.apply(pii, "app-pii-1", "c-p", "333-44-5555", "USD"); r.status != 202 {
+		t.Fatalf("application: %d %s", r.status, r.body)
+	}
 	if r := e.do("GET", "/v1/credit-profiles/c-p", tok, nil); r.status != 400 {
 		t.Fatalf("no purpose: %d", r.status)
 	}
@@ -45,23 +50,27 @@ func TestCreditProfileCacheAndPurpose(t *testing.T) {
 	if _, r := e.profile(tok, "nobody"); r.status != 404 {
 		t.Fatalf("unknown: %d", r.status)
 	}
-	if r := e.do("GET", "/v1/credit-profiles/c-p?purpose=CREDIT_TRANSACTION&include=pii", tok, nil); r.status != 403 {
-		t.Fatalf("pii without scope: %d", r.status)
+	if r := e.do("GET", "/v1/credit-profiles/c-p?purpose=CREDIT_TRANSACTION&include=pii", tok, nil); r.status != 200 ||
+		!strings.Contains(string(r.body), `"ssn":"***-**-5555"`) || strings.Contains(string(r.body), "Katherine") {
+		t.Fatalf("pii without scope: %d %s", r.status, r.body)
 	}
-	checkAuditCounts(t, e, "bank-p", map[string]int{"credit_profile.read": 3, "pii.read": 1}) // 2 found, 1 unknown; 1 refused decryption
-	r = e.do("GET", "/v1/credit-profiles/c-p?purpose=ACCOUNT_REVIEW&include=pii", pii, nil)
+	checkAuditCounts(t, e, "bank-p", map[string]int{"credit_profile.read": 4, "pii.read_masked": 1, "oauth.token": 1}) // 3 found, 1 unknown; 1 masked
+	if r := e.do("GET", "/v1/credit-profiles/c-p?purpose=ACCOUNT_REVIEW&include=pii", pii, nil); r.status != 403 {
+		t.Fatalf("account review by a lender with an application only: %d %s", r.status, r.body)
+	}
+	r = e.do("GET", "/v1/credit-profiles/c-p?purpose=CREDIT_TRANSACTION&include=pii", pii, nil)
 	var full profileResp
 	r.json(t, &full)
 	if r.status != 200 || full.PII == nil || full.PII.Name != "Katherine Johnson" || full.PII.SSN != "333445555" {
 		t.Fatalf("pii read: %d %s", r.status, r.body)
 	}
 	var n int
-	_ = e.srv.Pool().QueryRow(context.Background(), "SELECT count(*) FROM audit_log WHERE action = 'pii.read' AND purpose = 'ACCOUNT_REVIEW' AND lender_id = 'bank-pii'").Scan(&n)
+	_ = e.srv.Pool().QueryRow(context.Background(), "SELECT count(*) FROM audit_log WHERE action = 'pii.read' AND purpose = 'CREDIT_TRANSACTION' AND lender_id = 'bank-pii'").Scan(&n)
 	if n != 1 {
 		t.Fatalf("pii.read audit rows = %d", n)
 	}
 	// Coalescing: concurrent misses for one id hit PostgreSQL once.
-	e.customer("c-hot", "Dorothy Vaughan", "444-55-6666")
+	e.customer("c-hot", "Dorothy Vaughan", "444-55-6666", "bank-p")
 	before := counter(t, e, "loanflow_api_profile_db_loads_total")
 	var wg sync.WaitGroup
 	start := make(chan struct{})
@@ -114,7 +123,7 @@ func TestRedisOutage(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.RedisURL = rd.URL() })
 	tok := e.lender("bank-r")
 	for _, id := range []string{"r-1", "r-2"} {
-		e.customer(id, "Mary Jackson", "555-66-7777")
+		e.customer(id, "Mary Jackson", "555-66-7777", "bank-r")
 	}
 	e.profile(tok, "r-1")
 	if p, _ := e.profile(tok, "r-1"); p.Source != "cache" {

@@ -28,7 +28,7 @@ func TestCrossLenderAccess(t *testing.T) {
 	e := newEnv(t)
 	a := e.lender("bank-a")
 	b := e.lender("bank-b")
-	e.customer("c-1", "Grace Hopper", "111-22-3333")
+	e.customer("c-1", "Grace Hopper", "111-22-3333", "bank-a")
 	loan, r := e.createLoan(a, "k1", "c-1", "500.00")
 	if r.status != 201 {
 		t.Fatal(r.status)
@@ -37,8 +37,8 @@ func TestCrossLenderAccess(t *testing.T) {
 	e.produce(e.cfg.DecisionsTopic, decisionRecord(t, dec, "app-a-1", "bank-a", "APPROVED", 700))
 	e.produce(e.cfg.MetricsTopic, metricRecord(t, met, "bank-a", time.Now().UTC().Truncate(time.Minute), 3, "1500.00"))
 	waitFor(t, "decision consumed", func() bool {
-		_, ok, ch := e.srv.hub.decision("app-a-1")
-		e.srv.hub.cancelWait("app-a-1", ch)
+		_, ok, ch := e.srv.hub.decision(AppKey("bank-a", "app-a-1"))
+		e.srv.hub.cancelWait(AppKey("bank-a", "app-a-1"), ch)
 		return ok
 	})
 
@@ -52,7 +52,6 @@ func TestCrossLenderAccess(t *testing.T) {
 		{"PATCH", "/v1/loans/" + loan.LoanID, map[string]string{"balance": "1.00"}, []string{"If-Match", `"1"`}},
 		{"PATCH", "/v1/loans/" + loan.LoanID, map[string]string{"status": "PAID"}, []string{"If-Match", `"1"`}},
 		{"GET", "/v1/loans?lender=bank-a", nil, nil},
-		{"GET", "/v1/loan-applications/app-a-1/decision?timeout=0s", nil, nil},
 		{"GET", "/v1/decisions/stream?lender=bank-a", nil, nil},
 		{"GET", "/v1/portfolio?lender=bank-a", nil, nil},
 		{"POST", "/v1/customers", NewCustomer{CustomerID: "x"}, nil},
@@ -74,6 +73,11 @@ func TestCrossLenderAccess(t *testing.T) {
 	if successes != 0 {
 		t.Fatalf("%d cross-lender successes", successes)
 	}
+	// Application ids are per lender: B asking for app-a-1 asks for its
+	// own application of that id, which does not exist: pending, no data.
+	if r := e.do("GET", "/v1/loan-applications/app-a-1/decision?timeout=0s", b, nil); r.status != 202 || strings.Contains(string(r.body), "APPROVED") {
+		t.Fatalf("bank-b long-polls bank-a's application id: %d %s", r.status, r.body)
+	}
 	// B's own view does not include A's data.
 	var page loanPage
 	e.do("GET", "/v1/loans", b, nil).json(t, &page)
@@ -93,12 +97,13 @@ func TestCrossLenderAccess(t *testing.T) {
 		"SELECT count(*) FROM audit_log WHERE lender_id = 'bank-b' AND result = $1", audit.ResultDenied).Scan(&denied); err != nil {
 		t.Fatal(err)
 	}
-	if denied != 7 {
-		t.Fatalf("denied audit rows = %d, want 7 (one per lender-scoped attempt)", denied)
+	if denied != 6 {
+		t.Fatalf("denied audit rows = %d, want 6 (one per lender-scoped attempt)", denied)
 	}
 	// Idempotency keys are per lender: B sending A's key and body creates
 	// B's own loan and never replays A's response.
-	bl, r := e.createLoan(b, "k1", "c-1", "500.00")
+	e.customer("c-2", "Alan Turing", "222-33-4444", "bank-b")
+	bl, r := e.createLoan(b, "k1", "c-2", "500.00")
 	if r.status != 201 || r.header.Get("Idempotent-Replayed") != "" || bl.LenderID != "bank-b" || bl.LoanID == loan.LoanID {
 		t.Fatalf("bank-b with bank-a's idempotency key: %d %s", r.status, r.body)
 	}

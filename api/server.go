@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"embed"
 	"errors"
 	"fmt"
@@ -33,28 +34,36 @@ var webFS embed.FS
 // Server is the Loanflow HTTP API. New connects it; Run serves until its
 // context ends, then shuts down gracefully; Close releases the rest.
 type Server struct {
-	cfg        Config
-	log        *slog.Logger
-	pool       *pgxpool.Pool
-	store      *store
-	redis      *redis.Client
-	breaker    *gobreaker.CircuitBreaker[[]byte]
-	flight     singleflight.Group
-	keys       *pii.Keyring
-	issuer     *auth.Issuer
-	validator  *auth.Validator
-	audit      *audit.Writer
-	chain      *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
-	producer   *kgo.Client
-	consumer   *kgo.Client
-	codecs     Codecs
-	hub        *hub
-	limits     limiters
-	streams    *semaphore.Weighted
-	registry   *prometheus.Registry
-	metrics    *metrics
-	badRecords prometheus.Counter
-	handler    http.Handler
+	cfg       Config
+	log       *slog.Logger
+	pool      *pgxpool.Pool
+	store     *store
+	redis     *redis.Client
+	breaker   *gobreaker.CircuitBreaker[[]byte]
+	flight    singleflight.Group
+	keys      *pii.Keyring
+	issuer    *auth.Issuer
+	validator *auth.Validator
+	audit     *audit.Writer
+	chain     *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
+	producer  *kgo.Client
+	consumer  *kgo.Client
+	codecs    Codecs
+	hub       *hub
+	limits    limiters
+	streams   *semaphore.Weighted
+	rels      relCache    // lender-customer relationships found
+	revoked   revocations // disabled clients, bounded staleness
+	logins    loginLimits // credential endpoints' throttle
+	anchors   anchorState // last audit head anchored
+	// lenderStreams and lenderPolls cap each lender's SSE streams and
+	// long-polls.
+	lenderStreams lenderSlots
+	lenderPolls   lenderSlots
+	registry      *prometheus.Registry
+	metrics       *metrics
+	badRecords    prometheus.Counter
+	handler       http.Handler
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -81,6 +90,8 @@ func New(ctx context.Context, cfg Config, codecs Codecs) (*Server, error) {
 	s.start(bg, s.runHub)
 	s.start(bg, s.reloadKeys)
 	s.start(bg, s.rotateSigningKeys)
+	s.start(bg, s.anchorLoop)
+	s.start(bg, s.expireIdempotencyKeys)
 	return s, nil
 }
 
@@ -93,7 +104,11 @@ func (s *Server) start(ctx context.Context, fn func(context.Context)) {
 }
 
 func (s *Server) connect(ctx context.Context) error {
-	if _, err := migrations.Up(ctx, s.cfg.DatabaseURL); err != nil {
+	mdsn := s.cfg.MigrationsDatabaseURL
+	if mdsn == "" {
+		mdsn = s.cfg.DatabaseURL
+	}
+	if _, err := migrations.Up(ctx, mdsn); err != nil {
 		return err
 	}
 	pcfg, err := pgxpool.ParseConfig(s.cfg.DatabaseURL)
@@ -105,6 +120,7 @@ func (s *Server) connect(ctx context.Context) error {
 		return fmt.Errorf("api: connecting to PostgreSQL: %w", err)
 	}
 	s.store = &store{pool: s.pool}
+	s.rels.max = max(s.cfg.MaxLenders*10, 100000)
 	if err := s.connectRedis(); err != nil {
 		return err
 	}
@@ -122,6 +138,7 @@ func (s *Server) connect(ctx context.Context) error {
 	s.breaker = newBreaker(&s.cfg, s.metrics)
 	s.hub = newHub(s.cfg.DecisionCacheSize, s.cfg.MaxLenders)
 	s.streams = semaphore.NewWeighted(int64(s.cfg.MaxStreams))
+	s.lenderStreams.max, s.lenderPolls.max = s.cfg.MaxStreamsPerLender, s.cfg.MaxLongPollsPerLender
 	s.audit = audit.NewWriter(s.pool, audit.WriterConfig{})
 	s.chain = audit.NewChainer(s.pool, audit.ChainerConfig{OnError: func(err error) { s.log.Error("audit chainer", "err", err) }})
 	return s.connectKafka(ctx)
@@ -149,7 +166,8 @@ func (s *Server) setupAuth() error {
 			return err
 		}
 	}
-	vc := auth.ValidatorConfig{Issuer: s.cfg.PublicURL, Audience: s.cfg.Audience, Skew: s.cfg.ClockSkew}
+	vc := auth.ValidatorConfig{Issuer: s.cfg.PublicURL, Audience: s.cfg.Audience, Skew: s.cfg.ClockSkew, MaxLifetime: s.cfg.MaxTokenLifetime,
+		CacheMaxAge: s.cfg.RevocationStaleness}
 	switch {
 	case s.cfg.ExternalIssuer != "":
 		vc.Issuer = s.cfg.ExternalIssuer
@@ -175,6 +193,7 @@ func (s *Server) connectKafka(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("api: Kafka producer: %w", err)
 	}
+	s.ensureAnchorsTopic(ctx)
 	s.consumer, err = kgo.NewClient(kgo.SeedBrokers(s.cfg.KafkaBrokers...),
 		kgo.ConsumeTopics(s.cfg.DecisionsTopic, s.cfg.MetricsTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -201,6 +220,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/customers", p(auth.ScopeAdmin, s.postCustomer))
 	mux.HandleFunc("POST /v1/admin/lenders", p(auth.ScopeAdmin, s.postLender))
 	mux.HandleFunc("POST /v1/admin/clients", p(auth.ScopeAdmin, s.postClient))
+	mux.HandleFunc("POST /v1/admin/clients/{id}/disable", p(auth.ScopeAdmin, s.postDisableClient))
 	mux.HandleFunc("GET /v1/admin/pipeline-health", p(auth.ScopeAdmin, s.getHealth))
 	mux.HandleFunc("GET /dashboard", s.dashboardPage)
 	mux.HandleFunc("POST /dashboard/login", s.dashboardLogin)
@@ -214,11 +234,43 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	if s.cfg.AdminAddr == "" {
+		mux.Handle("GET /metrics", s.metricsHandler())
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusNotFound, "not-found", "no such route")
 	})
 	return s.instrument(mux)
+}
+
+// metricsHandler serves the Prometheus registry, behind MetricsToken when
+// one is set.
+func (s *Server) metricsHandler() http.Handler {
+	h := promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})
+	if s.cfg.MetricsToken == "" {
+		return h
+	}
+	want := []byte("Bearer " + s.cfg.MetricsToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="loanflow-metrics"`)
+			writeProblem(w, r, http.StatusUnauthorized, "unauthorized", "the metrics endpoint needs its bearer token (--metrics-token)")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// AdminHandler serves /metrics, /healthz and /readyz for the admin
+// listener (Config.AdminAddr): operational endpoints off the public one.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	return mux
 }
 
 // readyz reports ready when PostgreSQL and Kafka answer; Redis being down
@@ -264,7 +316,12 @@ func (s *Server) Keys() *pii.Keyring { return s.keys }
 // accepting, ends streams and long-polls, and waits up to ShutdownTimeout
 // for in-flight requests.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
+	// Every request must arrive and be answered in bounded time: a client
+	// that announces a body and never sends it holds its connection for
+	// ReadTimeout at most. Streams and long-polls lift the deadlines for
+	// themselves (extendDeadlines), within their per-lender caps.
+	hs := &http.Server{Handler: s.handler, ReadHeaderTimeout: s.cfg.ReadHeaderTimeout, ReadTimeout: s.cfg.ReadTimeout,
+		WriteTimeout: s.cfg.RequestTimeout + 5*time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	hs.RegisterOnShutdown(s.signalClosing)
 	errc := make(chan error, 1)
@@ -291,6 +348,18 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("api: listening on %s: %w", s.cfg.Addr, err)
 	}
 	s.log.Info("api listening", "addr", ln.Addr().String(), "public_url", s.cfg.PublicURL)
+	if s.cfg.AdminAddr != "" {
+		aln, err := net.Listen("tcp", s.cfg.AdminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("api: listening on the admin address %s: %w", s.cfg.AdminAddr, err)
+		}
+		s.log.Info("api admin listening (metrics, health)", "addr", aln.Addr().String())
+		ahs := &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+		go func() { _ = ahs.Serve(aln) }()
+		defer ahs.Close()
+	}
 	return s.Serve(ctx, ln)
 }
 

@@ -107,7 +107,18 @@ func (c DecisionsConfig) Validate() error {
 type pendingApp struct {
 	App       schemas.LoanApplication `json:"app"`
 	ArrivedMs int64                   `json:"arrived_ms"`
+	// Mismatch is the reason code when the applicant is not the named
+	// customer (applicant check); such an application is referred without
+	// reading the customer's data.
+	Mismatch string `json:"mismatch,omitempty"`
 }
+
+// AppKey is an application's key in the job and on loan_decisions:
+// application ids are unique per lender only (each lender's terminals
+// choose them), so dedupe, repartitions and record keys use lender and id.
+// "/" is not an id character, so the key is unambiguous. The API keys
+// loan_applications the same way.
+func AppKey(lender, applicationID string) string { return lender + "/" + applicationID }
 
 // knownApp is a KNOWN application with the customer_360 row valid at its
 // event time, nil when the customer had none then.
@@ -142,6 +153,7 @@ type decisionsDeps struct {
 	decisions pipeline.Codec[schemas.LoanDecision]
 	keys      AvroStringKeys
 	bureau    *bureau.Client
+	customers *customerIndexes
 	loans     func() pipeline.Sink[schemas.LoanDecision]
 	env       Env
 }
@@ -189,6 +201,7 @@ func newDecisionsDeps(job string, env Env, cfg DecisionsConfig) (decisionsDeps, 
 	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: url, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity}); err != nil {
 		return d, err
 	}
+	d.customers = &customerIndexes{dsn: env.DatabaseURL}
 	d.loans = func() pipeline.Sink[schemas.LoanDecision] {
 		return newLoansSink(env.DatabaseURL, job, cfg.Policy.LoanTermMonths, cfg.LoansRetryFor)
 	}
@@ -210,13 +223,13 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 	apps := kafka.Source(b, "applications", kafka.SourceConfig[schemas.LoanApplication]{Topic: d.topics.Applications, Codec: d.apps,
 		Timestamp: func(_ *pipeline.RawRecord, a schemas.LoanApplication) int64 { return a.EventTime.UnixMilli() }, Watermarks: wm})
 	admitted := operators.Map(apps, "admit", func(a schemas.LoanApplication) (pendingApp, error) { return admit(a, d.cfg.Now()) })
-	byApp := pipeline.KeyBy(admitted, "by-application", func(p pendingApp) string { return p.App.ApplicationID }, pipeline.NoRepartition())
+	byApp := pipeline.KeyBy(admitted, "by-application", func(p pendingApp) string { return AppKey(p.App.LenderID, p.App.ApplicationID) }, pipeline.NoRepartition())
 	unique := operators.Process(byApp, "dedupe", func() operators.ProcessFunc[string, pendingApp, pendingApp] { return &dedupe{ttl: d.cfg.DedupeTTL} })
 	routed := operators.Split(unique, "route", route, tagKnown, tagUnknown)
 
 	known := pipeline.KeyBy(pipeline.Side(routed, tagKnown), "by-customer", func(p pendingApp) string { return *p.App.CustomerID },
 		pipeline.WithKeyCodec(d.keys), pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
-	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return p.App.ApplicationID },
+	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return AppKey(p.App.LenderID, p.App.ApplicationID) },
 		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
 
 	tableWM := pipeline.WatermarkStrategy{MaxOutOfOrderness: d.cfg.TableOutOfOrderness, IdleTimeout: d.cfg.IdleTimeout}
@@ -239,7 +252,16 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return tagNotFound
 	}, tagFound, tagNotFound)
 
-	fromTable := operators.Map(pipeline.Side(found, tagFound), "score-customer", func(k knownApp) (schemas.LoanDecision, error) {
+	// The applicant must be the customer the application names: the
+	// applicant's SSN blind index must equal the customer's. A mismatch is
+	// referred with ReasonApplicantMismatch and no customer data. (After
+	// the join, so the check's latency cannot make an application late.)
+	fromTable := operators.Map(applicantCheck(pipeline.Side(found, tagFound), d), "score-customer", func(k knownApp) (schemas.LoanDecision, error) {
+		if k.Mismatch != "" {
+			dec := d.cfg.Policy.Fallback(k.App, k.Mismatch)
+			dec.CustomerID = nil // nothing of the named customer
+			return d.stamp(dec, k.pendingApp), nil
+		}
 		dec, err := d.cfg.Policy.ScoreCustomer(k.App, *k.Row)
 		return d.stamp(dec, k.pendingApp), err
 	})
@@ -257,7 +279,9 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 
 	decisions := pipeline.Union("decisions", fromTable, fromBureau, tooLate)
 	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
-		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte { return []byte(r.Value.ApplicationID) }})
+		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte {
+			return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))
+		}})
 	approved := operators.Filter(decisions, "approved", func(dec schemas.LoanDecision) bool {
 		return dec.Decision == schemas.DecisionApproved && dec.CustomerID != nil
 	})

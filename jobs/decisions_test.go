@@ -36,7 +36,8 @@ func app(id, lender string, customerID *string, amount string, at time.Time) sch
 
 func ptr(s string) *string { return &s }
 
-// appProducer writes LoanApplications as the API does (Avro, keyed by id).
+// appProducer writes LoanApplications as the API does (Avro, keyed by
+// lender and id).
 type appProducer struct {
 	t       testing.TB
 	brokers []string
@@ -59,7 +60,7 @@ func (p appProducer) send(apps ...schemas.LoanApplication) {
 		if err != nil {
 			p.t.Fatal(err)
 		}
-		recs = append(recs, &kgo.Record{Topic: p.topic, Key: []byte(a.ApplicationID), Value: v})
+		recs = append(recs, &kgo.Record{Topic: p.topic, Key: []byte(AppKey(a.LenderID, a.ApplicationID)), Value: v})
 	}
 	produce(p.t, p.brokers, recs...)
 }
@@ -100,7 +101,7 @@ func (r *decisionReader) tryAwait(timeout time.Duration, ids ...string) bool {
 		if err != nil {
 			r.c.t.Fatalf("decoding decision: %v", err)
 		}
-		if string(rec.Key) != d.ApplicationID {
+		if string(rec.Key) != AppKey(d.LenderID, d.ApplicationID) {
 			r.c.t.Errorf("decision of %s keyed %q", d.ApplicationID, rec.Key)
 		}
 		r.got[d.ApplicationID] = append(r.got[d.ApplicationID], d)
@@ -365,17 +366,17 @@ func (s *stack) awaitLoans(timeout time.Duration, apps ...string) {
 func (s *stack) checkBooked(balances map[string]string, apps ...string) {
 	s.t.Helper()
 	ctx := context.Background()
-	rows, err := s.pool.Query(ctx, "SELECT application_id, loan_id, status, amount::text, balance::text FROM loans ORDER BY application_id")
+	rows, err := s.pool.Query(ctx, "SELECT application_id, lender_id, loan_id, status, amount::text, balance::text FROM loans ORDER BY application_id")
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	var got []string
 	for rows.Next() {
-		var app, id, status, amount, balance string
-		if err := rows.Scan(&app, &id, &status, &amount, &balance); err != nil {
+		var app, lender, id, status, amount, balance string
+		if err := rows.Scan(&app, &lender, &id, &status, &amount, &balance); err != nil {
 			s.t.Fatal(err)
 		}
-		if id != LoanID(app) || status != "ACTIVE" || amount != balance {
+		if id != LoanID(lender, app) || status != "ACTIVE" || amount != balance {
 			s.t.Errorf("loan %s of %s: status %s amount %s balance %s", id, app, status, amount, balance)
 		}
 		got = append(got, app)

@@ -2,6 +2,8 @@ package jobs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -16,13 +18,18 @@ import (
 )
 
 // LoanID is the id of the loan an approved application creates: derived
-// from the application id, so a replay names the same loan.
-func LoanID(applicationID string) string { return "ln_" + applicationID }
+// from the lender and the application id (application ids are unique per
+// lender only), so a replay names the same loan. A hash keeps it a valid
+// API id (at most 64 characters) whatever the lengths of the two ids.
+func LoanID(lender, applicationID string) string {
+	h := sha256.Sum256([]byte(AppKey(lender, applicationID)))
+	return "ln_" + hex.EncodeToString(h[:16])
+}
 
 // insertLoan creates the loan unless its application already has one.
 const insertLoan = `INSERT INTO loans (loan_id, application_id, customer_id, lender_id, amount, balance, currency, term_months, status)
 VALUES ($1, $2, $3, $4, $5::numeric, $5::numeric, $6, $7, 'ACTIVE')
-ON CONFLICT (application_id) DO NOTHING
+ON CONFLICT (lender_id, application_id) DO NOTHING
 RETURNING loan_id`
 
 // addBalance closes the loop: the customer's balance grows by the loan, so
@@ -88,7 +95,7 @@ func (s *loansSink) book(ctx context.Context, d schemas.LoanDecision) error {
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var id string
-		err := tx.QueryRow(ctx, insertLoan, LoanID(d.ApplicationID), d.ApplicationID, *d.CustomerID, d.LenderID,
+		err := tx.QueryRow(ctx, insertLoan, LoanID(d.LenderID, d.ApplicationID), d.ApplicationID, *d.CustomerID, d.LenderID,
 			d.Amount.String(), d.Currency, s.term).Scan(&id)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // booked before: a replay
@@ -97,6 +104,12 @@ func (s *loansSink) book(ctx context.Context, d schemas.LoanDecision) error {
 			return err
 		}
 		if _, err := tx.Exec(ctx, addBalance, *d.CustomerID, d.Amount.String()); err != nil {
+			return err
+		}
+		// The lender now has a loan with the customer (see the API's
+		// lender_customers).
+		if _, err := tx.Exec(ctx, `INSERT INTO lender_customers (lender_id, customer_id, basis) VALUES ($1, $2, 'loan')
+			ON CONFLICT DO NOTHING`, d.LenderID, *d.CustomerID); err != nil {
 			return err
 		}
 		return audit.Append(ctx, tx, audit.Entry{Actor: "job:" + s.job, Lender: d.LenderID, Action: "loan.create",

@@ -27,6 +27,13 @@ const (
 	ReasonBureauUnavailable  = "BUREAU_UNAVAILABLE"
 	ReasonBureauRejected     = "BUREAU_REJECTED"
 	ReasonApplicationTooLate = "APPLICATION_TOO_LATE"
+	// ReasonApplicantMismatch: the applicant's SSN is not the named
+	// customer's (their blind indexes differ).
+	ReasonApplicantMismatch = "APPLICANT_MISMATCH"
+	// ReasonApplicantUnverified: the applicant could not be compared with
+	// the named customer (the database did not answer): refer, never
+	// decide on a customer's data unverified.
+	ReasonApplicantUnverified = "APPLICANT_UNVERIFIED"
 )
 
 // Policy holds the scoring thresholds. The rules (see doc.go) are simple,

@@ -172,7 +172,7 @@ func seed(ctx context.Context, cfg *Config) (*bench, error) {
 	for i := 0; i < cfg.Customers; i++ {
 		id := fmt.Sprintf("%s-c%d", lender, i)
 		if err := s.CreateCustomer(ctx, admin, api.NewCustomer{CustomerID: id, Name: "Bench Person", SSN: fmt.Sprintf("%09d", 100000000+i),
-			CreditLimit: "10000.00", RiskTier: "MEDIUM", Score: 700}); err != nil {
+			CreditLimit: "100000000000.00", RiskTier: "MEDIUM", Score: 700, LenderID: lender}); err != nil {
 			return nil, err
 		}
 		b.ids = append(b.ids, id)

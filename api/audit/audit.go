@@ -151,8 +151,14 @@ type Report struct {
 	Reason    string // what is wrong with it
 }
 
-// Verify walks the whole chain in seq order.
-func Verify(ctx context.Context, pool *pgxpool.Pool) (Report, error) {
+// Verify walks the whole chain in seq order. Alone it cannot see a
+// dropped tail or a chain recomputed by the database's owner: use
+// VerifyAnchored with the signed heads.
+func Verify(ctx context.Context, pool *pgxpool.Pool) (Report, error) { return verifyRows(ctx, pool) }
+
+func verifyRows(ctx context.Context, pool interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}) (Report, error) {
 	rows, err := pool.Query(ctx, `SELECT seq, at, actor, lender_id, action, resource, purpose, result, request_id, prev_hash, hash
 		FROM audit_log ORDER BY seq`)
 	if err != nil {

@@ -1,15 +1,11 @@
 package audit
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -23,70 +19,17 @@ func PendSQL(first int, entries ...Entry) (string, []any) {
 }
 
 // ChainPending moves up to max committed entries of audit_pending into
-// the chain, oldest first, in one transaction, and returns how many. It
-// takes the chain lock, reads the head, computes the hashes here
-// (ComputeHash, the same canonical form as audit_append) and inserts the
-// rows in one statement: the per-row cost is that of an INSERT, not of a
-// hash computed by PL/pgSQL.
+// the chain, oldest first, in one transaction, and returns how many: one
+// statement, audit_chain_pending (migration 00005), a SECURITY DEFINER
+// function that takes the chain lock, removes the entries and appends
+// them through audit_append. The API's database role may call it but may
+// not delete queued entries itself.
 func ChainPending(ctx context.Context, pool *pgxpool.Pool, max int) (int, error) {
-	n := 0
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		var err error
-		n, err = chainLocked(ctx, tx, max)
-		return err
-	})
-	if err != nil {
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT audit_chain_pending($1)", max).Scan(&n); err != nil {
 		return 0, fmt.Errorf("audit: chaining pending entries: %w", err)
 	}
 	return n, nil
-}
-
-func chainLocked(ctx context.Context, tx pgx.Tx, max int) (int, error) {
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(LockKey)); err != nil {
-		return 0, err
-	}
-	rows, err := tx.Query(ctx, `DELETE FROM audit_pending WHERE id IN (SELECT id FROM audit_pending ORDER BY id LIMIT $1)
-		RETURNING id, at, actor, lender_id, action, resource, purpose, result, request_id`, max)
-	if err != nil {
-		return 0, err
-	}
-	type queued struct {
-		id int64
-		e  Entry
-	}
-	var q []queued
-	for rows.Next() {
-		var r queued
-		if err := rows.Scan(&r.id, &r.e.At, &r.e.Actor, &r.e.Lender, &r.e.Action, &r.e.Resource, &r.e.Purpose, &r.e.Result, &r.e.RequestID); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		q = append(q, r)
-	}
-	if err := rows.Err(); err != nil || len(q) == 0 {
-		return 0, err
-	}
-	slices.SortFunc(q, func(a, b queued) int { return cmp.Compare(a.id, b.id) })
-	var seq int64
-	prev := []byte{}
-	err = tx.QueryRow(ctx, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&seq, &prev)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return 0, err
-	}
-	n := len(q)
-	seqs, prevs, hashes := make([]int64, n), make([][]byte, n), make([][]byte, n)
-	entries := make([]Entry, n)
-	for i, r := range q {
-		seq++
-		seqs[i], prevs[i], entries[i] = seq, prev, r.e
-		prev = ComputeHash(prev, seq, r.e)
-		hashes[i] = prev
-	}
-	cols := columns(entries)
-	_, err = tx.Exec(ctx, `INSERT INTO audit_log (seq, at, actor, lender_id, action, resource, purpose, result, request_id, prev_hash, hash)
-		SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bytea[])`,
-		append(append([]any{seqs}, cols...), prevs, hashes)...)
-	return n, err
 }
 
 // ChainerConfig configures a Chainer.

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -41,43 +43,98 @@ func (is *Issuer) Key(_ context.Context, kid string) (jwk.Key, error) {
 // HTTPKeySource caches an issuer's JWKS fetched over HTTP; an unknown kid
 // refetches at most once per MinRefetchInterval, and a set older than
 // MaxAge is refetched on the next lookup, so a key the issuer withdrew
-// stops verifying (a failed refresh keeps the cached set).
+// stops verifying. A failed refresh keeps the cached set for at most
+// MaxStale after the last successful fetch, then drops it (tokens are
+// refused until the issuer answers again). Keys whose "use" is not "sig"
+// never verify.
 type HTTPKeySource struct {
 	URL                string
 	Client             *http.Client
 	MinRefetchInterval time.Duration // default 30s
 	MaxAge             time.Duration // default 15m
+	MaxStale           time.Duration // default 1h
 	MaxBodyBytes       int64         // default 1 MiB
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 
 	mu struct {
 		sync.Mutex
 		set       jwk.Set
 		lastFetch time.Time
+		lastOK    time.Time
 	}
+}
+
+func (s *HTTPKeySource) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// lookupLocked finds kid in the cached set, refusing keys not meant for
+// signatures.
+func (s *HTTPKeySource) lookupLocked(kid string) (jwk.Key, bool) {
+	if s.mu.set == nil {
+		return nil, false
+	}
+	k, ok := s.mu.set.LookupKeyID(kid)
+	if !ok {
+		return nil, false
+	}
+	if use, has := k.KeyUsage(); has && use != "sig" {
+		return nil, false
+	}
+	return k, true
+}
+
+// ValidJWKSURL reports why a JWKS URL is not acceptable: it must be https,
+// except on a loopback host (development, tests).
+func ValidJWKSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("auth: JWKS URL: %w", err)
+	}
+	if u.Scheme == "https" {
+		return nil
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); u.Scheme == "http" && (host == "localhost" || (ip != nil && ip.IsLoopback())) {
+		return nil
+	}
+	return fmt.Errorf("auth: JWKS URL %q must be https:// (plain http only on a loopback host): keys fetched in clear text can be replaced in transit", raw)
 }
 
 // Key returns the key named kid from the cached set.
 func (s *HTTPKeySource) Key(ctx context.Context, kid string) (jwk.Key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mu.set != nil && time.Since(s.mu.lastFetch) >= s.maxAge() {
-		_ = s.fetchLocked(ctx) // on failure the cached set stays
-	}
-	if s.mu.set != nil {
-		if k, ok := s.mu.set.LookupKeyID(kid); ok {
-			return k, nil
+	now := s.now()
+	if s.mu.set != nil && now.Sub(s.mu.lastFetch) >= s.maxAge() {
+		if err := s.fetchLocked(ctx); err != nil && now.Sub(s.mu.lastOK) > s.maxStale() {
+			s.mu.set = nil // too stale to trust: refuse until the issuer answers
 		}
 	}
-	if !s.mu.lastFetch.IsZero() && time.Since(s.mu.lastFetch) < s.minInterval() {
+	if k, ok := s.lookupLocked(kid); ok {
+		return k, nil
+	}
+	if !s.mu.lastFetch.IsZero() && now.Sub(s.mu.lastFetch) < s.minInterval() {
 		return nil, ErrUnknownKey
 	}
 	if err := s.fetchLocked(ctx); err != nil {
 		return nil, err
 	}
-	if k, ok := s.mu.set.LookupKeyID(kid); ok {
+	if k, ok := s.lookupLocked(kid); ok {
 		return k, nil
 	}
 	return nil, ErrUnknownKey
+}
+
+func (s *HTTPKeySource) maxStale() time.Duration {
+	if s.MaxStale > 0 {
+		return s.MaxStale
+	}
+	return time.Hour
 }
 
 func (s *HTTPKeySource) minInterval() time.Duration {
@@ -95,7 +152,7 @@ func (s *HTTPKeySource) maxAge() time.Duration {
 }
 
 func (s *HTTPKeySource) fetchLocked(ctx context.Context) error {
-	s.mu.lastFetch = time.Now()
+	s.mu.lastFetch = s.now()
 	c := s.Client
 	if c == nil {
 		c = &http.Client{Timeout: 5 * time.Second}
@@ -124,7 +181,7 @@ func (s *HTTPKeySource) fetchLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("auth: parsing JWKS: %w", err)
 	}
-	s.mu.set = set
+	s.mu.set, s.mu.lastOK = set, s.mu.lastFetch
 	return nil
 }
 
@@ -140,6 +197,10 @@ type ValidatorConfig struct {
 	// CacheMaxAge bounds how long a verified token is remembered (never
 	// past its exp), so a withdrawn key stops being honoured. Default 1m.
 	CacheMaxAge time.Duration
+	// MaxLifetime caps the lifetime the API accepts, whatever the issuer
+	// granted: exp - iat (or exp - now without iat) beyond it is refused.
+	// Default 1h.
+	MaxLifetime time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -211,6 +272,9 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	if cfg.CacheMaxAge <= 0 {
 		cfg.CacheMaxAge = time.Minute
 	}
+	if cfg.MaxLifetime <= 0 {
+		cfg.MaxLifetime = time.Hour
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -224,8 +288,15 @@ type Principal struct {
 	Scopes  map[string]bool
 }
 
-// Has reports whether the principal holds scope (admin holds every scope).
-func (p Principal) Has(scope string) bool { return p.Scopes[scope] || p.Scopes[ScopeAdmin] }
+// Has reports whether the principal holds scope. Admin holds every scope
+// except pii:read, which is only ever granted explicitly: decrypting a
+// customer's full PII is never a side effect of operating the platform.
+func (p Principal) Has(scope string) bool {
+	if scope == ScopePIIRead {
+		return p.Scopes[ScopePIIRead]
+	}
+	return p.Scopes[scope] || p.Scopes[ScopeAdmin]
+}
 
 func reject(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrUnauthorized}, args...)...)
@@ -325,6 +396,14 @@ func (v *Validator) Validate(ctx context.Context, token string) (Principal, erro
 	)
 	if err != nil {
 		return Principal{}, reject("%v", err)
+	}
+	exp, _ := tok.Expiration()
+	start := v.cfg.Now()
+	if iat, ok := tok.IssuedAt(); ok && iat.Before(start) {
+		start = iat
+	}
+	if exp.Sub(start) > v.cfg.MaxLifetime+v.cfg.Skew {
+		return Principal{}, reject("token lifetime %v exceeds the accepted maximum %v", exp.Sub(start).Round(time.Second), v.cfg.MaxLifetime)
 	}
 	p, err := v.principal(tok)
 	if err != nil {

@@ -299,6 +299,33 @@ func EqualIndex(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1
 // primary; earlier keys stay enabled so existing ciphertexts decrypt. It
 // returns the new primary key id.
 func Rotate(ctx context.Context, cfg Config) (uint32, error) {
+	return rotate(ctx, cfg, cfg.DataKeysetPath, "data", aead.AES256GCMKeyTemplate())
+}
+
+// RotateIndex adds a new HMAC-SHA256 PRF key to the blind-index keyset and
+// makes it the primary; earlier keys stay so rows indexed under them are
+// still found (BlindIndexes) until they are re-indexed.
+func RotateIndex(ctx context.Context, cfg Config) (uint32, error) {
+	return rotate(ctx, cfg, cfg.IndexKeysetPath, "index", prf.HMACSHA256PRFKeyTemplate())
+}
+
+// CiphertextKeyID is the id of the key a Tink ciphertext was sealed with
+// (its 5-byte prefix: 0x01 and the key id), false for a raw ciphertext.
+func CiphertextKeyID(ct []byte) (uint32, bool) {
+	if len(ct) < 5 || ct[0] != 1 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(ct[1:5]), true
+}
+
+// IndexKeyID is the primary blind-index key's id.
+func (k *Keyring) IndexKeyID() uint32 {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.mu.prfs.PrimaryID
+}
+
+func rotate(ctx context.Context, cfg Config, path, role string, tmpl *tinkpb.KeyTemplate) (uint32, error) {
 	if err := cfg.Validate(); err != nil {
 		return 0, err
 	}
@@ -306,12 +333,12 @@ func Rotate(ctx context.Context, cfg Config) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	h, err := readKeyset(cfg.DataKeysetPath, "data", kek)
+	h, err := readKeyset(path, role, kek)
 	if err != nil {
 		return 0, err
 	}
 	m := keyset.NewManagerFromHandle(h)
-	id, err := m.Add(aead.AES256GCMKeyTemplate())
+	id, err := m.Add(tmpl)
 	if err != nil {
 		return 0, fmt.Errorf("pii: adding key: %w", err)
 	}
@@ -322,5 +349,35 @@ func Rotate(ctx context.Context, cfg Config) (uint32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("pii: building keyset: %w", err)
 	}
-	return id, writeKeyset(cfg.DataKeysetPath, "data", nh, kek)
+	return id, writeKeyset(path, role, nh, kek)
+}
+
+// MAC computes a 32-byte PRF tag of msg under the primary index key, with
+// domain separation ("mac:" + domain + ":" before msg, where blind indexes
+// use "ssn:"), and returns it with the key's id. The audit log's anchors
+// are signed with it: a key held by the KMS-wrapped keyset, never by the
+// database.
+func (k *Keyring) MAC(domain string, msg []byte) ([]byte, uint32, error) {
+	k.mu.RLock()
+	ps := k.mu.prfs
+	k.mu.RUnlock()
+	out, err := ps.ComputePrimaryPRF(append([]byte("mac:"+domain+":"), msg...), IndexLen)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pii: computing MAC: %w", err)
+	}
+	return out, ps.PrimaryID, nil
+}
+
+// VerifyMAC reports whether tag is MAC(domain, msg) under the index key
+// keyID (any key of the keyset, so tags made before a rotation verify).
+func (k *Keyring) VerifyMAC(domain string, msg []byte, keyID uint32, tag []byte) bool {
+	k.mu.RLock()
+	ps := k.mu.prfs
+	k.mu.RUnlock()
+	p, ok := ps.PRFs[keyID]
+	if !ok {
+		return false
+	}
+	want, err := p.ComputePRF(append([]byte("mac:"+domain+":"), msg...), IndexLen)
+	return err == nil && subtle.ConstantTimeCompare(want, tag) == 1
 }

@@ -107,6 +107,10 @@ and shuts down gracefully on SIGINT/SIGTERM.`,
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for in-flight requests")
 	f.StringVar(&metricsURLs, "pipeline-metrics-urls", os.Getenv("LOANFLOW_PIPELINE_METRICS_URLS"), "Prometheus endpoints of workers and CDC for the operator page, comma separated")
 	f.StringVar(&bootstrap, "bootstrap-admin", "", "create this admin client if missing and print its secret once")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", os.Getenv("LOANFLOW_API_ADMIN_ADDR"), "serve /metrics, /healthz and /readyz on this separate listener only (recommended in production; env LOANFLOW_API_ADMIN_ADDR)")
+	f.StringVar(&cfg.MetricsToken, "metrics-token", os.Getenv("LOANFLOW_METRICS_TOKEN"), "bearer token /metrics requires (env LOANFLOW_METRICS_TOKEN)")
+	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", time.Hour, "longest token lifetime (exp - iat) accepted from any issuer")
+	f.DurationVar(&cfg.RevocationStaleness, "revocation-staleness", 10*time.Second, "how long a disabled client's tokens may keep working (at most 30s)")
 	f.BoolVar(&initKeys, "init-keys", false, "create the local KEK and PII keysets if missing (dev)")
 	keys.register(cmd)
 	return cmd

@@ -31,7 +31,7 @@ tables:
   - table: public.customers
   - table: public.credit_profiles
   - table: public.loans
-  - table: public.audit_log
+# - table: public.audit_log         # only if a consumer needs the audit trail in Kafka
 # ensure_replica_identity_full: true  # needed for tables with text/bytea/jsonb/numeric columns
 # heartbeat_interval: 5s
 # commit_interval: 50ms

@@ -431,8 +431,8 @@ func readAccepted(path string, ids map[string]bool) error {
 
 // readAllDecisions reads every record of loan_decisions with
 // read_committed (control records kept, so the end is reached) once no
-// transaction is open in it, and counts the records per key (application
-// id). It uses franz-go alone.
+// transaction is open in it, and counts the records per application id
+// (the key after its lender/). It uses franz-go alone.
 func readAllDecisions(brokers []string, limit time.Duration) (map[string]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -456,7 +456,13 @@ func readAllDecisions(brokers []string, limit time.Duration) (map[string]int, er
 		fs.EachRecord(func(r *kgo.Record) {
 			next[r.Partition] = r.Offset + 1
 			if !r.Attrs.IsControl() {
-				counts[string(r.Key)]++
+				// Keys are lender/application id; the runs' ids are unique
+				// across lenders (they carry the run id).
+				key := string(r.Key)
+				if i := strings.IndexByte(key, '/'); i >= 0 {
+					key = key[i+1:]
+				}
+				counts[key]++
 			}
 		})
 	}

@@ -81,8 +81,11 @@ func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision
 	if err != nil {
 		return nil, err
 	}
-	alice := api.NewCustomer{CustomerID: "cust-" + run + "-alice", Name: "Alice Demo", SSN: randomSSN(), CreditLimit: "20000.00", RiskTier: "LOW", Score: 780}
-	bob := api.NewCustomer{CustomerID: "cust-" + run + "-bob", Name: "Bob Demo", SSN: randomSSN(), CreditLimit: "1000.00", RiskTier: "HIGH", Score: 560}
+	// The lender onboards both (a lender reaches only its own customers'
+	// credit data, and an application naming a customer carries that
+	// customer's SSN).
+	alice := api.NewCustomer{CustomerID: "cust-" + run + "-alice", Name: "Alice Demo", SSN: randomSSN(), CreditLimit: "20000.00", RiskTier: "LOW", Score: 780, LenderID: cfg.lender}
+	bob := api.NewCustomer{CustomerID: "cust-" + run + "-bob", Name: "Bob Demo", SSN: randomSSN(), CreditLimit: "1000.00", RiskTier: "HIGH", Score: 560, LenderID: cfg.lender}
 	for _, c := range []api.NewCustomer{alice, bob} {
 		if err := op.call(ctx, "POST", "/v1/customers", c, nil); err != nil {
 			return nil, err
@@ -95,18 +98,19 @@ func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision
 		who      string
 		customer *string
 		name     string
+		ssn      string
 		amount   string
 	}
 	apps := []application{
-		{who: alice.CustomerID, customer: &alice.CustomerID, name: alice.Name, amount: "1500.00"},
-		{who: bob.CustomerID, customer: &bob.CustomerID, name: bob.Name, amount: "5000.00"},
-		{who: "new applicant", name: "Carol Newcomer", amount: "800.00"},
+		{who: alice.CustomerID, customer: &alice.CustomerID, name: alice.Name, ssn: alice.SSN, amount: "1500.00"},
+		{who: bob.CustomerID, customer: &bob.CustomerID, name: bob.Name, ssn: bob.SSN, amount: "5000.00"},
+		{who: "new applicant", name: "Carol Newcomer", ssn: randomSSN(), amount: "800.00"},
 	}
 	ids := make([]string, len(apps))
 	sent := make([]time.Time, len(apps))
 	for i, a := range apps {
 		body := map[string]any{"pos_terminal_id": "pos-demo-1", "amount": a.amount, "currency": "USD",
-			"applicant": map[string]string{"name": a.name, "ssn": randomSSN()}}
+			"applicant": map[string]string{"name": a.name, "ssn": a.ssn}}
 		if a.customer != nil {
 			body["customer_id"] = *a.customer
 		}

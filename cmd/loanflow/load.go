@@ -281,7 +281,7 @@ func (l *loadRun) newApplication(terminal, seq int) loadApplication {
 		amount: fmt.Sprintf("%d.%02d", 100+rand.IntN(5900), rand.IntN(100))}
 	if len(ln.customers) > 0 && rand.Float64() < l.cfg.knownRatio {
 		c := ln.customers[rand.IntN(len(ln.customers))]
-		a.customer = &c
+		a.customer, a.ssn = &c, customerSSN(c)
 	}
 	return a
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
@@ -80,7 +82,7 @@ func (l *loadRun) createCustomers(ctx context.Context, op *apiClient) error {
 	g.SetLimit(l.cfg.terminals)
 	for _, ln := range l.lenders {
 		for j, id := range ln.customers {
-			c := api.NewCustomer{CustomerID: id, Name: fmt.Sprintf("Customer %d", j), SSN: randomSSN(),
+			c := api.NewCustomer{CustomerID: id, Name: fmt.Sprintf("Customer %d", j), SSN: customerSSN(id), LenderID: ln.id,
 				RiskTier: schemas.RiskTiers[j%len(schemas.RiskTiers)], Score: 500 + (j*37)%330,
 				CreditLimit: fmt.Sprintf("%d.00", 1000+(j*1733)%19000)}
 			g.Go(func() error { return op.call(gctx, "POST", "/v1/customers", c, nil, http.StatusConflict) })
@@ -101,7 +103,7 @@ func (l *loadRun) openDirect(ctx context.Context) error {
 }
 
 // produce sends one application straight to the applications topic, keyed
-// by its id as the API does; accepted means acknowledged (acks=all,
+// by its lender and id as the API does; accepted means acknowledged (acks=all,
 // idempotent).
 func (l *loadRun) produce(ctx context.Context, a loadApplication) (bool, string) {
 	details, idx, err := api.SealApplicant(l.keys, a.id, a.name, a.ssn, "", "")
@@ -114,7 +116,7 @@ func (l *loadRun) produce(ctx context.Context, a loadApplication) (bool, string)
 	if err != nil {
 		return false, "encoding: " + err.Error()
 	}
-	rec := &kgo.Record{Topic: l.cfg.applications, Key: []byte(a.id), Value: val}
+	rec := &kgo.Record{Topic: l.cfg.applications, Key: []byte(api.AppKey(a.lender.id, a.id)), Value: val}
 	if err := l.producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		return false, "produce: " + errorKind(err)
 	}
@@ -130,12 +132,12 @@ func (l *loadRun) decisionReader() (*kgo.Client, error) {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(l.start.Add(-time.Minute).UnixMilli())))
 }
 
-// readDecisions matches the run's decisions (keyed by application id)
+// readDecisions matches the run's decisions (keyed lender/application id)
 // until ctx ends. The broker and the registry may go away and come back
 // (loanflow dev restarted): the client reconnects, and a record that does
 // not decode yet is tried again every second.
 func (l *loadRun) readDecisions(ctx context.Context, cl *kgo.Client) error {
-	prefix := []byte(l.run + "-")
+	prefix := []byte("/" + l.run + "-") // keys are lender/<run>-<seq>
 	for {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -143,7 +145,7 @@ func (l *loadRun) readDecisions(ctx context.Context, cl *kgo.Client) error {
 		}
 		for it := fs.RecordIter(); !it.Done(); {
 			r := it.Next()
-			if !bytes.HasPrefix(r.Key, prefix) {
+			if !bytes.Contains(r.Key, prefix) {
 				continue
 			}
 			d, err := l.decode(ctx, r.Value)
@@ -165,4 +167,15 @@ func (l *loadRun) decode(ctx context.Context, v []byte) (api.Decision, error) {
 			return d, err
 		}
 	}
+}
+
+// customerSSN is the SSN load gives customer id: derived from the id, so a
+// later run that finds the customer created still sends its SSN (an
+// application naming a customer must carry the customer's SSN, or the API
+// refuses it and the decisions job refers it).
+func customerSSN(id string) string {
+	h := sha256.Sum256([]byte("loanflow-load-ssn:" + id))
+	v := binary.BigEndian.Uint64(h[:8])%665_000_000 + 1_000_000 // area 001..665
+	s := fmt.Sprintf("%09d", v)
+	return s[:3] + "-" + s[3:5] + "-" + s[5:]
 }

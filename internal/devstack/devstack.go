@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -21,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/loanflow/loanflow/api"
+	"github.com/loanflow/loanflow/api/migrations"
 	"github.com/loanflow/loanflow/api/pii"
 	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/connectors/postgres"
@@ -379,7 +382,8 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 		return err
 	}
 	addr := ln.Addr().String()
-	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: s.info.DatabaseURL,
+	apiDSN := s.apiRoleDSN(ctx)
+	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: apiDSN, MigrationsDatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
 		PII: keys, OperatorMetricsURLs: metricsURLs, Logger: s.log.With("part", "api")}, nil)
@@ -432,7 +436,7 @@ func (s *stack) adminCredentials(ctx context.Context, srv *api.Server) (api.Clie
 func (s *stack) startCDC(ctx context.Context, g *errgroup.Group, metrics net.Listener) error {
 	reg := newRegistry()
 	var tables []postgres.TableConfig
-	for _, t := range []string{"customers", "credit_profiles", "loans", "audit_log"} {
+	for _, t := range []string{"customers", "credit_profiles", "loans"} { // not audit_log (issue 9)
 		tables = append(tables, postgres.TableConfig{Table: "public." + t})
 	}
 	r, err := postgres.NewReader(postgres.Config{Name: "loanflow_cdc", DatabaseURL: s.info.DatabaseURL,
@@ -578,4 +582,44 @@ func (i Info) Summary() string {
 	fmt.Fprintf(&b, "  loanflow job status decisions --brokers %s --admin %s\n", strings.Join(i.Brokers, ","), i.Workers["decisions"])
 	fmt.Fprintf(&b, "Stop with Ctrl-C; run it again to resume, delete %s to start over.\n", i.Dir)
 	return b.String()
+}
+
+// apiRoleDSN migrates the database as its owner and returns a DSN of the
+// login role loanflow_api_dev, a member of loanflow_api (migration 00005):
+// the API then owns nothing and cannot disable the audit triggers. When
+// the role cannot be made or used (a --database-url whose user may not
+// create roles, or that needs passwords), it logs why and returns the
+// owner's DSN.
+func (s *stack) apiRoleDSN(ctx context.Context) string {
+	owner := s.info.DatabaseURL
+	fallback := func(why string, err error) string {
+		s.log.Warn("the API runs as the database owner: "+why, "err", err)
+		return owner
+	}
+	if _, err := migrations.Up(ctx, owner); err != nil {
+		return fallback("migrating", err)
+	}
+	conn, err := pgx.Connect(ctx, owner)
+	if err != nil {
+		return fallback("connecting", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loanflow_api_dev') THEN
+			CREATE ROLE loanflow_api_dev LOGIN IN ROLE loanflow_api;
+		END IF; END $$`); err != nil {
+		return fallback("creating the role loanflow_api_dev", err)
+	}
+	u, err := url.Parse(owner)
+	if err != nil {
+		return fallback("parsing the database URL", err)
+	}
+	u.User = url.User("loanflow_api_dev")
+	dsn := u.String()
+	test, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fallback("connecting as loanflow_api_dev", err)
+	}
+	test.Close(ctx)
+	return dsn
 }

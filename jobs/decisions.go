@@ -15,7 +15,7 @@ import (
 )
 
 func init() {
-	Register(Job{Name: "decisions", Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
+	Register(Job{AdminPort: 9100, Name: "decisions", Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
 		Build: func(b *pipeline.Builder, env Env) error { return BuildDecisions(b, env, DecisionsConfig{}) }})
 }
 

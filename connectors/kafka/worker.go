@@ -63,6 +63,7 @@ type Worker struct {
 	logBytes    atomic.Int64 // changelog bytes staged in the open checkpoint
 	stopReq     chan stopRequest
 	leaving     bool // stopped gracefully: leave the group on teardown
+	stopAsked   atomic.Bool
 	ready       chan struct{}
 	readyOnce   sync.Once
 }
@@ -129,7 +130,7 @@ func (w *Worker) Tasks() []string {
 }
 
 func (w *Worker) clientOpts(extra ...kgo.Opt) []kgo.Opt {
-	opts := []kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...), kgo.ClientID("loanflow-" + w.cfg.JobID)}
+	opts := []kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...), kgo.ClientID(ClientID(w.cfg.JobID, w.cfg.AdminAddr))}
 	opts = append(opts, w.cfg.ClientOpts...)
 	return append(opts, extra...)
 }
@@ -336,7 +337,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	for {
 		select {
 		case req := <-w.stopReq:
-			return w.stop(req)
+			if !req.keepRunning {
+				w.stopAsked.Store(true)
+				return w.stop(req)
+			}
+			if err := w.savepointRunning(ctx, req); err != nil {
+				return err
+			}
+			nextCommit = time.Now().Add(w.cfg.CommitInterval)
+			continue
 		default:
 		}
 		if ctx.Err() != nil {
@@ -858,10 +867,27 @@ func (w *Worker) openTask(ctx context.Context, id taskID, committed map[string]m
 	return tr, n, nil
 }
 
-// stopRequest asks Run to stop, optionally writing a savepoint.
+// stopRequest asks Run to stop, optionally writing a savepoint; with
+// keepRunning it writes the savepoint and goes on.
 type stopRequest struct {
-	savepoint string
-	done      chan error
+	savepoint   string
+	keepRunning bool
+	done        chan error
+}
+
+// savepointRunning takes a checkpoint and writes a savepoint of it
+// without stopping. Only a failed checkpoint ends Run (as it would have
+// at the next commit); a failed savepoint is the requester's error.
+func (w *Worker) savepointRunning(ctx context.Context, req stopRequest) error {
+	if err := graceful(ctx, w.checkpoint); err != nil {
+		req.done <- err
+		return err
+	}
+	err := w.writeSavepoint(ctx, req.savepoint)
+	w.blocked.Store(false)
+	w.sess.AllowRebalance()
+	req.done <- err
+	return nil
 }
 
 // stop ends Run gracefully: a final checkpoint, an optional savepoint,

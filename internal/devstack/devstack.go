@@ -26,6 +26,7 @@ import (
 	"github.com/loanflow/loanflow/connectors/postgres"
 	"github.com/loanflow/loanflow/connectors/schemaregistry"
 	"github.com/loanflow/loanflow/internal/bureau"
+	"github.com/loanflow/loanflow/internal/debughttp"
 	"github.com/loanflow/loanflow/jobs"
 )
 
@@ -58,8 +59,10 @@ type Config struct {
 	APIAddr        string // default 127.0.0.1:8080
 	BureauAddr     string // default 127.0.0.1:8090
 	CDCMetricsAddr string // default 127.0.0.1:9110
-	// WorkerAdminPort is the first worker admin port; job i of Jobs
-	// listens on WorkerAdminPort+i. Default 9100; 0 with FreePorts.
+	// WorkerAdminPort is the first worker admin port; a job listens on
+	// WorkerAdminPort + its offset in the port map (jobs.Job.AdminPort -
+	// jobs.FirstAdminPort): decisions 9100, cache-invalidation 9101,
+	// portfolio 9102 as in docker-compose. Default 9100; 0 with FreePorts.
 	WorkerAdminPort int
 
 	// FreePorts picks free ports for every listen address left empty (tests).
@@ -444,7 +447,7 @@ func (s *stack) startCDC(ctx context.Context, g *errgroup.Group, metrics net.Lis
 		metrics.Close()
 		return err
 	}
-	serveHTTP(ctx, g, metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	serveHTTP(ctx, g, metrics, debughttp.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	failed := goRun(g, func() error { return wrap("cdc", r.Run(ctx)) })
 	// The decisions job joins against customer_360: wait until the reader
 	// created its topics, so the job finds them with the reader's
@@ -488,10 +491,10 @@ func (s *stack) waitTopics(ctx context.Context, failed <-chan struct{}, topics .
 
 func (s *stack) workerListeners() (map[string]net.Listener, error) {
 	out := map[string]net.Listener{}
-	for i, j := range Jobs {
+	for _, j := range Jobs {
 		addr := "127.0.0.1:0"
 		if s.cfg.WorkerAdminPort != 0 {
-			addr = fmt.Sprintf("127.0.0.1:%d", s.cfg.WorkerAdminPort+i)
+			addr = fmt.Sprintf("127.0.0.1:%d", s.cfg.WorkerAdminPort+adminOffset(j))
 		}
 		ln, err := listen("worker admin of "+j, addr, "--worker-admin-port")
 		if err != nil {
@@ -502,6 +505,15 @@ func (s *stack) workerListeners() (map[string]net.Listener, error) {
 		s.info.Workers[j] = ln.Addr().String()
 	}
 	return out, nil
+}
+
+// adminOffset is job's place in the admin port map.
+func adminOffset(job string) int {
+	j, ok := jobs.Get(job)
+	if !ok || j.AdminPort == 0 {
+		panic("devstack: job " + job + " has no admin port") // a job added to Jobs without one
+	}
+	return j.AdminPort - jobs.FirstAdminPort
 }
 
 func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[string]net.Listener) error {
@@ -520,11 +532,11 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 			var w *kafka.Worker
 			w, err = kafka.NewWorker(b, kafka.Config{Brokers: s.info.Brokers, WorkerID: "dev-" + name,
 				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce,
-				DefaultPartitions: int32(s.cfg.Partitions), Registerer: reg, Logger: log})
+				DefaultPartitions: int32(s.cfg.Partitions), AdminAddr: s.info.Workers[name], Registerer: reg, Logger: log})
 			if err == nil {
 				serveHTTP(ctx, g, lns[name], kafka.AdminHandler(w, reg))
 				delete(lns, name)
-				failed := goRun(g, func() error { return wrap("job "+name, w.Run(ctx)) })
+				failed := goRun(g, func() error { return s.runWorker(ctx, name, w) })
 				ws = append(ws, started{w, failed})
 			}
 		}
@@ -539,6 +551,24 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 		}
 	}
 	return nil
+}
+
+// runWorker runs a job's worker. A worker stopped through its admin
+// endpoint (loanflow job stop) ends without stopping the stack, even when
+// its stop failed: the error is logged, the other parts keep running, and
+// the job can be started again with loanflow job run. Only a worker that
+// fails on its own takes the stack down.
+func (s *stack) runWorker(ctx context.Context, name string, w *kafka.Worker) error {
+	err := w.Run(ctx)
+	if ctx.Err() == nil && w.StopRequested() {
+		if err != nil {
+			s.log.Error("job stop failed; the rest of the stack keeps running", "job", name, "err", err)
+		} else {
+			s.log.Info("job stopped on request; the rest of the stack keeps running", "job", name)
+		}
+		return nil
+	}
+	return wrap("job "+name, err)
 }
 
 func newRegistry() *prometheus.Registry {
@@ -567,7 +597,7 @@ func (i Info) Summary() string {
 	row("Credit bureau simulator", i.BureauURL)
 	row("CDC metrics", i.CDCMetricsURL)
 	for _, j := range Jobs {
-		row("Job "+j, "http://"+i.Workers[j]+"  (/metrics /status /readyz, POST /stop)")
+		row("Job "+j, "http://"+i.Workers[j]+"  (/metrics /status /readyz /debug/pprof/)")
 	}
 	row("PostgreSQL", i.DatabaseURL)
 	row("Redis", i.RedisURL)
@@ -575,7 +605,8 @@ func (i Info) Summary() string {
 	fmt.Fprintf(&b, "\n  Admin client %s: secret in %s\n\n", i.Admin.ClientID, i.CredentialsFile)
 	fmt.Fprintf(&b, "Try it from another terminal:\n")
 	fmt.Fprintf(&b, "  loanflow demo --api %s --credentials %s\n", i.APIURL, i.CredentialsFile)
-	fmt.Fprintf(&b, "  loanflow job status decisions --brokers %s --admin %s\n", strings.Join(i.Brokers, ","), i.Workers["decisions"])
+	fmt.Fprintf(&b, "  loanflow job status decisions --brokers %s\n", strings.Join(i.Brokers, ","))
+	fmt.Fprintf(&b, "  loanflow decisions tail --brokers %s --schema-registry %s\n", strings.Join(i.Brokers, ","), i.SchemaRegistryURL)
 	fmt.Fprintf(&b, "Stop with Ctrl-C; run it again to resume, delete %s to start over.\n", i.Dir)
 	return b.String()
 }

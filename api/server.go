@@ -46,6 +46,7 @@ type Server struct {
 	audit      *audit.Writer
 	chain      *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
 	producer   *kgo.Client
+	ready      pipelineReady
 	consumer   *kgo.Client
 	codecs     Codecs
 	hub        *hub
@@ -240,6 +241,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.redis.Ping(ctx).Err(); err != nil {
 		out["redis"] = "degraded: serving from PostgreSQL"
+	}
+	if code == http.StatusOK {
+		if ok, why := s.pipelineReady(ctx); !ok {
+			out["pipeline"], code = why, http.StatusServiceUnavailable
+		} else {
+			out["pipeline"] = "ok"
+		}
+	}
+	if code != http.StatusOK {
+		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, code, out)
 }

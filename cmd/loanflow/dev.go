@@ -51,7 +51,11 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 			defer closeLog()
 			cfg.Logger = log
 			out := cmd.OutOrStdout()
-			fmt.Fprintln(out, "starting Loanflow (first start initialises PostgreSQL and takes a little longer)...")
+			if cfg.DatabaseURL == "" && devstack.FirstStart(cfg.Dir) {
+				fmt.Fprintln(out, "starting Loanflow for the first time in "+cfg.Dir+" (initialising PostgreSQL takes a little longer)...")
+			} else {
+				fmt.Fprintln(out, "starting Loanflow from "+cfg.Dir+"...")
+			}
 			start := time.Now()
 			err = devstack.Run(cmd.Context(), cfg, func(info devstack.Info) {
 				fmt.Fprintf(out, "ready in %s\n\n%s", time.Since(start).Round(100*time.Millisecond), info.Summary())

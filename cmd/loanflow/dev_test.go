@@ -101,9 +101,20 @@ func TestDevStackAndDemo(t *testing.T) {
 	requireServers(t)
 	dir := testenv.Dir(t, "dev")
 
+	if !devstack.FirstStart(dir) {
+		t.Fatal("a fresh directory is not a first start")
+	}
 	start := time.Now()
 	info, stop := startDev(t, dir)
 	t.Logf("stack ready in %s: %v", time.Since(start).Round(time.Millisecond), info.Started)
+	// Ready means ready: the API's /readyz (topics, schemas, the decisions
+	// job owning its partitions) answers 200 when the banner would print.
+	if body := get(t, info.APIURL+"/readyz"); !strings.Contains(body, `"pipeline":"ok"`) {
+		t.Errorf("readyz at the banner: %s", body)
+	}
+	if devstack.FirstStart(dir) {
+		t.Error("a started stack's directory still looks like a first start")
+	}
 	if !strings.Contains(info.Summary(), info.APIURL+"/dashboard") {
 		t.Errorf("summary lacks the dashboard:\n%s", info.Summary())
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -130,6 +131,13 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+}
+
+// FirstStart reports whether the stack in dir has never started: its local
+// PostgreSQL has no data directory yet (initialising it takes longer).
+func FirstStart(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "postgres", "data", "PG_VERSION"))
+	return err != nil
 }
 
 // Info tells where the parts of a running stack are.
@@ -261,7 +269,43 @@ func (s *stack) startParts(ctx context.Context, g *errgroup.Group) error {
 		closeAll(workerAddrs)
 		return err
 	}
-	return s.startWorkers(ctx, g, workerAddrs)
+	if err := s.startWorkers(ctx, g, workerAddrs); err != nil {
+		return err
+	}
+	return s.awaitAPIReady(ctx)
+}
+
+// awaitAPIReady waits until the API's /readyz says every part can do its
+// job (topics created, schemas registered, the decisions job owning its
+// partitions): only then does loanflow dev print its banner.
+func (s *stack) awaitAPIReady(ctx context.Context) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	last := ""
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.info.APIURL+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = strings.TrimSpace(string(b))
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dev: the API is not ready after 2m: %s", last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // listen binds addr, naming the flag that changes it when taken.
@@ -385,7 +429,8 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
-		PII: keys, OperatorMetricsURLs: metricsURLs, Logger: s.log.With("part", "api")}, nil)
+		PII: keys, OperatorMetricsURLs: metricsURLs, ReadyGroups: []string{kafka.Group("decisions")},
+		Logger: s.log.With("part", "api")}, nil)
 	if err != nil {
 		ln.Close()
 		return err

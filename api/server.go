@@ -25,6 +25,7 @@ import (
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/migrations"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/internal/buildinfo"
 )
 
 //go:embed web/*.html
@@ -116,7 +117,7 @@ func (s *Server) connect(ctx context.Context) error {
 		return err
 	}
 	s.registry = prometheus.NewRegistry()
-	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
 	s.metrics = newMetrics(s.registry)
 	s.badRecords = prometheus.NewCounter(prometheus.CounterOpts{Name: "loanflow_api_undecodable_records_total", Help: "Topic records the API could not decode."})
 	s.registry.MustRegister(s.badRecords)

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/loanflow/loanflow/connectors/bureau"
 	"github.com/loanflow/loanflow/connectors/kafka"
-	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/operators"
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/schemas"
@@ -53,6 +54,11 @@ type DecisionsConfig struct {
 	// BureauMaxBackoff. Defaults 200ms and 2s.
 	BureauBackoff    time.Duration
 	BureauMaxBackoff time.Duration
+	// BureauBreakerFailures consecutive unavailable bureau answers open
+	// the bureau client's circuit breaker for BureauBreakerOpen: calls
+	// then fall back at once. Defaults 5 and 10s; -1 disables it.
+	BureauBreakerFailures int
+	BureauBreakerOpen     time.Duration
 	// LoansRetryFor bounds how long the loans sink retries a database that
 	// does not answer before it fails the task. Default 10s.
 	LoansRetryFor time.Duration
@@ -142,6 +148,7 @@ type decisionsDeps struct {
 	decisions pipeline.Codec[schemas.LoanDecision]
 	keys      AvroStringKeys
 	bureau    *bureau.Client
+	metrics   *decisionMetrics
 	loans     func() pipeline.Sink[schemas.LoanDecision]
 	env       Env
 }
@@ -186,8 +193,16 @@ func newDecisionsDeps(job string, env Env, cfg DecisionsConfig) (decisionsDeps, 
 	}
 	// The async operator bounds each attempt; the client's own timeout is
 	// only a backstop.
-	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: url, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity}); err != nil {
+	log := env.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: url, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity,
+		BreakerFailures: cfg.BureauBreakerFailures, BreakerOpen: cfg.BureauBreakerOpen, Registerer: env.Registerer, Logger: log}); err != nil {
 		return d, err
+	}
+	if d.metrics, err = newDecisionMetrics(env.Registerer); err != nil {
+		return d, fmt.Errorf("jobs: decisions metrics: %w", err)
 	}
 	d.loans = func() pipeline.Sink[schemas.LoanDecision] {
 		return newLoansSink(env.DatabaseURL, job, cfg.Policy.LoanTermMonths, cfg.LoansRetryFor)
@@ -255,7 +270,8 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return d.stamp(d.cfg.Policy.Fallback(r.Value.App, ReasonApplicationTooLate), r.Value), nil
 	})
 
-	decisions := pipeline.Union("decisions", fromTable, fromBureau, tooLate)
+	decisions := operators.Map(pipeline.Union("decisions", fromTable, fromBureau, tooLate), "measure",
+		func(dec schemas.LoanDecision) (schemas.LoanDecision, error) { d.metrics.observe(dec); return dec, nil })
 	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
 		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte { return []byte(r.Value.ApplicationID) }})
 	approved := operators.Filter(decisions, "approved", func(dec schemas.LoanDecision) bool {
@@ -304,11 +320,13 @@ func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.Waterma
 func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Stream[bureauAnswer] {
 	return operators.Async(in, "bureau", operators.AsyncSpec[pendingApp, bureauAnswer]{
 		Call: func(ctx context.Context, p pendingApp) (bureauAnswer, error) {
+			d.metrics.calling(p.App.ApplicationID)
 			rep, err := d.bureau.CreditReport(ctx, bureau.Request{ApplicationID: p.App.ApplicationID, SSNIndex: p.App.SSNIndex,
 				SubscriberID: p.App.LenderID})
 			if err != nil {
 				return bureauAnswer{}, err
 			}
+			d.metrics.settled(p.App.ApplicationID, "")
 			return bureauAnswer{pendingApp: p, Report: &rep}, nil
 		},
 		Ordered:  false,
@@ -321,9 +339,10 @@ func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Strea
 			switch {
 			case bureau.IsTimeout(err):
 				reason = ReasonBureauTimeout
-			case !bureau.IsRetryable(err):
+			case !bureau.IsRetryable(err) && !errors.Is(err, bureau.ErrBreakerOpen):
 				reason = ReasonBureauRejected
 			}
+			d.metrics.settled(p.App.ApplicationID, reason)
 			return bureauAnswer{pendingApp: p, Fallback: reason}, true
 		},
 		InCodec: pipeline.JSONCodec[pendingApp](),

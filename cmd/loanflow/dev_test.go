@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -128,6 +129,7 @@ func TestDevStackAndDemo(t *testing.T) {
 	if body := get(t, info.CDCMetricsURL); !strings.Contains(body, "loanflow_cdc_") {
 		t.Error("the CDC reader serves no loanflow_cdc_ metrics")
 	}
+	checkDecisionMetrics(t, info)
 	checkDebugListeners(t, info)
 	checkAdminCLI(t, info)
 	checkJobCLI(t, info)
@@ -331,5 +333,40 @@ func checkJobCLI(t *testing.T, info devstack.Info) {
 	get(t, info.APIURL+"/readyz")
 	if st, err := jobStatus(t, "decisions", info.Brokers); err != nil || !st.Healthy {
 		t.Fatalf("decisions after stopping cache-invalidation: %v %+v", err, st)
+	}
+}
+
+// checkDecisionMetrics: after the demo's three decisions the decisions
+// worker counts them by outcome and basis with their latency, its bureau
+// breaker is closed, and only the async bureau operator reports
+// async_in_flight.
+func checkDecisionMetrics(t *testing.T, info devstack.Info) {
+	t.Helper()
+	body := get(t, "http://"+info.Workers["decisions"]+"/metrics")
+	var decided, timed float64
+	for _, line := range strings.Split(body, "\n") {
+		var v float64
+		switch {
+		case strings.HasPrefix(line, "loanflow_decisions_total{"):
+			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
+			decided += v
+		case strings.HasPrefix(line, "loanflow_decision_latency_seconds_count{"):
+			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
+			timed += v
+		}
+	}
+	if decided < 3 || timed < 3 {
+		t.Errorf("after the demo: %v decisions counted, %v timed; want at least 3", decided, timed)
+	}
+	for _, want := range []string{`loanflow_decisions_total{basis="FALLBACK",decision="REFER"}`, "loanflow_bureau_client_breaker_state 0",
+		`loanflow_bureau_client_fallbacks_total{reason="BUREAU_TIMEOUT"}`, `loanflow_engine_async_in_flight{job="decisions",operator="bureau"}`, "loanflow_build_info{"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("decisions metrics lack %s", want)
+		}
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "loanflow_engine_async_in_flight{") && !strings.Contains(line, `operator="bureau"`) {
+			t.Errorf("a synchronous operator reports async_in_flight: %s", line)
+		}
 	}
 }

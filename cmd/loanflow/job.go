@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/connectors/kafka"
+	"github.com/loanflow/loanflow/internal/buildinfo"
 	"github.com/loanflow/loanflow/jobs"
 )
 
@@ -195,7 +196,7 @@ func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error 
 		return fmt.Errorf("--delivery %q: use exactly-once or at-least-once", f.delivery)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), buildinfo.Collector())
 	env := f.env.env(log)
 	env.Registerer = reg // the job's own metrics (portfolio gauges) beside the worker's
 	b, err := jobs.Builder(name, env)

@@ -150,6 +150,28 @@ func TestJobLifecycle(t *testing.T) {
 		t.Fatalf("status table (%v):\n%s", err, table)
 	}
 
+	// Metrics: failure counters at 0 from the start, checkpoint duration
+	// per worker, no async_in_flight without an async operator, the build.
+	metrics := getBody(t, "http://"+admin+"/metrics")
+	for _, want := range []string{
+		`loanflow_engine_checkpoint_failures_total{job="` + name + `",reason="commit"} 0`,
+		`loanflow_engine_checkpoint_failures_total{job="` + name + `",reason="task-failed"} 0`,
+		`loanflow_engine_dead_letters_total{job="` + name + `",operator="double"} 0`,
+		`loanflow_engine_dropped_total{job="` + name + `",operator="double"} 0`,
+		`loanflow_engine_checkpoint_duration_seconds_count{job="` + name + `",worker="cli-w1"}`,
+		`loanflow_build_info{`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("worker metrics lack %s", want)
+		}
+	}
+	if strings.Contains(metrics, "loanflow_engine_async_in_flight{") {
+		t.Error("a job without async operators reports async_in_flight")
+	}
+	if body := getBody(t, "http://"+admin+"/debug/pprof/"); !strings.Contains(body, "goroutine") {
+		t.Error("no /debug/pprof/ on the worker's admin listener")
+	}
+
 	// Another job's name never stops this worker.
 	if out, err := run(t, newJobStopCmd, other, "--brokers", strings.Join(brokers, ","), "--admin", admin); err == nil ||
 		!strings.Contains(err.Error(), "runs job "+name) {
@@ -251,6 +273,17 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func getBody(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 func waitHTTP(t *testing.T, url string) {

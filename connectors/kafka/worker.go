@@ -86,6 +86,9 @@ func NewWorker(b *pipeline.Builder, cfg Config) (*Worker, error) {
 		stopReq: make(chan stopRequest), ready: make(chan struct{}),
 	}
 	w.metrics = pipeline.NewMetrics(cfg.Registerer)
+	for _, reason := range []string{"commit", "aborted", "task-failed"} {
+		w.metrics.CheckpointFailures.WithLabelValues(plan.Job, reason) // at 0 from the start
+	}
 	for _, s := range plan.Subtopologies {
 		for _, in := range s.Inputs {
 			w.topicSub[in.Topic] = s.ID
@@ -543,7 +546,7 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	clear(w.failures)
 	clear(w.lastErr)
 	w.mu.Unlock()
-	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job).Observe(time.Since(start).Seconds())
+	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job, w.cfg.WorkerID).Observe(time.Since(start).Seconds())
 	w.metrics.LastCheckpoint.WithLabelValues(w.plan.Job, w.cfg.WorkerID).SetToCurrentTime()
 	w.metrics.CheckpointBytes.WithLabelValues(w.plan.Job).Observe(float64(w.logBytes.Swap(0)))
 	w.lastCP.Store(time.Now().UnixMilli())

@@ -26,6 +26,7 @@ import (
 	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/connectors/postgres"
 	"github.com/loanflow/loanflow/connectors/schemaregistry"
+	"github.com/loanflow/loanflow/internal/buildinfo"
 	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/debughttp"
 	"github.com/loanflow/loanflow/jobs"
@@ -618,7 +619,7 @@ func (s *stack) runWorker(ctx context.Context, name string, w *kafka.Worker) err
 
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
 	return reg
 }
 

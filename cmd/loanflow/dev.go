@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/loanflow/loanflow/internal/devstack"
+	"github.com/loanflow/loanflow/internal/logfmt"
 )
 
 func init() { addCommand(newDevCmd) }
@@ -103,7 +104,7 @@ func devLogger(dir, level string) (*slog.Logger, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	h := slog.NewMultiHandler(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: lv}),
-		slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	h := slog.NewMultiHandler(slog.NewJSONHandler(f, logfmt.Options(lv)),
+		slog.NewTextHandler(os.Stderr, logfmt.Options(slog.LevelWarn)))
 	return slog.New(h), func() { f.Close() }, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/internal/buildinfo"
+	"github.com/loanflow/loanflow/internal/logfmt"
 	"github.com/loanflow/loanflow/jobs"
 )
 
@@ -150,7 +151,7 @@ type runFlags struct {
 	stateDir, workerID, delivery    string
 	admin, advertise, fromSavepoint string
 	commitInterval, sessionTimeout  time.Duration
-	transactionTimeout              time.Duration
+	transactionTimeout, summary     time.Duration
 	defaultPartitions               int32
 }
 
@@ -184,12 +185,15 @@ the changelog tail) and checkpoints every --commit-interval. With
 	fl.DurationVar(&f.commitInterval, "commit-interval", 200*time.Millisecond, "time between checkpoints")
 	fl.DurationVar(&f.sessionTimeout, "session-timeout", 10*time.Second, "consumer group session timeout")
 	fl.DurationVar(&f.transactionTimeout, "transaction-timeout", 10*time.Second, "how long a crashed worker's open transaction can hold readers back")
+	fl.DurationVar(&f.summary, "summary-interval", time.Minute, "how often the worker logs a summary line (rates, lag, checkpoint age) and warns about what degraded; -1ns disables it")
 	fl.Int32Var(&f.defaultPartitions, "default-partitions", 6, "partitions of topics the worker creates when nothing else decides")
 	return cmd
 }
 
 func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error {
-	log := slog.New(slog.NewJSONHandler(logw, nil)).With("job", name)
+	// The worker adds job itself; the job's own code logs through env.
+	wlog := slog.New(slog.NewJSONHandler(logw, logfmt.Options(slog.LevelInfo)))
+	log := wlog.With("job", name)
 	switch kafka.Delivery(f.delivery) {
 	case kafka.ExactlyOnce, kafka.AtLeastOnce:
 	default:
@@ -213,7 +217,7 @@ func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error 
 	w, err := kafka.NewWorker(b, kafka.Config{
 		Brokers: splitList(f.env.brokers), StateDir: f.stateDir, WorkerID: f.workerID, Delivery: kafka.Delivery(f.delivery),
 		CommitInterval: f.commitInterval, SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
-		DefaultPartitions: f.defaultPartitions, FromSavepoint: f.fromSavepoint, AdminAddr: advertised, Registerer: reg, Logger: log,
+		DefaultPartitions: f.defaultPartitions, FromSavepoint: f.fromSavepoint, AdminAddr: advertised, SummaryInterval: f.summary, Registerer: reg, Logger: wlog,
 	})
 	if err != nil {
 		return err

@@ -105,6 +105,7 @@ func TestJobLifecycle(t *testing.T) {
 		f.env.brokers = strings.Join(brokers, ",")
 		f.stateDir, f.workerID, f.delivery, f.admin = stateDir, "cli-w1", string(kafka.ExactlyOnce), admin
 		f.commitInterval, f.sessionTimeout, f.transactionTimeout, f.defaultPartitions = 100*time.Millisecond, 6*time.Second, 5*time.Second, 2
+		f.summary = 300 * time.Millisecond
 		return f
 	}
 	admin := freeAddr(t)
@@ -171,6 +172,8 @@ func TestJobLifecycle(t *testing.T) {
 	if body := getBody(t, "http://"+admin+"/debug/pprof/"); !strings.Contains(body, "goroutine") {
 		t.Error("no /debug/pprof/ on the worker's admin listener")
 	}
+
+	checkLogs(t, &logs)
 
 	// Another job's name never stops this worker.
 	if out, err := run(t, newJobStopCmd, other, "--brokers", strings.Join(brokers, ","), "--admin", admin); err == nil ||
@@ -254,6 +257,49 @@ func TestJobLifecycle(t *testing.T) {
 	}
 	if o, ok := offs.Lookup(in, 0); !ok || o.At != 0 {
 		t.Fatalf("after the reset the committed offset of %s/0 is %+v, want 0", in, o)
+	}
+}
+
+// checkLogs: task ids as strings (not {}), job once per line, durations
+// as Go duration strings, and a periodic summary line.
+func checkLogs(t *testing.T, logs *syncBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(logs.String(), `"msg":"job summary"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no job summary line in a minute:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sawTask := false
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if strings.Count(line, `"job":`) > 1 {
+			t.Errorf("job logged twice: %s", line)
+		}
+		if strings.Contains(line, `"task":{}`) {
+			t.Errorf("a task id logged as {}: %s", line)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not a JSON log line: %s", line)
+		}
+		if m["msg"] == "task ready" {
+			sawTask = true
+			if task, _ := m["task"].(string); !strings.Contains(task, "_") {
+				t.Errorf("task id %v, want <subtopology>_<partition>: %s", m["task"], line)
+			}
+			if took, _ := m["took"].(string); took == "" || !strings.ContainsAny(took[len(took)-1:], "smh") {
+				t.Errorf("duration %v, want a Go duration string: %s", m["took"], line)
+			}
+		}
+		if m["msg"] == "job summary" {
+			if _, ok := m["checkpoint_age"].(string); !ok || m["lag"] == nil || m["records_in_per_sec"] == nil {
+				t.Errorf("summary line lacks its fields: %s", line)
+			}
+		}
+	}
+	if !sawTask {
+		t.Error("no task ready line")
 	}
 }
 

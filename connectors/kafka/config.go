@@ -82,6 +82,11 @@ type Config struct {
 	// (in its client id, see MemberAdminAddr), so `loanflow job status` and
 	// `loanflow job stop` find a job's workers from the group alone.
 	AdminAddr string
+	// SummaryInterval is how often the worker logs a summary line (records
+	// in and out per second, lag, checkpoints and their age) and warns when
+	// something degrades (a stale checkpoint, full input queues, a growing
+	// lag). Default 1m; -1 disables it.
+	SummaryInterval time.Duration
 	// FromSavepoint starts the job from a savepoint directory written by
 	// StopWithSavepoint (see savepoint.go for what that does).
 	FromSavepoint string
@@ -126,6 +131,9 @@ func (c Config) withDefaults(job string) Config {
 	}
 	if c.RestoreWait <= 0 {
 		c.RestoreWait = 3 * c.TransactionTimeout
+	}
+	if c.SummaryInterval == 0 {
+		c.SummaryInterval = time.Minute
 	}
 	if c.PurgeInterval <= 0 {
 		c.PurgeInterval = 30 * time.Second

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -18,6 +19,10 @@ type taskID struct {
 }
 
 func (id taskID) String() string { return fmt.Sprintf("%d_%d", id.sub, id.part) }
+
+// LogValue logs a task id as "<subtopology>_<partition>" (its fields are
+// unexported: slog would print {}).
+func (id taskID) LogValue() slog.Value { return slog.StringValue(id.String()) }
 
 type msgKind int
 

@@ -51,21 +51,23 @@ type Worker struct {
 	failures   map[taskID]int
 	lastErr    map[taskID]error
 
-	blocked     atomic.Bool
-	ending      atomic.Bool // a transaction is ending (endTxn)
-	needsCP     atomic.Bool
-	produced    atomic.Int64 // records produced in the open transaction
-	lastPurge   time.Time
-	topicIDs    map[string][16]byte  // input topics, refreshed at each rebalance
-	ends        atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
-	checkpoints atomic.Int64
-	lastCP      atomic.Int64 // unix ms of the last committed checkpoint
-	logBytes    atomic.Int64 // changelog bytes staged in the open checkpoint
-	stopReq     chan stopRequest
-	leaving     bool // stopped gracefully: leave the group on teardown
-	stopAsked   atomic.Bool
-	ready       chan struct{}
-	readyOnce   sync.Once
+	blocked       atomic.Bool
+	ending        atomic.Bool // a transaction is ending (endTxn)
+	needsCP       atomic.Bool
+	produced      atomic.Int64 // records produced in the open transaction
+	producedTotal atomic.Int64 // records produced since the start
+	lastPurge     time.Time
+	topicIDs      map[string][16]byte  // input topics, refreshed at each rebalance
+	ends          atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
+	checkpoints   atomic.Int64
+	lastCP        atomic.Int64 // unix ms of the last committed checkpoint
+	logBytes      atomic.Int64 // changelog bytes staged in the open checkpoint
+	stopReq       chan stopRequest
+	leaving       bool // stopped gracefully: leave the group on teardown
+	stopAsked     atomic.Bool
+	summary       summaryState // owned by Run's goroutine
+	ready         chan struct{}
+	readyOnce     sync.Once
 }
 
 // NewWorker prepares a worker for the job built in b. Nothing connects
@@ -221,6 +223,7 @@ func (w *Worker) partitions(topic string) int32 {
 
 func (w *Worker) produce(r *kgo.Record, promise func(*kgo.Record, error)) error {
 	w.produced.Add(1)
+	w.producedTotal.Add(1)
 	w.sess.Client().Produce(w.pctx, r, promise)
 	return nil
 }
@@ -377,6 +380,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		w.dispatch(fs)
+		w.maybeSummarize()
 		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
 			err := graceful(ctx, w.checkpoint)
 			if err != nil {
@@ -416,7 +420,9 @@ func (w *Worker) dispatch(fs kgo.Fetches) {
 			return
 		}
 		next := p.Records[len(p.Records)-1].Offset + 1
-		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(max(p.LastStableOffset-next, 0)))
+		lag := max(p.LastStableOffset-next, 0)
+		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(lag))
+		w.summary.observe(p.Topic, p.Partition, len(p.Records), lag, len(tr.in) == cap(tr.in))
 		if pos := tr.positions[p.Topic]; pos != nil {
 			pos.handed.Store(next)
 		}

@@ -570,15 +570,15 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 	var ws []started
 	for _, name := range Jobs {
 		reg := newRegistry()
-		log := s.log.With("part", "job", "job", name)
+		wlog := s.log.With("part", "job") // the worker adds job
 		b, err := jobs.Builder(name, jobs.Env{Brokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 			RedisURL: s.info.RedisURL, DatabaseURL: s.info.DatabaseURL, BureauURL: s.info.BureauURL,
-			Logger: log, Registerer: reg})
+			Logger: wlog.With("job", name), Registerer: reg})
 		if err == nil {
 			var w *kafka.Worker
 			w, err = kafka.NewWorker(b, kafka.Config{Brokers: s.info.Brokers, WorkerID: "dev-" + name,
 				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce,
-				DefaultPartitions: int32(s.cfg.Partitions), AdminAddr: s.info.Workers[name], Registerer: reg, Logger: log})
+				DefaultPartitions: int32(s.cfg.Partitions), AdminAddr: s.info.Workers[name], Registerer: reg, Logger: wlog})
 			if err == nil {
 				serveHTTP(ctx, g, lns[name], kafka.AdminHandler(w, reg))
 				delete(lns, name)

@@ -241,7 +241,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 		return
 	}
 	defer s.streams.Release(1)
-	sub := s.hub.subscribe(lender, s.cfg.SSEBuffer)
+	sub, at := s.hub.subscribeAt(lender, s.cfg.SSEBuffer)
 	defer s.hub.unsubscribe(sub)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -251,6 +251,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 	_, _ = fmt.Fprint(w, "retry: 2000\n\n")
 	for _, ev := range initial {
 		writeEvent(w, ev)
+	}
+	if id := lastEventID(r); id != "" && want["decision"] {
+		s.resume(r.Context(), w, lender, id, at)
 	}
 	fl.Flush()
 	ping := time.NewTicker(15 * time.Second)
@@ -277,5 +280,31 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 
 func writeEvent(w http.ResponseWriter, ev event) {
 	b, _ := json.Marshal(ev.data)
+	if ev.id != "" {
+		_, _ = fmt.Fprintf(w, "id: %s\n", ev.id)
+	}
 	_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, strings.ReplaceAll(string(b), "\n", ""))
+}
+
+// resume replays the lender's decisions between a reconnecting client's
+// Last-Event-ID and the position its new subscription starts at, so it
+// misses none.
+func (s *Server) resume(ctx context.Context, w http.ResponseWriter, lender, id string, at position) {
+	from, err := parsePosition(id)
+	if err != nil {
+		_, _ = fmt.Fprintf(w, ": %v; nothing replayed\n\n", err)
+		return
+	}
+	n := 0
+	complete, err := s.replay(ctx, lender, from, at, func(d Decision, id string) {
+		writeEvent(w, event{name: "decision", data: d, id: id})
+		n++
+	})
+	switch {
+	case err != nil:
+		s.log.Warn("replaying decisions", "lender", lender, "err", err)
+		_, _ = fmt.Fprint(w, ": replay failed; decisions since your last event may be missing\n\n")
+	case !complete:
+		_, _ = fmt.Fprintf(w, ": replay stopped after %d decisions (too far behind); reload the full state\n\n", n)
+	}
 }

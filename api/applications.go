@@ -163,6 +163,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d, ok, ch := s.hub.decision(id)
+	closing := false
 	if !ok {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -172,6 +173,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 		case <-r.Context().Done():
 		case <-s.closing:
+			closing = true // pending: retry against a running instance
 		}
 		if !ok {
 			s.hub.cancelWait(id, ch)
@@ -182,8 +184,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusAccepted, map[string]string{"application_id": id, "status": "PENDING"})
+		s.pending(w, r, p.Lender, id, closing)
 		return
 	}
 	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "decision.read", "application/"+id, "", audit.ResultOK)) {
@@ -307,4 +308,37 @@ func (s *Server) resume(ctx context.Context, w http.ResponseWriter, lender, id s
 	case !complete:
 		_, _ = fmt.Fprintf(w, ": replay stopped after %d decisions (too far behind); reload the full state\n\n", n)
 	}
+}
+
+// pending answers a long-poll that timed out: 202 PENDING for an
+// application this API accepted from the lender, 404 unknown-application
+// for one it never did (a typo, another lender's id, an id never
+// submitted), which would otherwise stay PENDING forever.
+func (s *Server) pending(w http.ResponseWriter, r *http.Request, lender, id string, closing bool) {
+	known, err := true, error(nil)
+	if !closing {
+		known, err = s.knownApplication(r.Context(), lender, id)
+	}
+	if err != nil {
+		s.log.Warn("checking an application id", "request_id", requestID(r.Context()), "err", err)
+		known = true // cannot tell: the safe answer is pending
+	}
+	if !known {
+		writeProblem(w, r, http.StatusNotFound, "unknown-application",
+			fmt.Sprintf("no application %q was submitted by lender %s: decisions exist only for applications accepted with 202", id, lender))
+		return
+	}
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, http.StatusAccepted, map[string]string{"application_id": id, "status": "PENDING"})
+}
+
+// knownApplication reports whether lender submitted application id
+// through the API: its application.create audit entry, chained or still
+// pending.
+func (s *Server) knownApplication(ctx context.Context, lender, id string) (bool, error) {
+	var known bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM audit_log WHERE action = 'application.create' AND resource = $1 AND lender_id = $2 AND result = $3)
+	    OR EXISTS (SELECT 1 FROM audit_pending WHERE action = 'application.create' AND resource = $1 AND lender_id = $2 AND result = $3)`,
+		"application/"+id, lender, audit.ResultOK).Scan(&known)
+	return known, err
 }

@@ -119,3 +119,27 @@ func TestSSEResumesFromLastEventID(t *testing.T) {
 		t.Fatal("parsePosition accepted x:1")
 	}
 }
+
+// TestLongPollUnknownApplication: a long-poll for an id the lender never
+// submitted says so (404 unknown-application) instead of 202 PENDING
+// forever; a submitted, undecided one is still PENDING (the control).
+func TestLongPollUnknownApplication(t *testing.T) {
+	e := newEnv(t)
+	tok := e.lender("bank-u")
+	other := e.lender("bank-v")
+	body := map[string]any{"application_id": "app-u-1", "pos_terminal_id": "pos-1", "amount": "100.00", "currency": "USD",
+		"applicant": map[string]string{"name": "U Applicant", "ssn": "123-45-6789"}}
+	if r := e.do("POST", "/v1/loan-applications", tok, body); r.status != 202 {
+		t.Fatalf("submit: %d %s", r.status, r.body)
+	}
+	if r := e.do("GET", "/v1/loan-applications/app-u-1/decision?timeout=100ms", tok, nil); r.status != 202 || !strings.Contains(string(r.body), "PENDING") {
+		t.Fatalf("submitted, undecided: %d %s, want 202 PENDING", r.status, r.body)
+	}
+	r := e.do("GET", "/v1/loan-applications/app-u-typo/decision?timeout=100ms", tok, nil)
+	if r.status != 404 || !strings.Contains(string(r.body), "unknown-application") {
+		t.Fatalf("never submitted: %d %s, want 404 unknown-application", r.status, r.body)
+	}
+	if r := e.do("GET", "/v1/loan-applications/app-u-1/decision?timeout=100ms", other, nil); r.status != 404 {
+		t.Fatalf("another lender's application: %d %s, want 404", r.status, r.body)
+	}
+}

@@ -199,6 +199,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/loan-applications", p(auth.ScopeApplicationsWrite, s.postApplication))
 	mux.HandleFunc("GET /v1/loan-applications/{id}/decision", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.getDecision))
 	mux.HandleFunc("GET /v1/decisions/stream", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.streamDecisions))
+	mux.HandleFunc("GET /v1/decisions/ws", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.decisionsWS))
 	mux.HandleFunc("GET /v1/portfolio", p(auth.ScopePortfolioRead, s.getPortfolio))
 	mux.HandleFunc("POST /v1/customers", p(auth.ScopeAdmin, s.postCustomer))
 	mux.HandleFunc("POST /v1/admin/lenders", p(auth.ScopeAdmin, s.postLender))

@@ -430,7 +430,7 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
-		PII: keys, OperatorMetricsURLs: metricsURLs, ReadyGroups: []string{kafka.Group("decisions")},
+		PII: keys, OperatorMetricsURLs: metricsURLs, ReadyGroups: []string{kafka.Group("decisions")}, OperatorGroups: jobGroups(),
 		Logger: s.log.With("part", "api")}, nil)
 	if err != nil {
 		ln.Close()
@@ -551,6 +551,16 @@ func (s *stack) workerListeners() (map[string]net.Listener, error) {
 		s.info.Workers[j] = ln.Addr().String()
 	}
 	return out, nil
+}
+
+// jobGroups are the consumer groups of the stack's jobs: the operator page
+// shows these, not the throwaway groups of tools and tests.
+func jobGroups() []string {
+	out := make([]string, len(Jobs))
+	for i, j := range Jobs {
+		out[i] = kafka.Group(j)
+	}
+	return out
 }
 
 // adminOffset is job's place in the admin port map.

@@ -1,8 +1,8 @@
 package api
 
 import (
-	"maps"
 	"context"
+	"maps"
 	"sync"
 	"time"
 

@@ -350,7 +350,7 @@ func checkDecisionMetrics(t *testing.T, info devstack.Info) {
 		case strings.HasPrefix(line, "loanflow_decisions_total{"):
 			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
 			decided += v
-		case strings.HasPrefix(line, "loanflow_decision_latency_seconds_count{"):
+		case strings.HasPrefix(line, "loanflow_decisions_latency_seconds_count{"):
 			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
 			timed += v
 		}
@@ -358,8 +358,8 @@ func checkDecisionMetrics(t *testing.T, info devstack.Info) {
 	if decided < 3 || timed < 3 {
 		t.Errorf("after the demo: %v decisions counted, %v timed; want at least 3", decided, timed)
 	}
-	for _, want := range []string{`loanflow_decisions_total{basis="FALLBACK",decision="REFER"}`, "loanflow_bureau_client_breaker_state 0",
-		`loanflow_bureau_client_fallbacks_total{reason="BUREAU_TIMEOUT"}`, `loanflow_engine_async_in_flight{job="decisions",operator="bureau"}`, "loanflow_build_info{"} {
+	for _, want := range []string{`loanflow_decisions_total{basis="FALLBACK",decision="REFER"}`, "loanflow_decisions_bureau_breaker_state 0",
+		`loanflow_decisions_bureau_fallbacks_total{reason="BUREAU_TIMEOUT"}`, `loanflow_engine_async_in_flight{job="decisions",operator="bureau"}`, "loanflow_build_info{"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("decisions metrics lack %s", want)
 		}

@@ -10,7 +10,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// Call results, the label of loanflow_bureau_client_calls_total.
+// Call results, the label of loanflow_decisions_bureau_calls_total.
 const (
 	ResultOK          = "ok"
 	ResultTimeout     = "timeout"
@@ -29,11 +29,11 @@ type clientMetrics struct {
 
 func newClientMetrics(reg prometheus.Registerer, state func() float64) (*clientMetrics, error) {
 	m := &clientMetrics{
-		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "loanflow_bureau_client_calls_total",
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "loanflow_decisions_bureau_calls_total",
 			Help: "Credit-report calls by result (ok, timeout, unavailable, rejected, breaker_open, cancelled); each retry is a call."}, []string{"result"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "loanflow_bureau_client_call_duration_seconds",
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "loanflow_decisions_bureau_call_duration_seconds",
 			Help: "Duration of credit-report calls sent to the bureau, by result.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 12)}, []string{"result"}),
-		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "loanflow_bureau_client_breaker_transitions_total",
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "loanflow_decisions_bureau_breaker_transitions_total",
 			Help: "Circuit breaker state changes, by the state entered."}, []string{"to"}),
 	}
 	for _, r := range []string{ResultOK, ResultTimeout, ResultUnavailable, ResultRejected, ResultBreakerOpen, ResultCancelled} {
@@ -45,7 +45,7 @@ func newClientMetrics(reg prometheus.Registerer, state func() float64) (*clientM
 	if reg == nil {
 		return m, nil
 	}
-	st := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "loanflow_bureau_client_breaker_state",
+	st := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "loanflow_decisions_bureau_breaker_state",
 		Help: "State of the bureau client's circuit breaker: 0 closed, 1 half-open, 2 open."}, state)
 	for _, c := range []prometheus.Collector{m.calls, m.duration, m.transitions, st} {
 		if err := reg.Register(c); err != nil {

@@ -17,9 +17,11 @@
 // refuses calls at once (ErrBreakerOpen, not retryable, so the job falls
 // back instead of retrying against a failing bureau), then lets one call
 // through to probe (half-open). Rejections are the bureau working and do
-// not count. With ClientConfig.Registerer it serves
-// loanflow_bureau_client_calls_total{result}, ..._call_duration_seconds,
-// loanflow_bureau_client_breaker_state (0 closed, 1 half-open, 2 open) and
+// not count. With ClientConfig.Registerer it serves (named after the
+// decisions job, the process that serves them: the deploy tests map a
+// metric's second name segment to the service scraped for it)
+// loanflow_decisions_bureau_calls_total{result}, ..._call_duration_seconds,
+// loanflow_decisions_bureau_breaker_state (0 closed, 1 half-open, 2 open) and
 // ..._breaker_transitions_total{to}; every series exists at 0 from the
 // start.
 //

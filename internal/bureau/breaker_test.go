@@ -28,7 +28,7 @@ func TestClientBreaker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if n := testutil.CollectAndCount(reg, "loanflow_bureau_client_calls_total"); n != 6 {
+	if n := testutil.CollectAndCount(reg, "loanflow_decisions_bureau_calls_total"); n != 6 {
 		t.Fatalf("%d call-result series before any call, want 6 at 0", n)
 	}
 	ctx := context.Background()
@@ -48,7 +48,7 @@ func TestClientBreaker(t *testing.T) {
 	if served() != 3 {
 		t.Fatalf("a call with the breaker open reached the bureau (%v errors served)", served())
 	}
-	if v := testutil.ToFloat64(c2g(t, reg, "loanflow_bureau_client_breaker_state")); v != 2 {
+	if v := testutil.ToFloat64(c2g(t, reg, "loanflow_decisions_bureau_breaker_state")); v != 2 {
 		t.Fatalf("breaker_state %v, want 2 (open)", v)
 	}
 	// After BreakerOpen a probe goes through (and fails: open again).

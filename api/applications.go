@@ -204,6 +204,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		extendDeadlines(w, time.Now().Add(timeout+s.cfg.RequestTimeout))
 		d, ok, ch = s.hub.decision(key)
 	}
+	closing := false
 	if !ok {
 		t := time.NewTimer(timeout)
 		defer t.Stop()
@@ -213,6 +214,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 		case <-r.Context().Done():
 		case <-s.closing:
+			closing = true // pending: retry against a running instance
 		}
 		if !ok {
 			s.hub.cancelWait(key, ch)
@@ -223,8 +225,7 @@ func (s *Server) getDecision(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusAccepted, map[string]string{"application_id": id, "status": "PENDING"})
+		s.pending(w, r, p.Lender, id, closing)
 		return
 	}
 	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "decision.read", "application/"+id, "", audit.ResultOK)) {
@@ -289,7 +290,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 	}
 	defer s.streams.Release(1)
 	extendDeadlines(w, time.Time{})
-	sub := s.hub.subscribe(lender, s.cfg.SSEBuffer)
+	sub, at := s.hub.subscribeAt(lender, s.cfg.SSEBuffer)
 	defer s.hub.unsubscribe(sub)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -299,6 +300,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 	_, _ = fmt.Fprint(w, "retry: 2000\n\n")
 	for _, ev := range initial {
 		writeEvent(w, ev)
+	}
+	if id := lastEventID(r); id != "" && want["decision"] {
+		s.resume(r.Context(), w, lender, id, at)
 	}
 	fl.Flush()
 	ping := time.NewTicker(15 * time.Second)
@@ -325,6 +329,9 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, lender stri
 
 func writeEvent(w http.ResponseWriter, ev event) {
 	b, _ := json.Marshal(ev.data)
+	if ev.id != "" {
+		_, _ = fmt.Fprintf(w, "id: %s\n", ev.id)
+	}
 	_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, strings.ReplaceAll(string(b), "\n", ""))
 }
 
@@ -365,4 +372,60 @@ func (s *Server) applicantMayName(ctx context.Context, lender, customer, ssn, cu
 		s.rels.add(lender, customer, relApplication)
 	}
 	return err == nil, err
+}
+
+// resume replays the lender's decisions between a reconnecting client's
+// Last-Event-ID and the position its new subscription starts at, so it
+// misses none.
+func (s *Server) resume(ctx context.Context, w http.ResponseWriter, lender, id string, at position) {
+	from, err := parsePosition(id)
+	if err != nil {
+		_, _ = fmt.Fprintf(w, ": %v; nothing replayed\n\n", err)
+		return
+	}
+	n := 0
+	complete, err := s.replay(ctx, lender, from, at, func(d Decision, id string) {
+		writeEvent(w, event{name: "decision", data: d, id: id})
+		n++
+	})
+	switch {
+	case err != nil:
+		s.log.Warn("replaying decisions", "lender", lender, "err", err)
+		_, _ = fmt.Fprint(w, ": replay failed; decisions since your last event may be missing\n\n")
+	case !complete:
+		_, _ = fmt.Fprintf(w, ": replay stopped after %d decisions (too far behind); reload the full state\n\n", n)
+	}
+}
+
+// pending answers a long-poll that timed out: 202 PENDING for an
+// application this API accepted from the lender, 404 unknown-application
+// for one it never did (a typo, another lender's id, an id never
+// submitted), which would otherwise stay PENDING forever.
+func (s *Server) pending(w http.ResponseWriter, r *http.Request, lender, id string, closing bool) {
+	known, err := true, error(nil)
+	if !closing {
+		known, err = s.knownApplication(r.Context(), lender, id)
+	}
+	if err != nil {
+		s.log.Warn("checking an application id", "request_id", requestID(r.Context()), "err", err)
+		known = true // cannot tell: the safe answer is pending
+	}
+	if !known {
+		writeProblem(w, r, http.StatusNotFound, "unknown-application",
+			fmt.Sprintf("no application %q was submitted by lender %s: decisions exist only for applications accepted with 202", id, lender))
+		return
+	}
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, http.StatusAccepted, map[string]string{"application_id": id, "status": "PENDING"})
+}
+
+// knownApplication reports whether lender submitted application id
+// through the API: its application.create audit entry, chained or still
+// pending.
+func (s *Server) knownApplication(ctx context.Context, lender, id string) (bool, error) {
+	var known bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM audit_log WHERE action = 'application.create' AND resource = $1 AND lender_id = $2 AND result = $3)
+	    OR EXISTS (SELECT 1 FROM audit_pending WHERE action = 'application.create' AND resource = $1 AND lender_id = $2 AND result = $3)`,
+		"application/"+id, lender, audit.ResultOK).Scan(&known)
+	return known, err
 }

@@ -140,6 +140,10 @@ type Config struct {
 	// RequestTimeout bounds a non-streaming request. Default 10s.
 	RequestTimeout time.Duration
 
+	// ReadyGroups are consumer groups /readyz waits for, once, until each
+	// is stable with a member owning partitions (loanflow dev: the
+	// decisions job's group, so ready means an application gets decided).
+	ReadyGroups []string
 	// OperatorMetricsURLs are Prometheus endpoints of the pipeline (workers,
 	// CDC) shown on the operator page.
 	OperatorMetricsURLs []string

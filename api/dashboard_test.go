@@ -80,7 +80,11 @@ func TestDashboardInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("sign in: %v", err)
 	}
+	var emptyShown bool
 	waitText(t, ctx, "#originations", "3")
+	if err := chromedp.Run(ctx, chromedp.Evaluate(`getComputedStyle(document.getElementById("empty")).display !== "none"`, &emptyShown)); err != nil || emptyShown {
+		t.Fatalf("the empty-state note still shows after a window arrived (%v)", err)
+	}
 	waitText(t, ctx, "#outstanding_balance", "4500.00 USD")
 	waitText(t, ctx, "#status", "live")
 
@@ -89,9 +93,15 @@ func TestDashboardInChromium(t *testing.T) {
 	waitText(t, ctx, "#originations", "7")
 	waitText(t, ctx, "#outstanding_balance", "12000.50 USD")
 	waitText(t, ctx, "#approval_rate", "7.0")
+	// Charts over time: one point per window, as the test produced them.
+	waitAttr(t, ctx, "#chart-originations", "3,7")
+	waitText(t, ctx, "#range-originations", "2 windows · 3 – 7")
 	e.produce(e.cfg.DecisionsTopic, decisionRecord(t, dec, "app-ui-1", "bank-ui", "APPROVED", 741),
 		decisionRecord(t, dec, "app-ui-2", "bank-ui", "DECLINED", 580), decisionRecord(t, dec, "app-x", "bank-other", "APPROVED", 800))
 	waitText(t, ctx, "#decision_count", "2")
+	if lat := decisionLatencyText(t, ctx); !strings.HasSuffix(lat, " ms") {
+		t.Fatalf("latency p50 shows %q, want a figure in ms", lat)
+	}
 	var table string
 	if err := chromedp.Run(ctx, chromedp.Text("#decisions", &table, chromedp.ByID)); err != nil {
 		t.Fatal(err)
@@ -124,4 +134,31 @@ func waitText(t *testing.T, ctx context.Context, sel, want string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("%s shows %q, want %q", sel, got, want)
+}
+
+// waitAttr waits until sel's data-values attribute is want.
+func waitAttr(t *testing.T, ctx context.Context, sel, want string) {
+	t.Helper()
+	var got string
+	var ok bool
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := chromedp.Run(ctx, chromedp.AttributeValue(sel, "data-values", &got, &ok, chromedp.ByQuery)); err != nil {
+			t.Fatalf("reading %s: %v", sel, err)
+		}
+		if got == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s data-values %q, want %q", sel, got, want)
+}
+
+func decisionLatencyText(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	var s string
+	if err := chromedp.Run(ctx, chromedp.Text("#latency_p50", &s, chromedp.ByID)); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(s)
 }

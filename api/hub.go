@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 type event struct {
 	name string // decision | metric
 	data any
+	id   string // decisions: the hub's position in loan_decisions after it (see position)
 }
 
 type subscriber struct {
@@ -40,6 +42,7 @@ type hub struct {
 		metrics   map[string][]Metric // newest last, at most history
 		consumed  int64
 		lastEvent time.Time
+		pos       position // next offset per partition of loan_decisions
 	}
 }
 
@@ -49,6 +52,7 @@ func newHub(maxDecisions, maxLenders int) *hub {
 	h.mu.waiters = map[string][]chan Decision{}
 	h.mu.subs = map[string]map[*subscriber]struct{}{}
 	h.mu.metrics = map[string][]Metric{}
+	h.mu.pos = position{}
 	return h
 }
 
@@ -59,9 +63,17 @@ func newHub(maxDecisions, maxLenders int) *hub {
 // not an id character, so the key is unambiguous.
 func AppKey(lender, applicationID string) string { return lender + "/" + applicationID }
 
-func (h *hub) addDecision(d Decision) {
+// skipDecision moves the position past a record that is not a decision.
+func (h *hub) skipDecision(part int32, offset int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.mu.pos[part] = offset + 1
+}
+
+func (h *hub) addDecision(d Decision, part int32, offset int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.mu.pos[part] = offset + 1
 	h.mu.consumed++
 	h.mu.lastEvent = time.Now()
 	key := AppKey(d.LenderID, d.ApplicationID)
@@ -77,7 +89,7 @@ func (h *hub) addDecision(d Decision) {
 		w <- d // buffered 1, registered once
 	}
 	delete(h.mu.waiters, key)
-	h.publishLocked(d.LenderID, event{name: "decision", data: d})
+	h.publishLocked(d.LenderID, event{name: "decision", data: d, id: h.mu.pos.String()})
 }
 
 func (h *hub) addMetric(m Metric) {
@@ -150,14 +162,22 @@ func (h *hub) cancelWait(appID string, ch chan Decision) {
 }
 
 func (h *hub) subscribe(lender string, buf int) *subscriber {
+	s, _ := h.subscribeAt(lender, buf)
+	return s
+}
+
+// subscribeAt subscribes and returns the position the subscription starts
+// after: every decision past it reaches the subscriber.
+func (h *hub) subscribeAt(lender string, buf int) (*subscriber, position) {
 	s := &subscriber{lender: lender, ch: make(chan event, buf), done: make(chan struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	at := maps.Clone(h.mu.pos)
 	if h.mu.subs[lender] == nil {
 		h.mu.subs[lender] = map[*subscriber]struct{}{}
 	}
 	h.mu.subs[lender][s] = struct{}{}
-	return s
+	return s, at
 }
 
 func (h *hub) unsubscribe(s *subscriber) {
@@ -216,9 +236,10 @@ func (s *Server) dispatch(r *kgo.Record) {
 		if err != nil {
 			s.badRecords.Inc()
 			s.log.Warn("undecodable decision", "partition", r.Partition, "offset", r.Offset, "err", err)
+			s.hub.skipDecision(r.Partition, r.Offset)
 			return
 		}
-		s.hub.addDecision(d)
+		s.hub.addDecision(d, r.Partition, r.Offset)
 	case s.cfg.MetricsTopic:
 		m, err := s.codecs.DecodeMetric(r.Value)
 		if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/migrations"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/internal/buildinfo"
 )
 
 //go:embed web/*.html
@@ -47,6 +48,7 @@ type Server struct {
 	audit     *audit.Writer
 	chain     *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
 	producer  *kgo.Client
+	ready     pipelineReady
 	consumer  *kgo.Client
 	codecs    Codecs
 	hub       *hub
@@ -131,7 +133,7 @@ func (s *Server) connect(ctx context.Context) error {
 		return err
 	}
 	s.registry = prometheus.NewRegistry()
-	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
 	s.metrics = newMetrics(s.registry)
 	s.badRecords = prometheus.NewCounter(prometheus.CounterOpts{Name: "loanflow_api_undecodable_records_total", Help: "Topic records the API could not decode."})
 	s.registry.MustRegister(s.badRecords)
@@ -216,11 +218,16 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/loan-applications", p(auth.ScopeApplicationsWrite, s.postApplication))
 	mux.HandleFunc("GET /v1/loan-applications/{id}/decision", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.getDecision))
 	mux.HandleFunc("GET /v1/decisions/stream", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.streamDecisions))
+	mux.HandleFunc("GET /v1/decisions/ws", s.protect(route{scope: auth.ScopeApplicationsWrite, stream: true}, s.decisionsWS))
 	mux.HandleFunc("GET /v1/portfolio", p(auth.ScopePortfolioRead, s.getPortfolio))
 	mux.HandleFunc("POST /v1/customers", p(auth.ScopeAdmin, s.postCustomer))
 	mux.HandleFunc("POST /v1/admin/lenders", p(auth.ScopeAdmin, s.postLender))
 	mux.HandleFunc("POST /v1/admin/clients", p(auth.ScopeAdmin, s.postClient))
 	mux.HandleFunc("POST /v1/admin/clients/{id}/disable", p(auth.ScopeAdmin, s.postDisableClient))
+	mux.HandleFunc("GET /v1/admin/lenders", p(auth.ScopeAdmin, s.listLenders))
+	mux.HandleFunc("GET /v1/admin/clients", p(auth.ScopeAdmin, s.listClients))
+	mux.HandleFunc("POST /v1/admin/clients/{id}/revoke", p(auth.ScopeAdmin, s.revokeClient))
+	mux.HandleFunc("POST /v1/admin/lenders/{id}/revoke", p(auth.ScopeAdmin, s.revokeLender))
 	mux.HandleFunc("GET /v1/admin/pipeline-health", p(auth.ScopeAdmin, s.getHealth))
 	mux.HandleFunc("GET /dashboard", s.dashboardPage)
 	mux.HandleFunc("POST /dashboard/login", s.dashboardLogin)
@@ -288,6 +295,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.redis.Ping(ctx).Err(); err != nil {
 		out["redis"] = "degraded: serving from PostgreSQL"
+	}
+	if code == http.StatusOK {
+		if ok, why := s.pipelineReady(ctx); !ok {
+			out["pipeline"], code = why, http.StatusServiceUnavailable
+		} else {
+			out["pipeline"] = "ok"
+		}
+	}
+	if code != http.StatusOK {
+		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, code, out)
 }

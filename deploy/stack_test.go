@@ -587,7 +587,7 @@ func (ls *localStack) checkDataFlows() {
 		}
 	}
 	waitMetric("cdc:9110", "loanflow_cdc_changes_total")
-	waitMetric("cache-invalidation:9100", "loanflow_engine_records_in_total")
+	waitMetric("cache-invalidation:9101", "loanflow_engine_records_in_total")
 }
 
 // checkPrometheus runs a real Prometheus server with deploy/prometheus's

@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	Register(Job{Name: "cache-invalidation", Summary: "cdc customers, credit_profiles → Redis DEL profile:{id} (versioned by LSN)",
+	Register(Job{AdminPort: 9101, Name: "cache-invalidation", Summary: "cdc customers, credit_profiles → Redis DEL profile:{id} (versioned by LSN)",
 		Build: func(b *pipeline.Builder, env Env) error { return BuildCacheInvalidation(b, env, CacheConfig{}) }})
 }
 

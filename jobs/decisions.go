@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/loanflow/loanflow/connectors/bureau"
 	"github.com/loanflow/loanflow/connectors/kafka"
-	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/operators"
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/schemas"
@@ -15,7 +16,7 @@ import (
 )
 
 func init() {
-	Register(Job{Name: "decisions", Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
+	Register(Job{AdminPort: 9100, Name: "decisions", Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
 		Build: func(b *pipeline.Builder, env Env) error { return BuildDecisions(b, env, DecisionsConfig{}) }})
 }
 
@@ -53,6 +54,11 @@ type DecisionsConfig struct {
 	// BureauMaxBackoff. Defaults 200ms and 2s.
 	BureauBackoff    time.Duration
 	BureauMaxBackoff time.Duration
+	// BureauBreakerFailures consecutive unavailable bureau answers open
+	// the bureau client's circuit breaker for BureauBreakerOpen: calls
+	// then fall back at once. Defaults 5 and 10s; -1 disables it.
+	BureauBreakerFailures int
+	BureauBreakerOpen     time.Duration
 	// LoansRetryFor bounds how long the loans sink retries a database that
 	// does not answer before it fails the task. Default 10s.
 	LoansRetryFor time.Duration
@@ -154,6 +160,7 @@ type decisionsDeps struct {
 	keys      AvroStringKeys
 	bureau    *bureau.Client
 	customers *customerIndexes
+	metrics   *decisionMetrics
 	loans     func() pipeline.Sink[schemas.LoanDecision]
 	env       Env
 }
@@ -198,10 +205,18 @@ func newDecisionsDeps(job string, env Env, cfg DecisionsConfig) (decisionsDeps, 
 	}
 	// The async operator bounds each attempt; the client's own timeout is
 	// only a backstop.
-	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: url, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity}); err != nil {
+	log := env.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if d.bureau, err = bureau.NewClient(bureau.ClientConfig{URL: url, Timeout: 2 * cfg.BureauTimeout, MaxConns: cfg.BureauCapacity,
+		BreakerFailures: cfg.BureauBreakerFailures, BreakerOpen: cfg.BureauBreakerOpen, Registerer: env.Registerer, Logger: log}); err != nil {
 		return d, err
 	}
 	d.customers = &customerIndexes{dsn: env.DatabaseURL}
+	if d.metrics, err = newDecisionMetrics(env.Registerer); err != nil {
+		return d, fmt.Errorf("jobs: decisions metrics: %w", err)
+	}
 	d.loans = func() pipeline.Sink[schemas.LoanDecision] {
 		return newLoansSink(env.DatabaseURL, job, cfg.Policy.LoanTermMonths, cfg.LoansRetryFor)
 	}
@@ -277,7 +292,8 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return d.stamp(d.cfg.Policy.Fallback(r.Value.App, ReasonApplicationTooLate), r.Value), nil
 	})
 
-	decisions := pipeline.Union("decisions", fromTable, fromBureau, tooLate)
+	decisions := operators.Map(pipeline.Union("decisions", fromTable, fromBureau, tooLate), "measure",
+		func(dec schemas.LoanDecision) (schemas.LoanDecision, error) { d.metrics.observe(dec); return dec, nil })
 	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
 		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte {
 			return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))
@@ -328,11 +344,13 @@ func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.Waterma
 func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Stream[bureauAnswer] {
 	return operators.Async(in, "bureau", operators.AsyncSpec[pendingApp, bureauAnswer]{
 		Call: func(ctx context.Context, p pendingApp) (bureauAnswer, error) {
+			d.metrics.calling(p.App.ApplicationID)
 			rep, err := d.bureau.CreditReport(ctx, bureau.Request{ApplicationID: p.App.ApplicationID, SSNIndex: p.App.SSNIndex,
 				SubscriberID: p.App.LenderID})
 			if err != nil {
 				return bureauAnswer{}, err
 			}
+			d.metrics.settled(p.App.ApplicationID, "")
 			return bureauAnswer{pendingApp: p, Report: &rep}, nil
 		},
 		Ordered:  false,
@@ -345,9 +363,10 @@ func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Strea
 			switch {
 			case bureau.IsTimeout(err):
 				reason = ReasonBureauTimeout
-			case !bureau.IsRetryable(err):
+			case !bureau.IsRetryable(err) && !errors.Is(err, bureau.ErrBreakerOpen):
 				reason = ReasonBureauRejected
 			}
+			d.metrics.settled(p.App.ApplicationID, reason)
 			return bureauAnswer{pendingApp: p, Fallback: reason}, true
 		},
 		InCodec: pipeline.JSONCodec[pendingApp](),

@@ -10,6 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	bureauclient "github.com/loanflow/loanflow/connectors/bureau"
 	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/loanflow/loanflow/pipeline"
@@ -283,7 +284,7 @@ func buildDecisions(t testing.TB, job string, env Env) *pipeline.Builder {
 // decided from the bureau's report for that inquiry.
 func checkBureauDecisions(t *testing.T, bureauURL string, dr *decisionReader, ids ...string) {
 	t.Helper()
-	cl, err := bureau.NewClient(bureau.ClientConfig{URL: bureauURL})
+	cl, err := bureauclient.NewClient(bureauclient.ClientConfig{URL: bureauURL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	Register(Job{Name: "portfolio", Summary: "cdc loans + loan_decisions → per-lender 1-minute windows → portfolio_metrics (topic, table, Prometheus)",
+	Register(Job{AdminPort: 9102, Name: "portfolio", Summary: "cdc loans + loan_decisions → per-lender 1-minute windows → portfolio_metrics (topic, table, Prometheus)",
 		Build: func(b *pipeline.Builder, env Env) error { return BuildPortfolio(b, env, PortfolioConfig{}) }})
 }
 

@@ -41,7 +41,15 @@ type Job struct {
 	Summary string
 	// Build declares the job's graph.
 	Build func(b *pipeline.Builder, env Env) error
+	// AdminPort is the job's worker admin port wherever Loanflow assigns
+	// one (loanflow job run's default, loanflow dev, docker-compose):
+	// one port map everywhere. 0 for jobs without one (tests).
+	AdminPort int
 }
+
+// FirstAdminPort is the lowest port of the admin port map: decisions 9100,
+// cache-invalidation 9101, portfolio 9102.
+const FirstAdminPort = 9100
 
 var (
 	mu       sync.Mutex

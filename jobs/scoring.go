@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/loanflow/loanflow/internal/bureau"
+	"github.com/loanflow/loanflow/connectors/bureau"
 	"github.com/loanflow/loanflow/schemas"
 )
 

@@ -31,21 +31,21 @@ func TestApplicationIDsPerLenderAndApplicantCheck(t *testing.T) {
 		s.addCustomer(c)
 	}
 	tp := s.env.Topics.WithDefaults()
-	createTopic(t, tp.Applications, 2, false)
-	createTopic(t, tp.Customer360, 3, false)
+	createTopic(t, s.env.Brokers, tp.Applications, 2, false)
+	createTopic(t, s.env.Brokers, tp.Customer360, 3, false)
 	s.startCDC()
 	awaitCustomer360(t, s.env, "c-1", "c-2")
 
 	at := time.Now()
 	impostor := app("pos-0002", "L2", ptr("c-1"), "100.00", at)
 	impostor.SSNIndex = ssnIndex("someone-else")
-	prod := appProducer{t: t, topic: tp.Applications, serde: serde[schemas.LoanApplication](t, s.env, tp.Applications, schemas.LoanApplicationSchema)}
+	prod := appProducer{t: t, brokers: s.env.Brokers, topic: tp.Applications, serde: serde[schemas.LoanApplication](t, s.env, tp.Applications, schemas.LoanApplicationSchema)}
 	prod.send(
 		app("pos-0001", "L1", ptr("c-1"), "100.00", at),
 		app("pos-0001", "L2", ptr("c-2"), "200.00", at),
 		impostor,
 	)
-	w := runWorker(t, buildDecisions(t, testenv.Name(t, "decisions"), s.env), t.TempDir())
+	w := runWorker(t, s.env.Brokers, buildDecisions(t, testenv.Name(t, "decisions"), s.env), t.TempDir())
 	defer w.halt(t)
 	dr := newDecisionReader(t, s.env)
 	decode := func(rec *kgo.Record) {

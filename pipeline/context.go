@@ -216,7 +216,11 @@ type Drainer interface {
 }
 
 // RegisterDrainer makes the task call d.Drain when woken.
-func (c *Context) RegisterDrainer(d Drainer) { c.task.drainers = append(c.task.drainers, d) }
+// The operator counts as asynchronous: it reports async_in_flight.
+func (c *Context) RegisterDrainer(d Drainer) {
+	c.task.drainers = append(c.task.drainers, d)
+	c.m.async = true
+}
 
 // CountDropped counts a record dropped on purpose (late data without a
 // side output).

@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "batch_latency_seconds", Help: "Time to process one fetched batch through the operator chain.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}, []string{"job", "subtopology"}),
 		QueueFill:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "queue_fill_ratio", Help: "Fill of a task's bounded input queue (1 = backpressure)."}, task),
-		CheckpointDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_duration_seconds", Help: "Time to flush state and commit the checkpoint transaction.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"job"}),
+		CheckpointDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_duration_seconds", Help: "Time to flush state and commit the checkpoint transaction, per worker.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"job", "worker"}),
 		CheckpointBytes:    prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_changelog_bytes", Help: "Changelog bytes written per checkpoint.", Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}, []string{"job"}),
 		CheckpointFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "loanflow", Subsystem: "engine", Name: "checkpoint_failures_total", Help: "Checkpoints that aborted."}, []string{"job", "reason"}),
 		LastCheckpoint:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "loanflow", Subsystem: "engine", Name: "last_checkpoint_timestamp_seconds", Help: "Unix time of the worker's last committed checkpoint."}, []string{"job", "worker"}),
@@ -72,6 +72,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type opMetrics struct {
 	in, out, deadLettered, dropped int64
 	inFlight                       int64
+	async                          bool // registered a drainer: reports async_in_flight
+	published                      bool // its failure counters exist
 	pubIn, pubOut, pubDL, pubDrop  int64
 }
 
@@ -85,6 +87,13 @@ func (t *Task) PublishMetrics() {
 	nowMs := t.now().UnixMilli()
 	for _, c := range t.contexts {
 		om, op := c.m, c.node.name
+		if !om.published {
+			// Failure counters exist at 0 from the start: increase()
+			// alerts see the first failure.
+			m.deadLetters.WithLabelValues(job, op)
+			m.dropped.WithLabelValues(job, op)
+			om.published = true
+		}
 		if d := om.in - om.pubIn; d > 0 {
 			m.recordsIn.WithLabelValues(job, op).Add(float64(d))
 			om.pubIn = om.in
@@ -100,7 +109,7 @@ func (t *Task) PublishMetrics() {
 		if c.wm > MinTime {
 			m.watermarkLag.WithLabelValues(job, op).Set(float64(nowMs-c.wm) / 1000)
 		}
-		if om.inFlight > 0 || c.task.drainers != nil {
+		if om.async {
 			m.asyncInFlight.WithLabelValues(job, op).Set(float64(om.inFlight))
 		}
 	}

@@ -89,16 +89,16 @@ func (c *apiClient) refresh(ctx context.Context) error {
 const maxRateLimitWaits = 30
 
 // call sends body as JSON and decodes a 2xx answer into out; statuses in
-// ok (e.g. 409 for something that exists) are accepted too. A 429 (the
-// request was refused before it was handled) is retried after its
-// Retry-After.
+// ok (e.g. 409 for something that exists) are accepted too. A 429, or a
+// 503 with Retry-After (the request was refused before it was handled),
+// is retried after its Retry-After.
 func (c *apiClient) call(ctx context.Context, method, path string, body, out any, ok ...int) error {
 	for attempt := 0; ; attempt++ {
 		resp, err := c.do(ctx, method, path, body)
 		if err != nil {
 			return err
 		}
-		if resp.status == http.StatusTooManyRequests && attempt < maxRateLimitWaits {
+		if retryable(resp) && attempt < maxRateLimitWaits {
 			if err := sleepCtx(ctx, resp.retryAfter()); err != nil {
 				return err
 			}
@@ -106,6 +106,13 @@ func (c *apiClient) call(ctx context.Context, method, path string, body, out any
 		}
 		return resp.decode(method, path, out, ok)
 	}
+}
+
+// retryable reports whether the server refused a request before handling
+// it and said when to try again: a 429, or a 503 with Retry-After (the
+// stack is still starting, or the broker is briefly away).
+func retryable(r apiResponse) bool {
+	return r.status == http.StatusTooManyRequests || r.status == http.StatusServiceUnavailable && r.header.Get("Retry-After") != ""
 }
 
 // apiResponse is a response read whole.

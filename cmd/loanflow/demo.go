@@ -91,8 +91,8 @@ func runDemo(ctx context.Context, cfg demoConfig, out io.Writer) ([]demoDecision
 			return nil, err
 		}
 	}
-	fmt.Fprintf(out, "lender %s, point-of-sale client %s\ncustomers %s (LOW risk, score 780, limit 20000.00) and %s (HIGH risk, score 560, limit 1000.00)\n\n",
-		cfg.lender, lender.id, alice.CustomerID, bob.CustomerID)
+	fmt.Fprintf(out, "lender %s, point-of-sale client %s (secret %s: shown once; revoke with loanflow admin clients revoke %s)\ncustomers %s (LOW risk, score 780, limit 20000.00) and %s (HIGH risk, score 560, limit 1000.00)\n\n",
+		cfg.lender, lender.id, lender.secret, lender.id, alice.CustomerID, bob.CustomerID)
 
 	type application struct {
 		who      string

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/loanflow/loanflow/internal/devstack"
+	"github.com/loanflow/loanflow/internal/logfmt"
 )
 
 func init() { addCommand(newDevCmd) }
@@ -51,7 +52,11 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 			defer closeLog()
 			cfg.Logger = log
 			out := cmd.OutOrStdout()
-			fmt.Fprintln(out, "starting Loanflow (first start initialises PostgreSQL and takes a little longer)...")
+			if cfg.DatabaseURL == "" && devstack.FirstStart(cfg.Dir) {
+				fmt.Fprintln(out, "starting Loanflow for the first time in "+cfg.Dir+" (initialising PostgreSQL takes a little longer)...")
+			} else {
+				fmt.Fprintln(out, "starting Loanflow from "+cfg.Dir+"...")
+			}
 			start := time.Now()
 			err = devstack.Run(cmd.Context(), cfg, func(info devstack.Info) {
 				fmt.Fprintf(out, "ready in %s\n\n%s", time.Since(start).Round(100*time.Millisecond), info.Summary())
@@ -99,7 +104,7 @@ func devLogger(dir, level string) (*slog.Logger, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	h := slog.NewMultiHandler(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: lv}),
-		slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	h := slog.NewMultiHandler(slog.NewJSONHandler(f, logfmt.Options(lv)),
+		slog.NewTextHandler(os.Stderr, logfmt.Options(slog.LevelWarn)))
 	return slog.New(h), func() { f.Close() }, nil
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/loanflow/loanflow/api"
 	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/devstack"
 	"github.com/loanflow/loanflow/internal/localsvc"
@@ -97,9 +102,20 @@ func TestDevStackAndDemo(t *testing.T) {
 	requireServers(t)
 	dir := testenv.Dir(t, "dev")
 
+	if !devstack.FirstStart(dir) {
+		t.Fatal("a fresh directory is not a first start")
+	}
 	start := time.Now()
 	info, stop := startDev(t, dir)
 	t.Logf("stack ready in %s: %v", time.Since(start).Round(time.Millisecond), info.Started)
+	// Ready means ready: the API's /readyz (topics, schemas, the decisions
+	// job owning its partitions) answers 200 when the banner would print.
+	if body := get(t, info.APIURL+"/readyz"); !strings.Contains(body, `"pipeline":"ok"`) {
+		t.Errorf("readyz at the banner: %s", body)
+	}
+	if devstack.FirstStart(dir) {
+		t.Error("a started stack's directory still looks like a first start")
+	}
 	if !strings.Contains(info.Summary(), info.APIURL+"/dashboard") {
 		t.Errorf("summary lacks the dashboard:\n%s", info.Summary())
 	}
@@ -113,6 +129,10 @@ func TestDevStackAndDemo(t *testing.T) {
 	if body := get(t, info.CDCMetricsURL); !strings.Contains(body, "loanflow_cdc_") {
 		t.Error("the CDC reader serves no loanflow_cdc_ metrics")
 	}
+	checkDecisionMetrics(t, info)
+	checkDebugListeners(t, info)
+	checkAdminCLI(t, info)
+	checkJobCLI(t, info)
 	stop()
 
 	// Same directory: the stack resumes with its data and credentials.
@@ -259,5 +279,140 @@ func TestDevStackOnApacheKafka(t *testing.T) {
 	}
 	if len(decisions) != 6 || once != 6 {
 		t.Errorf("loan_decisions on the Apache broker: %v, want 6 applications decided once each", decisions)
+	}
+}
+
+// checkDebugListeners: /debug/pprof on every admin listener, never on the
+// public API.
+func checkDebugListeners(t *testing.T, info devstack.Info) {
+	t.Helper()
+	for _, j := range devstack.Jobs {
+		if body := get(t, "http://"+info.Workers[j]+"/debug/pprof/"); !strings.Contains(body, "goroutine") {
+			t.Errorf("job %s: /debug/pprof/ lists no profiles", j)
+		}
+	}
+	if body := get(t, strings.TrimSuffix(info.CDCMetricsURL, "/metrics")+"/debug/pprof/"); !strings.Contains(body, "goroutine") {
+		t.Error("the CDC listener serves no /debug/pprof/")
+	}
+	resp, err := http.Get(info.APIURL + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Error("the public API serves /debug/pprof/")
+	}
+}
+
+// checkAdminCLI creates, lists and revokes a client with loanflow admin;
+// the revoked client's secret no longer gets a token (it did before).
+func checkAdminCLI(t *testing.T, info devstack.Info) {
+	t.Helper()
+	conn := []string{"--api", info.APIURL, "--credentials", info.CredentialsFile}
+	mk := func() *cobra.Command { return newAdminCmd() }
+	out, err := run(t, mk, append([]string{"lenders", "create", "cli-bank", "--name", "CLI Bank"}, conn...)...)
+	if err != nil {
+		t.Fatalf("lenders create: %v\n%s", err, out)
+	}
+	out, err = run(t, mk, append([]string{"clients", "create", "cli-pos-1", "--lender", "cli-bank", "--output", "json"}, conn...)...)
+	var creds api.ClientCredentials
+	if err != nil || json.Unmarshal([]byte(out), &creds) != nil || creds.ClientSecret == "" {
+		t.Fatalf("clients create: %v\n%s", err, out)
+	}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	if _, err := login(context.Background(), hc, info.APIURL, creds.ClientID, creds.ClientSecret); err != nil {
+		t.Fatalf("negative control: the new client gets no token: %v", err)
+	}
+	listed := func() []api.Client {
+		out, err := run(t, mk, append([]string{"clients", "list", "--lender", "cli-bank", "--output", "json"}, conn...)...)
+		var cs []api.Client
+		if err != nil || json.Unmarshal([]byte(out), &cs) != nil {
+			t.Fatalf("clients list: %v\n%s", err, out)
+		}
+		return cs
+	}
+	if cs := listed(); len(cs) != 1 || cs[0].ClientID != "cli-pos-1" || cs[0].Revoked {
+		t.Fatalf("clients of cli-bank: %+v", cs)
+	}
+	if out, err := run(t, mk, append([]string{"clients", "revoke", "cli-pos-1"}, conn...)...); err != nil {
+		t.Fatalf("clients revoke: %v\n%s", err, out)
+	}
+	if cs := listed(); len(cs) != 1 || !cs[0].Revoked {
+		t.Fatalf("clients of cli-bank after the revoke: %+v", cs)
+	}
+	if _, err := login(context.Background(), hc, info.APIURL, creds.ClientID, creds.ClientSecret); err == nil {
+		t.Fatal("a revoked client still gets a token")
+	}
+	if out, err := run(t, mk, append([]string{"clients", "revoke", "no-such-client"}, conn...)...); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("revoking an unknown client: %v\n%s", err, out)
+	}
+	out, err = run(t, mk, append([]string{"lenders", "list", "--output", "json"}, conn...)...)
+	var ls []api.Lender
+	if err != nil || json.Unmarshal([]byte(out), &ls) != nil {
+		t.Fatalf("lenders list: %v\n%s", err, out)
+	}
+	i := slices.IndexFunc(ls, func(l api.Lender) bool { return l.LenderID == "cli-bank" })
+	if i < 0 || ls[i].Clients != 0 || ls[i].RevokedClients != 1 {
+		t.Fatalf("lenders: %+v", ls)
+	}
+}
+
+// checkJobCLI finds the stack's workers by job name, then stops one job:
+// the rest of the stack keeps running (the API stays ready, decisions
+// stays healthy) and the stack still stops cleanly.
+func checkJobCLI(t *testing.T, info devstack.Info) {
+	t.Helper()
+	for _, j := range devstack.Jobs {
+		st, err := jobStatus(t, j, info.Brokers)
+		if err != nil || len(st.Workers) != 1 || st.Workers[0].Admin != info.Workers[j] {
+			t.Fatalf("job status %s: %v %+v (worker admin %s)", j, err, st.Workers, info.Workers[j])
+		}
+	}
+	sp := filepath.Join(t.TempDir(), "cache sp") // a space: escaped in the request
+	out, err := run(t, newJobStopCmd, "cache-invalidation", "--brokers", strings.Join(info.Brokers, ","), "--savepoint", sp)
+	if err != nil || !strings.Contains(out, "resume with: loanflow job run cache-invalidation --from-savepoint '"+sp+"'") {
+		t.Fatalf("job stop cache-invalidation: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(sp, "job.json")); err != nil {
+		t.Fatalf("no savepoint: %v", err)
+	}
+	get(t, info.APIURL+"/readyz")
+	if st, err := jobStatus(t, "decisions", info.Brokers); err != nil || !st.Healthy {
+		t.Fatalf("decisions after stopping cache-invalidation: %v %+v", err, st)
+	}
+}
+
+// checkDecisionMetrics: after the demo's three decisions the decisions
+// worker counts them by outcome and basis with their latency, its bureau
+// breaker is closed, and only the async bureau operator reports
+// async_in_flight.
+func checkDecisionMetrics(t *testing.T, info devstack.Info) {
+	t.Helper()
+	body := get(t, "http://"+info.Workers["decisions"]+"/metrics")
+	var decided, timed float64
+	for _, line := range strings.Split(body, "\n") {
+		var v float64
+		switch {
+		case strings.HasPrefix(line, "loanflow_decisions_total{"):
+			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
+			decided += v
+		case strings.HasPrefix(line, "loanflow_decisions_latency_seconds_count{"):
+			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v)
+			timed += v
+		}
+	}
+	if decided < 3 || timed < 3 {
+		t.Errorf("after the demo: %v decisions counted, %v timed; want at least 3", decided, timed)
+	}
+	for _, want := range []string{`loanflow_decisions_total{basis="FALLBACK",decision="REFER"}`, "loanflow_decisions_bureau_breaker_state 0",
+		`loanflow_decisions_bureau_fallbacks_total{reason="BUREAU_TIMEOUT"}`, `loanflow_engine_async_in_flight{job="decisions",operator="bureau"}`, "loanflow_build_info{"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("decisions metrics lack %s", want)
+		}
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "loanflow_engine_async_in_flight{") && !strings.Contains(line, `operator="bureau"`) {
+			t.Errorf("a synchronous operator reports async_in_flight: %s", line)
+		}
 	}
 }

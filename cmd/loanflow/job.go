@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -21,6 +17,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/connectors/kafka"
+	"github.com/loanflow/loanflow/internal/buildinfo"
+	"github.com/loanflow/loanflow/internal/logfmt"
 	"github.com/loanflow/loanflow/jobs"
 )
 
@@ -33,9 +31,15 @@ func newJobCmd() *cobra.Command {
 		Long: `A job runs as one or more worker processes (loanflow job run NAME); workers
 of one job share its partitions through the consumer group loanflow-NAME,
 so starting another worker scales it out. Each worker serves /metrics,
-/healthz, /readyz, /status and POST /stop on its admin address.`,
+/healthz, /readyz, /status, /debug/pprof/, POST /stop and POST /savepoint
+on its admin address, which it advertises to the group: status, stop,
+savepoint and reset address a job by NAME and find its workers themselves.
+
+Admin ports (loanflow job run's default, loanflow dev and docker-compose):
+decisions 9100, cache-invalidation 9101, portfolio 9102.`,
 	}
-	cmd.AddCommand(newJobListCmd(), newJobDescribeCmd(), newJobRunCmd(), newJobStatusCmd(), newJobStopCmd())
+	cmd.AddCommand(newJobListCmd(), newJobDescribeCmd(), newJobRunCmd(), newJobStatusCmd(), newJobStopCmd(),
+		newJobSavepointCmd(), newJobResetCmd())
 	return cmd
 }
 
@@ -59,18 +63,31 @@ func (e *envFlags) env(log *slog.Logger) jobs.Env {
 }
 
 func newJobListCmd() *cobra.Command {
-	return &cobra.Command{
+	var out outputFlag
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the jobs this binary can run",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB\tSUMMARY")
-			for _, j := range jobs.List() {
-				fmt.Fprintf(tw, "%s\t%s\n", j.Name, j.Summary)
+			type row struct {
+				Job       string `json:"job"`
+				Summary   string `json:"summary"`
+				AdminPort int    `json:"admin_port,omitempty"`
 			}
-			return tw.Flush()
+			var rows []row
+			for _, j := range jobs.List() {
+				rows = append(rows, row{j.Name, j.Summary, j.AdminPort})
+			}
+			return out.write(cmd.OutOrStdout(), rows, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "JOB\tADMIN PORT\tSUMMARY")
+				for _, r := range rows {
+					fmt.Fprintf(tw, "%s\t%d\t%s\n", r.Job, r.AdminPort, r.Summary)
+				}
+			})
 		},
 	}
+	out.register(cmd)
+	return cmd
 }
 
 func newJobDescribeCmd() *cobra.Command {
@@ -130,12 +147,12 @@ func topicCounts(ctx context.Context, brokers []string) (map[string]int32, error
 
 // runFlags configure `job run`.
 type runFlags struct {
-	env                            envFlags
-	stateDir, workerID, delivery   string
-	admin, fromSavepoint           string
-	commitInterval, sessionTimeout time.Duration
-	transactionTimeout             time.Duration
-	defaultPartitions              int32
+	env                             envFlags
+	stateDir, workerID, delivery    string
+	admin, advertise, fromSavepoint string
+	commitInterval, sessionTimeout  time.Duration
+	transactionTimeout, summary     time.Duration
+	defaultPartitions               int32
 }
 
 func newJobRunCmd() *cobra.Command {
@@ -148,8 +165,9 @@ gracefully (a final checkpoint, then leaving the group). The worker creates
 missing topics, restores its tasks' state (local Pebble in --state-dir plus
 the changelog tail) and checkpoints every --commit-interval. With
 --from-savepoint it first resets the job to a savepoint written by
-'loanflow job stop --savepoint DIR' (the job must be stopped).`,
-		Example: `  loanflow job run decisions --state-dir /var/lib/loanflow/w1 --admin-addr 127.0.0.1:9100
+'loanflow job stop NAME --savepoint DIR' or 'loanflow job savepoint NAME DIR'
+(the job must be stopped).`,
+		Example: `  loanflow job run decisions --state-dir /var/lib/loanflow/w1
   loanflow job run portfolio --delivery at-least-once`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -161,198 +179,84 @@ the changelog tail) and checkpoints every --commit-interval. With
 	fl.StringVar(&f.stateDir, "state-dir", envOr("LOANFLOW_STATE_DIR", ".loanflow/state"), "directory of this worker's local state (env LOANFLOW_STATE_DIR)")
 	fl.StringVar(&f.workerID, "worker-id", os.Getenv("LOANFLOW_WORKER_ID"), "stable id of this worker; a restarted worker with the same id takes its tasks back at once (default: host name + hash of --state-dir)")
 	fl.StringVar(&f.delivery, "delivery", string(kafka.ExactlyOnce), "exactly-once or at-least-once")
-	fl.StringVar(&f.admin, "admin-addr", envOr("LOANFLOW_ADMIN_ADDR", "127.0.0.1:9100"), "admin and metrics listen address (empty to disable)")
+	fl.StringVar(&f.admin, "admin-addr", envOr("LOANFLOW_ADMIN_ADDR", "auto"), "admin and metrics listen address; auto: 127.0.0.1 and the job's port (decisions 9100, cache-invalidation 9101, portfolio 9102); empty to disable (env LOANFLOW_ADMIN_ADDR)")
+	fl.StringVar(&f.advertise, "admin-advertise-addr", os.Getenv("LOANFLOW_ADMIN_ADVERTISE_ADDR"), "admin address as loanflow job status/stop reach it, advertised to the group (default: --admin-addr, with this host's name when it listens on all interfaces; env LOANFLOW_ADMIN_ADVERTISE_ADDR)")
 	fl.StringVar(&f.fromSavepoint, "from-savepoint", "", "start from this savepoint directory")
 	fl.DurationVar(&f.commitInterval, "commit-interval", 200*time.Millisecond, "time between checkpoints")
 	fl.DurationVar(&f.sessionTimeout, "session-timeout", 10*time.Second, "consumer group session timeout")
 	fl.DurationVar(&f.transactionTimeout, "transaction-timeout", 10*time.Second, "how long a crashed worker's open transaction can hold readers back")
+	fl.DurationVar(&f.summary, "summary-interval", time.Minute, "how often the worker logs a summary line (rates, lag, checkpoint age) and warns about what degraded; -1ns disables it")
 	fl.Int32Var(&f.defaultPartitions, "default-partitions", 6, "partitions of topics the worker creates when nothing else decides")
 	return cmd
 }
 
 func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error {
-	log := slog.New(slog.NewJSONHandler(logw, nil)).With("job", name)
+	// The worker adds job itself; the job's own code logs through env.
+	wlog := slog.New(slog.NewJSONHandler(logw, logfmt.Options(slog.LevelInfo)))
+	log := wlog.With("job", name)
 	switch kafka.Delivery(f.delivery) {
 	case kafka.ExactlyOnce, kafka.AtLeastOnce:
 	default:
 		return fmt.Errorf("--delivery %q: use exactly-once or at-least-once", f.delivery)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), buildinfo.Collector())
 	env := f.env.env(log)
 	env.Registerer = reg // the job's own metrics (portfolio gauges) beside the worker's
 	b, err := jobs.Builder(name, env)
 	if err != nil {
 		return err
 	}
+	ln, advertised, err := adminListener(name, f.admin, f.advertise)
+	if err != nil {
+		return err
+	}
+	if ln != nil {
+		defer ln.Close()
+	}
 	w, err := kafka.NewWorker(b, kafka.Config{
 		Brokers: splitList(f.env.brokers), StateDir: f.stateDir, WorkerID: f.workerID, Delivery: kafka.Delivery(f.delivery),
 		CommitInterval: f.commitInterval, SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
-		DefaultPartitions: f.defaultPartitions, FromSavepoint: f.fromSavepoint, Registerer: reg, Logger: log,
+		DefaultPartitions: f.defaultPartitions, FromSavepoint: f.fromSavepoint, AdminAddr: advertised, SummaryInterval: f.summary, Registerer: reg, Logger: wlog,
 	})
 	if err != nil {
 		return err
 	}
-	if f.admin != "" {
-		ln, err := net.Listen("tcp", f.admin)
-		if err != nil {
-			return fmt.Errorf("admin address %s: %w (choose another with --admin-addr)", f.admin, err)
-		}
+	if ln != nil {
 		srv := &http.Server{Handler: kafka.AdminHandler(w, reg), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
-		log.Info("worker admin listening", "addr", ln.Addr().String())
+		log.Info("worker admin listening", "addr", ln.Addr().String(), "advertised", advertised)
 	}
 	return w.Run(ctx)
 }
 
-func newJobStatusCmd() *cobra.Command {
-	var admins, brokers string
-	cmd := &cobra.Command{
-		Use:   "status [NAME]",
-		Short: "Show a job's workers, their tasks and checkpoints, and its consumer lag",
-		Long: `With NAME, asks the brokers for the job's consumer group: members, the
-partitions each owns and the lag per partition. With --admin, asks workers
-directly for their tasks and last checkpoint.`,
-		Example: "  loanflow job status decisions\n  loanflow job status --admin 127.0.0.1:9100,127.0.0.1:9101",
-		Args:    cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			out := cmd.OutOrStdout()
-			if len(args) == 0 && admins == "" {
-				return errors.New("give a job NAME (group status from the brokers) or --admin addresses (worker status)")
-			}
-			if len(args) == 1 {
-				if err := groupStatus(cmd.Context(), out, args[0], splitList(brokers)); err != nil {
-					return err
-				}
-			}
-			for _, a := range splitList(admins) {
-				var st kafka.WorkerStatus
-				if err := getJSON(cmd.Context(), "http://"+a+"/status", &st); err != nil {
-					return fmt.Errorf("worker at %s: %w", a, err)
-				}
-				age := "never"
-				if !st.LastCheckpoint.IsZero() {
-					age = time.Since(st.LastCheckpoint).Round(time.Millisecond).String() + " ago"
-				}
-				fmt.Fprintf(out, "worker %s (job %s, %s): ready=%v, %d checkpoints, last %s, tasks %s\n",
-					st.Worker, st.Job, a, st.Ready, st.Checkpoints, age, strings.Join(st.Tasks, " "))
-			}
-			return nil
-		},
+// adminListener binds a worker's admin address (auto: the job's port in
+// the port map) and returns the address to advertise.
+func adminListener(job, addr, advertise string) (net.Listener, string, error) {
+	if addr == "" {
+		return nil, "", nil
 	}
-	cmd.Flags().StringVar(&admins, "admin", "", "worker admin addresses, comma-separated")
-	cmd.Flags().StringVar(&brokers, "brokers", envOr("LOANFLOW_BROKERS", "127.0.0.1:9092"), "Kafka seed brokers (env LOANFLOW_BROKERS)")
-	return cmd
-}
-
-func groupStatus(ctx context.Context, out io.Writer, job string, brokers []string) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	group := kafka.Group(job)
-	lags, err := adm.Lag(ctx, group)
-	if err != nil {
-		return fmt.Errorf("describing group %s: %w", group, err)
-	}
-	l, ok := lags[group]
-	if !ok {
-		return fmt.Errorf("group %s not found: has job %s ever run?", group, job)
-	}
-	if err := l.Error(); err != nil {
-		return fmt.Errorf("group %s: %w", group, err)
-	}
-	fmt.Fprintf(out, "job %s: group %s, state %s, %d workers\n", job, group, l.State, len(l.Members))
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOPIC\tPARTITION\tWORKER\tCOMMITTED\tEND\tLAG")
-	var rows []kadm.GroupMemberLag
-	for _, ps := range l.Lag {
-		for _, m := range ps {
-			rows = append(rows, m)
+	if addr == "auto" {
+		addr = "127.0.0.1:0"
+		if j, ok := jobs.Get(job); ok && j.AdminPort != 0 {
+			addr = fmt.Sprintf("127.0.0.1:%d", j.AdminPort)
 		}
 	}
-	sort.Slice(rows, func(i, j int) bool {
-		if rows[i].Topic != rows[j].Topic {
-			return rows[i].Topic < rows[j].Topic
-		}
-		return rows[i].Partition < rows[j].Partition
-	})
-	for _, r := range rows {
-		worker := "-"
-		if r.Member != nil {
-			worker = r.Member.ClientID
-			if r.Member.InstanceID != nil {
-				worker = *r.Member.InstanceID
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\n", r.Topic, r.Partition, worker, r.Commit.At, r.End.Offset, r.Lag)
-	}
-	return tw.Flush()
-}
-
-func getJSON(ctx context.Context, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return nil, "", fmt.Errorf("admin address %s: %w (choose another with --admin-addr)", addr, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
+	if advertise != "" {
+		return ln, advertise, nil
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	tcp := ln.Addr().(*net.TCPAddr)
+	host := tcp.IP.String()
+	if tcp.IP.IsUnspecified() {
+		if host, err = os.Hostname(); err != nil {
+			ln.Close()
+			return nil, "", fmt.Errorf("admin address %s listens on every interface and the host name is unknown (%w): give --admin-advertise-addr", addr, err)
+		}
 	}
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-func newJobStopCmd() *cobra.Command {
-	var admins, savepoint string
-	cmd := &cobra.Command{
-		Use:   "stop --admin ADDR[,ADDR...] [--savepoint DIR]",
-		Short: "Stop workers gracefully, optionally writing a savepoint",
-		Long: `Asks each worker to take a final checkpoint and leave its group. With
---savepoint, every worker writes its tasks' state and offsets into DIR (give
-all of the job's workers, sharing DIR); restart the job from it with
-'loanflow job run NAME --from-savepoint DIR'.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			addrs := splitList(admins)
-			if len(addrs) == 0 {
-				return errors.New("--admin is required: the admin addresses of the workers to stop")
-			}
-			for _, a := range addrs {
-				url := "http://" + a + "/stop"
-				if savepoint != "" {
-					url += "?savepoint=" + savepoint
-				}
-				req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, url, nil)
-				if err != nil {
-					return err
-				}
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					return fmt.Errorf("worker at %s: %w", a, err)
-				}
-				body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					return fmt.Errorf("worker at %s: %s: %s", a, resp.Status, strings.TrimSpace(string(body)))
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "worker at %s stopped\n", a)
-			}
-			if savepoint != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "savepoint in %s; restart with: loanflow job run NAME --from-savepoint %s\n", savepoint, savepoint)
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&admins, "admin", "", "worker admin addresses, comma-separated")
-	cmd.Flags().StringVar(&savepoint, "savepoint", "", "directory to write a savepoint to")
-	return cmd
+	return ln, net.JoinHostPort(host, fmt.Sprint(tcp.Port)), nil
 }

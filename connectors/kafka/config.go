@@ -77,6 +77,16 @@ type Config struct {
 	// ExpireBudget is how many committed state entries each task's TTL
 	// sweep examines per tick (0 = state.DefaultSweepBudget).
 	ExpireBudget int
+	// AdminAddr is where this worker's admin endpoint (AdminHandler) is
+	// reached (host:port). The worker advertises it to its consumer group
+	// (in its client id, see MemberAdminAddr), so `loanflow job status` and
+	// `loanflow job stop` find a job's workers from the group alone.
+	AdminAddr string
+	// SummaryInterval is how often the worker logs a summary line (records
+	// in and out per second, lag, checkpoints and their age) and warns when
+	// something degrades (a stale checkpoint, full input queues, a growing
+	// lag). Default 1m; -1 disables it.
+	SummaryInterval time.Duration
 	// FromSavepoint starts the job from a savepoint directory written by
 	// StopWithSavepoint (see savepoint.go for what that does).
 	FromSavepoint string
@@ -121,6 +131,9 @@ func (c Config) withDefaults(job string) Config {
 	}
 	if c.RestoreWait <= 0 {
 		c.RestoreWait = 3 * c.TransactionTimeout
+	}
+	if c.SummaryInterval == 0 {
+		c.SummaryInterval = time.Minute
 	}
 	if c.PurgeInterval <= 0 {
 		c.PurgeInterval = 30 * time.Second
@@ -168,6 +181,27 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("kafka: durations must not be negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// adminTag separates a worker's client id from its advertised admin
+// address.
+const adminTag = ";admin="
+
+// ClientID is the Kafka client id of a worker of job jobID whose admin
+// endpoint is at adminAddr (none when empty).
+func ClientID(jobID, adminAddr string) string {
+	id := "loanflow-" + jobID
+	if adminAddr != "" {
+		id += adminTag + adminAddr
+	}
+	return id
+}
+
+// MemberAdminAddr is the admin address a worker advertised in its client
+// id (see ClientID); ok is false for a member that advertised none.
+func MemberAdminAddr(clientID string) (addr string, ok bool) {
+	_, addr, ok = strings.Cut(clientID, adminTag)
+	return addr, ok && addr != ""
 }
 
 // Group is the consumer group of a job.

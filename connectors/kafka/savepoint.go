@@ -74,9 +74,31 @@ type savedRecord struct {
 // StopWithSavepoint stops Run after a final checkpoint and writes this
 // worker's tasks into dir.
 func (w *Worker) StopWithSavepoint(ctx context.Context, dir string) error {
+	return w.request(ctx, stopRequest{savepoint: dir})
+}
+
+// Savepoint takes a checkpoint and writes this worker's tasks into dir
+// without stopping. A savepoint of a job whose workers write one another
+// repartition records is only consistent when every worker writes it at
+// the same checkpoint: `loanflow job savepoint` refuses such a job with
+// more than one worker (stop it with a savepoint instead).
+func (w *Worker) Savepoint(ctx context.Context, dir string) error {
+	if dir == "" {
+		return errors.New("kafka: a savepoint needs a directory")
+	}
+	return w.request(ctx, stopRequest{savepoint: dir, keepRunning: true})
+}
+
+// StopRequested reports whether a stop was requested through
+// StopWithSavepoint (the admin endpoint's POST /stop), whatever its outcome.
+func (w *Worker) StopRequested() bool { return w.stopAsked.Load() }
+
+// request hands req to Run and waits for its outcome.
+func (w *Worker) request(ctx context.Context, req stopRequest) error {
 	done := make(chan error, 1)
+	req.done = done
 	select {
-	case w.stopReq <- stopRequest{savepoint: dir, done: done}:
+	case w.stopReq <- req:
 	case <-ctx.Done():
 		return ctx.Err()
 	}

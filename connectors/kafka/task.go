@@ -3,6 +3,7 @@ package kafka
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -19,6 +20,10 @@ type taskID struct {
 }
 
 func (id taskID) String() string { return fmt.Sprintf("%d_%d", id.sub, id.part) }
+
+// LogValue logs a task id as "<subtopology>_<partition>" (its fields are
+// unexported: slog would print {}).
+func (id taskID) LogValue() slog.Value { return slog.StringValue(id.String()) }
 
 type msgKind int
 

@@ -51,20 +51,23 @@ type Worker struct {
 	failures   map[taskID]int
 	lastErr    map[taskID]error
 
-	blocked     atomic.Bool
-	ending      atomic.Bool // a transaction is ending (endTxn)
-	needsCP     atomic.Bool
-	produced    atomic.Int64 // records produced in the open transaction
-	lastPurge   time.Time
-	topicIDs    map[string][16]byte  // input topics, refreshed at each rebalance
-	ends        atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
-	checkpoints atomic.Int64
-	lastCP      atomic.Int64 // unix ms of the last committed checkpoint
-	logBytes    atomic.Int64 // changelog bytes staged in the open checkpoint
-	stopReq     chan stopRequest
-	leaving     bool // stopped gracefully: leave the group on teardown
-	ready       chan struct{}
-	readyOnce   sync.Once
+	blocked       atomic.Bool
+	ending        atomic.Bool // a transaction is ending (endTxn)
+	needsCP       atomic.Bool
+	produced      atomic.Int64 // records produced in the open transaction
+	producedTotal atomic.Int64 // records produced since the start
+	lastPurge     time.Time
+	topicIDs      map[string][16]byte  // input topics, refreshed at each rebalance
+	ends          atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
+	checkpoints   atomic.Int64
+	lastCP        atomic.Int64 // unix ms of the last committed checkpoint
+	logBytes      atomic.Int64 // changelog bytes staged in the open checkpoint
+	stopReq       chan stopRequest
+	leaving       bool // stopped gracefully: leave the group on teardown
+	stopAsked     atomic.Bool
+	summary       summaryState // owned by Run's goroutine
+	ready         chan struct{}
+	readyOnce     sync.Once
 }
 
 // NewWorker prepares a worker for the job built in b. Nothing connects
@@ -85,6 +88,9 @@ func NewWorker(b *pipeline.Builder, cfg Config) (*Worker, error) {
 		stopReq: make(chan stopRequest), ready: make(chan struct{}),
 	}
 	w.metrics = pipeline.NewMetrics(cfg.Registerer)
+	for _, reason := range []string{"commit", "aborted", "task-failed"} {
+		w.metrics.CheckpointFailures.WithLabelValues(plan.Job, reason) // at 0 from the start
+	}
 	for _, s := range plan.Subtopologies {
 		for _, in := range s.Inputs {
 			w.topicSub[in.Topic] = s.ID
@@ -129,7 +135,7 @@ func (w *Worker) Tasks() []string {
 }
 
 func (w *Worker) clientOpts(extra ...kgo.Opt) []kgo.Opt {
-	opts := []kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...), kgo.ClientID("loanflow-" + w.cfg.JobID)}
+	opts := []kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...), kgo.ClientID(ClientID(w.cfg.JobID, w.cfg.AdminAddr))}
 	opts = append(opts, w.cfg.ClientOpts...)
 	return append(opts, extra...)
 }
@@ -224,6 +230,7 @@ func (w *Worker) partitions(topic string) int32 {
 
 func (w *Worker) produce(r *kgo.Record, promise func(*kgo.Record, error)) error {
 	w.produced.Add(1)
+	w.producedTotal.Add(1)
 	w.sess.Client().Produce(w.pctx, r, promise)
 	return nil
 }
@@ -343,7 +350,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	for {
 		select {
 		case req := <-w.stopReq:
-			return w.stop(req)
+			if !req.keepRunning {
+				w.stopAsked.Store(true)
+				return w.stop(req)
+			}
+			if err := w.savepointRunning(ctx, req); err != nil {
+				return err
+			}
+			nextCommit = time.Now().Add(w.cfg.CommitInterval)
+			continue
 		default:
 		}
 		if ctx.Err() != nil {
@@ -372,6 +387,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		w.dispatch(fs)
+		w.maybeSummarize()
 		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
 			err := graceful(ctx, w.checkpoint)
 			if err != nil {
@@ -411,7 +427,9 @@ func (w *Worker) dispatch(fs kgo.Fetches) {
 			return
 		}
 		next := p.Records[len(p.Records)-1].Offset + 1
-		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(max(p.LastStableOffset-next, 0)))
+		lag := max(p.LastStableOffset-next, 0)
+		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(lag))
+		w.summary.observe(p.Topic, p.Partition, len(p.Records), lag, len(tr.in) == cap(tr.in))
 		if pos := tr.positions[p.Topic]; pos != nil {
 			pos.handed.Store(next)
 		}
@@ -544,7 +562,7 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	clear(w.failures)
 	clear(w.lastErr)
 	w.mu.Unlock()
-	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job).Observe(time.Since(start).Seconds())
+	w.metrics.CheckpointDuration.WithLabelValues(w.plan.Job, w.cfg.WorkerID).Observe(time.Since(start).Seconds())
 	w.metrics.LastCheckpoint.WithLabelValues(w.plan.Job, w.cfg.WorkerID).SetToCurrentTime()
 	w.metrics.CheckpointBytes.WithLabelValues(w.plan.Job).Observe(float64(w.logBytes.Swap(0)))
 	w.lastCP.Store(time.Now().UnixMilli())
@@ -868,10 +886,27 @@ func (w *Worker) openTask(ctx context.Context, id taskID, committed map[string]m
 	return tr, n, nil
 }
 
-// stopRequest asks Run to stop, optionally writing a savepoint.
+// stopRequest asks Run to stop, optionally writing a savepoint; with
+// keepRunning it writes the savepoint and goes on.
 type stopRequest struct {
-	savepoint string
-	done      chan error
+	savepoint   string
+	keepRunning bool
+	done        chan error
+}
+
+// savepointRunning takes a checkpoint and writes a savepoint of it
+// without stopping. Only a failed checkpoint ends Run (as it would have
+// at the next commit); a failed savepoint is the requester's error.
+func (w *Worker) savepointRunning(ctx context.Context, req stopRequest) error {
+	if err := graceful(ctx, w.checkpoint); err != nil {
+		req.done <- err
+		return err
+	}
+	err := w.writeSavepoint(ctx, req.savepoint)
+	w.blocked.Store(false)
+	w.sess.AllowRebalance()
+	req.done <- err
+	return nil
 }
 
 // stop ends Run gracefully: a final checkpoint, an optional savepoint,

@@ -1,6 +1,8 @@
 package bureau
 
 import (
+	cb "github.com/loanflow/loanflow/connectors/bureau"
+
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -40,9 +42,9 @@ func start(t *testing.T, cfg Config) *Server {
 	return s
 }
 
-func client(t *testing.T, url string, timeout time.Duration) *Client {
+func client(t *testing.T, url string, timeout time.Duration) *cb.Client {
 	t.Helper()
-	c, err := NewClient(ClientConfig{URL: url, Timeout: timeout})
+	c, err := cb.NewClient(cb.ClientConfig{URL: url, Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,8 +122,8 @@ func TestErrorsAndTimeouts(t *testing.T) {
 	down := fast()
 	down.ErrorRate = 1
 	_, err := client(t, start(t, down).URL(), 5*time.Second).CreditReport(ctx, req)
-	var se *StatusError
-	if !IsRetryable(err) || IsTimeout(err) || !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable {
+	var se *cb.StatusError
+	if !cb.IsRetryable(err) || cb.IsTimeout(err) || !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable {
 		t.Fatalf("outage: got %v", err)
 	}
 
@@ -129,14 +131,14 @@ func TestErrorsAndTimeouts(t *testing.T) {
 	hang.TimeoutRate, hang.Hang = 1, time.Minute
 	hs := start(t, hang)
 	_, err = client(t, hs.URL(), 100*time.Millisecond).CreditReport(ctx, req)
-	if !IsRetryable(err) || !IsTimeout(err) {
+	if !cb.IsRetryable(err) || !cb.IsTimeout(err) {
 		t.Fatalf("hang: got %v", err)
 	}
 
 	short := hang
 	short.Hang = 10 * time.Millisecond
 	_, err = client(t, start(t, short).URL(), 5*time.Second).CreditReport(ctx, req)
-	if !IsRetryable(err) || !IsTimeout(err) {
+	if !cb.IsRetryable(err) || !cb.IsTimeout(err) {
 		t.Fatalf("504: got %v", err)
 	}
 
@@ -147,7 +149,7 @@ func TestErrorsAndTimeouts(t *testing.T) {
 		{SSNIndex: index(1)},
 	} {
 		_, err := c.CreditReport(ctx, bad)
-		if !errors.Is(err, ErrRejected) || IsRetryable(err) || !errors.As(err, &se) || se.Status != http.StatusBadRequest {
+		if !errors.Is(err, ErrRejected) || cb.IsRetryable(err) || !errors.As(err, &se) || se.Status != http.StatusBadRequest {
 			t.Errorf("%+v: got %v", bad, err)
 		}
 	}
@@ -179,7 +181,7 @@ func TestShutdownReleasesHangingRequests(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if err := <-callErr; !IsRetryable(err) {
+	if err := <-callErr; !cb.IsRetryable(err) {
 		t.Fatalf("held call: got %v, want a retryable error", err)
 	}
 }
@@ -205,11 +207,11 @@ func TestThrottleAndMetrics(t *testing.T) {
 	close(errs)
 	ok, throttled := 0, 0
 	for err := range errs {
-		var se *StatusError
+		var se *cb.StatusError
 		switch {
 		case err == nil:
 			ok++
-		case errors.As(err, &se) && se.Status == http.StatusTooManyRequests && IsRetryable(err):
+		case errors.As(err, &se) && se.Status == http.StatusTooManyRequests && cb.IsRetryable(err):
 			throttled++
 		default:
 			t.Fatalf("unexpected error %v", err)
@@ -243,10 +245,10 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%+v: got %v, want ErrConfig", c, err)
 		}
 	}
-	if _, err := NewClient(ClientConfig{}); !errors.Is(err, ErrConfig) {
+	if _, err := cb.NewClient(cb.ClientConfig{}); !errors.Is(err, ErrConfig) {
 		t.Errorf("client without URL: %v", err)
 	}
-	if _, err := NewClient(ClientConfig{URL: "ftp://x"}); !errors.Is(err, ErrConfig) {
+	if _, err := cb.NewClient(cb.ClientConfig{URL: "ftp://x"}); !errors.Is(err, ErrConfig) {
 		t.Errorf("ftp URL: %v", err)
 	}
 }

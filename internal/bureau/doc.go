@@ -1,6 +1,6 @@
-// Package bureau is Loanflow's credit-bureau simulator and the client the
-// decisions job uses to pull credit reports for applicants who are not (yet)
-// customers.
+// Package bureau is Loanflow's credit-bureau simulator, standing in for a
+// bureau locally (loanflow bureau, loanflow dev). The client the decisions
+// job uses, and the wire types both share, are connectors/bureau.
 //
 // # The simulator
 //
@@ -27,18 +27,9 @@
 // loanflow_bureau_request_duration_seconds by outcome,
 // loanflow_bureau_in_flight_requests) and GET /healthz a liveness answer.
 //
-// # The client
-//
-// Client.CreditReport sends one inquiry with net/http under the caller's
-// context (and the client's Timeout). Errors wrap ErrUnavailable when
-// another attempt may succeed (connection errors, timeouts, 5xx, 429) or
-// ErrRejected when it cannot (other 4xx, a malformed report); IsRetryable
-// and IsTimeout classify them, StatusError carries an HTTP status.
-//
 // # Goroutines
 //
 // Serve runs the HTTP server's goroutines until its context ends, then
 // releases hanging requests and drains the rest for at most
-// ShutdownTimeout. The client starts none beyond net/http's connection
-// handling; a call costs its caller's goroutine, never a blocked thread.
+// ShutdownTimeout.
 package bureau

@@ -1,46 +1,24 @@
 package bureau
 
 import (
+	wire "github.com/loanflow/loanflow/connectors/bureau"
+
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"time"
 )
 
-// Request is the body of POST /v1/credit-reports.
-type Request struct {
-	// ApplicationID is the subscriber's reference for the inquiry.
-	ApplicationID string `json:"application_id"`
-	// SSNIndex is the applicant's keyed SSN blind index (never the SSN).
-	SSNIndex []byte `json:"ssn_index"`
-	// PermissiblePurpose is the FCRA permissible-purpose code of the pull,
-	// e.g. CREDIT_TRANSACTION. Required.
-	PermissiblePurpose string `json:"permissible_purpose"`
-	// SubscriberID is the lender pulling the report.
-	SubscriberID string `json:"subscriber_id,omitempty"`
-}
-
-// Report is a credit report, the 200 response of POST /v1/credit-reports.
-type Report struct {
-	// ResponseID identifies this response; the same inquiry (applicant and
-	// application) always gets the same id.
-	ResponseID string `json:"response_id"`
-	// Hit is false when the bureau has no credit file for the applicant;
-	// Score and ReasonCodes are then empty.
-	Hit bool `json:"hit"`
-	// Score is the credit score, 300 to 850.
-	Score int32 `json:"score,omitempty"`
-	// ReasonCodes are the key factors lowering the score, most important
-	// first (at most four).
-	ReasonCodes []string `json:"reason_codes"`
-	// GeneratedAt is when the report was produced.
-	GeneratedAt time.Time `json:"generated_at"`
-}
+// Request and Report are the wire types of POST /v1/credit-reports,
+// defined with the client (connectors/bureau).
+type (
+	Request = wire.Request
+	Report  = wire.Report
+)
 
 // Score bounds.
 const (
-	MinScore = 300
-	MaxScore = 850
+	MinScore = wire.MinScore
+	MaxScore = wire.MaxScore
 )
 
 // Bureau reason codes (key factors), in the order they are drawn from.

@@ -1,6 +1,8 @@
 package bureau
 
 import (
+	wire "github.com/loanflow/loanflow/connectors/bureau"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,16 +21,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Sentinel errors.
+// Sentinel errors, shared with the client.
 var (
-	// ErrConfig: the configuration is invalid.
-	ErrConfig = errors.New("bureau: invalid config")
-	// ErrUnavailable: the bureau could not be reached, timed out or
-	// answered 5xx or 429. Retryable.
-	ErrUnavailable = errors.New("bureau: unavailable")
-	// ErrRejected: the bureau refused the request (4xx other than 429):
-	// retrying the same request cannot help.
-	ErrRejected = errors.New("bureau: request rejected")
+	ErrConfig      = wire.ErrConfig
+	ErrUnavailable = wire.ErrUnavailable
+	ErrRejected    = wire.ErrRejected
 )
 
 // Outcomes, the label of the simulator's metrics.
@@ -286,14 +283,9 @@ func (s *Server) report(req Request) Report {
 	return Report{ResponseID: responseID(req), Hit: hit, Score: score, ReasonCodes: reasons, GeneratedAt: time.Now().UTC()}
 }
 
-// permissiblePurposes are the FCRA §604-style purposes a pull may carry.
-var permissiblePurposes = map[string]bool{
-	"CREDIT_TRANSACTION": true, "ACCOUNT_REVIEW": true, "COLLECTION": true, "CONSUMER_REQUEST": true, "INSURANCE": true,
-}
+var permissiblePurposes = wire.PermissiblePurposes
 
-func purposeList() string {
-	return "CREDIT_TRANSACTION, ACCOUNT_REVIEW, COLLECTION, CONSUMER_REQUEST, INSURANCE"
-}
+func purposeList() string { return wire.PurposeList() }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,7 +29,9 @@ import (
 	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/connectors/postgres"
 	"github.com/loanflow/loanflow/connectors/schemaregistry"
+	"github.com/loanflow/loanflow/internal/buildinfo"
 	"github.com/loanflow/loanflow/internal/bureau"
+	"github.com/loanflow/loanflow/internal/debughttp"
 	"github.com/loanflow/loanflow/jobs"
 )
 
@@ -61,8 +64,10 @@ type Config struct {
 	APIAddr        string // default 127.0.0.1:8080
 	BureauAddr     string // default 127.0.0.1:8090
 	CDCMetricsAddr string // default 127.0.0.1:9110
-	// WorkerAdminPort is the first worker admin port; job i of Jobs
-	// listens on WorkerAdminPort+i. Default 9100; 0 with FreePorts.
+	// WorkerAdminPort is the first worker admin port; a job listens on
+	// WorkerAdminPort + its offset in the port map (jobs.Job.AdminPort -
+	// jobs.FirstAdminPort): decisions 9100, cache-invalidation 9101,
+	// portfolio 9102 as in docker-compose. Default 9100; 0 with FreePorts.
 	WorkerAdminPort int
 
 	// FreePorts picks free ports for every listen address left empty (tests).
@@ -130,6 +135,13 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+}
+
+// FirstStart reports whether the stack in dir has never started: its local
+// PostgreSQL has no data directory yet (initialising it takes longer).
+func FirstStart(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "postgres", "data", "PG_VERSION"))
+	return err != nil
 }
 
 // Info tells where the parts of a running stack are.
@@ -261,7 +273,43 @@ func (s *stack) startParts(ctx context.Context, g *errgroup.Group) error {
 		closeAll(workerAddrs)
 		return err
 	}
-	return s.startWorkers(ctx, g, workerAddrs)
+	if err := s.startWorkers(ctx, g, workerAddrs); err != nil {
+		return err
+	}
+	return s.awaitAPIReady(ctx)
+}
+
+// awaitAPIReady waits until the API's /readyz says every part can do its
+// job (topics created, schemas registered, the decisions job owning its
+// partitions): only then does loanflow dev print its banner.
+func (s *stack) awaitAPIReady(ctx context.Context) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	last := ""
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.info.APIURL+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = strings.TrimSpace(string(b))
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dev: the API is not ready after 2m: %s", last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // listen binds addr, naming the flag that changes it when taken.
@@ -386,7 +434,8 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: apiDSN, MigrationsDatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
-		PII: keys, OperatorMetricsURLs: metricsURLs, Logger: s.log.With("part", "api")}, nil)
+		PII: keys, OperatorMetricsURLs: metricsURLs, ReadyGroups: []string{kafka.Group("decisions")}, OperatorGroups: jobGroups(),
+		Logger: s.log.With("part", "api")}, nil)
 	if err != nil {
 		ln.Close()
 		return err
@@ -448,7 +497,7 @@ func (s *stack) startCDC(ctx context.Context, g *errgroup.Group, metrics net.Lis
 		metrics.Close()
 		return err
 	}
-	serveHTTP(ctx, g, metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	serveHTTP(ctx, g, metrics, debughttp.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	failed := goRun(g, func() error { return wrap("cdc", r.Run(ctx)) })
 	// The decisions job joins against customer_360: wait until the reader
 	// created its topics, so the job finds them with the reader's
@@ -492,10 +541,10 @@ func (s *stack) waitTopics(ctx context.Context, failed <-chan struct{}, topics .
 
 func (s *stack) workerListeners() (map[string]net.Listener, error) {
 	out := map[string]net.Listener{}
-	for i, j := range Jobs {
+	for _, j := range Jobs {
 		addr := "127.0.0.1:0"
 		if s.cfg.WorkerAdminPort != 0 {
-			addr = fmt.Sprintf("127.0.0.1:%d", s.cfg.WorkerAdminPort+i)
+			addr = fmt.Sprintf("127.0.0.1:%d", s.cfg.WorkerAdminPort+adminOffset(j))
 		}
 		ln, err := listen("worker admin of "+j, addr, "--worker-admin-port")
 		if err != nil {
@@ -508,6 +557,25 @@ func (s *stack) workerListeners() (map[string]net.Listener, error) {
 	return out, nil
 }
 
+// jobGroups are the consumer groups of the stack's jobs: the operator page
+// shows these, not the throwaway groups of tools and tests.
+func jobGroups() []string {
+	out := make([]string, len(Jobs))
+	for i, j := range Jobs {
+		out[i] = kafka.Group(j)
+	}
+	return out
+}
+
+// adminOffset is job's place in the admin port map.
+func adminOffset(job string) int {
+	j, ok := jobs.Get(job)
+	if !ok || j.AdminPort == 0 {
+		panic("devstack: job " + job + " has no admin port") // a job added to Jobs without one
+	}
+	return j.AdminPort - jobs.FirstAdminPort
+}
+
 func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[string]net.Listener) error {
 	type started struct {
 		w      *kafka.Worker
@@ -516,19 +584,19 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 	var ws []started
 	for _, name := range Jobs {
 		reg := newRegistry()
-		log := s.log.With("part", "job", "job", name)
+		wlog := s.log.With("part", "job") // the worker adds job
 		b, err := jobs.Builder(name, jobs.Env{Brokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 			RedisURL: s.info.RedisURL, DatabaseURL: s.info.DatabaseURL, BureauURL: s.info.BureauURL,
-			Logger: log, Registerer: reg})
+			Logger: wlog.With("job", name), Registerer: reg})
 		if err == nil {
 			var w *kafka.Worker
 			w, err = kafka.NewWorker(b, kafka.Config{Brokers: s.info.Brokers, WorkerID: "dev-" + name,
 				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce,
-				DefaultPartitions: int32(s.cfg.Partitions), Registerer: reg, Logger: log})
+				DefaultPartitions: int32(s.cfg.Partitions), AdminAddr: s.info.Workers[name], Registerer: reg, Logger: wlog})
 			if err == nil {
 				serveHTTP(ctx, g, lns[name], kafka.AdminHandler(w, reg))
 				delete(lns, name)
-				failed := goRun(g, func() error { return wrap("job "+name, w.Run(ctx)) })
+				failed := goRun(g, func() error { return s.runWorker(ctx, name, w) })
 				ws = append(ws, started{w, failed})
 			}
 		}
@@ -545,9 +613,27 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 	return nil
 }
 
+// runWorker runs a job's worker. A worker stopped through its admin
+// endpoint (loanflow job stop) ends without stopping the stack, even when
+// its stop failed: the error is logged, the other parts keep running, and
+// the job can be started again with loanflow job run. Only a worker that
+// fails on its own takes the stack down.
+func (s *stack) runWorker(ctx context.Context, name string, w *kafka.Worker) error {
+	err := w.Run(ctx)
+	if ctx.Err() == nil && w.StopRequested() {
+		if err != nil {
+			s.log.Error("job stop failed; the rest of the stack keeps running", "job", name, "err", err)
+		} else {
+			s.log.Info("job stopped on request; the rest of the stack keeps running", "job", name)
+		}
+		return nil
+	}
+	return wrap("job "+name, err)
+}
+
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
 	return reg
 }
 
@@ -571,7 +657,7 @@ func (i Info) Summary() string {
 	row("Credit bureau simulator", i.BureauURL)
 	row("CDC metrics", i.CDCMetricsURL)
 	for _, j := range Jobs {
-		row("Job "+j, "http://"+i.Workers[j]+"  (/metrics /status /readyz, POST /stop)")
+		row("Job "+j, "http://"+i.Workers[j]+"  (/metrics /status /readyz /debug/pprof/)")
 	}
 	row("PostgreSQL", i.DatabaseURL)
 	row("Redis", i.RedisURL)
@@ -579,7 +665,8 @@ func (i Info) Summary() string {
 	fmt.Fprintf(&b, "\n  Admin client %s: secret in %s\n\n", i.Admin.ClientID, i.CredentialsFile)
 	fmt.Fprintf(&b, "Try it from another terminal:\n")
 	fmt.Fprintf(&b, "  loanflow demo --api %s --credentials %s\n", i.APIURL, i.CredentialsFile)
-	fmt.Fprintf(&b, "  loanflow job status decisions --brokers %s --admin %s\n", strings.Join(i.Brokers, ","), i.Workers["decisions"])
+	fmt.Fprintf(&b, "  loanflow job status decisions --brokers %s\n", strings.Join(i.Brokers, ","))
+	fmt.Fprintf(&b, "  loanflow decisions tail --brokers %s --schema-registry %s\n", strings.Join(i.Brokers, ","), i.SchemaRegistryURL)
 	fmt.Fprintf(&b, "Stop with Ctrl-C; run it again to resume, delete %s to start over.\n", i.Dir)
 	return b.String()
 }

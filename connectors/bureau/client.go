@@ -7,10 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
 )
 
 // ClientConfig configures a Client.
@@ -31,6 +35,17 @@ type ClientConfig struct {
 	// HTTPClient replaces the default client (TLS, proxies); MaxConns then
 	// does not apply.
 	HTTPClient *http.Client
+	// BreakerFailures is how many consecutive unavailable answers open the
+	// circuit breaker. Default 5; -1 disables the breaker.
+	BreakerFailures int
+	// BreakerOpen is how long an open breaker refuses calls before letting
+	// one through to probe. Default 10s.
+	BreakerOpen time.Duration
+	// Registerer receives the client's metrics (see the package doc); nil
+	// leaves them unregistered.
+	Registerer prometheus.Registerer
+	// Logger gets the breaker's state changes (a warning when it opens).
+	Logger *slog.Logger
 }
 
 // WithDefaults returns c with zero fields defaulted.
@@ -47,6 +62,15 @@ func (c ClientConfig) WithDefaults() ClientConfig {
 	if c.PermissiblePurpose == "" {
 		c.PermissiblePurpose = "CREDIT_TRANSACTION"
 	}
+	if c.BreakerFailures == 0 {
+		c.BreakerFailures = 5
+	}
+	if c.BreakerOpen == 0 {
+		c.BreakerOpen = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
 	return c
 }
 
@@ -58,10 +82,10 @@ func (c ClientConfig) Validate() error {
 		return fmt.Errorf("%w: the bureau URL is required (e.g. http://127.0.0.1:8090; start the simulator with `loanflow bureau`)", ErrConfig)
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		return fmt.Errorf("%w: bureau URL %q is not an http(s) URL", ErrConfig, c.URL)
-	case c.Timeout <= 0 || c.MaxConns <= 0 || c.MaxResponseBytes <= 0:
-		return fmt.Errorf("%w: client timeout, max_conns and max_response_bytes must be positive", ErrConfig)
-	case !permissiblePurposes[c.PermissiblePurpose]:
-		return fmt.Errorf("%w: permissible purpose %q is not one of %s", ErrConfig, c.PermissiblePurpose, purposeList())
+	case c.Timeout <= 0 || c.MaxConns <= 0 || c.MaxResponseBytes <= 0 || c.BreakerOpen <= 0 || c.BreakerFailures < -1:
+		return fmt.Errorf("%w: client timeout, max_conns, max_response_bytes and breaker_open must be positive (breaker_failures -1 disables the breaker)", ErrConfig)
+	case !PermissiblePurposes[c.PermissiblePurpose]:
+		return fmt.Errorf("%w: permissible purpose %q is not one of %s", ErrConfig, c.PermissiblePurpose, PurposeList())
 	}
 	return nil
 }
@@ -72,6 +96,8 @@ type Client struct {
 	cfg      ClientConfig
 	endpoint string
 	hc       *http.Client
+	breaker  *gobreaker.CircuitBreaker[Report] // nil when disabled
+	metrics  *clientMetrics
 }
 
 // NewClient returns a client for cfg.
@@ -88,7 +114,31 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		tr.MaxIdleConns = cfg.MaxConns
 		hc = &http.Client{Transport: tr}
 	}
-	return &Client{cfg: cfg, endpoint: strings.TrimRight(cfg.URL, "/") + "/v1/credit-reports", hc: hc}, nil
+	c := &Client{cfg: cfg, endpoint: strings.TrimRight(cfg.URL, "/") + "/v1/credit-reports", hc: hc}
+	var err error
+	if c.metrics, err = newClientMetrics(cfg.Registerer, c.breakerState); err != nil {
+		return nil, fmt.Errorf("bureau: registering metrics: %w", err)
+	}
+	if cfg.BreakerFailures > 0 {
+		c.breaker = newBreaker(cfg.BreakerFailures, cfg.BreakerOpen, cfg.Logger, c.metrics)
+	}
+	return c, nil
+}
+
+// BreakerState is the circuit breaker's state: closed, half-open or open
+// (closed when the breaker is disabled).
+func (c *Client) BreakerState() string {
+	if c.breaker == nil {
+		return gobreaker.StateClosed.String()
+	}
+	return c.breaker.State().String()
+}
+
+func (c *Client) breakerState() float64 {
+	if c.breaker == nil {
+		return 0
+	}
+	return float64(c.breaker.State())
 }
 
 // Close releases idle connections.
@@ -98,6 +148,26 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // (retryable: connection failures, timeouts, 5xx, 429; a timeout also
 // wraps context.DeadlineExceeded) or ErrRejected (not retryable).
 func (c *Client) CreditReport(ctx context.Context, req Request) (Report, error) {
+	start := time.Now()
+	var rep Report
+	var err error
+	if c.breaker == nil {
+		rep, err = c.creditReport(ctx, req)
+	} else {
+		rep, err = c.breaker.Execute(func() (Report, error) { return c.creditReport(ctx, req) })
+		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+			err = fmt.Errorf("%w (%w)", ErrBreakerOpen, err)
+		}
+	}
+	res := result(err)
+	c.metrics.calls.WithLabelValues(res).Inc()
+	if res != ResultBreakerOpen {
+		c.metrics.duration.WithLabelValues(res).Observe(time.Since(start).Seconds())
+	}
+	return rep, err
+}
+
+func (c *Client) creditReport(ctx context.Context, req Request) (Report, error) {
 	if req.PermissiblePurpose == "" {
 		req.PermissiblePurpose = c.cfg.PermissiblePurpose
 	}

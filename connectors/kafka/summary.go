@@ -1,0 +1,76 @@
+package kafka
+
+import (
+	"time"
+)
+
+// summaryState accumulates what the periodic summary line reports; only
+// Run's goroutine touches it.
+type summaryState struct {
+	since    time.Time
+	records  int64
+	full     int // batches handed to a full queue (backpressure)
+	lags     map[topicPartition]int64
+	lastLag  int64
+	produced int64 // w.producedTotal at the last summary
+}
+
+type topicPartition struct {
+	topic string
+	part  int32
+}
+
+func (s *summaryState) observe(topic string, p int32, records int, lag int64, full bool) {
+	if s.lags == nil {
+		s.lags = map[topicPartition]int64{}
+	}
+	s.records += int64(records)
+	s.lags[topicPartition{topic, p}] = lag
+	if full {
+		s.full++
+	}
+}
+
+// maybeSummarize logs the summary line every SummaryInterval, and warns
+// about what degraded since the last one.
+func (w *Worker) maybeSummarize() {
+	s := &w.summary
+	now := time.Now()
+	if s.since.IsZero() {
+		s.since = now
+		return
+	}
+	if w.cfg.SummaryInterval < 0 || now.Sub(s.since) < w.cfg.SummaryInterval {
+		return
+	}
+	secs := now.Sub(s.since).Seconds()
+	var lag int64
+	for tp, l := range s.lags {
+		if !w.assigned(tp.topic, tp.part) {
+			delete(s.lags, tp)
+			continue
+		}
+		lag += l
+	}
+	produced := w.producedTotal.Load()
+	age := "never"
+	var ageD time.Duration
+	if last := w.LastCheckpoint(); !last.IsZero() {
+		ageD = now.Sub(last).Round(time.Millisecond)
+		age = ageD.String()
+	}
+	w.log.Info("job summary", "records_in_per_sec", round1(float64(s.records)/secs), "records_out_per_sec", round1(float64(produced-s.produced)/secs),
+		"lag", lag, "tasks", len(w.tasks), "checkpoints", w.Checkpoints(), "checkpoint_age", age)
+	if stale := 10*w.cfg.CommitInterval + 10*time.Second; ageD > stale {
+		w.log.Warn("degraded: no checkpoint committed recently; outputs are held back", "checkpoint_age", age, "commit_interval", w.cfg.CommitInterval.String())
+	}
+	if s.full > 0 {
+		w.log.Warn("degraded: backpressure: task input queues were full", "full_batches", s.full, "over", now.Sub(s.since).Round(time.Second).String())
+	}
+	if lag > s.lastLag && s.lastLag > 0 && s.records > 0 {
+		w.log.Warn("degraded: lag is growing: the job reads slower than its inputs grow", "lag", lag, "previous_lag", s.lastLag)
+	}
+	s.since, s.records, s.full, s.lastLag, s.produced = now, 0, 0, lag, produced
+}
+
+func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/loanflow/loanflow/internal/benchreport"
@@ -22,7 +23,9 @@ func newBenchCmd() *cobra.Command {
 		Long: `bench starts its own PostgreSQL, redis-server, embedded broker and schema
 registry in a temporary directory, runs the engine, Avro, CDC and API
 benchmarks, each beside a baseline measured in the same run, and writes the
-report (Markdown) to --out. A full run takes several minutes; --quick cuts
+report (Markdown) to --out. The end-to-end section (e2e) runs this binary's
+own loanflow dev on free ports and drives it with loanflow load; its CPU
+profile of loanflow dev goes to bench-profiles/ beside --out. A full run takes several minutes; --quick cuts
 every run short to check the command works (its figures mean little).`,
 		Example: "  loanflow bench --out BENCHMARKS.md\n  loanflow bench --only engine --quick",
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -30,15 +33,19 @@ every run short to check the command works (its figures mean little).`,
 			if err != nil {
 				return err
 			}
-			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(),
+			profiles := "bench-profiles"
+			if out != "" && out != "-" {
+				profiles = filepath.Join(filepath.Dir(out), "bench-profiles")
+			}
+			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(), Loanflow: exe, ProfileDir: profiles,
 				WorkerCommand: func(spec string) *exec.Cmd { return exec.Command(exe, "bench-worker", spec) }}
 			if only != "" {
 				cfg.Sections = strings.Split(only, ",")
 				for _, s := range cfg.Sections {
 					switch s {
-					case "engine", "avro", "cdc", "api":
+					case "engine", "avro", "cdc", "api", "e2e":
 					default:
-						return fmt.Errorf("unknown section %q in --only; choose from engine, avro, cdc, api", s)
+						return fmt.Errorf("unknown section %q in --only; choose from engine, avro, cdc, api, e2e", s)
 					}
 				}
 			}
@@ -58,7 +65,7 @@ every run short to check the command works (its figures mean little).`,
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "-", "file to write the Markdown report to (- for stdout)")
-	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api (default all)")
+	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api, e2e (default all)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "cut every run short (checks the command; the figures mean little)")
 	return cmd
 }

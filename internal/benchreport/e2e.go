@@ -3,6 +3,7 @@ package benchreport
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,10 +54,6 @@ func e2eSizes(quick bool) e2eSettings {
 	}
 	return s
 }
-
-// devPartitions is loanflow dev's partition count: the decisions job runs
-// that many tasks, each with its own bureau capacity.
-const devPartitions = 6
 
 // devProcess is one `loanflow dev` run.
 type devProcess struct {
@@ -120,6 +117,9 @@ func freePortRun(n int) (int, error) {
 
 // start runs loanflow dev with extra flags and waits until it is ready.
 func (d *devProcess) start(ctx context.Context, extra ...string) error {
+	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+		return err
+	}
 	d.log = filepath.Join(d.dir, fmt.Sprintf("dev-%d.out", time.Now().UnixNano()))
 	out, err := os.Create(d.log)
 	if err != nil {
@@ -152,6 +152,13 @@ func (d *devProcess) start(ctx context.Context, extra ...string) error {
 			return fmt.Errorf("loanflow dev not ready after 5m: %s", tail(b))
 		}
 	}
+}
+
+// logTail is the end of loanflow dev's output and of its log file.
+func (d *devProcess) logTail() string {
+	out, _ := os.ReadFile(d.log)
+	logf, _ := os.ReadFile(filepath.Join(d.dir, "loanflow.log"))
+	return tail(out) + "\n(loanflow.log) " + tail(logf)
 }
 
 func tail(b []byte) string {
@@ -206,6 +213,11 @@ func (d *devProcess) load(ctx context.Context, progress io.Writer, rate, secs, k
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, io.MultiWriter(&stderr, progress)
 	err := cmd.Run()
+	select {
+	case <-d.exited:
+		return loadResult{}, fmt.Errorf("loanflow dev exited during the load: %s", d.logTail())
+	default:
+	}
 	var r loadResult
 	if jerr := json.Unmarshal(stdout.Bytes(), &r); jerr != nil {
 		return r, fmt.Errorf("loanflow load: %v: %s", errors.Join(err, jerr), tail(stderr.Bytes()))
@@ -228,7 +240,7 @@ func bureauFloor(ctx context.Context, url string, n, conc int) ([]time.Duration,
 		go func() {
 			for i := range next {
 				start := time.Now()
-				_, err := cl.CreditReport(ctx, bureau.Request{ApplicationID: fmt.Sprintf("floor-%d", i), SSNIndex: []byte{byte(i), byte(i >> 8), 7}})
+				_, err := cl.CreditReport(ctx, bureau.Request{ApplicationID: fmt.Sprintf("floor-%d", i), SSNIndex: floorIndex(i)})
 				if err != nil {
 					errs <- err
 					for range next {
@@ -251,6 +263,12 @@ func bureauFloor(ctx context.Context, url string, n, conc int) ([]time.Duration,
 	}
 	slices.Sort(lat)
 	return lat, err
+}
+
+// floorIndex is a made-up SSN blind index (32 bytes) for call i.
+func floorIndex(i int) []byte {
+	h := sha256.Sum256([]byte("bench-floor-" + strconv.Itoa(i)))
+	return h[:]
 }
 
 // pct is the q quantile of sorted (nearest rank).

@@ -5,7 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/loanflow/loanflow/internal/benchreport"
 	"github.com/loanflow/loanflow/internal/enginebench"
@@ -15,7 +17,7 @@ import (
 func init() { addCommand(newBenchCmd) }
 
 func newBenchCmd() *cobra.Command {
-	var out, only string
+	var out, only, steps string
 	var quick bool
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -49,6 +51,9 @@ every run short to check the command works (its figures mean little).`,
 					}
 				}
 			}
+			if cfg.E2ESteps, err = parseSteps(steps); err != nil {
+				return err
+			}
 			md, err := benchreport.Run(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -66,8 +71,24 @@ every run short to check the command works (its figures mean little).`,
 	}
 	cmd.Flags().StringVar(&out, "out", "-", "file to write the Markdown report to (- for stdout)")
 	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api, e2e (default all)")
+	cmd.Flags().StringVar(&steps, "e2e-steps", "", "sustained steps of the e2e section, RATE:DURATION,... (default 1000:1m,3000:5m; with --quick 200:5s,500:5s)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "cut every run short (checks the command; the figures mean little)")
 	return cmd
+}
+
+// parseSteps reads --e2e-steps: RATE:DURATION pairs.
+func parseSteps(s string) ([]benchreport.E2EStep, error) {
+	var out []benchreport.E2EStep
+	for _, p := range splitList(s) {
+		r, d, ok := strings.Cut(p, ":")
+		rate, rerr := strconv.ParseFloat(r, 64)
+		dur, derr := time.ParseDuration(d)
+		if !ok || rerr != nil || derr != nil || rate <= 0 || dur <= 0 {
+			return nil, fmt.Errorf("--e2e-steps %q: write RATE:DURATION pairs, e.g. 1000:1m,3000:5m", p)
+		}
+		out = append(out, benchreport.E2EStep{Rate: rate, Duration: dur})
+	}
+	return out, nil
 }
 
 func init() {

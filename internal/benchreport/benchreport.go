@@ -39,6 +39,14 @@ type Config struct {
 	Loanflow string
 	// ProfileDir receives the CPU profiles (default bench-profiles).
 	ProfileDir string
+	// E2ESteps replaces the end-to-end section's sustained steps.
+	E2ESteps []E2EStep
+}
+
+// E2EStep is one sustained rate of the end-to-end section.
+type E2EStep struct {
+	Rate     float64 // applications per second offered
+	Duration time.Duration
 }
 
 func (c Config) profileDir() string {

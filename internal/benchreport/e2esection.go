@@ -34,6 +34,12 @@ func e2eSection(ctx context.Context, cfg Config, e *env) (string, error) {
 		return "", fmt.Errorf("the end-to-end section needs the loanflow binary (Config.Loanflow)")
 	}
 	run := &e2eRun{s: e2eSizes(cfg.Quick)}
+	if len(cfg.E2ESteps) > 0 {
+		run.s.steps = nil
+		for _, st := range cfg.E2ESteps {
+			run.s.steps = append(run.s.steps, e2eStep{rate: st.Rate, secs: st.Duration.Seconds()})
+		}
+	}
 	d, err := newDevProcess(cfg.Loanflow, filepath.Join(e.dir, "e2e"))
 	if err != nil {
 		return "", err

@@ -3,6 +3,7 @@ package benchreport
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -46,13 +47,32 @@ func e2eSection(ctx context.Context, cfg Config, e *env) (string, error) {
 	}
 	run.d = d
 	defer d.stop()
-	if err := run.asOf(ctx, cfg); err != nil {
-		return "", err
+	err = run.asOf(ctx, cfg)
+	if err == nil {
+		err = run.lookup(ctx, cfg)
 	}
-	if err := run.lookup(ctx, cfg); err != nil {
+	if err != nil {
+		d.stop()
+		if kept := keepLog(d, cfg.profileDir()); kept != "" {
+			err = fmt.Errorf("%w (loanflow dev's log kept in %s)", err, kept)
+		}
 		return "", err
 	}
 	return run.markdown(), nil
+}
+
+// keepLog copies loanflow dev's log out of the temporary directory after
+// a failure; it returns where, or "" when it could not.
+func keepLog(d *devProcess, dir string) string {
+	b, err := os.ReadFile(filepath.Join(d.dir, "loanflow.log"))
+	if err != nil || os.MkdirAll(dir, 0o755) != nil {
+		return ""
+	}
+	path := filepath.Join(dir, "e2e-failed-loanflow.log")
+	if os.WriteFile(path, b, 0o644) != nil {
+		return ""
+	}
+	return path
 }
 
 func (r *e2eRun) bureauFlags() []string {

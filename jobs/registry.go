@@ -32,8 +32,8 @@ type Env struct {
 	// codecs refuse to run, so such a graph can be planned, not run.
 	Offline bool
 	// Decisions tunes the decisions job; the zero value keeps its
-	// defaults.
-	Decisions DecisionsConfig
+	// defaults. Not serialised (it holds a clock function).
+	Decisions DecisionsConfig `json:"-"`
 }
 
 // Job is a registered Loanflow job.

@@ -17,12 +17,29 @@ import (
 
 func init() {
 	Register(Job{AdminPort: 9100, Name: "decisions", Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
-		Build: func(b *pipeline.Builder, env Env) error { return BuildDecisions(b, env, DecisionsConfig{}) }})
+		Build: func(b *pipeline.Builder, env Env) error { return BuildDecisions(b, env, env.Decisions) }})
 }
+
+// Join modes of the decisions job (DecisionsConfig.JoinMode).
+const (
+	// JoinAsOf decides a known customer's application against the
+	// customer_360 version valid at the application's event time: it waits
+	// until the table's watermark (CDC heartbeats) passes that time, so the
+	// decision does not depend on when the row arrived. The default.
+	JoinAsOf = "as-of"
+	// JoinLookup decides at once against the newest customer_360 version
+	// the job has read (Flink's lookup join): lower latency, but a change
+	// committed before the application and not yet read is missed, and one
+	// committed after it but read before it is used. The decision's
+	// customer_360_version names the version used.
+	JoinLookup = "lookup"
+)
 
 // DecisionsConfig tunes the decisions job; the zero value is the default.
 type DecisionsConfig struct {
 	Policy Policy
+	// JoinMode is JoinAsOf (default) or JoinLookup.
+	JoinMode string
 	// MaxOutOfOrderness of application event times (point-of-sale
 	// clocks). Default 2s.
 	MaxOutOfOrderness time.Duration
@@ -83,6 +100,9 @@ func (c DecisionsConfig) WithDefaults() DecisionsConfig {
 	d(&c.BureauBackoff, 200*time.Millisecond)
 	d(&c.BureauMaxBackoff, 2*time.Second)
 	d(&c.LoansRetryFor, 10*time.Second)
+	if c.JoinMode == "" {
+		c.JoinMode = JoinAsOf
+	}
 	if c.BureauCapacity == 0 {
 		c.BureauCapacity = 1000
 	}
@@ -101,6 +121,9 @@ func (c DecisionsConfig) Validate() error {
 	if c.MaxOutOfOrderness < 0 || c.TableOutOfOrderness < 0 || c.IdleTimeout < 0 || c.JoinRetention <= 0 || c.DedupeTTL <= 0 || c.BureauTimeout <= 0 ||
 		c.BureauBackoff <= 0 || c.BureauMaxBackoff < c.BureauBackoff || c.LoansRetryFor <= 0 {
 		errs = append(errs, errors.New("jobs: decisions: durations must be positive (max_out_of_orderness and idle_timeout may be 0)"))
+	}
+	if c.JoinMode != JoinAsOf && c.JoinMode != JoinLookup {
+		errs = append(errs, fmt.Errorf("jobs: decisions: join mode %q: use %s or %s", c.JoinMode, JoinAsOf, JoinLookup))
 	}
 	if c.BureauCapacity <= 0 || c.BureauAttempts <= 0 {
 		errs = append(errs, errors.New("jobs: decisions: bureau_capacity and bureau_attempts must be positive"))
@@ -259,6 +282,7 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 			Rejected:   &tagTooLate,
 			ProbeCodec: pipeline.JSONCodec[pendingApp](),
 			TableCodec: pipeline.JSONCodec[c360Row](),
+			Lookup:     d.cfg.JoinMode == JoinLookup,
 		})
 	found := operators.Split(joined, "found", func(k knownApp) pipeline.OutputTag[knownApp] {
 		if k.Row != nil {

@@ -150,3 +150,106 @@ func TestRouting(t *testing.T) {
 	}
 	ld.s.checkBooked(map[string]string{"c1": "100.00"}, "a-v7")
 }
+
+// TestJoinModes: as-of (the default) decides a known customer against the
+// customer_360 version valid at the application's event time, waiting for
+// the table's watermark; lookup decides at once against the newest version
+// read. The expected version of each application comes from a plain model
+// of the two semantics over the same arrival order; each mode is the other's
+// negative control (the two models disagree on both applications).
+func TestJoinModes(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0).UTC()
+	version := func(id string, v int64, at time.Time) schemas.Customer360 {
+		r := row("ACTIVE", "LOW", 700+int32(v), "5000.00", "0.00", false)
+		r.CustomerID, r.Version, r.UpdatedAt = id, v, at
+		return r
+	}
+	// Arrival order. c1 is updated (v2, committed before a1's event time)
+	// only after a1 arrived; c2 is updated (v2, committed after a2's event
+	// time) before a2 arrived. c2's v2 moves the table's watermark past a1.
+	type event struct {
+		row *schemas.Customer360
+		app *schemas.LoanApplication
+	}
+	rowEv := func(r schemas.Customer360) event { return event{row: &r} }
+	appEv := func(a schemas.LoanApplication) event { return event{app: &a} }
+	events := []event{
+		rowEv(version("c1", 1, t0)),
+		appEv(app("a1", "L1", ptr("c1"), "100.00", t0.Add(2*time.Minute))),
+		rowEv(version("c1", 2, t0.Add(time.Minute))),
+		rowEv(version("c2", 1, t0)),
+		rowEv(version("c2", 2, t0.Add(3*time.Minute))),
+		appEv(app("a2", "L1", ptr("c2"), "100.00", t0.Add(2*time.Minute))),
+	}
+	model := func(mode string) map[string]int64 {
+		want := map[string]int64{}
+		for i, e := range events {
+			if e.app == nil {
+				continue
+			}
+			var best *schemas.Customer360
+			for k, r := range events {
+				if r.row == nil || r.row.CustomerID != *e.app.CustomerID {
+					continue
+				}
+				switch {
+				case mode == JoinLookup && k < i: // the last one read before the application
+					best = r.row
+				case mode == JoinAsOf && !r.row.UpdatedAt.After(e.app.EventTime) && (best == nil || r.row.UpdatedAt.After(best.UpdatedAt)):
+					best = r.row
+				}
+			}
+			want[e.app.ApplicationID] = best.Version
+		}
+		return want
+	}
+	if a, l := model(JoinAsOf), model(JoinLookup); a["a1"] == l["a1"] || a["a2"] == l["a2"] {
+		t.Fatalf("the scenario does not tell the modes apart: as-of %v, lookup %v", a, l)
+	}
+	for _, mode := range []string{JoinAsOf, JoinLookup} {
+		t.Run(mode, func(t *testing.T) {
+			ld := newLocalDecisions(t, bureau.Config{ErrorRate: -1, TimeoutRate: -1, NoFileRate: -1, LatencyMin: time.Millisecond, LatencyMax: time.Millisecond},
+				DecisionsConfig{JoinMode: mode})
+			ld.s.addLender("L1")
+			for _, c := range []string{"c1", "c2"} {
+				ld.s.addCustomer(customer{ID: c, Tier: "LOW", Limit: "5000.00", Balance: "0", Score: 700})
+			}
+			decidedAtOnce := map[string]bool{}
+			for _, e := range events {
+				if e.row != nil {
+					ld.feedRow(*e.row)
+					continue
+				}
+				ld.feedApp(*e.app)
+				if err := ld.l.Drain(); err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range ld.l.Emitted(ld.topic) {
+					if string(r.Key) == e.app.ApplicationID {
+						decidedAtOnce[e.app.ApplicationID] = true
+					}
+				}
+			}
+			got := ld.decisions(2)
+			want := model(mode)
+			for id, v := range want {
+				d := got[id]
+				if d.Basis != schemas.BasisCustomer360 || d.Customer360Version == nil || *d.Customer360Version != v {
+					t.Errorf("%s: %s decided on basis %s with customer_360 version %v, the model says version %d", mode, id, d.Basis, deref(d.Customer360Version), v)
+				}
+			}
+			// a1 arrived before the table's watermark passed its time: as-of
+			// holds it, lookup answers it at once.
+			if decidedAtOnce["a1"] != (mode == JoinLookup) {
+				t.Errorf("%s: a1 decided on arrival = %v", mode, decidedAtOnce["a1"])
+			}
+		})
+	}
+}
+
+func deref(p *int64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}

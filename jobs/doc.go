@@ -71,6 +71,17 @@
 // local state) decides old applications against what survived
 // compaction.
 //
+// Lookup mode (DecisionsConfig.JoinMode = JoinLookup; loanflow dev and
+// loanflow job run --decisions-join lookup, env LOANFLOW_DECISIONS_JOIN)
+// trades that guarantee for latency, like Flink's lookup join: a KNOWN
+// application is decided at once against the newest customer_360 version
+// the task has read, without waiting for the table's watermark. A change
+// committed before the application but not yet read is missed, and one
+// committed after it but read first is used; the decision's
+// customer_360_version names the version used either way (TestJoinModes
+// shows both against a plain model). Both modes keep the same join state,
+// so a job can switch mode on restart.
+//
 // Scoring (Policy, deterministic; reasons most important first):
 //
 //	KNOWN, against customer_360:

@@ -31,6 +31,9 @@ type Env struct {
 	// without checking the fields above (`loanflow job describe`): its
 	// codecs refuse to run, so such a graph can be planned, not run.
 	Offline bool
+	// Decisions tunes the decisions job; the zero value keeps its
+	// defaults. Not serialised (it holds a clock function).
+	Decisions DecisionsConfig `json:"-"`
 }
 
 // Job is a registered Loanflow job.

@@ -21,6 +21,15 @@
 // removed at maxTimestamp + AllowedLateness, or when it fires without
 // allowed lateness.
 //
+// # Temporal join: as of event time, or lookup
+//
+// TemporalJoin answers a probe with the table version valid at the probe's
+// event time, holding it until the table side's watermark passes that time
+// (FOR SYSTEM_TIME AS OF). With TemporalJoinSpec.Lookup it answers at once
+// with the newest version delivered so far and keeps only that version per
+// key, as Flink's lookup join does: lower latency, an answer that depends
+// on arrival order.
+//
 // # Ownership
 //
 // Every operator instance belongs to one task and runs on that task's

@@ -43,6 +43,13 @@ type TemporalJoinSpec[P, V, Out any] struct {
 	// ProbeCodec and TableCodec store waiting probes and table versions.
 	ProbeCodec pipeline.Codec[P]
 	TableCodec pipeline.Codec[V]
+	// Lookup answers every probe at once against the newest version of
+	// its key the table side has delivered (Flink's lookup join, by
+	// processing time) instead of the version as of the probe's event
+	// time: no probe waits for the table side's watermark, no probe is
+	// too old, and the answer depends on the order records arrive in.
+	// Join's row carries the version used (ValidFrom).
+	Lookup bool
 }
 
 // TemporalJoin joins each probe record with the version of its key in a
@@ -144,12 +151,15 @@ func (j *joinOp[P, V, Out]) effectiveWM() int64 {
 
 // Process1 handles a probe.
 func (j *joinOp[P, V, Out]) Process1(r pipeline.Record[P]) error {
+	if j.spec.Lookup {
+		return j.answer(r.Key, r.Value, pipeline.MaxTime, r.Time, false)
+	}
 	if j.tableWM != pipeline.MinTime && r.Time < j.tableWM-j.retention {
 		return j.reject(r, fmt.Sprintf("probe at %s is older than the join's retention (%s behind the table watermark %s)",
 			fmtMs(r.Time), time.Duration(j.retention)*time.Millisecond, fmtMs(j.tableWM)))
 	}
 	if r.Time <= j.effectiveWM() {
-		return j.answer(r.Key, r.Value, r.Time, false)
+		return j.answer(r.Key, r.Value, r.Time, r.Time, false)
 	}
 	list, _, err := j.pending.Get(r.Key)
 	if err != nil {
@@ -171,16 +181,17 @@ func (j *joinOp[P, V, Out]) reject(r pipeline.Record[P], reason string) error {
 
 func fmtMs(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano) }
 
-// answer joins probe p of key at time t. A probe that waited (held) is
-// answered when the table side's watermark moves, not while its own record
-// is fed: a failure then dead-letters the probe encoded with ProbeCodec.
-func (j *joinOp[P, V, Out]) answer(key string, p P, t int64, held bool) error {
+// answer joins probe p of key, at time t, with the version valid at asof
+// (MaxTime: the newest). A probe that waited (held) is answered when the
+// table side's watermark moves, not while its own record is fed: a failure
+// then dead-letters the probe encoded with ProbeCodec.
+func (j *joinOp[P, V, Out]) answer(key string, p P, asof, t int64, held bool) error {
 	vs, _, err := j.versions.Get(key)
 	if err != nil {
 		return err
 	}
 	var row *Versioned[V]
-	if i := asOf(vs, t); i >= 0 && !vs[i].Deleted {
+	if i := asOf(vs, asof); i >= 0 && !vs[i].Deleted {
 		j.row = Versioned[V]{Value: vs[i].Value, ValidFrom: vs[i].From}
 		row = &j.row
 	}
@@ -230,8 +241,12 @@ func (j *joinOp[P, V, Out]) Process2(r pipeline.Record[V]) error {
 }
 
 // prune drops versions no probe within the retention can ask for: all but
-// the newest one valid at the retention horizon.
+// the newest one valid at the retention horizon (in lookup mode, all but
+// the newest).
 func (j *joinOp[P, V, Out]) prune(vs []version[V]) []version[V] {
+	if j.spec.Lookup && len(vs) > 1 {
+		return append(vs[:0], vs[len(vs)-1])
+	}
 	if j.tableWM == pipeline.MinTime {
 		return vs
 	}
@@ -302,7 +317,7 @@ func (j *joinOp[P, V, Out]) fire(upTo int64) error {
 				keep = append(keep, p)
 				continue
 			}
-			if err := j.answer(key, p.V, p.T, true); err != nil {
+			if err := j.answer(key, p.V, p.T, p.T, true); err != nil {
 				return err
 			}
 		}

@@ -306,6 +306,7 @@ func joinJob(t *testing.T, d *datadriven.TestData, b *pipeline.Builder) []pipeli
 		ProbeCodec: pipeline.JSONCodec[event](),
 		TableCodec: pipeline.JSONCodec[event](),
 		Rejected:   &rejected,
+		Lookup:     d.HasArg("lookup"),
 	}
 	joined := operators.TemporalJoin(probes, table, "join", spec)
 	rej := operators.Map(pipeline.Side(joined, rejected), "fmt-rejected", func(r operators.Rejected[event]) (string, error) {

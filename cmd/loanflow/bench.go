@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/loanflow/loanflow/internal/benchreport"
 	"github.com/loanflow/loanflow/internal/enginebench"
@@ -14,7 +17,7 @@ import (
 func init() { addCommand(newBenchCmd) }
 
 func newBenchCmd() *cobra.Command {
-	var out, only string
+	var out, only, steps string
 	var quick bool
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -22,7 +25,9 @@ func newBenchCmd() *cobra.Command {
 		Long: `bench starts its own PostgreSQL, redis-server, embedded broker and schema
 registry in a temporary directory, runs the engine, Avro, CDC and API
 benchmarks, each beside a baseline measured in the same run, and writes the
-report (Markdown) to --out. A full run takes several minutes; --quick cuts
+report (Markdown) to --out. The end-to-end section (e2e) runs this binary's
+own loanflow dev on free ports and drives it with loanflow load; its CPU
+profile of loanflow dev goes to bench-profiles/ beside --out. A full run takes several minutes; --quick cuts
 every run short to check the command works (its figures mean little).`,
 		Example: "  loanflow bench --out BENCHMARKS.md\n  loanflow bench --only engine --quick",
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -30,17 +35,24 @@ every run short to check the command works (its figures mean little).`,
 			if err != nil {
 				return err
 			}
-			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(),
+			profiles := "bench-profiles"
+			if out != "" && out != "-" {
+				profiles = filepath.Join(filepath.Dir(out), "bench-profiles")
+			}
+			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(), Loanflow: exe, ProfileDir: profiles,
 				WorkerCommand: func(spec string) *exec.Cmd { return exec.Command(exe, "bench-worker", spec) }}
 			if only != "" {
 				cfg.Sections = strings.Split(only, ",")
 				for _, s := range cfg.Sections {
 					switch s {
-					case "engine", "avro", "cdc", "api":
+					case "engine", "avro", "cdc", "api", "e2e":
 					default:
-						return fmt.Errorf("unknown section %q in --only; choose from engine, avro, cdc, api", s)
+						return fmt.Errorf("unknown section %q in --only; choose from engine, avro, cdc, api, e2e", s)
 					}
 				}
+			}
+			if cfg.E2ESteps, err = parseSteps(steps); err != nil {
+				return err
 			}
 			md, err := benchreport.Run(cmd.Context(), cfg)
 			if err != nil {
@@ -58,9 +70,25 @@ every run short to check the command works (its figures mean little).`,
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "-", "file to write the Markdown report to (- for stdout)")
-	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api (default all)")
+	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api, e2e (default all)")
+	cmd.Flags().StringVar(&steps, "e2e-steps", "", "sustained steps of the e2e section, RATE:DURATION,... (default 1000:1m,3000:5m; with --quick 200:5s,500:5s)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "cut every run short (checks the command; the figures mean little)")
 	return cmd
+}
+
+// parseSteps reads --e2e-steps: RATE:DURATION pairs.
+func parseSteps(s string) ([]benchreport.E2EStep, error) {
+	var out []benchreport.E2EStep
+	for _, p := range splitList(s) {
+		r, d, ok := strings.Cut(p, ":")
+		rate, rerr := strconv.ParseFloat(r, 64)
+		dur, derr := time.ParseDuration(d)
+		if !ok || rerr != nil || derr != nil || rate <= 0 || dur <= 0 {
+			return nil, fmt.Errorf("--e2e-steps %q: write RATE:DURATION pairs, e.g. 1000:1m,3000:5m", p)
+		}
+		out = append(out, benchreport.E2EStep{Rate: rate, Duration: dur})
+	}
+	return out, nil
 }
 
 func init() {

@@ -5,19 +5,22 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/devstack"
 	"github.com/loanflow/loanflow/internal/logfmt"
+	"github.com/loanflow/loanflow/jobs"
 )
 
 func init() { addCommand(newDevCmd) }
 
 func newDevCmd() *cobra.Command {
 	var cfg devstack.Config
-	var brokers, logLevel string
+	var brokers, logLevel, commitIntervals string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run the whole system locally in one process (servers, registry, API, CDC, bureau, jobs)",
@@ -43,6 +46,11 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Brokers = splitList(brokers)
+			var err error
+			if cfg.CommitIntervals, err = parseCommitIntervals(commitIntervals); err != nil {
+				return err
+			}
+			noneIfZero(&cfg.Bureau.ErrorRate, &cfg.Bureau.TimeoutRate, &cfg.Bureau.NoFileRate)
 			// Only for the negative control of TestDevStackSurvivesSIGKILL.
 			cfg.BrokerInProcess = os.Getenv("LOANFLOW_DEV_BROKER_IN_PROCESS") == "1"
 			log, closeLog, err := devLogger(cfg.Dir, logLevel)
@@ -85,10 +93,68 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 	f.Float64Var(&cfg.LenderRateLimitPerSec, "lender-rate-limit", 200, "API requests per second per lender (lenders created with their own limit keep it); raise it for loanflow load above 200/s per lender")
 	f.IntVar(&cfg.LenderRateBurst, "lender-rate-burst", 0, "burst of the per-lender rate limit (default twice --lender-rate-limit)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 500*time.Millisecond, "CDC heartbeat interval (bounds a known customer's decision wait)")
+	f.StringVar(&commitIntervals, "commit-interval", formatCommitIntervals(devstack.DefaultCommitIntervals),
+		"checkpoint interval per job, JOB=DURATION,... (a decision is visible to read_committed readers when its checkpoint commits); a bare DURATION sets every job")
+	f.StringVar(&cfg.Decisions.JoinMode, "decisions-join", envOr("LOANFLOW_DECISIONS_JOIN", jobs.JoinAsOf),
+		"how the decisions job finds a known customer: as-of (the customer_360 version valid at the application's time; waits for CDC heartbeats) or lookup (the newest version read, at once) (env LOANFLOW_DECISIONS_JOIN)")
+	f.IntVar(&cfg.Decisions.BureauCapacity, "decisions-bureau-capacity", 1000, "bureau calls in flight per task of the decisions job (also bounds the worker's connections to the bureau, which its tasks share)")
+	f.DurationVar(&cfg.Decisions.BureauTimeout, "decisions-bureau-timeout", 3*time.Second, "bound of one bureau attempt of the decisions job")
 	f.DurationVar(&cfg.Bureau.LatencyMin, "bureau-latency-min", 200*time.Millisecond, "shortest simulated bureau latency")
 	f.DurationVar(&cfg.Bureau.LatencyMax, "bureau-latency-max", 2*time.Second, "longest simulated bureau latency")
+	f.StringVar(&cfg.Bureau.LatencyDistribution, "bureau-latency-distribution", bureau.Uniform, "simulated bureau latency: uniform or lognormal")
+	f.Float64Var(&cfg.Bureau.ErrorRate, "bureau-error-rate", 0.01, "fraction of bureau requests answered 503")
+	f.Float64Var(&cfg.Bureau.TimeoutRate, "bureau-timeout-rate", 0.005, "fraction of bureau requests that hang (then 504)")
+	f.DurationVar(&cfg.Bureau.Hang, "bureau-hang", 30*time.Second, "how long a hanging bureau request hangs")
+	f.Float64Var(&cfg.Bureau.NoFileRate, "bureau-no-file-rate", 0.03, "fraction of applicants without a credit file")
+	f.IntVar(&cfg.Bureau.MaxInFlight, "bureau-capacity", 10000, "bureau requests served at once (its capacity); more get 429")
+	f.Int32Var(&cfg.API.DBMaxConns, "api-db-max-conns", 20, "the API's PostgreSQL connection pool")
+	f.DurationVar(&cfg.API.LongPollMax, "api-long-poll-max", 30*time.Second, "longest ?timeout= of the API's decision long-poll")
+	f.IntVar(&cfg.API.MaxStreams, "api-max-streams", 1000, "concurrent SSE decision streams the API serves")
+	f.IntVar(&cfg.API.SSEBuffer, "api-sse-buffer", 256, "events queued per SSE stream before it is dropped as slow")
+	f.DurationVar(&cfg.API.RequestTimeout, "api-request-timeout", 10*time.Second, "bound of one non-streaming API request")
 	f.StringVar(&logLevel, "log-level", "info", "level of the log file: debug, info, warn, error (warnings also go to stderr)")
 	return cmd
+}
+
+// parseCommitIntervals reads --commit-interval: JOB=DURATION pairs, or
+// one DURATION for every job.
+func parseCommitIntervals(s string) (map[string]time.Duration, error) {
+	out := map[string]time.Duration{}
+	if d, err := time.ParseDuration(strings.TrimSpace(s)); err == nil {
+		for _, j := range devstack.Jobs {
+			out[j] = d
+		}
+		return out, nil
+	}
+	for _, kv := range splitList(s) {
+		job, dur, ok := strings.Cut(kv, "=")
+		d, err := time.ParseDuration(dur)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("--commit-interval %q: write JOB=DURATION pairs, e.g. decisions=50ms,portfolio=1s, or one DURATION", kv)
+		}
+		out[strings.TrimSpace(job)] = d
+	}
+	return out, nil
+}
+
+func formatCommitIntervals(m map[string]time.Duration) string {
+	parts := make([]string, 0, len(m))
+	for _, j := range devstack.Jobs {
+		if d, ok := m[j]; ok {
+			parts = append(parts, j+"="+d.String())
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// noneIfZero turns a rate of 0 into the simulator's "none" (negative; its
+// 0 means the default).
+func noneIfZero(rates ...*float64) {
+	for _, r := range rates {
+		if *r == 0 {
+			*r = -1
+		}
+	}
 }
 
 // devLogger logs JSON to DIR/loanflow.log and warnings to stderr.

@@ -46,6 +46,7 @@ decisions 9100, cache-invalidation 9101, portfolio 9102.`,
 // envFlags are the job environment flags shared by run and describe.
 type envFlags struct {
 	brokers, registry, redis, database, bureau string
+	decisionsJoin                              string
 }
 
 func (e *envFlags) register(cmd *cobra.Command) {
@@ -55,11 +56,13 @@ func (e *envFlags) register(cmd *cobra.Command) {
 	f.StringVar(&e.redis, "redis-url", envOr("REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis URL (env REDIS_URL)")
 	f.StringVar(&e.database, "database-url", os.Getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL)")
 	f.StringVar(&e.bureau, "bureau-url", envOr("LOANFLOW_BUREAU_URL", "http://127.0.0.1:8090"), "credit bureau URL (env LOANFLOW_BUREAU_URL)")
+	f.StringVar(&e.decisionsJoin, "decisions-join", envOr("LOANFLOW_DECISIONS_JOIN", jobs.JoinAsOf),
+		"decisions job: as-of (customer_360 as of the application's time) or lookup (the newest version read, at once) (env LOANFLOW_DECISIONS_JOIN)")
 }
 
 func (e *envFlags) env(log *slog.Logger) jobs.Env {
 	return jobs.Env{Brokers: splitList(e.brokers), SchemaRegistryURL: e.registry, RedisURL: e.redis,
-		DatabaseURL: e.database, BureauURL: e.bureau, Logger: log}
+		DatabaseURL: e.database, BureauURL: e.bureau, Logger: log, Decisions: jobs.DecisionsConfig{JoinMode: e.decisionsJoin}}
 }
 
 func newJobListCmd() *cobra.Command {

@@ -35,6 +35,9 @@ type loadTracker struct {
 		decided  int       // accepted applications with a decision
 		first    time.Time // first and last submission
 		last     time.Time
+		firstDec time.Time // first and last decision read
+		lastDec  time.Time
+		firsts   int             // applications with a decision read
 		recent   []time.Duration // latencies since the last progress line
 	}
 }
@@ -88,6 +91,12 @@ func (t *loadTracker) decided(id, basis string) {
 		return
 	}
 	a.basis, a.latency = basis, time.Since(a.sent)
+	now := a.sent.Add(a.latency)
+	if t.mu.firstDec.IsZero() {
+		t.mu.firstDec = now
+	}
+	t.mu.lastDec = now
+	t.mu.firsts++
 	t.mu.recent = append(t.mu.recent, a.latency)
 	if a.accepted {
 		t.mu.decided++
@@ -141,18 +150,21 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 
 // loadSummary is the final report of `loanflow load` (--output json).
 type loadSummary struct {
-	Mode        string         `json:"mode"`    // api or direct
-	Run         string         `json:"run"`     // prefix of the application ids
-	Seconds     float64        `json:"seconds"` // of submitting
-	Rate        float64        `json:"rate"`    // submissions per second achieved
-	Submitted   int            `json:"submitted"`
-	Accepted    int            `json:"accepted"`
-	Rejected    int            `json:"rejected"`
-	RejectedBy  map[string]int `json:"rejected_by"`
-	Decided     int            `json:"decided"`
-	Missing     int            `json:"missing"`
-	Duplicated  int            `json:"duplicated"`
-	Unconfirmed int            `json:"decided_without_acceptance"` // decided, but the submission got no 202
+	Mode    string  `json:"mode"`    // api or direct
+	Run     string  `json:"run"`     // prefix of the application ids
+	Seconds float64 `json:"seconds"` // of submitting
+	Rate    float64 `json:"rate"`    // submissions per second achieved
+	// DecisionRate is the decisions of this run read per second, between
+	// the first and the last one read (throughput through the stack).
+	DecisionRate float64        `json:"decision_rate"`
+	Submitted    int            `json:"submitted"`
+	Accepted     int            `json:"accepted"`
+	Rejected     int            `json:"rejected"`
+	RejectedBy   map[string]int `json:"rejected_by"`
+	Decided      int            `json:"decided"`
+	Missing      int            `json:"missing"`
+	Duplicated   int            `json:"duplicated"`
+	Unconfirmed  int            `json:"decided_without_acceptance"` // decided, but the submission got no 202
 	// LatencyMs is submission to decision, per decision basis and ALL.
 	LatencyMs     map[string]latencyStats `json:"latency_ms"`
 	MissingIDs    []string                `json:"missing_ids,omitempty"`    // the first 20
@@ -173,6 +185,9 @@ func (t *loadTracker) summary(mode, run string) loadSummary {
 	defer t.mu.Unlock()
 	s := loadSummary{Mode: mode, Run: run, Seconds: t.mu.last.Sub(t.mu.first).Seconds(), Rate: t.rateLocked(),
 		Submitted: len(t.mu.apps), RejectedBy: map[string]int{}, LatencyMs: map[string]latencyStats{}}
+	if span := t.mu.lastDec.Sub(t.mu.firstDec).Seconds(); span > 0 {
+		s.DecisionRate = float64(t.mu.firsts-1) / span
+	}
 	for r, n := range t.mu.rejected {
 		s.RejectedBy[r] = n
 		s.Rejected += n
@@ -242,7 +257,7 @@ func (s loadSummary) write(w io.Writer, format string) error {
 		return enc.Encode(s)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "run %s (%s): submitted for %.1fs at %.1f/s\n\n", s.Run, s.Mode, s.Seconds, s.Rate)
+	fmt.Fprintf(tw, "run %s (%s): submitted for %.1fs at %.1f/s, decided at %.1f/s\n\n", s.Run, s.Mode, s.Seconds, s.Rate, s.DecisionRate)
 	fmt.Fprintf(tw, "submitted\t%d\naccepted\t%d\nrejected\t%d\n", s.Submitted, s.Accepted, s.Rejected)
 	reasons := make([]string, 0, len(s.RejectedBy))
 	for r := range s.RejectedBy {

@@ -25,7 +25,7 @@ import (
 
 // Config configures a run.
 type Config struct {
-	// Sections to run: engine, avro, cdc, api; empty runs all.
+	// Sections to run: engine, avro, cdc, api, e2e; empty runs all.
 	Sections []string
 	// Quick shortens every run (a smoke test of the command, not figures).
 	Quick bool
@@ -34,6 +34,26 @@ type Config struct {
 	WorkerCommand func(spec string) *exec.Cmd
 	// Progress receives progress lines.
 	Progress io.Writer
+	// Loanflow is the loanflow binary the end-to-end section runs (`dev`
+	// and `load`).
+	Loanflow string
+	// ProfileDir receives the CPU profiles (default bench-profiles).
+	ProfileDir string
+	// E2ESteps replaces the end-to-end section's sustained steps.
+	E2ESteps []E2EStep
+}
+
+// E2EStep is one sustained rate of the end-to-end section.
+type E2EStep struct {
+	Rate     float64 // applications per second offered
+	Duration time.Duration
+}
+
+func (c Config) profileDir() string {
+	if c.ProfileDir == "" {
+		return "bench-profiles"
+	}
+	return c.ProfileDir
 }
 
 func (c Config) want(s string) bool {
@@ -74,6 +94,9 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	e := &env{dir: dir}
+	if !cfg.want("engine") && !cfg.want("avro") && !cfg.want("cdc") && !cfg.want("api") {
+		return e, nil // e2e starts its own stack
+	}
 	if e.broker, err = localsvc.StartBroker(localsvc.BrokerOptions{}); err != nil {
 		e.close()
 		return nil, err
@@ -136,7 +159,7 @@ func Run(ctx context.Context, cfg Config) (string, error) {
 	sections := []struct {
 		name string
 		fn   func(context.Context, Config, *env) (string, error)
-	}{{"engine", engine}, {"avro", avro}, {"cdc", cdc}, {"api", apiSection}}
+	}{{"engine", engine}, {"avro", avro}, {"cdc", cdc}, {"api", apiSection}, {"e2e", e2eSection}}
 	for _, s := range sections {
 		if !cfg.want(s.name) {
 			continue

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,6 +38,22 @@ import (
 
 // Jobs are the jobs the stack runs, one worker each, in start order.
 var Jobs = []string{"cache-invalidation", "portfolio", "decisions"}
+
+// DefaultCommitIntervals are the jobs' checkpoint intervals unless
+// Config.CommitIntervals says otherwise: the decisions job commits every
+// 100ms, since a decision is visible to read_committed readers only once
+// its transaction commits; the others keep the engine's 200ms.
+var DefaultCommitIntervals = map[string]time.Duration{
+	"decisions": 100 * time.Millisecond, "cache-invalidation": 200 * time.Millisecond, "portfolio": 200 * time.Millisecond}
+
+// APILimits are the API limits a load test meets (see api.Config).
+type APILimits struct {
+	DBMaxConns     int32         // database pool; default 20
+	LongPollMax    time.Duration // longest ?timeout= of the decision long-poll; default 30s
+	MaxStreams     int           // concurrent SSE streams; default 1000
+	SSEBuffer      int           // queued events per SSE stream; default 256
+	RequestTimeout time.Duration // bound of a non-streaming request; default 10s
+}
 
 // AdminClientID is the operator client the stack bootstraps.
 const AdminClientID = "dev-admin"
@@ -88,6 +105,16 @@ type Config struct {
 	// 200 and 400, the API's; a rate without a burst gets twice the rate.
 	LenderRateLimitPerSec float64
 	LenderRateBurst       int
+	// API bounds the API's other limits a load meets; zero fields keep
+	// the API's defaults.
+	API APILimits
+	// CommitIntervals is each job's checkpoint interval (how often its
+	// outputs become visible to read_committed consumers). Jobs missing
+	// from it take DefaultCommitIntervals.
+	CommitIntervals map[string]time.Duration
+	// Decisions tunes the decisions job (join mode, bureau calls); the zero
+	// value keeps its defaults.
+	Decisions jobs.DecisionsConfig
 	// BrokerInProcess runs the embedded broker in this process instead of
 	// a child process. Only for the negative control of the crash test:
 	// a SIGKILL of the process can then tear a transaction.
@@ -132,6 +159,14 @@ func (c *Config) setDefaults() {
 	if c.LenderRateLimitPerSec > 0 && c.LenderRateBurst == 0 {
 		c.LenderRateBurst = max(1, int(2*c.LenderRateLimitPerSec))
 	}
+	intervals := map[string]time.Duration{}
+	for j, d := range DefaultCommitIntervals {
+		intervals[j] = d
+	}
+	for j, d := range c.CommitIntervals {
+		intervals[j] = d
+	}
+	c.CommitIntervals = intervals
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -142,6 +177,20 @@ func (c *Config) setDefaults() {
 func FirstStart(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, "postgres", "data", "PG_VERSION"))
 	return err != nil
+}
+
+// validate reports settings the stack cannot run with.
+func (c *Config) validate() error {
+	var errs []error
+	for j, d := range c.CommitIntervals {
+		if !slices.Contains(Jobs, j) {
+			errs = append(errs, fmt.Errorf("dev: commit interval of %q: no such job (jobs: %s)", j, strings.Join(Jobs, ", ")))
+		}
+		if d <= 0 || d > time.Minute {
+			errs = append(errs, fmt.Errorf("dev: commit interval of %s is %s: choose one within (0, 1m]", j, d))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Info tells where the parts of a running stack are.
@@ -179,6 +228,9 @@ type stack struct {
 // their tasks), and runs until ctx is cancelled or a part fails.
 func Run(ctx context.Context, cfg Config, ready func(Info)) error {
 	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
 	s := &stack{cfg: cfg, log: cfg.Logger, info: Info{Workers: map[string]string{}}}
 	defer s.stopServers()
 	if err := s.prepareDir(); err != nil {
@@ -434,6 +486,8 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: apiDSN, MigrationsDatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
+		DBMaxConns: s.cfg.API.DBMaxConns, LongPollMax: s.cfg.API.LongPollMax, MaxStreams: s.cfg.API.MaxStreams,
+		SSEBuffer: s.cfg.API.SSEBuffer, RequestTimeout: s.cfg.API.RequestTimeout,
 		PII: keys, OperatorMetricsURLs: metricsURLs, ReadyGroups: []string{kafka.Group("decisions")}, OperatorGroups: jobGroups(),
 		Logger: s.log.With("part", "api")}, nil)
 	if err != nil {
@@ -587,11 +641,11 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 		wlog := s.log.With("part", "job") // the worker adds job
 		b, err := jobs.Builder(name, jobs.Env{Brokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 			RedisURL: s.info.RedisURL, DatabaseURL: s.info.DatabaseURL, BureauURL: s.info.BureauURL,
-			Logger: wlog.With("job", name), Registerer: reg})
+			Logger: wlog.With("job", name), Registerer: reg, Decisions: s.cfg.Decisions})
 		if err == nil {
 			var w *kafka.Worker
 			w, err = kafka.NewWorker(b, kafka.Config{Brokers: s.info.Brokers, WorkerID: "dev-" + name,
-				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce,
+				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce, CommitInterval: s.cfg.CommitIntervals[name],
 				DefaultPartitions: int32(s.cfg.Partitions), AdminAddr: s.info.Workers[name], Registerer: reg, Logger: wlog})
 			if err == nil {
 				serveHTTP(ctx, g, lns[name], kafka.AdminHandler(w, reg))

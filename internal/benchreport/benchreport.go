@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,13 +21,27 @@ import (
 	"github.com/loanflow/loanflow/connectors/schemaregistry"
 	"github.com/loanflow/loanflow/internal/enginebench"
 	"github.com/loanflow/loanflow/internal/localsvc"
+	"github.com/loanflow/loanflow/internal/peerbench"
 	"github.com/loanflow/loanflow/schemas/avrobench"
 )
 
 // Config configures a run.
 type Config struct {
-	// Sections to run: engine, avro, cdc, api; empty runs all.
+	// Sections to run: engine, avro, cdc, api, peers; empty runs all
+	// but peers.
 	Sections []string
+	// Peers adds the peers section (Loanflow beside Kafka Streams, Flink
+	// and Debezium; see internal/peerbench) to the default sections.
+	Peers bool
+	// PeerCommand starts a process running peerbench.WorkerMain with the
+	// spec as its last argument.
+	PeerCommand func(spec string) *exec.Cmd
+	// PeerScale, PeerRuns, PeerWorkloads and PeerNames configure the peers
+	// section (see peerbench.Config: Scale, Runs, Workloads, Peers).
+	PeerScale     float64
+	PeerRuns      int
+	PeerWorkloads []string
+	PeerNames     []string
 	// Quick shortens every run (a smoke test of the command, not figures).
 	Quick bool
 	// WorkerCommand starts a process running enginebench.WorkerMain with
@@ -38,7 +53,7 @@ type Config struct {
 
 func (c Config) want(s string) bool {
 	if len(c.Sections) == 0 {
-		return true
+		return s != "peers" || c.Peers
 	}
 	for _, x := range c.Sections {
 		if x == s {
@@ -79,7 +94,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	e.stop = append(e.stop, e.broker.Stop)
-	if cfg.want("cdc") || cfg.want("api") {
+	if cfg.want("cdc") || cfg.want("api") || cfg.want("peers") {
 		if e.pg, err = localsvc.StartPostgres(ctx, localsvc.PostgresOptions{Dir: filepath.Join(dir, "pg")}); err != nil {
 			e.close()
 			return nil, err
@@ -136,7 +151,7 @@ func Run(ctx context.Context, cfg Config) (string, error) {
 	sections := []struct {
 		name string
 		fn   func(context.Context, Config, *env) (string, error)
-	}{{"engine", engine}, {"avro", avro}, {"cdc", cdc}, {"api", apiSection}}
+	}{{"engine", engine}, {"avro", avro}, {"cdc", cdc}, {"api", apiSection}, {"peers", peers}}
 	for _, s := range sections {
 		if !cfg.want(s.name) {
 			continue
@@ -273,4 +288,36 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 		return "", err
 	}
 	return "## HTTP API\n\nOpen-loop load from this process against the API on loopback.\n\n" + rep.Markdown(), nil
+}
+
+// peers runs Loanflow beside Kafka Streams, Flink and Debezium against a
+// real Apache Kafka broker of its own.
+func peers(ctx context.Context, cfg Config, e *env) (string, error) {
+	if cfg.PeerCommand == nil {
+		return "", fmt.Errorf("the peers section needs Config.PeerCommand")
+	}
+	dir := filepath.Join(e.dir, "peers")
+	kfk, err := localsvc.StartKafka(ctx, localsvc.KafkaOptions{Dir: filepath.Join(dir, "kafka"), HeapMB: 1024,
+		// The optimising compiler: a throughput
+		// run, not a test's quick start.
+		JVMOpts: []string{"-XX:TieredStopAtLevel=4"},
+		Configs: map[string]string{"log.segment.bytes": strconv.Itoa(256 << 20)}})
+	if err != nil {
+		return "", err
+	}
+	defer kfk.Close()
+	pc := peerbench.Config{Brokers: kfk.Addrs(), BrokerPID: func() int { return kfk.PID(1) }, Dir: dir,
+		Scale: cfg.PeerScale, Runs: cfg.PeerRuns, Workloads: cfg.PeerWorkloads, Peers: cfg.PeerNames,
+		LoanflowCommand: cfg.PeerCommand, Progress: cfg.Progress}
+	if cfg.Quick && (pc.Scale == 0 || pc.Scale == 1) {
+		pc.Scale, pc.Runs = 0.05, 1
+	}
+	if e.pg != nil {
+		pc.Postgres = &peerbench.PostgresEnv{}
+	}
+	md, err := peerbench.Run(ctx, pc)
+	if err != nil {
+		return "", err
+	}
+	return "## Beside the peers: Kafka Streams, Flink, Debezium\n\n" + md, nil
 }

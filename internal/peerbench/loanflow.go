@@ -144,8 +144,10 @@ func (kvCodec) Decode(src []byte) (kv, error) {
 // decimalKV writes a kv's number in decimal (its key is the record key).
 type decimalKV struct{}
 
-func (decimalKV) Encode(dst []byte, r kv) ([]byte, error) { return strconv.AppendInt(dst, r.N, 10), nil }
-func (decimalKV) Decode([]byte) (kv, error)              { return kv{}, errors.New("join results are only written") }
+func (decimalKV) Encode(dst []byte, r kv) ([]byte, error) {
+	return strconv.AppendInt(dst, r.N, 10), nil
+}
+func (decimalKV) Decode([]byte) (kv, error) { return kv{}, errors.New("join results are only written") }
 
 // joinJob joins each probe with the table row valid at its event time and
 // writes row minus probe under the probe's key.

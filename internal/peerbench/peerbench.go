@@ -119,7 +119,9 @@ func (r sideResult) cpu() float64  { return r.med(func(s sample) float64 { retur
 func (r sideResult) brokerCPU() float64 {
 	return r.med(func(s sample) float64 { return s.brokerCPU })
 }
-func (r sideResult) active() float64 { return r.med(func(s sample) float64 { return s.active.Seconds() }) }
+func (r sideResult) active() float64 {
+	return r.med(func(s sample) float64 { return s.active.Seconds() })
+}
 
 // measure starts a side and waits until the watcher says its output is
 // complete; it reads the side's CPU time then and kills it.
@@ -315,8 +317,8 @@ func table(title, what string, records int, results []sideResult, note string) s
 func oneLine(s string) string {
 	s = strings.ReplaceAll(s, "\n", " ")
 	s = strings.ReplaceAll(s, "|", "/")
-	if len(s) > 300 {
-		s = s[:300] + "…"
+	if len(s) > 900 {
+		s = s[:900] + "…"
 	}
 	return s
 }

@@ -95,10 +95,18 @@ func (p *process) kill() {
 // failure describes an early exit with the end of the process's log.
 func (p *process) failure() error {
 	raw, _ := os.ReadFile(p.logPath)
+	// The first exception says more than the end of a stack trace.
+	first := ""
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.Contains(l, "Exception") || strings.Contains(l, "error") {
+			first = l + "\n"
+			break
+		}
+	}
 	if len(raw) > 3000 {
 		raw = raw[len(raw)-3000:]
 	}
-	return fmt.Errorf("%s exited early (%v); the end of %s:\n%s", p.name, p.err, p.logPath, raw)
+	return fmt.Errorf("%s exited early (%v): %sthe end of %s:\n%s", p.name, p.err, first, p.logPath, raw)
 }
 
 // waitOrExit waits for done, the process's exit or the context.

@@ -43,6 +43,7 @@ bench/peers with Maven and run as its own process against one Apache Kafka
 			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(),
 				WorkerCommand: func(spec string) *exec.Cmd { return exec.Command(exe, "bench-worker", spec) },
 				PeerCommand:   func(spec string) *exec.Cmd { return exec.Command(exe, "bench-peer-worker", spec) },
+				CLI:           func(args ...string) *exec.Cmd { return exec.Command(exe, args...) },
 				Peers:         peers, PeerScale: peerScale, PeerRuns: peerRuns}
 			if peerWorkloads != "" {
 				cfg.PeerWorkloads = strings.Split(peerWorkloads, ",")

@@ -38,6 +38,9 @@ type Config struct {
 	PeerCommand func(spec string) *exec.Cmd
 	// PeerScale, PeerRuns, PeerWorkloads and PeerNames configure the peers
 	// section (see peerbench.Config: Scale, Runs, Workloads, Peers).
+	// CLI runs the loanflow binary with arguments (the peers' CDC
+	// workload runs `loanflow cdc run`).
+	CLI           func(args ...string) *exec.Cmd
 	PeerScale     float64
 	PeerRuns      int
 	PeerWorkloads []string
@@ -94,7 +97,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	e.stop = append(e.stop, e.broker.Stop)
-	if cfg.want("cdc") || cfg.want("api") || cfg.want("peers") {
+	if cfg.want("cdc") || cfg.want("api") {
 		if e.pg, err = localsvc.StartPostgres(ctx, localsvc.PostgresOptions{Dir: filepath.Join(dir, "pg")}); err != nil {
 			e.close()
 			return nil, err
@@ -108,7 +111,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		}
 		e.stop = append(e.stop, e.redis.Stop)
 	}
-	if cfg.want("avro") || cfg.want("cdc") || cfg.want("api") {
+	if cfg.want("avro") || cfg.want("cdc") || cfg.want("api") || cfg.want("peers") {
 		e.registry, err = schemaregistry.New(schemaregistry.Config{Brokers: e.broker.Addrs(), Listen: "127.0.0.1:0"})
 		if err != nil {
 			e.close()
@@ -236,12 +239,12 @@ func cdc(ctx context.Context, cfg Config, e *env) (string, error) {
 	}
 	var sb strings.Builder
 	sb.WriteString("## PostgreSQL CDC into Kafka\n\n| measure | reader | baseline (same run) | goal | met |\n|---|---|---|---|---|\n")
-	fmt.Fprintf(&sb, "| backlog drain, changes/s | %.0f | pg_recvlogical %.0f (ratio %.2f) | ≥ 20,000/s and ≥ 0.5 of pg_recvlogical | %s |\n",
-		r.BacklogChangesPerSec, r.RecvlogicalChangesPerSec, r.RatioToRecvlogical, met(r.BacklogChangesPerSec >= 20000 && r.RatioToRecvlogical >= 0.5))
 	fmt.Fprintf(&sb, "| fixed %.0f changes/s: commit → Kafka commit p50 / p99 / max | %v / %v / %v | — | p99 < 100ms | %s |\n",
 		r.Fixed.OfferedChangesPerSec, r.Fixed.LatencyP50.Round(time.Microsecond), r.Fixed.LatencyP99.Round(time.Microsecond), r.Fixed.LatencyMax.Round(time.Microsecond), met(r.Fixed.LatencyP99 < 100*time.Millisecond))
 	fmt.Fprintf(&sb, "| saturation: changes/s, p50 / p99 | %.0f, %v / %v | — | — | — |\n",
 		r.Saturation.CommittedChangesPerSec, r.Saturation.LatencyP50.Round(time.Microsecond), r.Saturation.LatencyP99.Round(time.Microsecond))
+	sb.WriteString("\nThe backlog drain is measured in the peers section (`loanflow bench --peers`, part of `make bench`): `loanflow cdc run`, Debezium and pg_recvlogical each timed from its process start to the last change in Kafka (pg_recvlogical: to its exit at the end LSN). " +
+		"The in-process figure this table used to show timed pg_recvlogical from its exec but the reader from its first commit, which flattered the reader (1.29x reported, 0.74-0.93x with fair timing).\n")
 	return sb.String(), nil
 }
 
@@ -315,8 +318,15 @@ func peers(ctx context.Context, cfg Config, e *env) (string, error) {
 	if cfg.Quick && (pc.Scale == 0 || pc.Scale == 1) {
 		pc.Scale, pc.Runs = 0.05, 1
 	}
-	if e.pg != nil {
-		pc.Postgres = &peerbench.PostgresEnv{}
+	if cfg.CLI != nil {
+		// A durable cluster of its own: fsync and synchronous_commit on.
+		pg, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{Dir: filepath.Join(dir, "pg"), Durable: true})
+		if err != nil {
+			return "", err
+		}
+		defer pg.Stop()
+		pc.Postgres = &peerbench.PostgresEnv{CreateDatabase: pg.CreateDatabase, Port: pg.Port(), BinDir: pg.BinDir(),
+			DataDir: filepath.Join(pg.Dir(), "data"), RegistryURL: e.registry.URL(), LoanflowCLI: cfg.CLI}
 	}
 	md, err := peerbench.Run(ctx, pc)
 	if err != nil {

@@ -110,6 +110,8 @@ type output struct {
 	first   time.Time
 	last    time.Time
 	bad     int // values that were not a number
+	// tracked counts the records whose key is the watched key.
+	tracked int
 }
 
 // watch reads topic from the start with read_committed isolation, skipping
@@ -117,7 +119,7 @@ type output struct {
 // each other record's number (the value, or its last space-separated field) to
 // sum, until done says the output is complete or timeout passes. ready is
 // closed once the consumer is set up.
-func watch(ctx context.Context, brokers []string, topic string, done func(o output) bool, timeout time.Duration, ready chan<- struct{}) (output, error) {
+func watch(ctx context.Context, brokers []string, topic, track string, done func(o output) bool, timeout time.Duration, ready chan<- struct{}) (output, error) {
 	var o output
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -146,6 +148,9 @@ func watch(ctx context.Context, brokers []string, topic string, done func(o outp
 			}
 			if o.records == 0 {
 				o.first = now
+			}
+			if track != "" && string(r.Key) == track {
+				o.tracked++
 			}
 			o.records++
 			o.last = now

@@ -126,6 +126,17 @@ func (r sideResult) active() float64 {
 // measure starts a side and waits until the watcher says its output is
 // complete; it reads the side's CPU time then and kills it.
 func (c *Config) measure(ctx context.Context, name string, cmd *exec.Cmd, logPath, outTopic string, done func(output) bool, timeout time.Duration) (sample, output, error) {
+	s, o, p, err := c.measureProc(ctx, name, cmd, logPath, outTopic, "", done, timeout)
+	if p != nil {
+		p.kill()
+	}
+	return s, o, err
+}
+
+// measureProc is measure leaving the process running (nil on error); then,
+// once the process started, it calls each of after.
+// track names a key whose records output.tracked counts.
+func (c *Config) measureProc(ctx context.Context, name string, cmd *exec.Cmd, logPath, outTopic, track string, done func(output) bool, timeout time.Duration, after ...func()) (sample, output, *process, error) {
 	ready := make(chan struct{})
 	type res struct {
 		o   output
@@ -135,16 +146,18 @@ func (c *Config) measure(ctx context.Context, name string, cmd *exec.Cmd, logPat
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		o, err := watch(wctx, c.Brokers, outTopic, done, timeout, ready)
+		o, err := watch(wctx, c.Brokers, outTopic, track, done, timeout, ready)
 		resc <- res{o, err}
 	}()
 	<-ready
 	b0 := c.brokerCPU()
 	p, err := startProcess(name, cmd, logPath)
 	if err != nil {
-		return sample{}, output{}, err
+		return sample{}, output{}, nil, err
 	}
-	defer p.kill()
+	for _, f := range after {
+		f()
+	}
 	var r res
 	select {
 	case r = <-resc:
@@ -152,18 +165,20 @@ func (c *Config) measure(ctx context.Context, name string, cmd *exec.Cmd, logPat
 		select {
 		case r = <-resc:
 		case <-time.After(2 * time.Second):
-			return sample{}, output{}, p.failure()
+			return sample{}, output{}, nil, p.failure()
 		}
 	}
 	if r.err != nil {
-		return sample{}, r.o, fmt.Errorf("%s: %w (log: %s)", name, r.err, logPath)
+		p.kill()
+		return sample{}, r.o, nil, fmt.Errorf("%s: %w (log: %s)", name, r.err, logPath)
 	}
 	cpu, err := p.cpu()
 	if err != nil {
-		return sample{}, r.o, err
+		p.kill()
+		return sample{}, r.o, nil, err
 	}
 	s := sample{wall: r.o.last.Sub(p.start), active: r.o.last.Sub(r.o.first), cpu: cpu, brokerCPU: c.brokerCPU() - b0}
-	return s, r.o, nil
+	return s, r.o, p, nil
 }
 
 func (c *Config) brokerCPU() float64 {

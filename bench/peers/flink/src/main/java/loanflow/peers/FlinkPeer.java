@@ -157,7 +157,7 @@ public final class FlinkPeer {
             new ProducerRecord<>(out, e.f0.getBytes(StandardCharsets.UTF_8), e.f1.getBytes(StandardCharsets.UTF_8)))
         .setDeliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
         .setTransactionalIdPrefix(req(a, "app"))
-        .setProperty("transaction.timeout.ms", "60000")
+        .setProperty("transaction.timeout.ms", "10000")
         .build();
     s.sinkTo(sink).name("out");
   }

@@ -70,6 +70,9 @@ public final class KStreamsPeer {
         Boolean.parseBoolean(a.getOrDefault("eos", "true")) ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE);
     p.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
     p.put(StreamsConfig.producerPrefix("transaction.timeout.ms"), 10000);
+    // Static membership, as Loanflow's worker has: a restarted instance
+    // takes its partitions back without waiting for a session timeout.
+    p.put(StreamsConfig.consumerPrefix("group.instance.id"), req(a, "app"));
 
     StreamsBuilder b = new StreamsBuilder();
     String workload = args[0];

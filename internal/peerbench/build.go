@@ -66,7 +66,9 @@ func Build(ctx context.Context, root string, p Peer) (*Built, error) {
 	}
 	cp := append([]string{filepath.Join(dir, "target", "classes")}, jars...)
 	return &Built{Peer: p, java: java, classpath: strings.Join(cp, string(os.PathListSeparator)),
-		JVMOpts: []string{"-Xms512m", "-Xmx2g", "-XX:+UseG1GC", "-XX:-UsePerfData", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"}}, nil
+		// $LOANFLOW_PEER_JVM_OPTS come last (a log level, a profiler).
+		JVMOpts: append([]string{"-Xms512m", "-Xmx2g", "-XX:+UseG1GC", "-XX:-UsePerfData", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"},
+			strings.Fields(os.Getenv("LOANFLOW_PEER_JVM_OPTS"))...)}, nil
 }
 
 // Command is the command that runs workload with the key=value arguments.

@@ -323,6 +323,14 @@ func table(title, what string, records int, results []sideResult, note string) s
 		fmt.Fprintf(&sb, "| %s | %.2f | %.0f | %.2f | %.2f | %s | %s s |\n", r.side, r.wall(), float64(records)/r.wall(),
 			r.cpu()/m, r.brokerCPU()/m, ratio, strings.Join(walls, ", "))
 	}
+	for _, r := range results {
+		if r.err != nil || r.side == "Loanflow" || lf == 0 {
+			continue
+		}
+		if r.wall() < lf {
+			fmt.Fprintf(&sb, "\n**%s is faster than Loanflow here** (%.2fs vs %.2fs): see the note below the table.\n", r.side, r.wall(), lf)
+		}
+	}
 	if note != "" {
 		sb.WriteString("\n" + note + "\n")
 	}

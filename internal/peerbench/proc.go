@@ -56,7 +56,12 @@ type process struct {
 }
 
 // startProcess starts cmd with its output in logPath.
+// With $LOANFLOW_PEER_LOGS set, the log goes to that directory instead
+// (it outlives the run's temporary directory).
 func startProcess(name string, cmd *exec.Cmd, logPath string) (*process, error) {
+	if d := os.Getenv("LOANFLOW_PEER_LOGS"); d != "" {
+		logPath = filepath.Join(d, filepath.Base(logPath))
+	}
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}

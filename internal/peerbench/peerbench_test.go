@@ -147,7 +147,10 @@ func TestPeerFailureIsReported(t *testing.T) {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimRight(string(p), "\n")); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
 
 // TestCPUSeconds compares /proc with the kernel's getrusage for this
 // process (and its children) after burning some CPU.

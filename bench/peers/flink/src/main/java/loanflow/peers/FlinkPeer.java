@@ -157,7 +157,10 @@ public final class FlinkPeer {
             new ProducerRecord<>(out, e.f0.getBytes(StandardCharsets.UTF_8), e.f1.getBytes(StandardCharsets.UTF_8)))
         .setDeliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
         .setTransactionalIdPrefix(req(a, "app"))
-        .setProperty("transaction.timeout.ms", "10000")
+        // A Flink transaction spans a checkpoint interval plus the
+        // checkpoint itself; 10s (the other sides' timeout) aborted it
+        // under load with 1M keys of state (InvalidProducerEpochException).
+        .setProperty("transaction.timeout.ms", "60000")
         .build();
     s.sinkTo(sink).name("out");
   }

@@ -36,11 +36,11 @@ type Config struct {
 	// PeerCommand starts a process running peerbench.WorkerMain with the
 	// spec as its last argument.
 	PeerCommand func(spec string) *exec.Cmd
+	// CLI runs the loanflow binary with arguments (the peers' CDC
+	// workload runs `loanflow cdc run`); nil skips that workload.
+	CLI func(args ...string) *exec.Cmd
 	// PeerScale, PeerRuns, PeerWorkloads and PeerNames configure the peers
 	// section (see peerbench.Config: Scale, Runs, Workloads, Peers).
-	// CLI runs the loanflow binary with arguments (the peers' CDC
-	// workload runs `loanflow cdc run`).
-	CLI           func(args ...string) *exec.Cmd
 	PeerScale     float64
 	PeerRuns      int
 	PeerWorkloads []string
@@ -301,8 +301,8 @@ func peers(ctx context.Context, cfg Config, e *env) (string, error) {
 	}
 	dir := filepath.Join(e.dir, "peers")
 	kfk, err := localsvc.StartKafka(ctx, localsvc.KafkaOptions{Dir: filepath.Join(dir, "kafka"), HeapMB: 1024,
-		// The optimising compiler: a throughput
-		// run, not a test's quick start.
+		// The optimising compiler: a throughput run, not a test's quick
+		// start.
 		JVMOpts: []string{"-XX:TieredStopAtLevel=4"},
 		// Apache Kafka's defaults where the test settings would get in the
 		// way: segments, and compaction lag (a versioned KTable's changelog

@@ -39,10 +39,11 @@ lint:
 	$(GO) vet $(PKGS)
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 
-# The benchmark report: every goal beside its same-run baseline, written to
-# BENCHMARKS.md.
+# The benchmark report: every goal beside its same-run baseline, and
+# Loanflow beside Kafka Streams, Flink and Debezium (built from bench/peers
+# with Maven), written to BENCHMARKS.md.
 bench: deps build
-	./bin/loanflow bench --out BENCHMARKS.md
+	./bin/loanflow bench --peers --out BENCHMARKS.md
 
 # Each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
 FUZZTIME ?= 30s

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,13 +21,30 @@ import (
 	"github.com/loanflow/loanflow/connectors/schemaregistry"
 	"github.com/loanflow/loanflow/internal/enginebench"
 	"github.com/loanflow/loanflow/internal/localsvc"
+	"github.com/loanflow/loanflow/internal/peerbench"
 	"github.com/loanflow/loanflow/schemas/avrobench"
 )
 
 // Config configures a run.
 type Config struct {
-	// Sections to run: engine, avro, cdc, api, e2e; empty runs all.
+	// Sections to run: engine, avro, cdc, api, e2e, peers; empty runs
+	// all but peers.
 	Sections []string
+	// Peers adds the peers section (Loanflow beside Kafka Streams, Flink
+	// and Debezium; see internal/peerbench) to the default sections.
+	Peers bool
+	// PeerCommand starts a process running peerbench.WorkerMain with the
+	// spec as its last argument.
+	PeerCommand func(spec string) *exec.Cmd
+	// CLI runs the loanflow binary with arguments (the peers' CDC
+	// workload runs `loanflow cdc run`); nil skips that workload.
+	CLI func(args ...string) *exec.Cmd
+	// PeerScale, PeerRuns, PeerWorkloads and PeerNames configure the peers
+	// section (see peerbench.Config: Scale, Runs, Workloads, Peers).
+	PeerScale     float64
+	PeerRuns      int
+	PeerWorkloads []string
+	PeerNames     []string
 	// Quick shortens every run (a smoke test of the command, not figures).
 	Quick bool
 	// WorkerCommand starts a process running enginebench.WorkerMain with
@@ -58,7 +76,7 @@ func (c Config) profileDir() string {
 
 func (c Config) want(s string) bool {
 	if len(c.Sections) == 0 {
-		return true
+		return s != "peers" || c.Peers
 	}
 	for _, x := range c.Sections {
 		if x == s {
@@ -116,7 +134,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		}
 		e.stop = append(e.stop, e.redis.Stop)
 	}
-	if cfg.want("avro") || cfg.want("cdc") || cfg.want("api") {
+	if cfg.want("avro") || cfg.want("cdc") || cfg.want("api") || cfg.want("peers") {
 		e.registry, err = schemaregistry.New(schemaregistry.Config{Brokers: e.broker.Addrs(), Listen: "127.0.0.1:0"})
 		if err != nil {
 			e.close()
@@ -159,7 +177,7 @@ func Run(ctx context.Context, cfg Config) (string, error) {
 	sections := []struct {
 		name string
 		fn   func(context.Context, Config, *env) (string, error)
-	}{{"engine", engine}, {"avro", avro}, {"cdc", cdc}, {"api", apiSection}, {"e2e", e2eSection}}
+	}{{"engine", engine}, {"avro", avro}, {"cdc", cdc}, {"api", apiSection}, {"e2e", e2eSection}, {"peers", peers}}
 	for _, s := range sections {
 		if !cfg.want(s.name) {
 			continue
@@ -244,12 +262,12 @@ func cdc(ctx context.Context, cfg Config, e *env) (string, error) {
 	}
 	var sb strings.Builder
 	sb.WriteString("## PostgreSQL CDC into Kafka\n\n| measure | reader | baseline (same run) | goal | met |\n|---|---|---|---|---|\n")
-	fmt.Fprintf(&sb, "| backlog drain, changes/s | %.0f | pg_recvlogical %.0f (ratio %.2f) | ≥ 20,000/s and ≥ 0.5 of pg_recvlogical | %s |\n",
-		r.BacklogChangesPerSec, r.RecvlogicalChangesPerSec, r.RatioToRecvlogical, met(r.BacklogChangesPerSec >= 20000 && r.RatioToRecvlogical >= 0.5))
 	fmt.Fprintf(&sb, "| fixed %.0f changes/s: commit → Kafka commit p50 / p99 / max | %v / %v / %v | — | p99 < 100ms | %s |\n",
 		r.Fixed.OfferedChangesPerSec, r.Fixed.LatencyP50.Round(time.Microsecond), r.Fixed.LatencyP99.Round(time.Microsecond), r.Fixed.LatencyMax.Round(time.Microsecond), met(r.Fixed.LatencyP99 < 100*time.Millisecond))
 	fmt.Fprintf(&sb, "| saturation: changes/s, p50 / p99 | %.0f, %v / %v | — | — | — |\n",
 		r.Saturation.CommittedChangesPerSec, r.Saturation.LatencyP50.Round(time.Microsecond), r.Saturation.LatencyP99.Round(time.Microsecond))
+	sb.WriteString("\nThe backlog drain is measured in the peers section (`loanflow bench --peers`, part of `make bench`): `loanflow cdc run`, Debezium and pg_recvlogical each timed from its process start to the last change in Kafka (pg_recvlogical: to its exit at the end LSN). " +
+		"The in-process figure this table used to show timed pg_recvlogical from its exec but the reader from its first commit, which flattered the reader (1.29x reported, 0.74-0.93x with fair timing).\n")
 	return sb.String(), nil
 }
 
@@ -296,4 +314,46 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 		return "", err
 	}
 	return "## HTTP API\n\nOpen-loop load from this process against the API on loopback.\n\n" + rep.Markdown(), nil
+}
+
+// peers runs Loanflow beside Kafka Streams, Flink and Debezium against a
+// real Apache Kafka broker of its own.
+func peers(ctx context.Context, cfg Config, e *env) (string, error) {
+	if cfg.PeerCommand == nil {
+		return "", fmt.Errorf("the peers section needs Config.PeerCommand")
+	}
+	dir := filepath.Join(e.dir, "peers")
+	kfk, err := localsvc.StartKafka(ctx, localsvc.KafkaOptions{Dir: filepath.Join(dir, "kafka"), HeapMB: 1024,
+		// The optimising compiler: a throughput run, not a test's quick
+		// start.
+		JVMOpts: []string{"-XX:TieredStopAtLevel=4"},
+		// Apache Kafka's defaults where the test settings would get in the
+		// way: segments, and compaction lag (a versioned KTable's changelog
+		// asks for a minimum compaction lag above the tests' 5s maximum).
+		Configs: map[string]string{"log.segment.bytes": strconv.Itoa(256 << 20), "log.cleaner.max.compaction.lag.ms": "9223372036854775807"}})
+	if err != nil {
+		return "", err
+	}
+	defer kfk.Close()
+	pc := peerbench.Config{Brokers: kfk.Addrs(), BrokerPID: func() int { return kfk.PID(1) }, Dir: dir,
+		Scale: cfg.PeerScale, Runs: cfg.PeerRuns, Workloads: cfg.PeerWorkloads, Peers: cfg.PeerNames,
+		LoanflowCommand: cfg.PeerCommand, Progress: cfg.Progress}
+	if cfg.Quick && (pc.Scale == 0 || pc.Scale == 1) {
+		pc.Scale, pc.Runs = 0.05, 1
+	}
+	if cfg.CLI != nil {
+		// A durable cluster of its own: fsync and synchronous_commit on.
+		pg, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{Dir: filepath.Join(dir, "pg"), Durable: true})
+		if err != nil {
+			return "", err
+		}
+		defer pg.Stop()
+		pc.Postgres = &peerbench.PostgresEnv{CreateDatabase: pg.CreateDatabase, Port: pg.Port(), BinDir: pg.BinDir(),
+			DataDir: filepath.Join(pg.Dir(), "data"), RegistryURL: e.registry.URL(), LoanflowCLI: cfg.CLI}
+	}
+	md, err := peerbench.Run(ctx, pc)
+	if err != nil {
+		return "", err
+	}
+	return "## Beside the peers: Kafka Streams, Flink, Debezium\n\n" + md, nil
 }

@@ -3,5 +3,7 @@
 // and schema registry) and renders the report written to BENCHMARKS.md:
 // the engine (internal/enginebench), the Avro serde (schemas/avrobench),
 // CDC (connectors/postgres) and the API (api/apibench), each figure beside
-// a baseline measured in the same run.
+// a baseline measured in the same run; with Config.Peers, Loanflow beside
+// Kafka Streams, Flink and Debezium on a real Apache Kafka broker
+// (internal/peerbench).
 package benchreport

@@ -509,6 +509,18 @@ func (k *Kafka) node(i int) *kafkaNode {
 	return k.nodes[i-1]
 }
 
+// PID is the process id of node i's JVM, 0 when it is not running (the
+// benchmarks read its CPU time from /proc).
+func (k *Kafka) PID(i int) int {
+	n := k.node(i)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if n.proc == nil || n.proc.cmd.Process == nil {
+		return 0
+	}
+	return n.proc.cmd.Process.Pid
+}
+
 // Kill ends node i abruptly (SIGKILL), as a crash would, and waits for it.
 func (k *Kafka) Kill(i int) { k.stopNode(k.node(i), syscall.SIGKILL, 10*time.Second) }
 

@@ -68,9 +68,9 @@ func TestApplicationsDecisionsAndPIIScan(t *testing.T) {
 		t.Fatalf("sse: %+v", ev)
 	}
 	// Application ids are per lender: another lender's long-poll of this
-	// id waits for its own application of that id (none): 202, as for any
-	// unknown id.
-	if r := e.do("GET", "/v1/loan-applications/app-d-1/decision?timeout=0s", other, nil); r.status != 202 || strings.Contains(string(r.body), "APPROVED") {
+	// id asks for its own application of that id (none): 404
+	// unknown-application, as for any id it never submitted.
+	if r := e.do("GET", "/v1/loan-applications/app-d-1/decision?timeout=0s", other, nil); r.status != 404 || strings.Contains(string(r.body), "APPROVED") {
 		t.Fatalf("other lender long-poll: %d %s", r.status, r.body)
 	}
 

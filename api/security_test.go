@@ -74,8 +74,8 @@ func TestCrossLenderAccess(t *testing.T) {
 		t.Fatalf("%d cross-lender successes", successes)
 	}
 	// Application ids are per lender: B asking for app-a-1 asks for its
-	// own application of that id, which does not exist: pending, no data.
-	if r := e.do("GET", "/v1/loan-applications/app-a-1/decision?timeout=0s", b, nil); r.status != 202 || strings.Contains(string(r.body), "APPROVED") {
+	// own application of that id, which does not exist: 404, no data.
+	if r := e.do("GET", "/v1/loan-applications/app-a-1/decision?timeout=0s", b, nil); r.status != 404 || strings.Contains(string(r.body), "APPROVED") {
 		t.Fatalf("bank-b long-polls bank-a's application id: %d %s", r.status, r.body)
 	}
 	// B's own view does not include A's data.

@@ -250,7 +250,11 @@ func crashExactlyOnce(t *testing.T, seeds []string, broker *localsvc.Kafka) {
 	case <-resumed:
 	case <-time.After(2 * time.Minute):
 		b, _ := os.ReadFile(logf.Name())
-		t.Fatalf("the snapshot did not resume incrementally; child log:\n%s", tail(b, 3000))
+		plog.mu.Lock()
+		last := plog.last
+		plog.mu.Unlock()
+		t.Fatalf("the snapshot did not resume incrementally (last position %+v, snapshot %+v, incremental %+v); child log:\n%s",
+			last, last.Snapshot, last.Incremental, tail(b, 3000))
 	}
 	plog.waitFor(t, "the initial snapshot", func(p Position) bool { return p.Snapshot == nil && p.Incremental == nil && len(p.Tables) == 1 })
 

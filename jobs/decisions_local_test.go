@@ -224,11 +224,28 @@ func TestJoinModes(t *testing.T) {
 				if err := ld.l.Drain(); err != nil {
 					t.Fatal(err)
 				}
-				for _, r := range ld.l.Emitted(ld.topic) {
-					if string(r.Key) == e.app.ApplicationID {
-						decidedAtOnce[e.app.ApplicationID] = true
+				// Without further table input: the applicant check after the
+				// join is an async PostgreSQL read, so its completions are
+				// awaited (as-of emits nothing to await; lookup's answer
+				// comes once the check completes).
+				decided := func() bool {
+					for _, r := range ld.l.Emitted(ld.topic) {
+						if string(r.Key) == AppKey(e.app.LenderID, e.app.ApplicationID) {
+							return true
+						}
+					}
+					return false
+				}
+				for wait := time.Now().Add(30 * time.Second); !decided() && time.Now().Before(wait); {
+					arrived, err := ld.l.AwaitWork(time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !arrived && mode == JoinAsOf {
+						break
 					}
 				}
+				decidedAtOnce[e.app.ApplicationID] = decided()
 			}
 			got := ld.decisions(2)
 			want := model(mode)

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -112,13 +114,57 @@ func tailFile(path string, n int) string {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+//
+// The port is picked at random below the kernel's ephemeral range (read
+// from /proc/sys/net/ipv4/ip_local_port_range; 32768 when unknown) and
+// checked by binding it: a port from the ephemeral range (what binding
+// port 0 returns) can be taken by any outgoing connection on the machine
+// between this check and the server's own bind, which made "address
+// already in use" failures on a busy machine. A port is handed out once
+// per process.
 func FreePort() (int, error) {
+	lo, hi := 20000, ephemeralLow()-1
+	if hi-lo < 1000 {
+		lo = 1024 // a machine whose ephemeral range starts low
+	}
+	freeMu.Lock()
+	defer freeMu.Unlock()
+	for range 1000 {
+		p := lo + rand.IntN(hi-lo+1)
+		if freeGiven[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		freeGiven[p] = true
+		return p, nil
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+var (
+	freeMu    sync.Mutex
+	freeGiven = map[int]bool{}
+)
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		var lo, hi int
+		if _, err := fmt.Sscanf(string(b), "%d %d", &lo, &hi); err == nil && lo > 1024 {
+			return lo
+		}
+	}
+	return 32768
 }
 
 // unprivileged returns the credential to run a server as when this process

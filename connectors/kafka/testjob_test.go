@@ -1,6 +1,7 @@
 package kafka_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -315,6 +316,8 @@ type helperEnv struct {
 	// CacheEntries bounds each task's state cache; small values make
 	// every record evict.
 	CacheEntries int `json:"cache_entries"`
+	// TransactionTimeout is the worker's (10s when zero).
+	TransactionTimeout time.Duration `json:"transaction_timeout"`
 }
 
 // TestHelperWorker is not a test: the fault tests run the test binary
@@ -337,7 +340,7 @@ func TestHelperWorker(t *testing.T) {
 	}
 	w, err := kafka.NewWorker(enrichJob(env.Job, env.Topics), kafka.Config{Logger: logger, ClientOpts: kopts,
 		Brokers: env.Seeds, StateDir: env.StateDir, WorkerID: env.WorkerID, Delivery: kafka.Delivery(env.Delivery),
-		TransactionTimeout: 10 * time.Second, SessionTimeout: 3 * time.Second, FromSavepoint: env.FromSavepoint,
+		TransactionTimeout: cmp.Or(env.TransactionTimeout, 10*time.Second), SessionTimeout: 3 * time.Second, FromSavepoint: env.FromSavepoint,
 		MaxCachedEntries: env.CacheEntries,
 	})
 	if err != nil {

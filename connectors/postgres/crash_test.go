@@ -71,6 +71,7 @@ type positionLog struct {
 	recs     []posRec
 	partials int // positions inside a split transaction
 	last     Position
+	history  []Position // every committed position, in order
 	triggers []posTrigger
 }
 
@@ -155,6 +156,7 @@ func (p *positionLog) follow(ctx context.Context, t *testing.T, brokers []string
 				p.partials++
 			}
 			p.last = pos
+			p.history = append(p.history, pos)
 			for i := 0; i < len(p.triggers); i++ {
 				if tr := p.triggers[i]; tr.cond(pos) {
 					close(tr.fired)
@@ -245,18 +247,31 @@ func crashExactlyOnce(t *testing.T, seeds []string, broker *localsvc.Kafka) {
 	// Kill inside the chunked initial snapshot (200 chunks), after its
 	// fourth.
 	await(t, inSnapshot, "four snapshot chunks")
+	killedAt := time.Now()
 	kill()
-	select {
-	case <-resumed:
-	case <-time.After(2 * time.Minute):
-		b, _ := os.ReadFile(logf.Name())
-		plog.mu.Lock()
-		last := plog.last
-		plog.mu.Unlock()
-		t.Fatalf("the snapshot did not resume incrementally (last position %+v, snapshot %+v, incremental %+v); child log:\n%s",
-			last, last.Snapshot, last.Incremental, tail(b, 3000))
-	}
 	plog.waitFor(t, "the initial snapshot", func(p Position) bool { return p.Snapshot == nil && p.Incremental == nil && len(p.Tables) == 1 })
+	// Where the kill landed is read from the positions the killed process
+	// committed (it commits nothing after its death), not from when the
+	// follower saw them: on a busy machine the snapshot can finish between
+	// the fourth chunk's position and the kill.
+	plog.mu.Lock()
+	var before Position
+	for _, p := range plog.history {
+		if p.CommittedAt.Before(killedAt) {
+			before = p
+		}
+	}
+	plog.mu.Unlock()
+	if before.Snapshot != nil {
+		select {
+		case <-resumed:
+		default:
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("killed inside the initial snapshot (%+v), the rest was not read incrementally; child log:\n%s", *before.Snapshot, tail(b, 3000))
+		}
+	} else {
+		t.Logf("the kill landed after the initial snapshot ended (position %+v): its resume is not exercised in this run", before)
+	}
 
 	// A table added to the config: killed inside its incremental snapshot.
 	inIncremental := plog.when(func(p Position) bool {

@@ -112,7 +112,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	e := &env{dir: dir}
-	if !cfg.want("engine") && !cfg.want("avro") && !cfg.want("cdc") && !cfg.want("api") {
+	if !cfg.want("engine") && !cfg.want("avro") && !cfg.want("cdc") && !cfg.want("api") && !cfg.want("peers") {
 		return e, nil // e2e starts its own stack
 	}
 	if e.broker, err = localsvc.StartBroker(localsvc.BrokerOptions{}); err != nil {

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/loanflow/loanflow/connectors/bureau"
 	"github.com/loanflow/loanflow/connectors/postgres"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/loanflow/loanflow/pipeline"
@@ -25,17 +29,40 @@ func serveRegistry(t *testing.T, reg *prometheus.Registry) string {
 }
 
 // TestOperatorPageCheckpointsAndCDCLag: the operator page reads the engine
-// workers' last-checkpoint gauge and a running CDC reader's lag metrics
-// from their /metrics endpoints and shows checkpoint age and replication
-// lag; an unreachable endpoint is reported, not fatal.
+// workers' metrics, the bureau client's and a running CDC reader's from
+// their /metrics endpoints and shows a card per job (checkpoint age and
+// duration, backpressure, checkpoint failures, bureau breaker) and
+// replication lag; an unreachable endpoint is reported, not fatal. The
+// expected figures are the ones the test set on the real metric types.
 func TestOperatorPageCheckpointsAndCDCLag(t *testing.T) {
 	engineReg := prometheus.NewRegistry()
 	em := pipeline.NewMetrics(engineReg)
 	lastCkpt := time.Now().Add(-42 * time.Second)
 	em.LastCheckpoint.WithLabelValues("decisions", "w-1").Set(float64(lastCkpt.UnixNano()) / 1e9)
 	em.LastCheckpoint.WithLabelValues("portfolio", "w-2").Set(float64(time.Now().UnixNano()) / 1e9)
+	em.CheckpointDuration.WithLabelValues("decisions", "w-1").Observe(0.2)
+	em.CheckpointDuration.WithLabelValues("decisions", "w-1").Observe(0.4)
+	em.QueueFill.WithLabelValues("decisions", "0", "3").Set(0.95)
+	em.QueueFill.WithLabelValues("portfolio", "0", "0").Set(0.1)
+	// A bureau client whose bureau is down: one unavailable answer opens
+	// its breaker (the real client's metrics, served beside the job's).
+	bc, err := bureau.NewClient(bureau.ClientConfig{URL: "http://127.0.0.1:1", BreakerFailures: 1, BreakerOpen: time.Hour, Registerer: engineReg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	if _, err := bc.CreditReport(context.Background(), bureau.Request{ApplicationID: "app-1", SSNIndex: []byte("0123456789abcdef"), SubscriberID: "bank-op"}); err == nil {
+		t.Fatal("a call to an unreachable bureau succeeded")
+	}
+	if bc.BreakerState() != "open" {
+		t.Fatalf("breaker %s after a failure, want open", bc.BreakerState())
+	}
+	portfolioReg := prometheus.NewRegistry()
+	pm := pipeline.NewMetrics(portfolioReg)
+	pm.LastCheckpoint.WithLabelValues("portfolio", "w-3").Set(float64(time.Now().UnixNano()) / 1e9)
+	pm.CheckpointFailures.WithLabelValues("portfolio", "timeout").Add(2)
 	cdcReg := prometheus.NewRegistry()
-	urls := []string{serveRegistry(t, engineReg), serveRegistry(t, cdcReg), "http://127.0.0.1:1/metrics"}
+	urls := []string{serveRegistry(t, engineReg), serveRegistry(t, cdcReg), "http://127.0.0.1:1/metrics", serveRegistry(t, portfolioReg)}
 	e := newEnv(t, func(c *Config) { c.OperatorMetricsURLs = urls })
 	runCDC(t, e, cdcReg)
 
@@ -45,14 +72,11 @@ func TestOperatorPageCheckpointsAndCDCLag(t *testing.T) {
 		e.do("GET", "/v1/admin/pipeline-health", e.admin, nil).json(t, &h)
 		return len(h.CDC) == 1 && h.CDC[0].LastCommitAgeSeconds >= 0 && h.CDC[0].LastCommitAgeSeconds < 10
 	})
-	if len(h.Checkpoints) != 2 {
+	if len(h.Checkpoints) != 3 {
 		t.Fatalf("checkpoints: %+v", h.Checkpoints)
 	}
 	if c := h.Checkpoints[0]; c.Job != "decisions" || c.Worker != "w-1" || c.AgeSeconds < 41 || c.AgeSeconds > 60 {
 		t.Fatalf("decisions checkpoint: %+v", c)
-	}
-	if c := h.Checkpoints[1]; c.Job != "portfolio" || c.AgeSeconds > 20 {
-		t.Fatalf("portfolio checkpoint: %+v", c)
 	}
 	if c := h.CDC[0]; c.Reader != "op_cdc" || c.SnapshotProgress != 1 || c.LagBytes < 0 || c.Source != urls[1] {
 		t.Fatalf("cdc: %+v", c)
@@ -60,16 +84,85 @@ func TestOperatorPageCheckpointsAndCDCLag(t *testing.T) {
 	if h.Scraped[2].Error == "" {
 		t.Fatalf("unreachable endpoint not reported: %+v", h.Scraped[2])
 	}
+	checkJobCards(t, h.Jobs)
+
+	// The page is a shell that renders the health stream: the stream's
+	// first event is the same report.
 	page := e.do("GET", "/operator", e.admin, nil)
-	body := string(page.body)
-	for _, want := range []string{`id="checkpoints"`, "decisions", "w-1", `id="cdc"`, "op_cdc", `class="lag-bytes"`, "unreachable"} {
-		if !strings.Contains(body, want) {
-			t.Errorf("operator page lacks %q", want)
+	if page.status != http.StatusOK || !strings.Contains(string(page.body), `id="jobs"`) || !strings.HasPrefix(page.header.Get("Content-Type"), "text/html") {
+		t.Fatalf("operator page: %d %s\n%s", page.status, page.header.Get("Content-Type"), page.body)
+	}
+	var streamed Health
+	firstEvent(t, e, "/operator/events", e.admin, "health", &streamed)
+	checkJobCards(t, streamed.Jobs)
+}
+
+// checkJobCards checks the cards TestOperatorPageCheckpointsAndCDCLag's
+// metrics make.
+func checkJobCards(t *testing.T, jobs []JobHealth) {
+	t.Helper()
+	if len(jobs) != 2 || jobs[0].Job != "decisions" || jobs[1].Job != "portfolio" {
+		t.Fatalf("job cards: %+v", jobs)
+	}
+	d, p := jobs[0], jobs[1]
+	if d.CheckpointAgeSeconds < 41 || d.CheckpointAgeSeconds > 60 || math.Abs(d.CheckpointMeanSeconds-0.3) > 1e-9 || d.Backpressure != 0.95 {
+		t.Errorf("decisions card figures: %+v", d)
+	}
+	if d.Bureau == nil || d.Bureau.Breaker != "open" || d.Bureau.Calls[bureau.ResultUnavailable] != 1 {
+		t.Errorf("decisions card bureau: %+v", d.Bureau)
+	}
+	if d.Status != "fail" || !containsPrefix(d.Problems, "bureau circuit breaker open") || !containsPrefix(d.Problems, "backpressure") {
+		t.Errorf("decisions card status %s %q, want fail for the open breaker and the backpressure", d.Status, d.Problems)
+	}
+	// Two endpoints serve portfolio workers: their figures add up.
+	if p.Bureau != nil || p.CheckpointFailures != 2 || p.CheckpointAgeSeconds > 20 || p.Backpressure != 0.1 || p.Lag != -1 || p.State != "unknown" {
+		t.Errorf("portfolio card: %+v", p)
+	}
+	if p.Status != "warn" || len(p.Problems) != 1 || p.Problems[0] != "2 checkpoints failed" {
+		t.Errorf("portfolio card status %s %q, want warn for the failed checkpoints only", p.Status, p.Problems)
+	}
+}
+
+func containsPrefix(xs []string, prefix string) bool {
+	for _, x := range xs {
+		if strings.HasPrefix(x, prefix) {
+			return true
 		}
 	}
-	if page.status != http.StatusOK || t.Failed() {
-		t.Fatalf("operator page: %d\n%s", page.status, body)
+	return false
+}
+
+// firstEvent reads an SSE stream until its first event named name and
+// decodes its data into v.
+func firstEvent(t *testing.T, e *env, path, tok, name string, v any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("%s: %s %s", path, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	event := ""
+	for sc.Scan() {
+		line := sc.Text()
+		if ev, ok := strings.CutPrefix(line, "event: "); ok {
+			event = ev
+		} else if data, ok := strings.CutPrefix(line, "data: "); ok && event == name {
+			if err := json.Unmarshal([]byte(data), v); err != nil {
+				t.Fatalf("%s event: %v", name, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s ended without a %s event: %v", path, name, sc.Err())
 }
 
 // runCDC runs a CDC reader of the API's loans table on the test database,

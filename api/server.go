@@ -233,6 +233,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /dashboard/login", s.dashboardLogin)
 	mux.HandleFunc("GET /dashboard/events", s.protect(route{scope: auth.ScopePortfolioRead, cookieOK: true, stream: true}, s.dashboardEvents))
 	mux.HandleFunc("GET /operator", s.operatorPage)
+	mux.HandleFunc("GET /operator/events", s.protect(route{scope: auth.ScopeAdmin, cookieOK: true, stream: true}, s.operatorEvents))
+	mux.HandleFunc("GET /session", s.protect(route{cookieOK: true}, s.getSession))
+	mux.HandleFunc("POST /logout", s.logout)
 	if s.issuer != nil {
 		mux.HandleFunc("POST /oauth/token", s.token)
 		mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)

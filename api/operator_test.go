@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/loanflow/loanflow/connectors/bureau"
 	"github.com/loanflow/loanflow/connectors/postgres"
@@ -186,4 +188,132 @@ func runCDC(t *testing.T, e *env, reg *prometheus.Registry) {
 			t.Errorf("cdc reader: %v", err)
 		}
 	})
+}
+
+// TestOperatorJobGroups: a job's consumer group ("loanflow-NAME") gets a
+// card whose lag is net of transaction markers and aborted records (the
+// committed records the test wrote; the offset difference, which counts
+// the markers, is the negative control), and a stopped job's card says
+// so; a group that is no job's is counted, not shown.
+func TestOperatorJobGroups(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	topic := testenv.Name(t, "in")
+	if _, err := adm.CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+		t.Fatal(err)
+	}
+	committed := testenv.ProduceTxns(t, e.brokers, topic, 4, 5, 2)
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, _ := ends.Lookup(topic, 0)
+	if end.Offset == int64(committed) {
+		t.Fatalf("negative control: the offset difference %d equals the committed records: no markers", end.Offset)
+	}
+	job := testenv.Name(t, "job")
+	tool := testenv.Name(t, "tool")
+	for _, g := range []string{"loanflow-" + job, tool} {
+		var o kadm.Offsets
+		o.AddOffset(topic, 0, 0, -1)
+		if _, err := adm.CommitOffsets(ctx, g, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var h Health
+	e.do("GET", "/v1/admin/pipeline-health", e.admin, nil).json(t, &h)
+	var card *JobHealth
+	for i := range h.Jobs {
+		if h.Jobs[i].Job == job {
+			card = &h.Jobs[i]
+		}
+	}
+	if card == nil {
+		t.Fatalf("no card for job %s: %+v", job, h.Jobs)
+	}
+	if card.Lag != int64(committed) || !card.LagExact || card.LagError != "" {
+		t.Errorf("job lag %d (exact %v, %q), want the %d committed records (offsets: %d)", card.Lag, card.LagExact, card.LagError, committed, end.Offset)
+	}
+	if card.Status != "fail" || !containsPrefix(card.Problems, "no worker in group") {
+		t.Errorf("a job without workers: status %s %q", card.Status, card.Problems)
+	}
+	for _, g := range h.Groups {
+		if g.Group == tool {
+			t.Errorf("group %s, no job's, is listed", tool)
+		}
+	}
+	if h.HiddenGroups < 1 {
+		t.Errorf("hidden groups %d, want at least %s", h.HiddenGroups, tool)
+	}
+}
+
+// TestPageSessions: the pages answer a browser with pages: sign-in without
+// a session, a redirect to sign-in with a note when the session's token is
+// no longer valid (its cookie cleared), a 403 page to a session of the
+// wrong kind, and sign-out clears the session.
+func TestPageSessions(t *testing.T) {
+	e := newEnv(t)
+	lender := e.lender("bank-pages")
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(path, cookie string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, e.url+path, nil)
+		if cookie != "" {
+			req.AddCookie(&http.Cookie{Name: dashboardCookie, Value: cookie})
+		}
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	cleared := func(resp *http.Response) bool {
+		for _, c := range resp.Cookies() {
+			if c.Name == dashboardCookie && c.MaxAge < 0 {
+				return true
+			}
+		}
+		return false
+	}
+	for _, page := range []string{"/dashboard", "/operator"} {
+		if r := get(page, ""); r.StatusCode != 200 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") {
+			t.Errorf("%s without a session: %d %s", page, r.StatusCode, r.Header.Get("Content-Type"))
+		}
+		r := get(page, "not-a-token")
+		if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != page+"?error=expired" || !cleared(r) {
+			t.Errorf("%s with an invalid session: %d to %q (cookie cleared: %v)", page, r.StatusCode, r.Header.Get("Location"), cleared(r))
+		}
+	}
+	if r := get("/dashboard", lender); r.StatusCode != 200 {
+		t.Errorf("a lender's dashboard: %d", r.StatusCode)
+	}
+	page := e.do("GET", "/dashboard", e.admin, nil)
+	if page.status != 403 || !strings.Contains(string(page.body), `href="/operator"`) {
+		t.Errorf("the dashboard for an operator: %d\n%s", page.status, page.body)
+	}
+	if r := get("/session", "not-a-token"); r.StatusCode != 401 {
+		t.Errorf("/session with an invalid session: %d", r.StatusCode)
+	}
+	var s Session
+	e.do("GET", "/session", lender, nil).json(t, &s)
+	if s.Lender != "bank-pages" || len(s.Scopes) == 0 {
+		t.Errorf("session: %+v", s)
+	}
+	req, _ := http.NewRequest(http.MethodPost, e.url+"/logout", strings.NewReader("next=operator"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/operator?signedout=1" || !cleared(resp) {
+		t.Errorf("logout: %d to %q (cookie cleared: %v)", resp.StatusCode, resp.Header.Get("Location"), cleared(resp))
+	}
 }

@@ -6,12 +6,14 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/loanflow/loanflow/api/audit"
 	"github.com/loanflow/loanflow/api/auth"
@@ -349,9 +351,7 @@ func (s *Server) operatorEvents(w http.ResponseWriter, r *http.Request) {
 	tick := time.NewTicker(s.cfg.OperatorRefreshInterval)
 	defer tick.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.OperatorRefreshInterval+5*time.Second)
-		writeEvent(w, event{name: "health", data: s.pipelineHealth(ctx)})
-		cancel()
+		writeEvent(w, event{name: "health", data: s.sharedHealth(r.Context())})
 		fl.Flush()
 		select {
 		case <-tick.C:
@@ -361,6 +361,39 @@ func (s *Server) operatorEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// healthCache holds the last pipeline-health report, so that operator
+// pages open at once share one report per refresh instead of each scraping
+// every metrics endpoint and counting every group's lag.
+type healthCache struct {
+	flight singleflight.Group
+	mu     sync.Mutex
+	at     time.Time
+	h      Health
+}
+
+// sharedHealth returns a report at most half a refresh interval old,
+// computing it once for concurrent callers (independent of any one
+// caller's cancellation).
+func (s *Server) sharedHealth(ctx context.Context) Health {
+	s.health.mu.Lock()
+	if time.Since(s.health.at) < s.cfg.OperatorRefreshInterval/2 {
+		h := s.health.h
+		s.health.mu.Unlock()
+		return h
+	}
+	s.health.mu.Unlock()
+	v, _, _ := s.health.flight.Do("pipeline-health", func() (any, error) {
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.OperatorRefreshInterval+5*time.Second)
+		defer cancel()
+		h := s.pipelineHealth(c)
+		s.health.mu.Lock()
+		s.health.at, s.health.h = time.Now(), h
+		s.health.mu.Unlock()
+		return h, nil
+	})
+	return v.(Health)
 }
 
 // operatorStreams is the slot key of operator pages in lenderStreams.

@@ -58,6 +58,7 @@ type Server struct {
 	revoked   revocations // disabled clients, bounded staleness
 	logins    loginLimits // credential endpoints' throttle
 	anchors   anchorState // last audit head anchored
+	health    healthCache // the operator pages' shared health report
 	// lenderStreams and lenderPolls cap each lender's SSE streams and
 	// long-polls.
 	lenderStreams lenderSlots

@@ -128,11 +128,43 @@ func TestPagesInChromium(t *testing.T) {
 	Run(t, op, "opening a dashboard as the operator", chromedp.Navigate(info.APIURL+"/dashboard"))
 	WaitFor(t, op, "the 403 page", `!!document.getElementById("forbidden")`)
 
+	// A session revoked under an open page: when its stream is refused,
+	// the page says the session ended (instead of reconnecting forever),
+	// and the next page load goes to sign-in with a note.
+	Run(t, pageA, "reopening the dashboard", chromedp.Navigate(info.APIURL+"/dashboard"))
+	WaitFor(t, pageA, "the dashboard's stream", `document.getElementById("status").textContent === "live"`)
+	ops.call(t, "POST", "/v1/admin/clients/"+a.creds.ClientID+"/revoke", nil, nil, http.StatusOK)
+	awaitSessionEnded(t, pageA)
+	Run(t, pageA, "reloading the dashboard", chromedp.Navigate(info.APIURL+"/dashboard"))
+	WaitFor(t, pageA, "the expired-session note", `location.search.includes("error=expired") && !document.getElementById("expired").hidden`)
+
 	// Sign-out.
 	Run(t, pageB, "signing out", chromedp.Click("#signout", chromedp.ByID))
 	WaitFor(t, pageB, "the signed-out note", `location.search.includes("signedout") && !document.getElementById("signedout").hidden`)
 	Run(t, pageB, "reopening the dashboard", chromedp.Navigate(info.APIURL+"/dashboard"))
 	WaitFor(t, pageB, "the sign-in form", `!!document.getElementById("client_id")`)
+}
+
+// awaitSessionEnded reconnects the dashboard's stream (as a dropped
+// connection would) until the server refuses it (a revocation takes up
+// to the API's RevocationStaleness to be seen) and checks the page then
+// says the session ended.
+func awaitSessionEnded(t *testing.T, ctx context.Context) {
+	t.Helper()
+	deadline := time.Now().Add(WaitTimeout)
+	for time.Now().Before(deadline) {
+		var shown bool
+		Eval(t, ctx, `(() => { if ($("alert").style.display === "block") return true;
+			if (es.readyState === EventSource.OPEN) { es.close(); connect(); } return false; })()`, &shown)
+		if shown {
+			if got := Text(t, ctx, "#status"); got != "signed out" || !strings.Contains(Text(t, ctx, "#alert"), "session expired") {
+				t.Errorf("after the revocation: status %q, alert %q", got, Text(t, ctx, "#alert"))
+			}
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("the dashboard never said its revoked session ended\npage: %s", Text(t, ctx, "body"))
 }
 
 // checkLayoutCheckerFails is the layout check's negative control: a card

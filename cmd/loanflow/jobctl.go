@@ -200,7 +200,7 @@ func (c *jobCtl) state(ctx context.Context) (jobState, error) {
 
 // lags lists the lag of every partition the group consumes or committed.
 func (c *jobCtl) lags(ctx context.Context) ([]partitionLag, error) {
-	return kafka.GroupLag(ctx, c.cl, c.group())
+	return kafka.GroupLag(ctx, c.cl, c.group(), kafka.MaxLagScan)
 }
 
 // post sends a stop or savepoint request to a worker.

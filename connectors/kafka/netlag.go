@@ -11,9 +11,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// maxScan bounds how many offsets NetLag reads per partition; a larger
-// backlog is reported as its offset difference (an upper bound).
-const maxScan = 50_000
+// MaxLagScan is how many offsets GroupLag and NetLag read per partition
+// by default (`job status`); a larger backlog is reported as its offset
+// difference (an upper bound). The API's operator page, which counts
+// every job's lag every refresh, reads fewer.
+const MaxLagScan = 50_000
 
 // PartitionLag is one input partition's position in a consumer group.
 type PartitionLag struct {
@@ -33,7 +35,8 @@ type PartitionLag struct {
 // net of transaction markers and aborted records (kadm's Lag and
 // kafka-consumer-groups count a commit marker as one record of lag: a
 // transactional job that is caught up shows lag 1 per partition).
-func GroupLag(ctx context.Context, cl *kgo.Client, group string) ([]PartitionLag, error) {
+// It reads at most maxScan offsets per partition.
+func GroupLag(ctx context.Context, cl *kgo.Client, group string, maxScan int64) ([]PartitionLag, error) {
 	adm := kadm.NewClient(cl)
 	lags, err := adm.Lag(ctx, group)
 	if err != nil {
@@ -78,7 +81,7 @@ func GroupLag(ctx context.Context, cl *kgo.Client, group string) ([]PartitionLag
 		}
 		td := meta.Topics[m.Topic]
 		pd := td.Partitions[m.Partition]
-		if pl.Lag, pl.Exact, err = NetLag(ctx, cl, pd.Leader, m.Topic, [16]byte(td.ID), m.Partition, from, end); err != nil {
+		if pl.Lag, pl.Exact, err = NetLag(ctx, cl, pd.Leader, m.Topic, [16]byte(td.ID), m.Partition, from, end, maxScan); err != nil {
 			return nil, err
 		}
 		out = append(out, pl)
@@ -90,7 +93,7 @@ func GroupLag(ctx context.Context, cl *kgo.Client, group string) ([]PartitionLag
 // read_committed: the offset difference minus transaction markers and
 // aborted records. exact is false when the range was too long to read
 // (the result is then end-from).
-func NetLag(ctx context.Context, cl *kgo.Client, leader int32, topic string, id [16]byte, p int32, from, end int64) (n int64, exact bool, err error) {
+func NetLag(ctx context.Context, cl *kgo.Client, leader int32, topic string, id [16]byte, p int32, from, end, maxScan int64) (n int64, exact bool, err error) {
 	if end <= from {
 		return 0, true, nil
 	}

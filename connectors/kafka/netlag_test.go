@@ -40,7 +40,7 @@ func TestNetLag(t *testing.T) {
 		td := meta.Topics[topic]
 		check := func(from int64, want int64) {
 			t.Helper()
-			got, exact, err := NetLag(ctx, cl, td.Partitions[0].Leader, topic, [16]byte(td.ID), 0, from, end.Offset)
+			got, exact, err := NetLag(ctx, cl, td.Partitions[0].Leader, topic, [16]byte(td.ID), 0, from, end.Offset, MaxLagScan)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,5 +59,10 @@ func TestNetLag(t *testing.T) {
 		// From the start of the third transaction: 4 transactions left.
 		check(12, 20)
 		check(end.Offset, 0)
+		// A backlog over the scan bound is its offset difference, marked
+		// inexact.
+		if got, exact, err := NetLag(ctx, cl, td.Partitions[0].Leader, topic, [16]byte(td.ID), 0, 0, end.Offset, 10); err != nil || exact || got != end.Offset {
+			t.Fatalf("net lag over the scan bound: %d (exact %v, %v), want the offset difference %d, inexact", got, exact, err, end.Offset)
+		}
 	})
 }

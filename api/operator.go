@@ -104,13 +104,23 @@ func (s *Server) pipelineHealth(ctx context.Context) Health {
 		ends.Each(func(o kadm.ListedOffset) { h.addEnd(o) })
 	}
 	h.Groups, h.HiddenGroups, h.Notes = s.groupLags(ctx, adm, h.Notes)
-	var scraped []map[string]*dto.MetricFamily
-	for _, u := range s.cfg.OperatorMetricsURLs {
-		res, fams := scrape(ctx, u)
-		h.Scraped = append(h.Scraped, res)
-		scraped = append(scraped, fams)
-		h.Checkpoints = append(h.Checkpoints, checkpointsOf(u, fams, h.At)...)
-		h.CDC = append(h.CDC, cdcOf(u, fams, h.At)...)
+	// The endpoints are scraped at once (a hung one costs its 2s timeout
+	// once, not once per endpoint after it).
+	urls := s.cfg.OperatorMetricsURLs
+	h.Scraped = make([]ScrapeResult, len(urls))
+	scraped := make([]map[string]*dto.MetricFamily, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.Scraped[i], scraped[i] = scrape(ctx, u)
+		}()
+	}
+	wg.Wait()
+	for i, u := range urls {
+		h.Checkpoints = append(h.Checkpoints, checkpointsOf(u, scraped[i], h.At)...)
+		h.CDC = append(h.CDC, cdcOf(u, scraped[i], h.At)...)
 	}
 	h.Jobs = jobsOf(h.Groups, scraped, h.At)
 	if len(s.cfg.OperatorMetricsURLs) > 0 && len(h.Checkpoints) == 0 {

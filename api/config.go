@@ -150,6 +150,9 @@ type Config struct {
 	// OperatorGroups are consumer groups whose lag the operator page shows.
 	// Empty lists every group.
 	OperatorGroups []string
+	// OperatorRefreshInterval is how often the operator page's stream
+	// sends the pipeline health. Default 2s.
+	OperatorRefreshInterval time.Duration
 
 	// Logger; default JSON to stderr.
 	Logger *slog.Logger
@@ -181,6 +184,7 @@ func (c *Config) SetDefaults() {
 		c.AuditAnchorsTopic = "audit_anchors"
 	}
 	def(&c.AuditAnchorInterval, 10*time.Second)
+	def(&c.OperatorRefreshInterval, 2*time.Second)
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.Addr
 	}

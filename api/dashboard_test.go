@@ -2,51 +2,20 @@ package api
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/loanflow/loanflow/internal/testenv"
+	"github.com/loanflow/loanflow/internal/webtest"
 )
-
-func chromiumPath(t *testing.T) string {
-	for _, p := range []string{os.Getenv("LOANFLOW_CHROMIUM"), "/usr/bin/chromium", "chromium", "chromium-browser"} {
-		if p == "" {
-			continue
-		}
-		if full, err := exec.LookPath(p); err == nil {
-			return full
-		}
-	}
-	if testenv.InCI() {
-		t.Fatal("chromium not found: install it with `apt-get install -y chromium` (make deps) or set LOANFLOW_CHROMIUM")
-	}
-	t.Skip("chromium not found; install it with `apt-get install -y chromium`")
-	return ""
-}
-
-// artifactsDir is where the dashboard screenshot goes (gitignored).
-func artifactsDir(t *testing.T) string {
-	d := os.Getenv("LOANFLOW_ARTIFACTS_DIR")
-	if d == "" {
-		d = filepath.Join("..", "testdata", "artifacts")
-	}
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
 
 // TestDashboardInChromium signs in to the lender dashboard in headless
 // Chromium and checks that its numbers change as metric and decision
 // records arrive on their topics.
 func TestDashboardInChromium(t *testing.T) {
-	bin := chromiumPath(t)
 	e := newEnv(t)
 	e.lender("bank-ui")
 	r := e.do("POST", "/v1/admin/clients", e.admin, NewClient{ClientID: "bank-ui-dash", LenderID: "bank-ui", Scopes: []string{"portfolio:read"}})
@@ -57,29 +26,15 @@ func TestDashboardInChromium(t *testing.T) {
 	e.produce(e.cfg.MetricsTopic, metricRecord(t, met, "bank-ui", start, 3, "4500.00"))
 	e.produce(e.cfg.MetricsTopic, metricRecord(t, met, "bank-other", start, 99, "1.00"))
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:0:0],
-		chromedp.ExecPath(bin), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true), chromedp.NoFirstRun, chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-
-	err := chromedp.Run(ctx,
+	ctx := webtest.New(t).Tab(t)
+	webtest.Run(t, ctx, "signing in",
 		chromedp.Navigate(e.url+"/dashboard"),
 		chromedp.WaitVisible("#client_id", chromedp.ByID),
 		chromedp.SendKeys("#client_id", creds.ClientID, chromedp.ByID),
 		chromedp.SendKeys("#client_secret", creds.ClientSecret, chromedp.ByID),
 		chromedp.Click("#signin", chromedp.ByID),
-		chromedp.WaitVisible("#originations", chromedp.ByID),
 	)
-	if err != nil {
-		t.Fatalf("sign in: %v", err)
-	}
+	webtest.WaitFor(t, ctx, "the dashboard", `!!document.getElementById("originations")`)
 	var emptyShown bool
 	waitText(t, ctx, "#originations", "3")
 	if err := chromedp.Run(ctx, chromedp.Evaluate(`getComputedStyle(document.getElementById("empty")).display !== "none"`, &emptyShown)); err != nil || emptyShown {
@@ -109,49 +64,22 @@ func TestDashboardInChromium(t *testing.T) {
 	if !strings.Contains(table, "app-ui-1") || !strings.Contains(table, "DECLINED") || strings.Contains(table, "app-x") {
 		t.Fatalf("decision table: %q", table)
 	}
-	var png []byte
-	if err := chromedp.Run(ctx, chromedp.FullScreenshot(&png, 100)); err != nil {
-		t.Fatal(err)
+	// The other lender's window (99 originations) never shows.
+	if body := webtest.Text(t, ctx, "body"); strings.Contains(body, "bank-other") {
+		t.Errorf("the dashboard shows another lender's data: %q", body)
 	}
-	out := filepath.Join(artifactsDir(t), "dashboard.png")
-	if err := os.WriteFile(out, png, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot: %s (%d bytes)", out, len(png))
+	webtest.Screenshot(t, ctx, "dashboard-api")
 }
 
 func waitText(t *testing.T, ctx context.Context, sel, want string) {
 	t.Helper()
-	var got string
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if err := chromedp.Run(ctx, chromedp.Text(sel, &got, chromedp.ByQuery)); err != nil {
-			t.Fatalf("reading %s: %v", sel, err)
-		}
-		if strings.TrimSpace(got) == want {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s shows %q, want %q", sel, got, want)
+	webtest.WaitFor(t, ctx, sel+" showing "+want, fmt.Sprintf(`((document.querySelector(%q) || {}).textContent || "").trim() === %q`, sel, want))
 }
 
 // waitAttr waits until sel's data-values attribute is want.
 func waitAttr(t *testing.T, ctx context.Context, sel, want string) {
 	t.Helper()
-	var got string
-	var ok bool
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if err := chromedp.Run(ctx, chromedp.AttributeValue(sel, "data-values", &got, &ok, chromedp.ByQuery)); err != nil {
-			t.Fatalf("reading %s: %v", sel, err)
-		}
-		if got == want {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s data-values %q, want %q", sel, got, want)
+	webtest.WaitFor(t, ctx, sel+" plotting "+want, fmt.Sprintf(`(document.querySelector(%q) || {dataset: {}}).dataset.values === %q`, sel, want))
 }
 
 func decisionLatencyText(t *testing.T, ctx context.Context) string {

@@ -16,9 +16,11 @@
 //	GET   /v1/portfolio                        portfolio:read
 //	POST  /v1/customers, /v1/admin/lenders, /v1/admin/clients, GET /v1/admin/pipeline-health   admin
 //	POST  /v1/admin/clients/{id}/disable       admin; the client's tokens stop working within RevocationStaleness
-//	GET   /dashboard, /dashboard/events, POST /dashboard/login   live lender dashboard (cookie session)
-//	GET   /operator                            pipeline health page (admin): checkpoint age per engine worker,
-//	                                           CDC replication lag, consumer lag (from OperatorMetricsURLs and the brokers)
+//	GET   /dashboard, /dashboard/events, POST /dashboard/login   live lender dashboard (cookie session, portfolio:read)
+//	GET   /operator, /operator/events          pipeline health page (admin): a card per job (lag net of transaction
+//	                                           markers, checkpoint age and duration, backpressure, dead letters, bureau
+//	                                           breaker) and per CDC reader, streamed every OperatorRefreshInterval
+//	GET   /session, POST /logout               who the page session is (401 once expired); end it
 //	POST  /oauth/token, GET /.well-known/jwks.json   dev issuer (client credentials, ES256)
 //	GET   /healthz, /readyz, /metrics            (/metrics on AdminAddr only when set, behind MetricsToken when set)
 //
@@ -54,6 +56,21 @@
 // loan row, customer row, audit chain. Loan statuses and risk tiers are
 // the sets of package schemas (LoanStatuses, RiskTiers). PII is encrypted
 // with package pii before it is stored or produced.
+//
+// # Pages
+//
+// The dashboard and the operator page are static pages (web/, embedded)
+// that render their event streams; no page reloads itself. They share a
+// session: an HttpOnly, SameSite=Strict cookie holding a token narrowed to
+// the page's one scope (portfolio:read or admin). A page request without a
+// session gets the sign-in page; one whose token expired or was revoked is
+// sent back to it with a note; a session of the wrong kind (a lender on
+// the operator page, an operator on a lender's dashboard) gets a 403 page
+// naming it. When a stream is refused, the page asks /session whether the
+// session ended and says so instead of reconnecting forever. Pipeline
+// health (Health, JobHealth) merges the jobs' consumer groups, named
+// "loanflow-JOB" (other groups are only counted), with the metrics their
+// workers serve at OperatorMetricsURLs.
 //
 // # Goroutines
 //

@@ -88,11 +88,17 @@ func TestPipelineHealth(t *testing.T) {
 		t.Fatalf("health: %d %s", r.status, r.body)
 	}
 	page := e.do("GET", "/operator", e.admin, nil)
-	if page.status != 200 || !strings.Contains(string(page.body), e.cfg.DecisionsTopic) {
+	if page.status != 200 || !strings.Contains(string(page.body), `id="jobs"`) {
 		t.Fatalf("operator page: %d", page.status)
 	}
+	// A lender gets a page that says why, not a problem document.
 	lender := e.lender("bank-op")
-	if r := e.do("GET", "/operator", lender, nil); r.status != 403 {
-		t.Fatalf("operator page for a lender: %d", r.status)
+	r = e.do("GET", "/operator", lender, nil)
+	if body := string(r.body); r.status != 403 || !strings.HasPrefix(r.header.Get("Content-Type"), "text/html") ||
+		!strings.Contains(body, `<b id="lender">bank-op</b>`) || !strings.Contains(body, `href="/dashboard"`) {
+		t.Fatalf("operator page for a lender: %d %s\n%s", r.status, r.header.Get("Content-Type"), body)
+	}
+	if r := e.do("GET", "/operator/events", lender, nil); r.status != 403 {
+		t.Fatalf("operator stream for a lender: %d", r.status)
 	}
 }

@@ -1,36 +1,42 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"html/template"
 	"io"
 	"net/http"
 	"sort"
-	"strings"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/loanflow/loanflow/api/audit"
 	"github.com/loanflow/loanflow/api/auth"
+	"github.com/loanflow/loanflow/connectors/kafka"
 )
 
 // Health is the pipeline health shown on the operator page.
 type Health struct {
-	At            time.Time          `json:"at"`
-	Checkpoints   []CheckpointHealth `json:"checkpoints"`
-	CDC           []CDCHealth        `json:"cdc"`
-	Topics        []TopicHealth      `json:"topics"`
-	Groups        []GroupHealth      `json:"groups"`
-	Scraped       []ScrapeResult     `json:"scraped"`
-	Notes         []string           `json:"notes,omitempty"`
-	HubConsumed   int64              `json:"hub_records_consumed"`
-	HubLastRecord *time.Time         `json:"hub_last_record,omitempty"`
+	At time.Time `json:"at"`
+	// Jobs has a card per job: a job's consumer group ("loanflow-NAME")
+	// and its workers' metrics, merged.
+	Jobs        []JobHealth        `json:"jobs"`
+	Checkpoints []CheckpointHealth `json:"checkpoints"`
+	CDC         []CDCHealth        `json:"cdc"`
+	Topics      []TopicHealth      `json:"topics"`
+	Groups      []GroupHealth      `json:"groups"`
+	// HiddenGroups counts the consumer groups that are not a job's
+	// (command-line consumers, tests, tools): listed only as a number.
+	HiddenGroups  int            `json:"hidden_groups"`
+	Scraped       []ScrapeResult `json:"scraped"`
+	Notes         []string       `json:"notes,omitempty"`
+	HubConsumed   int64          `json:"hub_records_consumed"`
+	HubLastRecord *time.Time     `json:"hub_last_record,omitempty"`
 }
 
 // CheckpointHealth is one engine worker's last committed checkpoint, from
@@ -63,34 +69,25 @@ type TopicHealth struct {
 	EndOffset  int64  `json:"end_offset_sum"`
 }
 
-// GroupHealth is a consumer group's committed lag.
+// GroupHealth is a job's consumer group: its state, members and lag net
+// of transaction markers (a caught-up transactional job has lag 0, not one
+// per partition).
 type GroupHealth struct {
-	Group string `json:"group"`
-	State string `json:"state"`
-	Lag   int64  `json:"lag"`
+	Group   string   `json:"group"`
+	State   string   `json:"state"`
+	Members []string `json:"members"`
+	Lag     int64    `json:"lag"`
+	// LagExact is false when a partition's backlog was too long to count
+	// (its offset difference, an upper bound, is in Lag).
+	LagExact bool   `json:"lag_exact"`
+	LagError string `json:"lag_error,omitempty"`
 }
 
-// ScrapeResult holds the pipeline-health series of one metrics endpoint.
+// ScrapeResult is one metrics endpoint's scrape: its error, if any (its
+// series go into the job, checkpoint and CDC figures, not onto the page).
 type ScrapeResult struct {
-	URL    string   `json:"url"`
-	Error  string   `json:"error,omitempty"`
-	Series []Series `json:"series,omitempty"`
-}
-
-// Series is one sample.
-type Series struct {
-	Name  string  `json:"name"`
-	Value float64 `json:"value"`
-}
-
-// healthSeries selects the lag, checkpoint and replication series.
-func healthSeries(name string) bool {
-	for _, k := range []string{"lag", "checkpoint", "replication", "watermark"} {
-		if strings.Contains(name, k) {
-			return true
-		}
-	}
-	return false
+	URL   string `json:"url"`
+	Error string `json:"error,omitempty"`
 }
 
 func (s *Server) pipelineHealth(ctx context.Context) Health {
@@ -106,13 +103,26 @@ func (s *Server) pipelineHealth(ctx context.Context) Health {
 	} else {
 		ends.Each(func(o kadm.ListedOffset) { h.addEnd(o) })
 	}
-	h.Groups, h.Notes = s.groupLags(ctx, adm, h.Notes)
-	for _, u := range s.cfg.OperatorMetricsURLs {
-		res, fams := scrape(ctx, u)
-		h.Scraped = append(h.Scraped, res)
-		h.Checkpoints = append(h.Checkpoints, checkpointsOf(u, fams, h.At)...)
-		h.CDC = append(h.CDC, cdcOf(u, fams, h.At)...)
+	h.Groups, h.HiddenGroups, h.Notes = s.groupLags(ctx, adm, h.Notes)
+	// The endpoints are scraped at once (a hung one costs its 2s timeout
+	// once, not once per endpoint after it).
+	urls := s.cfg.OperatorMetricsURLs
+	h.Scraped = make([]ScrapeResult, len(urls))
+	scraped := make([]map[string]*dto.MetricFamily, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.Scraped[i], scraped[i] = scrape(ctx, u)
+		}()
 	}
+	wg.Wait()
+	for i, u := range urls {
+		h.Checkpoints = append(h.Checkpoints, checkpointsOf(u, scraped[i], h.At)...)
+		h.CDC = append(h.CDC, cdcOf(u, scraped[i], h.At)...)
+	}
+	h.Jobs = jobsOf(h.Groups, scraped, h.At)
 	if len(s.cfg.OperatorMetricsURLs) > 0 && len(h.Checkpoints) == 0 {
 		h.Notes = append(h.Notes, "no engine worker among the metrics endpoints has committed a checkpoint (loanflow_engine_last_checkpoint_timestamp_seconds)")
 	}
@@ -139,32 +149,72 @@ func (h *Health) addEnd(o kadm.ListedOffset) {
 	h.Topics = append(h.Topics, TopicHealth{Topic: o.Topic, Partitions: 1, EndOffset: o.Offset})
 }
 
-func (s *Server) groupLags(ctx context.Context, adm *kadm.Client, notes []string) ([]GroupHealth, []string) {
-	groups := s.cfg.OperatorGroups
+// groupLags describes the jobs' consumer groups (OperatorGroups, or every
+// group named like a job's) with their net lag; it counts the others.
+func (s *Server) groupLags(ctx context.Context, adm *kadm.Client, notes []string) ([]GroupHealth, int, []string) {
+	groups, hidden := s.cfg.OperatorGroups, 0
 	if len(groups) == 0 {
 		listed, err := adm.ListGroups(ctx)
 		if err != nil {
-			return nil, append(notes, "consumer groups unavailable: "+err.Error())
+			return nil, 0, append(notes, "consumer groups unavailable: "+err.Error())
 		}
-		groups = listed.Groups()
+		for _, g := range listed.Groups() {
+			if jobOfGroup(g) != "" {
+				groups = append(groups, g)
+			} else {
+				hidden++
+			}
+		}
 	}
 	if len(groups) == 0 {
-		return nil, append(notes, "no consumer groups yet (no pipeline jobs running)")
+		return nil, hidden, append(notes, "no job consumer groups yet (no pipeline jobs running)")
 	}
-	lags, err := adm.Lag(ctx, groups...)
+	described, err := adm.DescribeGroups(ctx, groups...)
 	if err != nil {
-		return nil, append(notes, "group lag unavailable: "+err.Error())
+		return nil, hidden, append(notes, "consumer groups unavailable: "+err.Error())
 	}
 	var out []GroupHealth
-	lags.Each(func(l kadm.DescribedGroupLag) {
-		out = append(out, GroupHealth{Group: l.Group, State: l.State, Lag: l.Lag.Total()})
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Group < out[j].Group })
-	return out, notes
+	for _, d := range described.Sorted() {
+		g := GroupHealth{Group: d.Group, State: d.State, Members: []string{}, LagExact: true}
+		if d.Err != nil {
+			g.State = "unknown: " + d.Err.Error()
+		}
+		for _, m := range d.Members {
+			id := m.ClientID
+			if m.InstanceID != nil {
+				id = *m.InstanceID
+			}
+			g.Members = append(g.Members, id)
+		}
+		sort.Strings(g.Members)
+		g.Lag, g.LagExact, g.LagError = s.netGroupLag(ctx, d.Group)
+		out = append(out, g)
+	}
+	return out, hidden, notes
 }
 
-// scrape fetches one Prometheus endpoint (text format) and returns the
-// pipeline-health series and every family.
+// operatorLagScan bounds the offsets the operator page reads per partition
+// and refresh to count a lag net of markers; a longer backlog shows as
+// "≤ offset difference".
+const operatorLagScan = 5_000
+
+// netGroupLag sums a group's lag net of transaction markers.
+func (s *Server) netGroupLag(ctx context.Context, group string) (int64, bool, string) {
+	parts, err := kafka.GroupLag(ctx, s.producer, group, operatorLagScan)
+	if err != nil {
+		return 0, false, err.Error()
+	}
+	var n int64
+	exact := true
+	for _, p := range parts {
+		n += p.Lag
+		exact = exact && p.Exact
+	}
+	return n, exact, ""
+}
+
+// scrape fetches one Prometheus endpoint (text format) and returns its
+// families.
 func scrape(ctx context.Context, url string) (ScrapeResult, map[string]*dto.MetricFamily) {
 	res := ScrapeResult{URL: url}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -191,12 +241,6 @@ func scrape(ctx context.Context, url string) (ScrapeResult, map[string]*dto.Metr
 		res.Error = "unparsable metrics: " + err.Error()
 		return res, nil
 	}
-	for name, f := range fams {
-		if healthSeries(name) {
-			res.Series = append(res.Series, flatten(name, f)...)
-		}
-	}
-	sort.Slice(res.Series, func(i, j int) bool { return res.Series[i].Name < res.Series[j].Name })
 	return res, fams
 }
 
@@ -266,81 +310,109 @@ func cdcOf(source string, fams map[string]*dto.MetricFamily, now time.Time) []CD
 	return out
 }
 
-func flatten(name string, f *dto.MetricFamily) []Series {
-	var out []Series
-	for _, m := range f.GetMetric() {
-		var labels []string
-		for _, l := range m.GetLabel() {
-			labels = append(labels, l.GetName()+"="+l.GetValue())
-		}
-		n := name
-		if len(labels) > 0 {
-			n += "{" + strings.Join(labels, ",") + "}"
-		}
-		out = append(out, Series{Name: n, Value: value(m)})
-	}
-	return out
-}
-
-var operatorTmpl = template.Must(template.New("op").Funcs(template.FuncMap{
-	"ago": func(t *time.Time) string {
-		if t == nil {
-			return "never"
-		}
-		return fmt.Sprintf("%.1fs ago", time.Since(*t).Seconds())
-	},
-	"pct": func(r float64) float64 { return 100 * r },
-}).Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Loanflow operator</title>
-<meta http-equiv="refresh" content="5">
-<style>body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b2430}table{border-collapse:collapse;margin-bottom:1rem}
-th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}.note{color:#9a6700}.err{color:#cf222e}</style></head>
-<body><h1>Pipeline health</h1><p>As of {{.At.Format "15:04:05"}} UTC · API hub consumed {{.HubConsumed}} records, last {{ago .HubLastRecord}}</p>
-{{range .Notes}}<p class="note">{{.}}</p>{{end}}
-<h2>Checkpoints</h2><table id="checkpoints"><tr><th>Job</th><th>Worker</th><th>Last checkpoint (UTC)</th><th>Age</th><th>Source</th></tr>
-{{range .Checkpoints}}<tr><td>{{.Job}}</td><td>{{.Worker}}</td><td>{{.LastCheckpoint.Format "15:04:05.000"}}</td><td class="age">{{printf "%.1fs" .AgeSeconds}}</td><td>{{.Source}}</td></tr>{{end}}</table>
-<h2>CDC replication</h2><table id="cdc"><tr><th>Reader</th><th>Lag (bytes)</th><th>Lag (s)</th><th>Last Kafka commit</th><th>Changes/s</th><th>Snapshot</th><th>Source</th></tr>
-{{range .CDC}}<tr><td>{{.Reader}}</td><td class="lag-bytes">{{printf "%.0f" .LagBytes}}</td><td class="lag-seconds">{{printf "%.3f" .LagSeconds}}</td><td>{{if lt .LastCommitAgeSeconds 0.0}}n/a{{else}}{{printf "%.1fs ago" .LastCommitAgeSeconds}}{{end}}</td><td>{{printf "%.0f" .ChangesPerSec}}</td><td>{{printf "%.0f%%" (pct .SnapshotProgress)}}</td><td>{{.Source}}</td></tr>{{end}}</table>
-<h2>Topics</h2><table id="topics"><tr><th>Topic</th><th>Partitions</th><th>End offset (sum)</th></tr>
-{{range .Topics}}<tr><td>{{.Topic}}</td><td>{{.Partitions}}</td><td>{{.EndOffset}}</td></tr>{{end}}</table>
-<h2>Consumer lag</h2><table id="groups"><tr><th>Group</th><th>State</th><th>Lag</th></tr>
-{{range .Groups}}<tr><td>{{.Group}}</td><td>{{.State}}</td><td>{{.Lag}}</td></tr>{{end}}</table>
-<h2>Pipeline metrics</h2>
-{{range .Scraped}}<h3>{{.URL}}</h3>{{if .Error}}<p class="err">{{.Error}}</p>{{end}}
-<table>{{range .Series}}<tr><td>{{.Name}}</td><td>{{.Value}}</td></tr>{{end}}</table>{{end}}
-</body></html>`))
-
+// operatorPage serves the operator page: sign-in without a session, a
+// 403 page to a session without scope admin (a lender's), and the page
+// itself, which renders /operator/events.
 func (s *Server) operatorPage(w http.ResponseWriter, r *http.Request) {
-	tok := bearer(r, true)
-	if tok == "" {
-		s.servePage(w, "login.html")
+	if bearer(r, true) != "" && !s.allowLogin(w, r, "operator.page", "") {
 		return
 	}
-	if !s.allowLogin(w, r, "operator.page", "") {
+	p, ok := s.pageSession(w, r, "operator")
+	if !ok {
 		return
 	}
-	p, err := s.authenticate(r.Context(), tok)
-	if err != nil || !p.Has(auth.ScopeAdmin) {
+	if !p.Has(auth.ScopeAdmin) {
 		s.loginOutcome(r, "operator.page", p.Subject, p.Lender, errBadClient)
-		writeProblem(w, r, http.StatusForbidden, "insufficient-scope", "the operator page needs scope admin")
+		s.forbiddenPage(w, r, p, "The operator page shows the whole pipeline, so it needs an operator's sign-in (scope admin).")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-	defer cancel()
-	h := s.pipelineHealth(ctx)
-	if err := s.audit.Append(ctx, s.auditEntry(ctx, p, "operator.read", "pipeline", "", audit.ResultOK)); err != nil {
-		writeProblem(w, r, http.StatusServiceUnavailable, "audit-unavailable", "the audit log could not be written; retry")
-		return
-	}
-	var page bytes.Buffer
-	if err := operatorTmpl.Execute(&page, h); err != nil {
-		writeProblem(w, r, http.StatusInternalServerError, "internal", "could not render the operator page")
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Security-Policy", pageCSP(page.Bytes()))
-	_, _ = w.Write(page.Bytes())
+	s.servePage(w, "operator.html")
 }
+
+// operatorEvents streams the pipeline health as "health" events, one at
+// once and one every OperatorRefreshInterval, until the client, the
+// server or the stream's session ends. It is audited once, when it opens.
+func (s *Server) operatorEvents(w http.ResponseWriter, r *http.Request) {
+	p, _ := principalOf(r.Context())
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeProblem(w, r, http.StatusInternalServerError, "internal", "streaming unsupported")
+		return
+	}
+	busy := func() {
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, r, http.StatusServiceUnavailable, "too-many-streams", "too many open operator pages; close one or retry later")
+	}
+	if !s.lenderStreams.acquire(operatorStreams) {
+		busy()
+		return
+	}
+	defer s.lenderStreams.release(operatorStreams)
+	if !s.streams.TryAcquire(1) {
+		busy()
+		return
+	}
+	defer s.streams.Release(1)
+	if !s.auditRead(w, r, s.auditEntry(r.Context(), p, "operator.stream", "pipeline", "", audit.ResultOK)) {
+		return
+	}
+	extendDeadlines(w, time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	_, _ = fmt.Fprint(w, "retry: 2000\n\n")
+	tick := time.NewTicker(s.cfg.OperatorRefreshInterval)
+	defer tick.Stop()
+	for {
+		writeEvent(w, event{name: "health", data: s.sharedHealth(r.Context())})
+		fl.Flush()
+		select {
+		case <-tick.C:
+		case <-r.Context().Done():
+			return
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// healthCache holds the last pipeline-health report, so that operator
+// pages open at once share one report per refresh instead of each scraping
+// every metrics endpoint and counting every group's lag.
+type healthCache struct {
+	flight singleflight.Group
+	mu     sync.Mutex
+	at     time.Time
+	h      Health
+}
+
+// sharedHealth returns a report at most half a refresh interval old,
+// computing it once for concurrent callers (independent of any one
+// caller's cancellation).
+func (s *Server) sharedHealth(ctx context.Context) Health {
+	s.health.mu.Lock()
+	if time.Since(s.health.at) < s.cfg.OperatorRefreshInterval/2 {
+		h := s.health.h
+		s.health.mu.Unlock()
+		return h
+	}
+	s.health.mu.Unlock()
+	v, _, _ := s.health.flight.Do("pipeline-health", func() (any, error) {
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.OperatorRefreshInterval+5*time.Second)
+		defer cancel()
+		h := s.pipelineHealth(c)
+		s.health.mu.Lock()
+		s.health.at, s.health.h = time.Now(), h
+		s.health.mu.Unlock()
+		return h, nil
+	})
+	return v.(Health)
+}
+
+// operatorStreams is the slot key of operator pages in lenderStreams.
+const operatorStreams = "_operator"
 
 func (s *Server) getHealth(w http.ResponseWriter, r *http.Request) {
 	p, _ := principalOf(r.Context())

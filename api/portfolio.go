@@ -151,12 +151,19 @@ func (s *Server) sessionToken(ctx context.Context, id, secret, scope string) (st
 	return tok, g.Lender, err
 }
 
+// dashboardPage serves a lender's dashboard: sign-in without a session,
+// a 403 page to a session of no lender (an operator's) or without
+// portfolio:read.
 func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) {
-	name := "login.html"
-	if bearer(r, true) != "" {
-		name = "dashboard.html"
+	p, ok := s.pageSession(w, r, "dashboard")
+	if !ok {
+		return
 	}
-	s.servePage(w, name)
+	if p.Lender == "" || !p.Has(auth.ScopePortfolioRead) {
+		s.forbiddenPage(w, r, p, "The portfolio dashboard shows one lender's decisions and figures, so it needs a lender's sign-in (a client of the lender with scope portfolio:read).")
+		return
+	}
+	s.servePage(w, "dashboard.html")
 }
 
 func (s *Server) servePage(w http.ResponseWriter, name string) {

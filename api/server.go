@@ -58,6 +58,7 @@ type Server struct {
 	revoked   revocations // disabled clients, bounded staleness
 	logins    loginLimits // credential endpoints' throttle
 	anchors   anchorState // last audit head anchored
+	health    healthCache // the operator pages' shared health report
 	// lenderStreams and lenderPolls cap each lender's SSE streams and
 	// long-polls.
 	lenderStreams lenderSlots
@@ -233,6 +234,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /dashboard/login", s.dashboardLogin)
 	mux.HandleFunc("GET /dashboard/events", s.protect(route{scope: auth.ScopePortfolioRead, cookieOK: true, stream: true}, s.dashboardEvents))
 	mux.HandleFunc("GET /operator", s.operatorPage)
+	mux.HandleFunc("GET /operator/events", s.protect(route{scope: auth.ScopeAdmin, cookieOK: true, stream: true}, s.operatorEvents))
+	mux.HandleFunc("GET /session", s.protect(route{cookieOK: true}, s.getSession))
+	mux.HandleFunc("POST /logout", s.logout)
 	if s.issuer != nil {
 		mux.HandleFunc("POST /oauth/token", s.token)
 		mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)

@@ -573,3 +573,34 @@ func mustJSON(s string) string {
 	}
 	return string(b)
 }
+
+// routeMatcher is an equality matcher on the API's route label.
+var routeMatcher = regexp.MustCompile(`\broute="([^"]+)"`)
+
+// TestRouteLabelsAreRoutes checks that every route a dashboard or rule
+// names (route="METHOD /path") is a pattern the API registers: the label
+// is the request's ServeMux pattern, so a path that drifts from the mux
+// leaves a panel empty and an alert silent. The negative control is a
+// route that is not registered.
+func TestRouteLabelsAreRoutes(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join(repoRoot(t), "api", "server.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	registered := func(route string) bool { return strings.Contains(string(src), `mux.HandleFunc("`+route+`"`) }
+	if registered("POST /v1/no-such-route") {
+		t.Fatal("negative control: an unregistered route counts as registered")
+	}
+	n := 0
+	for _, e := range append(ruleExprs(t), dashboardExprs(t)...) {
+		for _, m := range routeMatcher.FindAllStringSubmatch(e.expr, -1) {
+			n++
+			if !registered(m[1]) {
+				t.Errorf("%s: route %q is not a route of api/server.go\n    %s", e.where, m[1], e.expr)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no dashboard or rule names a route: the check checked nothing")
+	}
+}

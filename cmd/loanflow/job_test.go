@@ -98,7 +98,7 @@ func TestJobLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Inputs in transactions: each leaves a marker a naive lag counts.
-	produced := produceTxns(t, brokers, in, 10, 50, 0)
+	produced := testenv.ProduceTxns(t, brokers, in, 10, 50, 0)
 
 	flags := func(admin, stateDir string) runFlags {
 		var f runFlags
@@ -125,7 +125,7 @@ func TestJobLifecycle(t *testing.T) {
 	// More input while the worker runs: its last fetch before a commit
 	// marker commits the offset of the marker itself, which a naive lag
 	// counts forever.
-	produced += produceTxns(t, brokers, in, 5, 20, 0)
+	produced += testenv.ProduceTxns(t, brokers, in, 5, 20, 0)
 
 	// The worker is found through the group; once it read everything the
 	// lag is 0.
@@ -212,7 +212,7 @@ func TestJobLifecycle(t *testing.T) {
 
 	// Stopped: no worker, and the lag is exactly what the test wrote since
 	// (in transactions), not the offset difference.
-	more := produceTxns(t, brokers, in, 5, 100, 3)
+	more := testenv.ProduceTxns(t, brokers, in, 5, 100, 3)
 	st, err = jobStatus(t, name, brokers)
 	if !errors.Is(err, errUnhealthy) || len(st.Workers) != 0 || st.TotalLag != int64(more) {
 		t.Fatalf("status of the stopped job: %v, %d workers, lag %d, want %d: %+v", err, len(st.Workers), st.TotalLag, more, st)

@@ -35,19 +35,9 @@ type jobWorker struct {
 	Health     string              `json:"health"`
 }
 
-// partitionLag is one input partition's position.
-type partitionLag struct {
-	Topic     string `json:"topic"`
-	Partition int32  `json:"partition"`
-	Worker    string `json:"worker,omitempty"`
-	Committed int64  `json:"committed"`
-	End       int64  `json:"end"`
-	// Lag is the number of records still to read, net of transaction
-	// markers and aborted records; Exact is false when the backlog was too
-	// long to count (Lag is then the offset difference).
-	Lag   int64 `json:"lag"`
-	Exact bool  `json:"exact"`
-}
+// partitionLag is one input partition's position, net of transaction
+// markers.
+type partitionLag = kafka.PartitionLag
 
 // jobState is what `job status NAME` reports.
 type jobState struct {
@@ -210,55 +200,7 @@ func (c *jobCtl) state(ctx context.Context) (jobState, error) {
 
 // lags lists the lag of every partition the group consumes or committed.
 func (c *jobCtl) lags(ctx context.Context) ([]partitionLag, error) {
-	lags, err := c.adm.Lag(ctx, c.group())
-	if err != nil {
-		return nil, fmt.Errorf("listing the lag of %s: %w", c.group(), err)
-	}
-	l := lags[c.group()]
-	if err := l.Error(); err != nil {
-		return nil, fmt.Errorf("listing the lag of %s: %w", c.group(), err)
-	}
-	var topics []string
-	for t := range l.Lag {
-		topics = append(topics, t)
-	}
-	sort.Strings(topics)
-	if len(topics) == 0 {
-		return nil, nil
-	}
-	meta, err := c.adm.Metadata(ctx, topics...)
-	if err != nil {
-		return nil, fmt.Errorf("describing %v: %w", topics, err)
-	}
-	lso, err := c.adm.ListCommittedOffsets(ctx, topics...)
-	if err != nil {
-		return nil, fmt.Errorf("listing the stable offsets of %v: %w", topics, err)
-	}
-	var out []partitionLag
-	for _, m := range l.Lag.Sorted() {
-		pl := partitionLag{Topic: m.Topic, Partition: m.Partition, Committed: m.Commit.At, End: m.End.Offset, Exact: true}
-		if m.Member != nil {
-			pl.Worker = m.Member.ClientID
-			if m.Member.InstanceID != nil {
-				pl.Worker = *m.Member.InstanceID
-			}
-		}
-		from := m.Commit.At
-		if from < 0 {
-			from = m.Start.Offset
-		}
-		end := m.End.Offset
-		if o, ok := lso.Lookup(m.Topic, m.Partition); ok && o.Err == nil {
-			end = o.Offset
-		}
-		td := meta.Topics[m.Topic]
-		pd := td.Partitions[m.Partition]
-		if pl.Lag, pl.Exact, err = netLag(ctx, c.cl, pd.Leader, m.Topic, [16]byte(td.ID), m.Partition, from, end); err != nil {
-			return nil, err
-		}
-		out = append(out, pl)
-	}
-	return out, nil
+	return kafka.GroupLag(ctx, c.cl, c.group(), kafka.MaxLagScan)
 }
 
 // post sends a stop or savepoint request to a worker.

@@ -1,9 +1,7 @@
-package main
+package kafka
 
 import (
 	"context"
-	"strconv"
-	"sync/atomic"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -11,44 +9,6 @@ import (
 
 	"github.com/loanflow/loanflow/internal/testenv"
 )
-
-// txnValue numbers the values produceTxns writes: every one is unique.
-var txnValue atomic.Int64
-
-// produceTxns writes batches committed transactions of per records each,
-// then one aborted transaction of aborted records, to partition 0 of
-// topic; it returns how many committed records it wrote.
-func produceTxns(t *testing.T, seeds []string, topic string, batches, per, aborted int) int {
-	t.Helper()
-	ctx := context.Background()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.TransactionalID(topic+"-txn"), kgo.DefaultProduceTopic(topic),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	txn := func(n int, commit bool) {
-		if err := cl.BeginTransaction(); err != nil {
-			t.Fatal(err)
-		}
-		for range n {
-			cl.Produce(ctx, &kgo.Record{Value: []byte(strconv.FormatInt(txnValue.Add(1), 10)), Partition: 0}, nil)
-		}
-		if err := cl.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range batches {
-		txn(per, true)
-	}
-	if aborted > 0 {
-		txn(aborted, false)
-	}
-	return batches * per
-}
 
 // TestNetLag counts what a read_committed reader has left, against the
 // committed records the test itself wrote: transaction markers and an
@@ -67,7 +27,7 @@ func TestNetLag(t *testing.T) {
 		if _, err := adm.CreateTopic(ctx, 1, 1, nil, topic); err != nil {
 			t.Fatal(err)
 		}
-		want := produceTxns(t, seeds, topic, 6, 5, 4) // 30 committed, 6 markers, 4 aborted + 1 marker
+		want := testenv.ProduceTxns(t, seeds, topic, 6, 5, 4) // 30 committed, 6 markers, 4 aborted + 1 marker
 		meta, err := adm.Metadata(ctx, topic)
 		if err != nil {
 			t.Fatal(err)
@@ -80,7 +40,7 @@ func TestNetLag(t *testing.T) {
 		td := meta.Topics[topic]
 		check := func(from int64, want int64) {
 			t.Helper()
-			got, exact, err := netLag(ctx, cl, td.Partitions[0].Leader, topic, [16]byte(td.ID), 0, from, end.Offset)
+			got, exact, err := NetLag(ctx, cl, td.Partitions[0].Leader, topic, [16]byte(td.ID), 0, from, end.Offset, MaxLagScan)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,5 +59,10 @@ func TestNetLag(t *testing.T) {
 		// From the start of the third transaction: 4 transactions left.
 		check(12, 20)
 		check(end.Offset, 0)
+		// A backlog over the scan bound is its offset difference, marked
+		// inexact.
+		if got, exact, err := NetLag(ctx, cl, td.Partitions[0].Leader, topic, [16]byte(td.ID), 0, 0, end.Offset, 10); err != nil || exact || got != end.Offset {
+			t.Fatalf("net lag over the scan bound: %d (exact %v, %v), want the offset difference %d, inexact", got, exact, err, end.Offset)
+		}
 	})
 }

@@ -54,9 +54,12 @@ type Config struct {
 	// 10s and 30s.
 	SessionTimeout   time.Duration
 	RebalanceTimeout time.Duration
-	// QueueBatches bounds each task's input queue, in fetched batches.
-	// Default 16.
-	QueueBatches int
+	// QueueRecords bounds each task's input queue, in records (default
+	// 16,384). A checkpoint's barrier waits behind the queue, so the queue
+	// bounds how long a transaction stays open: counted in fetched batches
+	// (up to 1 MiB each), a queue could hold seconds of work per task on a
+	// loaded machine and outlast the transaction timeout.
+	QueueRecords int
 	// TickInterval is how often tasks advance processing time (timers,
 	// idleness, metrics). Default 100ms.
 	TickInterval time.Duration
@@ -117,8 +120,8 @@ func (c Config) withDefaults(job string) Config {
 	if c.RebalanceTimeout <= 0 {
 		c.RebalanceTimeout = 30 * time.Second
 	}
-	if c.QueueBatches <= 0 {
-		c.QueueBatches = 16
+	if c.QueueRecords <= 0 {
+		c.QueueRecords = 16384
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = 100 * time.Millisecond

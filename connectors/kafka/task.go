@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loanflow/loanflow/pipeline"
@@ -66,6 +67,10 @@ type taskRunner struct {
 
 	positions map[string]*position // input topic → read position (backlog.go)
 
+	// queued counts the records in the input queue (QueueRecords bounds
+	// it; the queue-fill metric).
+	queued atomic.Int64
+
 	promise    func(*kgo.Record, error)
 	logPromise func(*kgo.Record, error)
 
@@ -76,7 +81,7 @@ type taskRunner struct {
 }
 
 func (tr *taskRunner) init() {
-	tr.in = make(chan taskMsg, tr.w.cfg.QueueBatches)
+	tr.in = make(chan taskMsg, queueChunks-1) // plus the chunk waiting to enter: QueueRecords
 	tr.done = make(chan struct{})
 	tr.logEnd = make(map[string]int64)
 	tr.promise = tr.onProduced
@@ -122,6 +127,7 @@ func (tr *taskRunner) run() {
 		case m := <-tr.in:
 			switch m.kind {
 			case msgBatch:
+				tr.queued.Add(-int64(len(m.recs)))
 				if tr.failed == nil {
 					err = tr.feed(m.recs)
 				}

@@ -413,6 +413,12 @@ func fetchError(fs kgo.Fetches) error {
 	return nil
 }
 
+// queueChunks is the capacity of a task's input queue, in chunks of
+// QueueRecords/queueChunks records.
+const queueChunks = 16
+
+func chunkOf(queueRecords int) int { return max(queueRecords/queueChunks, 1) }
+
 // dispatch hands fetched records to their tasks, blocking on a full queue
 // (backpressure: polling stops until the task catches up).
 func (w *Worker) dispatch(fs kgo.Fetches) {
@@ -429,12 +435,21 @@ func (w *Worker) dispatch(fs kgo.Fetches) {
 		next := p.Records[len(p.Records)-1].Offset + 1
 		lag := max(p.LastStableOffset-next, 0)
 		w.metrics.ConsumerLag.WithLabelValues(w.plan.Job, p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(lag))
-		w.summary.observe(p.Topic, p.Partition, len(p.Records), lag, len(tr.in) == cap(tr.in))
-		if pos := tr.positions[p.Topic]; pos != nil {
-			pos.handed.Store(next)
+		w.summary.observe(p.Topic, p.Partition, len(p.Records), lag, tr.queued.Load() >= int64(w.cfg.QueueRecords-chunkOf(w.cfg.QueueRecords)))
+		// Chunks of at most QueueRecords/queueChunks records: the queue
+		// holds at most QueueRecords records, whatever the batch size.
+		pos := tr.positions[p.Topic]
+		chunk := chunkOf(w.cfg.QueueRecords)
+		for recs := p.Records; len(recs) > 0; {
+			n := min(chunk, len(recs))
+			if pos != nil {
+				pos.handed.Store(recs[n-1].Offset + 1)
+			}
+			tr.queued.Add(int64(n))
+			tr.in <- taskMsg{kind: msgBatch, recs: recs[:n:n]}
+			recs = recs[n:]
 		}
-		tr.in <- taskMsg{kind: msgBatch, recs: p.Records}
-		w.metrics.QueueFill.WithLabelValues(w.plan.Job, strconv.Itoa(id.sub), strconv.Itoa(int(id.part))).Set(float64(len(tr.in)) / float64(cap(tr.in)))
+		w.metrics.QueueFill.WithLabelValues(w.plan.Job, strconv.Itoa(id.sub), strconv.Itoa(int(id.part))).Set(float64(tr.queued.Load()) / float64(w.cfg.QueueRecords))
 	})
 }
 

@@ -18,11 +18,14 @@ import (
 )
 
 // runUntil waits until cond holds, failing the test after timeout.
-func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool, onTimeout ...func()) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
+			for _, f := range onTimeout {
+				f()
+			}
 			dumpWorkers()
 			// Workers in this process: their goroutines, into the log
 			// directory when there is one.
@@ -37,6 +40,9 @@ func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// explain logs what the output lacks (or has twice) against the model.
+func (r *run) explain() { r.verify("incomplete") }
 
 func (r *run) mustBeExact(label string) {
 	r.t.Helper()
@@ -77,7 +83,7 @@ func TestScaleOut(t *testing.T) {
 		runUntil(t, time.Minute, "progress", func() bool { return r.c.get(r.tp.Scored) > base+2000 })
 		ws[1].kill()
 		<-produced
-		runUntil(t, 4*time.Minute, "all output", r.complete)
+		runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 
 		g, err := adm.DescribeGroups(context.Background(), group)
 		if err != nil {
@@ -133,7 +139,7 @@ func TestZombieFencing(t *testing.T) {
 		runUntil(t, time.Minute, "the survivor to make progress", func() bool { return r.c.get(r.tp.Scored) > taken+1000 })
 		w1.signal(syscall.SIGCONT)
 		<-produced
-		runUntil(t, 4*time.Minute, "all output", r.complete)
+		runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 		for _, w := range []*workerProc{w1, w2} {
 			w.signal(syscall.SIGTERM)
 			<-w.done
@@ -181,7 +187,7 @@ func TestSavepointRoundTrip(t *testing.T) {
 			default:
 			}
 			return r.complete()
-		})
+		}, r.explain)
 		if err := w2.StopWithSavepoint(context.Background(), ""); err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +220,7 @@ func TestBrokerLeaderLoss(t *testing.T) {
 		t.Fatalf("restarting broker %d: %v", victim, err)
 	}
 	<-produced
-	runUntil(t, 4*time.Minute, "all output", r.complete)
+	runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 	if w.exited() {
 		t.Fatalf("the worker exited:\n%s", w.tail())
 	}

@@ -514,6 +514,7 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 		}
 	}
 	produced := w.produced.Load()
+	barriersAt := time.Now()
 	// Every record of the checkpoint is acknowledged (or failed) before
 	// anything commits: a record the broker refused fails its task, which
 	// restarts from its last checkpoint, instead of being committed past
@@ -536,8 +537,10 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 			w.mu.Unlock()
 		}
 	}
+	flushedAt := time.Now()
 	committed, ended, err := w.endTxn(ctx, len(failed) == 0)
-	w.log.Debug("checkpoint", "tasks", len(ps), "failed", len(failed), "produced", produced, "committed", committed, "ended", ended, "err", err)
+	w.log.Debug("checkpoint", "tasks", len(ps), "failed", len(failed), "produced", produced, "committed", committed, "ended", ended, "err", err,
+		"barriers", barriersAt.Sub(start).String(), "flush", flushedAt.Sub(barriersAt).String(), "end", time.Since(flushedAt).String())
 	var sources map[string]map[int32]kgo.EpochOffset
 	if committed {
 		sources = w.sess.Client().CommittedOffsets()

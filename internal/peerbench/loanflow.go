@@ -50,7 +50,7 @@ func WorkerMain(ctx context.Context, raw string) error {
 	default:
 		return fmt.Errorf("bench-peer-worker: unknown workload %q (window, join, recovery)", s.Workload)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: peerLogLevel()}))
 	w, err := kafka.NewWorker(b, kafka.Config{Brokers: s.Brokers, StateDir: s.StateDir, WorkerID: s.Job,
 		CommitInterval: time.Duration(s.CommitMS) * time.Millisecond, Delivery: kafka.ExactlyOnce,
 		TransactionTimeout: 10 * time.Second, Logger: logger})
@@ -207,4 +207,14 @@ func (c *keyCounter) Process(ctx *operators.ProcessContext[string, string], key 
 
 func (c *keyCounter) OnTimer(*operators.ProcessContext[string, string], string, pipeline.TimeDomain, int64) error {
 	return nil
+}
+
+// peerLogLevel is Warn unless LOANFLOW_PEER_LOG_LEVEL names another level
+// (debug shows every checkpoint's phases).
+func peerLogLevel() slog.Level {
+	var l slog.Level = slog.LevelWarn
+	if v := os.Getenv("LOANFLOW_PEER_LOG_LEVEL"); v != "" {
+		_ = l.UnmarshalText([]byte(v))
+	}
+	return l
 }

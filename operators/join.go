@@ -106,6 +106,10 @@ type joinOp[P, V, Out any] struct {
 	probeIdle bool
 	outWM     int64
 	outIdle   bool
+	// firing: probes the table watermark passed are still waiting for
+	// their slice (FireSlice); new probes queue behind them, so answers
+	// per key keep their order.
+	firing bool
 }
 
 func (j *joinOp[P, V, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Out]) error {
@@ -128,7 +132,28 @@ func (j *joinOp[P, V, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[O
 	if ok {
 		j.tableWM, j.savedWM = wm, wm
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	ctx.RegisterContinuation(j)
+	// Probes the restored table watermark already passed (a checkpoint
+	// taken between slices) are answered in the next slices.
+	if next, waiting := j.timers.Next(); waiting && next <= j.effectiveWM() {
+		j.firing = true
+		ctx.Wake()
+	}
+	return nil
+}
+
+// Drain answers the next slice of probes the table watermark passed.
+func (j *joinOp[P, V, Out]) Drain() error {
+	if !j.firing {
+		return nil
+	}
+	if err := j.fire(j.effectiveWM()); err != nil {
+		return err
+	}
+	return j.forward()
 }
 
 // Snapshot keeps the table watermark, so pruning and retention checks
@@ -158,7 +183,7 @@ func (j *joinOp[P, V, Out]) Process1(r pipeline.Record[P]) error {
 		return j.reject(r, fmt.Sprintf("probe at %s is older than the join's retention (%s behind the table watermark %s)",
 			fmtMs(r.Time), time.Duration(j.retention)*time.Millisecond, fmtMs(j.tableWM)))
 	}
-	if r.Time <= j.effectiveWM() {
+	if r.Time <= j.effectiveWM() && !j.firing {
 		return j.answer(r.Key, r.Value, r.Time, r.Time, false)
 	}
 	list, _, err := j.pending.Get(r.Key)
@@ -301,8 +326,19 @@ func (j *joinOp[P, V, Out]) forward() error {
 	return nil
 }
 
+// fire answers the waiting probes at or before upTo, at most FireSlice keys
+// in one call: with more left it wakes the task and the next Drain goes on.
 func (j *joinOp[P, V, Out]) fire(upTo int64) error {
-	for {
+	slice := j.ctx.FireSlice()
+	j.firing = false
+	for n := 0; ; n++ {
+		if slice > 0 && n == slice {
+			if next, waiting := j.timers.Next(); waiting && next <= upTo {
+				j.firing = true
+				j.ctx.Wake()
+			}
+			return nil
+		}
 		_, key, ok, err := j.timers.Pop(upTo)
 		if err != nil || !ok {
 			return err

@@ -215,6 +215,19 @@ type Drainer interface {
 	Drain() error
 }
 
+// FireSlice is how much work (keys, timers) one watermark may release in
+// one go before the operator hands the rest to a later slice: it calls
+// Wake and continues in the Drain of a drainer registered with
+// RegisterContinuation. 0: no bound.
+func (c *Context) FireSlice() int { return c.task.fireSlice }
+
+// RegisterContinuation makes the task call d.Drain when woken, for work an
+// operator cut into slices (FireSlice); unlike RegisterDrainer it does not
+// make the operator count as asynchronous.
+func (c *Context) RegisterContinuation(d Drainer) {
+	c.task.drainers = append(c.task.drainers, d)
+}
+
 // RegisterDrainer makes the task call d.Drain when woken.
 // The operator counts as asynchronous: it reports async_in_flight.
 func (c *Context) RegisterDrainer(d Drainer) {

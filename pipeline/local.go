@@ -25,6 +25,9 @@ type LocalOptions struct {
 	// (benchmarks).
 	DiscardChangelog bool
 	Logger           *slog.Logger
+	// FireSlice cuts the work a watermark releases into slices (see
+	// TaskConfig.FireSlice); Continue runs the next one. 0: unbounded.
+	FireSlice int
 }
 
 // Local runs a whole job fused into one task in this process, with a
@@ -106,7 +109,7 @@ func (l *Local) open() error {
 	if err != nil {
 		return err
 	}
-	t, err := NewTask(TaskConfig{Plan: l.plan, Subtopology: -1, Store: st, Output: &l.out, Now: l.now, Logger: l.opts.Logger})
+	t, err := NewTask(TaskConfig{Plan: l.plan, Subtopology: -1, Store: st, Output: &l.out, Now: l.now, Logger: l.opts.Logger, FireSlice: l.opts.FireSlice})
 	if err != nil {
 		st.Close()
 		return err
@@ -159,6 +162,18 @@ func (l *Local) Advance(d time.Duration) error {
 
 // Drain runs queued async completions.
 func (l *Local) Drain() error { return l.task.Drain() }
+
+// Continue runs the work an operator queued for the task loop (async
+// completions, the next slice of a watermark's work) if there is any; it
+// reports whether there was.
+func (l *Local) Continue() (bool, error) {
+	select {
+	case <-l.task.Woken():
+		return true, l.task.Drain()
+	default:
+		return false, nil
+	}
+}
 
 // AwaitWork waits up to timeout for an async completion and runs what is
 // queued; it reports whether anything arrived.

@@ -57,6 +57,13 @@ type TaskConfig struct {
 	// never marked idle. Nil: every partition is caught up (the local
 	// runtime, where records arrive by Push).
 	Backlog func(topic string, partition int32) Backlog
+	// FireSlice bounds the work one watermark releases in one go (the
+	// temporal join: waiting probes' keys answered per slice); the rest
+	// runs in later slices on the task goroutine, after a wake-up, so a
+	// checkpoint's barrier passes between slices and a transaction does not
+	// have to hold a whole backlog's answers. 0: unbounded (the local
+	// runtime, which has no transactions).
+	FireSlice int
 }
 
 // Task is one instance of a job's operator chain. A runtime driver owns it
@@ -81,6 +88,7 @@ type Task struct {
 	drainers      []Drainer
 	procTimerCtxs []*Context
 	notify        chan struct{}
+	fireSlice     int
 
 	current   *RawRecord
 	restoring bool
@@ -97,7 +105,7 @@ func NewTask(cfg TaskConfig) (*Task, error) {
 	t := &Task{
 		plan: cfg.Plan, partition: cfg.Partition, store: cfg.Store, out: cfg.Output,
 		now: cfg.Now, log: cfg.Logger, metrics: cfg.Metrics, parts: cfg.Partitions, backlog: cfg.Backlog,
-		sources: make(map[string]sourceInstance), notify: make(chan struct{}, 1),
+		fireSlice: cfg.FireSlice, sources: make(map[string]sourceInstance), notify: make(chan struct{}, 1),
 	}
 	if t.now == nil {
 		t.now = time.Now

@@ -60,6 +60,11 @@ type Config struct {
 	// (up to 1 MiB each), a queue could hold seconds of work per task on a
 	// loaded machine and outlast the transaction timeout.
 	QueueRecords int
+	// FireSlice bounds the keys one watermark releases in one go (the
+	// temporal join's waiting probes); the rest follow in later slices, a
+	// barrier passing between them (default 1,024). See
+	// pipeline.TaskConfig.FireSlice.
+	FireSlice int
 	// TickInterval is how often tasks advance processing time (timers,
 	// idleness, metrics). Default 100ms.
 	TickInterval time.Duration
@@ -119,6 +124,9 @@ func (c Config) withDefaults(job string) Config {
 	}
 	if c.RebalanceTimeout <= 0 {
 		c.RebalanceTimeout = 30 * time.Second
+	}
+	if c.FireSlice <= 0 {
+		c.FireSlice = 1024
 	}
 	if c.QueueRecords <= 0 {
 		c.QueueRecords = 16384

@@ -882,7 +882,7 @@ func (w *Worker) openTask(ctx context.Context, id taskID, committed map[string]m
 	}
 	tr.task, err = pipeline.NewTask(pipeline.TaskConfig{
 		Plan: w.plan, Subtopology: id.sub, Partition: id.part, Store: st, Output: tr,
-		Metrics: w.metrics, Logger: w.log, Partitions: w.partitions, Backlog: tr.backlog,
+		Metrics: w.metrics, Logger: w.log, Partitions: w.partitions, Backlog: tr.backlog, FireSlice: w.cfg.FireSlice,
 	})
 	if err != nil {
 		st.Close()

@@ -171,7 +171,7 @@ func TestCustomerBalanceConcurrent(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if rep, err := audit.Verify(ctx, e.srv.Pool()); err != nil || !rep.OK {
+	if rep, err := audit.VerifyKeyed(ctx, e.srv.Pool(), e.srv.AuditKeys()); err != nil || !rep.OK {
 		t.Fatalf("audit chain: %+v %v", rep, err)
 	}
 }

@@ -58,7 +58,7 @@ func startServer(tb testing.TB) (*api.Server, string, string) {
 	dir := tb.TempDir()
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	rd := testenv.Redis(tb)
-	cfg := api.Config{Addr: ln.Addr().String(), PublicURL: "http://" + ln.Addr().String(), DatabaseURL: testenv.NewDatabase(tb),
+	cfg := api.Config{DevIssuer: true, Addr: ln.Addr().String(), PublicURL: "http://" + ln.Addr().String(), DatabaseURL: testenv.NewDatabase(tb),
 		RedisURL: rd.URL(), KafkaBrokers: brokers, SchemaRegistryURL: reg.URL(),
 		ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2], DBMaxConns: 32,
 		PII:    pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(dir, "kek.json"), DataKeysetPath: filepath.Join(dir, "d.json"), IndexKeysetPath: filepath.Join(dir, "i.json")},

@@ -288,7 +288,7 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 	if err := os.MkdirAll(keys, 0o700); err != nil {
 		return "", err
 	}
-	acfg := api.Config{Addr: ln.Addr().String(), PublicURL: "http://" + ln.Addr().String(), DatabaseURL: dsn,
+	acfg := api.Config{DevIssuer: true, Addr: ln.Addr().String(), PublicURL: "http://" + ln.Addr().String(), DatabaseURL: dsn,
 		RedisURL: e.redis.URL(), KafkaBrokers: e.broker.Addrs(), SchemaRegistryURL: e.registry.URL(), DBMaxConns: 32,
 		PII: pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(keys, "kek.json"), DataKeysetPath: filepath.Join(keys, "data.json"),
 			IndexKeysetPath: filepath.Join(keys, "index.json")},

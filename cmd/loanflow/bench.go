@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loanflow/loanflow/api/apibench"
 	"github.com/loanflow/loanflow/internal/benchreport"
 	"github.com/loanflow/loanflow/internal/enginebench"
 	"github.com/loanflow/loanflow/internal/peerbench"
@@ -152,6 +154,31 @@ func init() {
 			Args:   cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return peerbench.WorkerMain(cmd.Context(), args[0])
+			},
+		}
+	})
+}
+
+func init() {
+	addCommand(func() *cobra.Command {
+		return &cobra.Command{
+			Use:    "bench-api-load",
+			Short:  "Internal: the API benchmark's load generator, a process of its own (a LoadSpec as JSON on stdin, a LoadResult as JSON on stdout)",
+			Hidden: true,
+			Args:   cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				var spec apibench.LoadSpec
+				if err := json.NewDecoder(cmd.InOrStdin()).Decode(&spec); err != nil {
+					return fmt.Errorf("reading the load spec from stdin: %w", err)
+				}
+				out := cmd.OutOrStdout()
+				res, err := apibench.Generate(cmd.Context(), spec, func(t time.Time) {
+					fmt.Fprintf(out, "%s%s\n", apibench.StartedLine, t.Format(time.RFC3339Nano))
+				})
+				if err != nil {
+					return err
+				}
+				return json.NewEncoder(out).Encode(res)
 			},
 		}
 	})

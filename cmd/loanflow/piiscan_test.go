@@ -140,13 +140,13 @@ func TestDevStackPIIScan(t *testing.T) {
 	if err := sc.redis.Set(ctx, "pii:control", strings.ReplaceAll(stranger.ssn, "-", ""), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	found, _ = sc.scan(ctx)
+	found, stats = sc.scan(ctx)
 	where := map[string]bool{}
 	for _, f := range found {
-		where[strings.SplitN(f, ":", 2)[0]] = true
+		where[strings.SplitN(f, " => ", 2)[0]] = true
 	}
 	if len(where) != 2 || !where["topic pii_scan_control/0@0 value"] || !where["redis pii:control"] {
-		t.Fatalf("control: the planted PII was found in %v, want the planted record and Redis value:\n%s", where, strings.Join(found, "\n"))
+		t.Fatalf("control (%s): the planted PII was found in %v, want the planted record and Redis value:\n%s", stats, where, strings.Join(found, "\n"))
 	}
 }
 
@@ -246,7 +246,7 @@ func (sc *piiScanner) scan(ctx context.Context) ([]string, string) {
 	check := func(where string, b []byte) {
 		for _, n := range needles {
 			if strings.Contains(string(b), n) {
-				found = append(found, where+": "+n)
+				found = append(found, where+" => "+n)
 			}
 		}
 	}

@@ -131,11 +131,21 @@ func TestDevStackPIIScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, -1, nil, "pii_scan_control"); err != nil {
-		t.Fatal(err)
+	if resp, err := kadm.NewClient(cl).CreateTopic(ctx, 1, -1, nil, "pii_scan_control"); err != nil || resp.Err != nil {
+		t.Fatalf("creating pii_scan_control: %v %v", err, resp.Err)
 	}
 	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "pii_scan_control", Value: []byte(`{"note":"applicant ` + strings.ToLower(known.name) + `"}`)}).FirstErr(); err != nil {
 		t.Fatal(err)
+	}
+	for {
+		tl, err := kadm.NewClient(sc.cl).ListTopicsWithInternal(ctx)
+		if err == nil && tl.Has("pii_scan_control") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("pii_scan_control never listed: %v %v", tl.Names(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := sc.redis.Set(ctx, "pii:control", strings.ReplaceAll(stranger.ssn, "-", ""), 0).Err(); err != nil {
 		t.Fatal(err)

@@ -152,7 +152,7 @@ func TestCustomerBalanceConcurrent(t *testing.T) {
 	if bal, _, loans := customerBalance(t, e, "c-busy"); bal != loans {
 		t.Fatalf("current_balance %s, loans sum to %s", bal, loans)
 	}
-	// The updates queued their audit entries; the server's chainer links
+	// The updates queued their audit entries; the server's audit journal links
 	// them into the chain by itself, soon.
 	ctx := context.Background()
 	deadline := time.Now().Add(10 * time.Second)

@@ -115,7 +115,7 @@ the API refuses to start), and shuts down gracefully on SIGINT/SIGTERM.`,
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", time.Hour, "longest token lifetime (exp - iat) accepted from any issuer")
 	f.DurationVar(&cfg.RevocationStaleness, "revocation-staleness", 10*time.Second, "how long a disabled client's tokens may keep working (at most 30s)")
 	f.StringVar(&cfg.MigrationsDatabaseURL, "migrations-database-url", os.Getenv("MIGRATIONS_DATABASE_URL"), "DSN of the schema owner the migrations run as, when --database-url names the API's least-privileged role (env MIGRATIONS_DATABASE_URL)")
-	migrate := f.Bool("migrate", true, "apply the database migrations at start (false: `loanflow db migrate` ran them as the schema owner, and --database-url may name a role in loanflow_api)")
+	migrate := f.Bool("migrate", true, "apply the database migrations at start (false: loanflow db migrate ran them as the schema owner, and --database-url may name a role in loanflow_api)")
 	cmd.PreRun = func(*cobra.Command, []string) { cfg.SkipMigrations = !*migrate }
 	f.BoolVar(&initKeys, "init-keys", false, "create the local KEK and PII keysets if missing (dev)")
 	keys.register(cmd)

@@ -47,6 +47,9 @@ type Config struct {
 	PeerNames     []string
 	// Quick shortens every run (a smoke test of the command, not figures).
 	Quick bool
+	// APIDuration is each API phase's length (hits, misses, updates).
+	// Default 60s; 3s with Quick.
+	APIDuration time.Duration
 	// WorkerCommand starts a process running enginebench.WorkerMain with
 	// the spec as its last argument (the recovery benchmark).
 	WorkerCommand func(spec string) *exec.Cmd
@@ -316,6 +319,9 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 	bc := apibench.Config{Server: srv, URL: "http://" + ln.Addr().String(), RedisAddr: e.redis.Addr(), PgBenchDir: pg.BinDir(), PgBenchDSN: pgbench}
 	if cfg.Quick {
 		bc.LookupDuration, bc.UpdateDuration = 3*time.Second, 3*time.Second
+	}
+	if cfg.APIDuration > 0 {
+		bc.LookupDuration, bc.UpdateDuration = cfg.APIDuration, cfg.APIDuration
 	}
 	where := "this process"
 	if cfg.Loanflow != "" {

@@ -23,6 +23,10 @@ type JournalConfig struct {
 	// PendingInterval is how often queued write entries (audit_pending)
 	// are chained when nobody calls Kick. Default 100ms.
 	PendingInterval time.Duration
+	// PendingGap is the least time between two chainings of queued write
+	// entries, however often Kick is called, so that under write load each
+	// chains a batch. Default 5ms.
+	PendingGap time.Duration
 	// Actor names the journal in the cut-over row. Default "loanflow-api".
 	Actor string
 	// OnError receives errors of batches that had no waiting caller (write
@@ -42,6 +46,9 @@ func (c *JournalConfig) setDefaults() {
 	}
 	if c.PendingInterval <= 0 {
 		c.PendingInterval = 100 * time.Millisecond
+	}
+	if c.PendingGap <= 0 {
+		c.PendingGap = 5 * time.Millisecond
 	}
 	if c.Actor == "" {
 		c.Actor = "loanflow-api"
@@ -166,15 +173,23 @@ func (j *Journal) run() {
 	t := time.NewTicker(j.cfg.PendingInterval)
 	defer t.Stop()
 	ws := make([]waiter, 0, j.cfg.MaxBatch)
+	// Queued write entries are chained at most once per PendingGap, so
+	// that under write load each chaining takes a batch (a kick per write
+	// would cost a commit per write); waiting reads never wait for the gap.
+	var due bool
+	var last time.Time
+	var gap <-chan time.Time
 	for {
-		pending := false
+		ws = ws[:0]
 		select {
 		case w := <-j.queue:
-			ws = append(ws[:0], w)
+			ws = append(ws, w)
 		case <-j.kick:
-			ws, pending = ws[:0], true
+			due = true
 		case <-t.C:
-			ws, pending = ws[:0], true
+			due = true
+		case <-gap:
+			gap = nil
 		case <-j.stop:
 			j.drain(f)
 			return
@@ -182,10 +197,20 @@ func (j *Journal) run() {
 		ws = j.fill(ws)
 		select { // a kick that arrived meanwhile rides along
 		case <-j.kick:
-			pending = true
+			due = true
 		default:
 		}
-		j.commit(f, ws, pending)
+		pending := false
+		if due {
+			if wait := j.cfg.PendingGap - time.Since(last); wait <= 0 {
+				pending, due, last, gap = true, false, time.Now(), nil
+			} else if gap == nil {
+				gap = time.After(wait)
+			}
+		}
+		if len(ws) > 0 || pending {
+			j.commit(f, ws, pending)
+		}
 	}
 }
 

@@ -8,7 +8,7 @@
 //	GET   /v1/credit-profiles/{id}             credit:read, a relationship with the customer and a ?purpose= it supports;
 //	                                           ?include=pii: full with pii:read granted explicitly, else the SSN's last four
 //	POST  /v1/loans                            loans:write; Idempotency-Key required
-//	PATCH /v1/loans/{id}                       loans:write; If-Match: "<version>" required
+//	PATCH /v1/loans/{id}                       loans:write; If-Match: "<version>" required; a balance increase needs "ledger": {"kind", "reference"}
 //	GET   /v1/loans, /v1/loans/{id}            loans:write; cursor paging
 //	POST  /v1/loan-applications                applications:write; 202, Avro to loan_applications
 //	GET   /v1/loan-applications/{id}/decision  applications:write; long-poll (?timeout=)

@@ -32,6 +32,10 @@ type anchorState struct {
 func (s *Server) AnchorAudit(ctx context.Context) (audit.Anchor, error) {
 	s.anchors.mu.Lock()
 	defer s.anchors.mu.Unlock()
+	// Chain what writes queued first, so the anchor covers them too.
+	if err := s.audit.Flush(ctx); err != nil {
+		return audit.Anchor{}, err
+	}
 	seq, hash, err := audit.Head(ctx, s.pool)
 	if err != nil || seq == 0 || seq == s.anchors.seq {
 		return audit.Anchor{}, err
@@ -87,6 +91,9 @@ func (s *Server) anchorLoop(ctx context.Context) {
 		}
 	}
 }
+
+// AuditKeys are the keys of the audit chain's MACs (for audit.VerifyKeyed).
+func (s *Server) AuditKeys() audit.Keys { return s.keys }
 
 // VerifyAnchorMAC checks an anchor's signature with this server's keys.
 func (s *Server) VerifyAnchorMAC(a audit.Anchor) bool {

@@ -70,7 +70,7 @@ func TestAuditAnchorsDetectTruncationAndRewrite(t *testing.T) {
 	}
 	got := readAnchors(t, e, 2)
 	pool := e.srv.Pool()
-	if rep, err := audit.VerifyAnchored(ctx, pool, got, e.srv.VerifyAnchorMAC); err != nil || !rep.OK {
+	if rep, err := audit.VerifyAnchored(ctx, pool, got, e.srv.VerifyAnchorMAC, nil); err != nil || !rep.OK {
 		t.Fatalf("intact log: %+v %v", rep, err)
 	}
 
@@ -113,18 +113,21 @@ func TestAuditAnchorsDetectTruncationAndRewrite(t *testing.T) {
 	if rep, err := audit.Verify(ctx, pool); err != nil || !rep.OK {
 		t.Fatalf("negative control: the chain alone should still verify after a recompute: %+v %v", rep, err)
 	}
-	rep, err := audit.VerifyAnchored(ctx, pool, got, e.srv.VerifyAnchorMAC)
+	if rep, err := audit.VerifyKeyed(ctx, pool, e.srv.AuditKeys()); err != nil || rep.OK || rep.BrokenSeq > 3 {
+		t.Fatalf("the keyed chain breaks at or before the rewritten row: %+v %v", rep, err)
+	}
+	rep, err := audit.VerifyAnchored(ctx, pool, got, e.srv.VerifyAnchorMAC, nil)
 	if err != nil || rep.OK || rep.BrokenSeq != first.Seq || !strings.Contains(rep.Reason, "rewritten") {
 		t.Fatalf("rewrite against the first anchor: %+v %v", rep, err)
 	}
-	rep, err = audit.VerifyAnchored(ctx, pool, got[1:], e.srv.VerifyAnchorMAC)
+	rep, err = audit.VerifyAnchored(ctx, pool, got[1:], e.srv.VerifyAnchorMAC, nil)
 	if err != nil || rep.OK || rep.BrokenSeq != second.Seq || !strings.Contains(rep.Reason, "truncated") {
 		t.Fatalf("truncation against the second anchor: %+v %v", rep, err)
 	}
 	forged := got[0]
 	forged.Hash = append([]byte(nil), prev...)
 	forged.Seq = all[len(all)-1].Seq
-	rep, err = audit.VerifyAnchored(ctx, pool, []audit.Anchor{forged}, e.srv.VerifyAnchorMAC)
+	rep, err = audit.VerifyAnchored(ctx, pool, []audit.Anchor{forged}, e.srv.VerifyAnchorMAC, nil)
 	if err != nil || rep.OK || !strings.Contains(rep.Reason, "signature") {
 		t.Fatalf("forged anchor: %+v %v", rep, err)
 	}

@@ -59,32 +59,32 @@ func TestCustomerBalanceFollowsLoans(t *testing.T) {
 	if _, r := e.createLoan(a, "bal-3", "nobody", "10.00"); r.status != 422 {
 		t.Fatalf("unknown customer: %d", r.status)
 	}
-	patch := func(l Loan, ver int, body map[string]string, want int) {
+	patch := func(l Loan, ver int, body map[string]any, want int) {
 		t.Helper()
 		if r := e.do("PATCH", "/v1/loans/"+l.LoanID, a, body, "If-Match", fmt.Sprintf(`"%d"`, ver)); r.status != want {
 			t.Fatalf("patch %v: %d %s, want %d", body, r.status, r.body, want)
 		}
 	}
-	patch(l1, 1, map[string]string{"balance": "1000.00"}, 200)
+	patch(l1, 1, map[string]any{"balance": "1000.00"}, 200)
 	v1 := step("payment", "1500.25")
-	patch(l1, 1, map[string]string{"balance": "900.00"}, 412) // stale
-	patch(l1, 2, map[string]string{"balance": "1600.00"}, 422)
-	patch(l1, 2, map[string]string{"status": "CHARGED_OFF"}, 409)
+	patch(l1, 1, map[string]any{"balance": "900.00"}, 412) // stale
+	patch(l1, 2, map[string]any{"balance": "1600.00"}, 422)
+	patch(l1, 2, map[string]any{"status": "CHARGED_OFF"}, 409)
 	if v := step("refused patches", "1500.25"); v != v1 {
 		t.Fatalf("refused patches moved the customer version %d -> %d", v1, v)
 	}
-	patch(l1, 2, map[string]string{"status": "DELINQUENT"}, 200)
+	patch(l1, 2, map[string]any{"status": "DELINQUENT"}, 200)
 	if v := step("status only", "1500.25"); v != v1 {
 		t.Fatalf("a status change without a balance change moved the customer version %d -> %d", v1, v)
 	}
-	patch(l1, 3, map[string]string{"status": "ACTIVE", "balance": "1200.00"}, 200) // back up: a fee
+	patch(l1, 3, map[string]any{"status": "ACTIVE", "balance": "1200.00", "ledger": map[string]string{"kind": "FEE"}}, 200) // back up: a fee, with its ledger entry
 	step("balance up", "1700.25")
-	patch(l2, 1, map[string]string{"status": "PAID"}, 200)
+	patch(l2, 1, map[string]any{"status": "PAID"}, 200)
 	step("paid off", "1200.00")
-	patch(l1, 4, map[string]string{"status": "DEFAULTED"}, 409) // never straight from ACTIVE
-	patch(l1, 4, map[string]string{"status": "DELINQUENT"}, 200)
-	patch(l1, 5, map[string]string{"status": "DEFAULTED"}, 200)
-	patch(l1, 6, map[string]string{"status": "CHARGED_OFF"}, 200)
+	patch(l1, 4, map[string]any{"status": "DEFAULTED"}, 409) // never straight from ACTIVE
+	patch(l1, 4, map[string]any{"status": "DELINQUENT"}, 200)
+	patch(l1, 5, map[string]any{"status": "DEFAULTED"}, 200)
+	patch(l1, 6, map[string]any{"status": "CHARGED_OFF"}, 200)
 	step("charged off (still owed)", "1200.00")
 
 	// numeric(18,2) holds 9999999999999999.99 in all.
@@ -152,7 +152,7 @@ func TestCustomerBalanceConcurrent(t *testing.T) {
 	if bal, _, loans := customerBalance(t, e, "c-busy"); bal != loans {
 		t.Fatalf("current_balance %s, loans sum to %s", bal, loans)
 	}
-	// The updates queued their audit entries; the server's chainer links
+	// The updates queued their audit entries; the server's audit journal links
 	// them into the chain by itself, soon.
 	ctx := context.Background()
 	deadline := time.Now().Add(10 * time.Second)
@@ -171,7 +171,7 @@ func TestCustomerBalanceConcurrent(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if rep, err := audit.Verify(ctx, e.srv.Pool()); err != nil || !rep.OK {
+	if rep, err := audit.VerifyKeyed(ctx, e.srv.Pool(), e.srv.AuditKeys()); err != nil || !rep.OK {
 		t.Fatalf("audit chain: %+v %v", rep, err)
 	}
 }

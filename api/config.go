@@ -30,6 +30,9 @@ type Config struct {
 	// schema owner); DatabaseURL then serves requests only. Empty: both
 	// use DatabaseURL.
 	MigrationsDatabaseURL string
+	// SkipMigrations: the schema is migrated by its owner elsewhere
+	// (`loanflow db migrate`), so the API needs no owner credentials.
+	SkipMigrations bool
 	// DBMaxConns bounds the connection pool. Default 20.
 	DBMaxConns int32
 	// RedisURL is the cache (required), e.g. redis://127.0.0.1:6379/0.
@@ -55,8 +58,10 @@ type Config struct {
 	PublicURL string
 	// Audience is the aud this API requires. Default "loanflow-api".
 	Audience string
-	// DevIssuer serves /oauth/token and /.well-known/jwks.json. Default on
-	// when ExternalIssuer is empty.
+	// DevIssuer serves /oauth/token and /.well-known/jwks.json: the
+	// development issuer (`loanflow dev`, tests, the compose demo). Exactly
+	// one of DevIssuer and ExternalIssuer must be set: a server with
+	// neither refuses to start rather than fall back to the dev issuer.
 	DevIssuer bool
 	// ExternalIssuer and ExternalJWKSURL validate tokens of another issuer
 	// instead of the dev one.
@@ -191,9 +196,6 @@ func (c *Config) SetDefaults() {
 	if c.Audience == "" {
 		c.Audience = "loanflow-api"
 	}
-	if c.ExternalIssuer == "" {
-		c.DevIssuer = true
-	}
 	def(&c.JWKSMinRefetchInterval, 30*time.Second)
 	def(&c.TokenTTL, 15*time.Minute)
 	def(&c.KeyRotationInterval, 24*time.Hour)
@@ -268,7 +270,9 @@ func (c *Config) Validate() error {
 	if _, err := url.Parse(c.PublicURL); err != nil {
 		errs = append(errs, fmt.Errorf("api: PublicURL: %w", err))
 	}
-	req(c.DevIssuer || c.ExternalJWKSURL != "", "ExternalJWKSURL is required with ExternalIssuer")
+	req(c.DevIssuer || c.ExternalIssuer != "", "no token issuer: set ExternalIssuer and ExternalJWKSURL (--external-issuer, --external-jwks-url) in production, or DevIssuer (--dev-issuer) to serve the built-in development issuer")
+	req(!(c.DevIssuer && c.ExternalIssuer != ""), "DevIssuer and ExternalIssuer exclude each other (--dev-issuer with --external-issuer)")
+	req(c.ExternalIssuer == "" || c.ExternalJWKSURL != "", "ExternalJWKSURL is required with ExternalIssuer")
 	for _, u := range []string{c.ExternalJWKSURL, c.JWKSURL} {
 		if u != "" {
 			if err := auth.ValidJWKSURL(u); err != nil {

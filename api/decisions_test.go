@@ -244,6 +244,9 @@ func checkAudit(t *testing.T, e *env) {
 	// refused at validation, not an access), 2 long-polls, 1 stream; and
 	// the client's token issuance (credential use is audited too).
 	want := map[string]int{"credit_profile.read": 2, "application.create": 1, "decision.read": 1, "decision.stream": 1, "oauth.token": 1}
+	if err := e.srv.FlushAudit(ctx); err != nil { // writes queue their entries
+		t.Fatal(err)
+	}
 	rows, err := e.srv.Pool().Query(ctx, "SELECT action, count(*) FROM audit_log WHERE lender_id = 'bank-d' GROUP BY action")
 	if err != nil {
 		t.Fatal(err)
@@ -268,7 +271,7 @@ func checkAudit(t *testing.T, e *env) {
 	if total != 6 {
 		t.Errorf("bank-d has %d audit rows, want 6 (one per data access and the token): %v", total, got)
 	}
-	rep, err := audit.Verify(ctx, e.srv.Pool())
+	rep, err := audit.VerifyKeyed(ctx, e.srv.Pool(), e.srv.AuditKeys())
 	if err != nil || !rep.OK {
 		t.Fatalf("chain: %+v %v", rep, err)
 	}
@@ -283,7 +286,7 @@ func checkAudit(t *testing.T, e *env) {
 	if _, err := e.srv.Pool().Exec(ctx, tamper); err != nil {
 		t.Fatal(err)
 	}
-	rep, err = audit.Verify(ctx, e.srv.Pool())
+	rep, err = audit.VerifyKeyed(ctx, e.srv.Pool(), e.srv.AuditKeys())
 	if err != nil || rep.OK || rep.BrokenSeq != seq {
 		t.Fatalf("after editing row %d: %+v %v", seq, rep, err)
 	}

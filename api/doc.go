@@ -8,7 +8,7 @@
 //	GET   /v1/credit-profiles/{id}             credit:read, a relationship with the customer and a ?purpose= it supports;
 //	                                           ?include=pii: full with pii:read granted explicitly, else the SSN's last four
 //	POST  /v1/loans                            loans:write; Idempotency-Key required
-//	PATCH /v1/loans/{id}                       loans:write; If-Match: "<version>" required
+//	PATCH /v1/loans/{id}                       loans:write; If-Match: "<version>" required; a balance increase needs "ledger": {"kind", "reference"}
 //	GET   /v1/loans, /v1/loans/{id}            loans:write; cursor paging
 //	POST  /v1/loan-applications                applications:write; 202, Avro to loan_applications
 //	GET   /v1/loan-applications/{id}/decision  applications:write; long-poll (?timeout=)
@@ -40,10 +40,11 @@
 // a lender's loans, decisions and portfolio are invisible to every other
 // lender (404, audited). Every read and write of credit or loan data is
 // audited (package audit): writes in their own transaction, reads before
-// the response is sent. Loan updates, the hot write path, queue their
-// entry (audit.PendSQL) in their transaction instead of taking the chain
-// lock, and the server's audit.Chainer links queued entries into the
-// chain within milliseconds (FlushAudit forces it). Credit profiles are cached in Redis as profile:{id}
+// the response is sent. Writes queue their entry (audit.Append,
+// audit.PendSQL) in their own transaction, and the server's audit.Journal,
+// the keyed chain's only writer, links queued entries into the chain within
+// milliseconds (FlushAudit forces it); reads wait in the Journal until the
+// group commit holding their row has committed. Credit profiles are cached in Redis as profile:{id}
 // (no PII, TTL with jitter), misses are coalesced with singleflight, and a
 // circuit breaker sends lookups straight to PostgreSQL while Redis is
 // down. Idempotency keys are claimed in the transaction that creates the
@@ -74,11 +75,11 @@
 //
 // # Goroutines
 //
-// New starts three background loops (the decision/metric consumer, the
-// PII keyset reloader, the signing-key rotator), the audit writer and the
-// audit chainer; Serve runs the HTTP server; Close, after Serve returned,
-// stops and waits for all of them (the chainer chains what is queued
-// first). Streams and long-polls end when shutdown begins; other
+// New starts background loops (the decision/metric consumer, the PII
+// keyset reloader, the signing-key rotator, the audit anchorer, the
+// idempotency-key janitor) and the audit journal; Serve runs the HTTP
+// server; Close, after Serve returned, stops and waits for all of them (the
+// journal commits what is queued first). Streams and long-polls end when shutdown begins; other
 // requests finish within ShutdownTimeout.
 //
 // # Errors

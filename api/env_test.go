@@ -83,7 +83,7 @@ func newEnvFor(t testing.TB, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	e.url = "http://" + ln.Addr().String()
-	e.cfg = Config{
+	e.cfg = Config{DevIssuer: true,
 		Addr: ln.Addr().String(), DatabaseURL: dsn, RedisURL: rd.URL(), KafkaBrokers: e.brokers,
 		SchemaRegistryURL: e.registry, ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2], AuditAnchorsTopic: topics[3],
 		PublicURL: e.url, JWKSURL: e.url + "/.well-known/jwks.json", JWKSMinRefetchInterval: time.Second,

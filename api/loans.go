@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -408,8 +409,48 @@ func (s *Server) notFoundAudited(w http.ResponseWriter, r *http.Request, action,
 }
 
 type patchLoanReq struct {
-	Status  *string `json:"status"`
-	Balance *string `json:"balance"`
+	Status  *string    `json:"status"`
+	Balance *string    `json:"balance"`
+	Ledger  *ledgerReq `json:"ledger"`
+}
+
+// ledgerReq explains a balance change: its loan_ledger entry's kind and an
+// optional reference (e.g. the fee's or the payment's id).
+type ledgerReq struct {
+	Kind      string `json:"kind"`
+	Reference string `json:"reference"`
+}
+
+// Ledger kinds: what may raise a balance, and what may lower it.
+var (
+	increaseKinds = []string{"DISBURSEMENT", "FEE", "INTEREST", "ADJUSTMENT"}
+	decreaseKinds = []string{"PAYMENT", "WRITE_OFF", "ADJUSTMENT"}
+)
+
+// ledgerEntry checks the entry explaining a balance change of delta and
+// returns its kind and reference (decreases default to PAYMENT).
+func ledgerEntry(delta money.Amount, led *ledgerReq) (string, string, error) {
+	bad := func(detail string) error {
+		return &patchError{status: http.StatusUnprocessableEntity, kind: "ledger-entry", detail: detail}
+	}
+	if led != nil && (len(led.Reference) > 128 || !validIdemKey(led.Reference) && led.Reference != "") {
+		return "", "", bad("ledger.reference must be at most 128 printable ASCII characters")
+	}
+	switch {
+	case delta == 0 && led != nil:
+		return "", "", bad("a ledger entry needs a balance change")
+	case delta == 0:
+		return "", "", nil
+	case delta > 0 && led == nil:
+		return "", "", bad(fmt.Sprintf(`raising the balance by %s needs a ledger entry: add "ledger": {"kind": %s, "reference": "..."}`, delta, oneOf(increaseKinds)))
+	case delta > 0 && !slices.Contains(increaseKinds, led.Kind):
+		return "", "", bad("a balance increase's ledger.kind must be " + oneOf(increaseKinds))
+	case delta < 0 && led == nil:
+		return "PAYMENT", "", nil
+	case delta < 0 && !slices.Contains(decreaseKinds, led.Kind):
+		return "", "", bad("a balance decrease's ledger.kind must be " + oneOf(decreaseKinds))
+	}
+	return led.Kind, led.Reference, nil
 }
 
 // errWeakETag: If-Match compares strongly (RFC 9110 §13.1.1), so a weak
@@ -465,7 +506,7 @@ func (s *Server) patchLoan(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusUnprocessableEntity, "invalid-status", "status must be "+oneOf(schemas.LoanStatuses))
 		return
 	}
-	s.applyPatch(w, r, p, id, ver, req.Status, bal)
+	s.applyPatch(w, r, p, id, ver, req.Status, bal, req.Ledger)
 }
 
 // patchError is a client-facing outcome of a patch.
@@ -483,12 +524,12 @@ func (e *patchError) Error() string { return e.detail }
 // still at the If-Match version and, in the same (implicit) transaction,
 // moves the customer's balance and queues the audit entry of the update it
 // made. Two round trips, and no audit chain lock.
-func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, p auth.Principal, id string, ver int64, status *string, bal *money.Amount) {
-	out, err := s.patchOnce(r.Context(), p, id, ver, status, bal)
+func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request, p auth.Principal, id string, ver int64, status *string, bal *money.Amount, led *ledgerReq) {
+	out, err := s.patchOnce(r.Context(), p, id, ver, status, bal, led)
 	s.finishPatch(w, r, out, err)
 }
 
-func (s *Server) patchOnce(ctx context.Context, p auth.Principal, id string, ver int64, status *string, bal *money.Amount) (Loan, error) {
+func (s *Server) patchOnce(ctx context.Context, p auth.Principal, id string, ver int64, status *string, bal *money.Amount, led *ledgerReq) (Loan, error) {
 	cur, err := s.readLoan(ctx, p.Lender, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Loan{}, &patchError{status: http.StatusNotFound}
@@ -506,8 +547,12 @@ func (s *Server) patchOnce(ctx context.Context, p auth.Principal, id string, ver
 	}
 	oldBal, _ := money.Parse(cur.Balance)
 	newBal, _ := money.Parse(next.Balance)
-	auditExpr, auditArgs := audit.PendSQL(7, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
-	args := append([]any{id, p.Lender, ver, next.Status, next.Balance, (newBal - oldBal).String()}, auditArgs...)
+	kind, ref, err := ledgerEntry(newBal-oldBal, led)
+	if err != nil {
+		return Loan{}, err
+	}
+	auditExpr, auditArgs := audit.PendSQL(9, s.auditEntry(ctx, p, "loan.update", "loan/"+id, "", audit.ResultOK))
+	args := append([]any{id, p.Lender, ver, next.Status, next.Balance, (newBal - oldBal).String(), kind, ref}, auditArgs...)
 	var seq *int64
 	var customers int64
 	out, err := scanLoanExtra(s.pool.QueryRow(ctx, patchSQL(auditExpr), args...), &customers, &seq)
@@ -520,16 +565,17 @@ func (s *Server) patchOnce(ctx context.Context, p auth.Principal, id string, ver
 		}
 		return Loan{}, err
 	}
-	s.chain.Kick()
+	s.audit.Kick()
 	return out, nil
 }
 
 // patchSQL is the one statement of a patch: u updates the loan if it is
 // still at the If-Match version ($3), c adds the balance change ($6, the
 // new balance minus the one read at that version) to the customer's
-// current_balance (addToBalance), and the audit entry is queued
+// current_balance (addToBalance), lg writes the change's loan_ledger entry
+// ($7 kind, $8 reference; migration 00007), and the audit entry is queued
 // (audit.PendSQL) for an update that happened. The entry commits with the
-// update; the server's chainer links it into the chain within
+// update; the server's audit journal links it into the keyed chain within
 // milliseconds, so no loan update holds the audit chain lock (with the
 // chain lock in every update's transaction, updates queued behind each
 // other's commits: the benchmark's largest cause of update latency). The
@@ -540,6 +586,8 @@ func patchSQL(auditExpr string) string {
 		WHERE loan_id = $1 AND lender_id = $2 AND version = $3 RETURNING ` + loanCols + `),
 	c AS (UPDATE customers SET current_balance = GREATEST(customers.current_balance + $6::numeric, 0), version = customers.version + 1, updated_at = now()
 		FROM u WHERE customers.customer_id = u.customer_id AND $6::numeric <> 0 RETURNING 1),
+	lg AS (INSERT INTO loan_ledger (loan_id, lender_id, loan_version, delta, balance_after, kind, reference)
+		SELECT u.loan_id, u.lender_id, u.version, $6::numeric, u.balance::numeric, $7::text, $8::text FROM u WHERE $6::numeric <> 0),
 	cn AS (SELECT count(*) AS n FROM c)
 	SELECT u.*, cn.n, ` + auditExpr + ` FROM u CROSS JOIN cn`
 }

@@ -41,6 +41,9 @@ func TestTokenRevocationAndLifetimeCap(t *testing.T) {
 		t.Fatalf("disabling an unknown client: %d", r.status)
 	}
 	var audited int
+	if err := e.srv.FlushAudit(context.Background()); err != nil { // admin writes queue their entries
+		t.Fatal(err)
+	}
 	_ = e.srv.Pool().QueryRow(context.Background(), "SELECT count(*) FROM audit_log WHERE action = 'client.disable' AND resource = 'client/bank-r-client'").Scan(&audited)
 	if audited != 1 {
 		t.Fatalf("client.disable audit rows: %d", audited)

@@ -45,8 +45,7 @@ type Server struct {
 	keys      *pii.Keyring
 	issuer    *auth.Issuer
 	validator *auth.Validator
-	audit     *audit.Writer
-	chain     *audit.Chainer // links the entries PATCH queues (audit.PendSQL)
+	audit     *audit.Journal // the keyed chain's only writer: reads' group commit, and chains what writes queue
 	producer  *kgo.Client
 	ready     pipelineReady
 	consumer  *kgo.Client
@@ -111,8 +110,10 @@ func (s *Server) connect(ctx context.Context) error {
 	if mdsn == "" {
 		mdsn = s.cfg.DatabaseURL
 	}
-	if _, err := migrations.Up(ctx, mdsn); err != nil {
-		return err
+	if !s.cfg.SkipMigrations {
+		if _, err := migrations.Up(ctx, mdsn); err != nil {
+			return err
+		}
 	}
 	pcfg, err := pgxpool.ParseConfig(s.cfg.DatabaseURL)
 	if err != nil {
@@ -142,8 +143,7 @@ func (s *Server) connect(ctx context.Context) error {
 	s.hub = newHub(s.cfg.DecisionCacheSize, s.cfg.MaxLenders)
 	s.streams = semaphore.NewWeighted(int64(s.cfg.MaxStreams))
 	s.lenderStreams.max, s.lenderPolls.max = s.cfg.MaxStreamsPerLender, s.cfg.MaxLongPollsPerLender
-	s.audit = audit.NewWriter(s.pool, audit.WriterConfig{})
-	s.chain = audit.NewChainer(s.pool, audit.ChainerConfig{OnError: func(err error) { s.log.Error("audit chainer", "err", err) }})
+	s.audit = audit.NewJournal(s.pool, s.keys, audit.JournalConfig{OnError: func(err error) { s.log.Error("audit journal", "err", err) }})
 	return s.connectKafka(ctx)
 }
 
@@ -325,7 +325,7 @@ func (s *Server) Pool() *pgxpool.Pool { return s.pool }
 // FlushAudit links every audit entry queued so far (loan updates queue
 // theirs in audit_pending; the server chains them within milliseconds)
 // into the audit_log chain.
-func (s *Server) FlushAudit(ctx context.Context) error { return s.chain.Flush(ctx) }
+func (s *Server) FlushAudit(ctx context.Context) error { return s.audit.Flush(ctx) }
 
 // Issuer is the dev issuer (nil when an external issuer is configured).
 func (s *Server) Issuer() *auth.Issuer { return s.issuer }
@@ -396,9 +396,6 @@ func (s *Server) Close() {
 	s.wg.Wait()
 	if s.audit != nil {
 		s.audit.Close()
-	}
-	if s.chain != nil {
-		s.chain.Close()
 	}
 	for _, c := range []*kgo.Client{s.consumer, s.producer} {
 		if c != nil {

@@ -520,3 +520,54 @@ func readYAML(t *testing.T, rel string, v any) {
 		t.Fatalf("deploy/%s: %v", rel, err)
 	}
 }
+
+// TestComposeAPIRunsAsLeastPrivilegedRole (issue 9, High 4): the API
+// connects as a role that is not the schema owner (POSTGRES_USER), the
+// migrate one-shot creates that role in loanflow_api as the owner before the
+// API starts, and the API neither migrates nor holds the owner's password.
+// `loanflow db migrate --api-role` itself is tested against PostgreSQL in
+// cmd/loanflow (TestDBMigrateCreatesTheAPIRole).
+func TestComposeAPIRunsAsLeastPrivilegedRole(t *testing.T) {
+	p := loadCompose(t)
+	owner := p.Services["postgres"].Environment["POSTGRES_USER"]
+	if owner == nil {
+		t.Fatal("postgres has no POSTGRES_USER")
+	}
+	api := p.Services["api"]
+	dsn := api.Environment["DATABASE_URL"]
+	if dsn == nil {
+		t.Fatal("api has no DATABASE_URL")
+	}
+	u, err := url.Parse(*dsn)
+	if err != nil || u.User == nil {
+		t.Fatalf("api DATABASE_URL %q: %v", *dsn, err)
+	}
+	role := u.User.Username()
+	if role == *owner || role == "postgres" {
+		t.Fatalf("the API connects as %s, the schema owner", role)
+	}
+	if pw := api.Environment["PGPASSWORD"]; pw == nil || *pw == *p.Services["postgres"].Environment["POSTGRES_PASSWORD"] {
+		t.Errorf("the API's PGPASSWORD must be its role's, not the owner's: %v", pw)
+	}
+	if _, ok := api.Environment["MIGRATIONS_DATABASE_URL"]; ok {
+		t.Error("the API holds the owner's DSN (MIGRATIONS_DATABASE_URL)")
+	}
+	cmd := strings.Join(api.Command, " ")
+	if !strings.Contains(cmd, "--migrate=false") || strings.Contains(cmd, "--migrations-database-url") {
+		t.Errorf("api command %q: want --migrate=false and no owner DSN", cmd)
+	}
+	m, ok := p.Services["migrate"]
+	if !ok {
+		t.Fatal("no migrate service")
+	}
+	if got := strings.Join(m.Command, " "); got != "db migrate --api-role "+role {
+		t.Errorf("migrate command %q, want db migrate --api-role %s", got, role)
+	}
+	mu, err := url.Parse(*m.Environment["DATABASE_URL"])
+	if err != nil || mu.User == nil || mu.User.Username() != *owner {
+		t.Errorf("migrate runs as %v, want the owner %s", mu, *owner)
+	}
+	if d, ok := api.DependsOn["migrate"]; !ok || d.Condition != types.ServiceConditionCompletedSuccessfully {
+		t.Errorf("api depends on migrate: %+v", d)
+	}
+}

@@ -165,8 +165,19 @@ func (ls *localStack) start(name string) {
 			env[k] = ls.rewrite(name, *v)
 		}
 	}
-	if _, ok := env["DATABASE_URL"]; ok {
-		env["DATABASE_URL"] = ls.dsn
+	if v, ok := env["DATABASE_URL"]; ok {
+		// The local database; as its owner where the service's URL names
+		// the schema owner (POSTGRES_USER), else as the role it names
+		// (the API connects as its least-privileged role).
+		local, err := url.Parse(ls.dsn)
+		if err != nil {
+			ls.t.Fatal(err)
+		}
+		owner := ls.st.p.Services["postgres"].Environment["POSTGRES_USER"]
+		if u, err := url.Parse(v); err == nil && u.User != nil && (owner == nil || u.User.Username() != *owner) {
+			local.User = url.User(u.User.Username())
+		}
+		env["DATABASE_URL"] = local.String()
 	}
 	ls.run(name, args, env)
 	if oneShot(s) {

@@ -396,7 +396,7 @@ func (s *stack) checkBooked(balances map[string]string, apps ...string) {
 		}
 	}
 	var audits int
-	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM audit_log WHERE action = 'loan.create'").Scan(&audits); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM audit_log WHERE action = 'loan.create') + (SELECT count(*) FROM audit_pending WHERE action = 'loan.create')").Scan(&audits); err != nil {
 		s.t.Fatal(err)
 	}
 	if audits != len(apps) {

@@ -42,6 +42,12 @@ type Config struct {
 	MaxInFlight    int           // open-loop concurrency bound; default 512
 	Customers      int           // default 2000
 	Loans          int           // default 500
+	// LoadCommand, when set, runs the open-loop phases (the /healthz
+	// floor, hits, misses, updates) in a separate load-generator process:
+	// this command with a LoadSpec as JSON on stdin, which writes
+	// StartedLine and then a LoadResult as JSON on stdout (`loanflow
+	// bench-api-load`). Empty: from this process.
+	LoadCommand []string
 }
 
 func (c *Config) setDefaults() {
@@ -106,14 +112,21 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := b.warm(ctx); err != nil {
 		return rep, err
 	}
-	floor := b.openLoop(ctx, "baseline: GET /healthz (load generator + HTTP floor)", cfg.LookupRate, cfg.LookupDuration, 0, b.healthz)
+	phase := func(name, op string, rate int, d, goal time.Duration, fn func(context.Context) error) Latency {
+		if len(cfg.LoadCommand) > 0 {
+			return b.remote(ctx, name, op, rate, d, goal, op == "miss")
+		}
+		if op == "miss" {
+			defer b.startJanitor(ctx)()
+		}
+		return b.openLoop(ctx, name, rate, d, goal, fn)
+	}
+	floor := phase("baseline: GET /healthz (load generator + HTTP floor)", "healthz", cfg.LookupRate, cfg.LookupDuration, 0, b.healthz)
 	c0 := b.counters()
-	hits := b.openLoop(ctx, "credit lookup (cache hit)", cfg.LookupRate, cfg.LookupDuration, 5*time.Millisecond, b.lookupHit)
+	hits := phase("credit lookup (cache hit)", "hit", cfg.LookupRate, cfg.LookupDuration, 5*time.Millisecond, b.lookupHit)
 	c1 := b.counters()
 	hits.Note = c1.sub(c0).String()
-	stopJanitor := b.startJanitor(ctx)
-	misses := b.openLoop(ctx, "credit lookup (cache miss)", cfg.LookupRate, cfg.LookupDuration, 20*time.Millisecond, b.lookupMiss)
-	stopJanitor()
+	misses := phase("credit lookup (cache miss)", "miss", cfg.LookupRate, cfg.LookupDuration, 20*time.Millisecond, b.lookupMiss)
 	misses.Note = b.counters().sub(c1).String()
 	rget := b.closedLoop(ctx, "baseline: go-redis GET", 20000, b.redisGet)
 	psel := b.closedLoop(ctx, "baseline: PostgreSQL point select", 20000, b.pgSelect)
@@ -121,8 +134,8 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	// pays for growing the connection pool and preparing statements on each
 	// new connection (in 10s runs on a fresh server, most requests over 20ms
 	// fell in the first 0.25-1.5s).
-	b.openLoop(ctx, "warm-up", cfg.UpdateRate, min(2*time.Second, cfg.UpdateDuration/5), 0, b.update)
-	upd := b.openLoop(ctx, "loan update (PATCH)", cfg.UpdateRate, cfg.UpdateDuration, 25*time.Millisecond, b.update)
+	phase("warm-up", "update", cfg.UpdateRate, min(2*time.Second, cfg.UpdateDuration/5), 0, b.update)
+	upd := phase("loan update (PATCH)", "update", cfg.UpdateRate, cfg.UpdateDuration, 25*time.Millisecond, b.update)
 	rep.Results = []Latency{floor, hits, misses, rget, psel, upd}
 	rep.PgBenchTPS, rep.PgBenchNote = pgbench(ctx, cfg)
 	return rep, nil
@@ -268,13 +281,21 @@ const janitorAhead = 400
 // without a per-request DEL in the measured path. The server's counters
 // in the report show how many lookups did miss.
 func (b *bench) startJanitor(ctx context.Context) (stop func()) {
+	return b.startJanitorAt(ctx, func() int {
+		b.missMu.Lock()
+		defer b.missMu.Unlock()
+		return b.next
+	})
+}
+
+// startJanitorAt is startJanitor following the position pos reports (a
+// separate load generator's schedule).
+func (b *bench) startJanitorAt(ctx context.Context, pos func() int) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	ahead := min(janitorAhead, len(b.ids)/2) // an id must not recur within the window
 	deleted := 0                             // highest sequence number deleted
-	b.missMu.Lock()
-	cur := b.next
-	b.missMu.Unlock()
+	cur := pos()
 	b.deleteRange(ctx, cur, cur+ahead)
 	deleted = cur + ahead
 	go func() {
@@ -287,10 +308,7 @@ func (b *bench) startJanitor(ctx context.Context) (stop func()) {
 				return
 			case <-t.C:
 			}
-			b.missMu.Lock()
-			cur := b.next
-			b.missMu.Unlock()
-			if to := cur + ahead; to > deleted {
+			if to := pos() + ahead; to > deleted {
 				b.deleteRange(ctx, deleted, to)
 				deleted = to
 			}
@@ -400,15 +418,30 @@ var errNoLoan = errors.New("apibench: every loan has an update in flight")
 // openLoop sends rate req/s for d, each on its schedule, and measures
 // latency from the scheduled send time.
 func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Duration, goal time.Duration, op func(context.Context) error) Latency {
+	h0 := b.serverHist()
+	cpu0 := b.cpu.sample()
+	res, lat := b.drive(ctx, rate, d, op, nil)
+	res.Name, res.Goal = name, goal
+	used := b.cpu.sample().sub(cpu0)
+	res.CPU, res.Machine = used.perRequest(res.Sent), used.machine()
+	res.Server = b.serverHist().sub(h0).p99()
+	summarize(&res, lat)
+	return res
+}
+
+// drive sends rate req/s of op for d, each on its schedule, and returns the
+// counts and the latencies measured from the scheduled send times.
+func (b *bench) drive(ctx context.Context, rate int, d time.Duration, op func(context.Context) error, started func(time.Time)) (Latency, []time.Duration) {
 	n := int(d.Seconds() * float64(rate))
 	lat := make([]time.Duration, 0, n)
 	var mu sync.Mutex
-	res := Latency{Name: name, Rate: rate, Goal: goal}
-	h0 := b.serverHist()
-	cpu0 := b.cpu.sample()
+	res := Latency{Rate: rate}
 	sem := make(chan struct{}, b.cfg.MaxInFlight)
 	var wg sync.WaitGroup
 	start := time.Now()
+	if started != nil {
+		started(start)
+	}
 	interval := time.Second / time.Duration(rate)
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		at := start.Add(time.Duration(i) * interval)
@@ -440,11 +473,7 @@ func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Dura
 		}()
 	}
 	wg.Wait()
-	used := b.cpu.sample().sub(cpu0)
-	res.CPU, res.Machine = used.perRequest(res.Sent), used.machine()
-	res.Server = b.serverHist().sub(h0).p99()
-	summarize(&res, lat)
-	return res
+	return res, lat
 }
 
 func (b *bench) closedLoop(ctx context.Context, name string, n int, op func(context.Context) error) Latency {

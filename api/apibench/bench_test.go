@@ -2,12 +2,15 @@ package apibench
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +23,29 @@ import (
 	"github.com/loanflow/loanflow/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("APIBENCH_LOADGEN") == "1" {
+		loadGenerator() // this binary as TestRunShortFromALoadGenerator's child
+		return
+	}
+	testenv.Main(m)
+}
+
+// loadGenerator is `loanflow bench-api-load` for the tests.
+func loadGenerator() {
+	var spec LoadSpec
+	if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	res, err := Generate(context.Background(), spec, func(t time.Time) { fmt.Printf("%s%s\n", StartedLine, t.Format(time.RFC3339Nano)) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(res)
+	os.Exit(0)
+}
 
 func envDuration(name string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
@@ -58,7 +83,7 @@ func startServer(tb testing.TB) (*api.Server, string, string) {
 	dir := tb.TempDir()
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	rd := testenv.Redis(tb)
-	cfg := api.Config{Addr: ln.Addr().String(), PublicURL: "http://" + ln.Addr().String(), DatabaseURL: testenv.NewDatabase(tb),
+	cfg := api.Config{DevIssuer: true, Addr: ln.Addr().String(), PublicURL: "http://" + ln.Addr().String(), DatabaseURL: testenv.NewDatabase(tb),
 		RedisURL: rd.URL(), KafkaBrokers: brokers, SchemaRegistryURL: reg.URL(),
 		ApplicationsTopic: topics[0], DecisionsTopic: topics[1], MetricsTopic: topics[2], DBMaxConns: 32,
 		PII:    pii.Config{KEKURI: pii.LocalKMSPrefix + filepath.Join(dir, "kek.json"), DataKeysetPath: filepath.Join(dir, "d.json"), IndexKeysetPath: filepath.Join(dir, "i.json")},
@@ -123,6 +148,34 @@ func TestRunShort(t *testing.T) {
 	}
 	if rep.PgBenchTPS <= 0 {
 		t.Errorf("pgbench: %s", rep.PgBenchNote)
+	}
+	t.Log("\n" + rep.Markdown())
+}
+
+// TestRunShortFromALoadGenerator runs the phases from a separate process
+// (this test binary as the load generator): every phase sends without
+// errors, the server saw the requests (its histogram), the update phases
+// get their loans back from the child (else the second one would fail),
+// and the miss phase's janitor, following the child's schedule, makes
+// lookups miss.
+func TestRunShortFromALoadGenerator(t *testing.T) {
+	t.Setenv("APIBENCH_LOADGEN", "1")
+	srv, url, raddr := startServer(t)
+	rep, err := Run(context.Background(), Config{Server: srv, URL: url, RedisAddr: raddr, LookupRate: 200, LookupDuration: 500 * time.Millisecond,
+		UpdateRate: 100, UpdateDuration: 500 * time.Millisecond, Customers: 200, Loans: 20, LoadCommand: []string{os.Args[0]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range rep.Results {
+		if l.Sent == 0 || l.Errors != 0 {
+			t.Errorf("%s: sent %d, errors %d (%s)", l.Name, l.Sent, l.Errors, l.FirstError)
+		}
+		if l.Rate > 0 && !strings.Contains(l.Server, "server-measured p99") {
+			t.Errorf("%s: no server-side p99: %q", l.Name, l.Server)
+		}
+	}
+	if miss := rep.Results[2]; !strings.Contains(miss.Note, "misses") || strings.Contains(miss.Note, " 0 misses") {
+		t.Errorf("miss phase: %s", miss.Note)
 	}
 	t.Log("\n" + rep.Markdown())
 }

@@ -46,15 +46,16 @@ func Head(ctx context.Context, q Querier) (int64, []byte, error) {
 	return seq, hash, nil
 }
 
-// VerifyAnchored walks the chain (Verify) and checks it against anchors:
+// VerifyAnchored walks the chain (VerifyKeyed with keys; Verify when keys
+// is nil) and checks it against anchors:
 // each anchor's MAC must verify (verifyMAC), the anchored row must still
 // exist (else the log was truncated) and still have the anchored hash
 // (else a row at or before it was rewritten and the chain recomputed).
 func VerifyAnchored(ctx context.Context, q interface {
 	Querier
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}, anchors []Anchor, verifyMAC func(Anchor) bool) (Report, error) {
-	rep, err := verifyRows(ctx, q)
+}, anchors []Anchor, verifyMAC func(Anchor) bool, keys Keys) (Report, error) {
+	rep, err := verifyRows(ctx, q, keys)
 	if err != nil || !rep.OK {
 		return rep, err
 	}

@@ -43,12 +43,15 @@ var odd = []audit.Entry{
 		At: time.Date(2001, 2, 3, 4, 5, 6, 789123456, time.FixedZone("x", 3600))},
 }
 
-// TestAppendMatchesComputeHash: rows written by audit_append (in a
-// transaction, in one batch, and through the group-committing Writer from
-// many goroutines) verify with the Go ComputeHash, so the SQL and Go forms
-// of the canonical row agree.
-func TestAppendMatchesComputeHash(t *testing.T) {
+// TestJournalKeyedChain: entries queued in write transactions (Append,
+// in one and in several statements) and entries appended through the
+// Journal from many goroutines all end up in one keyed chain: every row's
+// hash is the HMAC, under the index keyset, of the test's own canonical
+// form of the stored row (model below), the stored fields are the entries
+// (odd ones quoted), and VerifyKeyed accepts it.
+func TestJournalKeyedChain(t *testing.T) {
 	pool := newPool(t)
+	keys := newKeys(t)
 	ctx := context.Background()
 	for _, e := range odd {
 		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return audit.Append(ctx, tx, e) }); err != nil {
@@ -58,7 +61,10 @@ func TestAppendMatchesComputeHash(t *testing.T) {
 	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return audit.Append(ctx, tx, odd...) }); err != nil {
 		t.Fatal(err)
 	}
-	w := audit.NewWriter(pool, audit.WriterConfig{MaxBatch: 7})
+	j := audit.NewJournal(pool, keys, audit.JournalConfig{MaxBatch: 7})
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
@@ -67,28 +73,40 @@ func TestAppendMatchesComputeHash(t *testing.T) {
 			for i := 0; i < 25; i++ {
 				e := odd[(g+i)%len(odd)]
 				e.RequestID = fmt.Sprintf("g%d-%d", g, i)
-				if err := w.Append(ctx, e); err != nil {
+				if err := j.Append(ctx, e); err != nil {
 					t.Error(err)
 				}
 			}
 		}(g)
 	}
 	wg.Wait()
-	w.Close()
-	rep, err := audit.Verify(ctx, pool)
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	rep, err := audit.VerifyKeyed(ctx, pool, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := int64(2*len(odd) + 8*25)
-	if !rep.OK || rep.Rows != want {
-		t.Fatalf("verify: %+v, want %d rows all OK", rep, want)
+	if !rep.OK || rep.Rows != want || rep.Keyed != want {
+		t.Fatalf("verify: %+v, want %d keyed rows all OK", rep, want)
 	}
-	var got audit.Row
-	if err := pool.QueryRow(ctx, "SELECT seq, at, hash FROM audit_log WHERE seq = 5").Scan(&got.Seq, &got.At, &got.Hash); err != nil {
-		t.Fatal(err)
+	rows := readRows(t, pool)
+	prev := []byte{}
+	for _, r := range rows {
+		if r.KeyID == nil || !keys.VerifyMAC(audit.ChainDomain, model(prev, r.Seq, r.Entry), *r.KeyID, r.Hash) {
+			t.Fatalf("row %d: hash is not the HMAC of the model's canonical row", r.Seq)
+		}
+		prev = r.Hash
 	}
-	if !got.At.Equal(odd[4].At.Truncate(time.Microsecond)) {
-		t.Fatalf("at stored as %v, want %v", got.At, odd[4].At)
+	// The queued entries were chained first, in queue order, stored as
+	// PostgreSQL text can hold them.
+	if r := rows[3]; r.Actor != `"nul\x00"` || r.Lender != `"bad\xff"` || r.RequestID != `"\x00"` {
+		t.Fatalf("row 4 stored %+v", r.Entry)
+	}
+	if r := rows[4]; !r.At.Equal(odd[4].At.Truncate(time.Microsecond)) || r.Actor != odd[4].Actor {
+		t.Fatalf("row 5 stored %+v, want %+v", r.Entry, odd[4])
 	}
 }
 
@@ -110,7 +128,13 @@ func TestAppendRolledBackLeavesNoRow(t *testing.T) {
 	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return audit.Append(ctx, tx, odd[2]) }); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := audit.Verify(ctx, pool)
+	keys := newKeys(t)
+	j := audit.NewJournal(pool, keys, audit.JournalConfig{})
+	defer j.Close()
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.VerifyKeyed(ctx, pool, keys)
 	if err != nil || !rep.OK || rep.Rows != 1 {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
@@ -125,8 +149,13 @@ func TestVerifyNamesEditedRow(t *testing.T) {
 	for i := range entries {
 		entries[i] = audit.Entry{Actor: "c", Lender: "l", Action: "loan.read", Resource: fmt.Sprintf("loan/%d", i), Result: "ok"}
 	}
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return audit.Append(ctx, tx, entries...) }); err != nil {
-		t.Fatal(err)
+	keys := newKeys(t)
+	j := audit.NewJournal(pool, keys, audit.JournalConfig{})
+	defer j.Close()
+	for _, e := range entries {
+		if err := j.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := pool.Exec(ctx, "TRUNCATE audit_log"); err == nil {
 		t.Fatal("TRUNCATE audit_log succeeded")
@@ -139,18 +168,18 @@ func TestVerifyNamesEditedRow(t *testing.T) {
 		ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update`); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := audit.Verify(ctx, pool)
+	rep, err := audit.VerifyKeyed(ctx, pool, keys)
 	if err != nil || rep.OK || rep.BrokenSeq != 6 {
 		t.Fatalf("verify after editing row 6: %+v %v", rep, err)
 	}
 }
 
-// BenchmarkWriterAppend measures read-audit entries through the
-// group-committing Writer: one caller at a time (the latency of one group
+// BenchmarkJournalAppend measures read-audit entries through the
+// group-committing Journal: one caller at a time (the latency of one group
 // commit) and 64 concurrent callers (throughput with batching).
-func BenchmarkWriterAppend(b *testing.B) {
+func BenchmarkJournalAppend(b *testing.B) {
 	pool := newPool(b)
-	w := audit.NewWriter(pool, audit.WriterConfig{})
+	w := audit.NewJournal(pool, newKeys(b), audit.JournalConfig{})
 	defer w.Close()
 	e := audit.Entry{Actor: "bench-client", Lender: "bench", Action: "credit_profile.read", Resource: "customer/c-1",
 		Purpose: "ACCOUNT_REVIEW", Result: "ok", RequestID: "0123456789abcdef01234567"}

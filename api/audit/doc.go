@@ -1,37 +1,44 @@
-// Package audit appends to and verifies Loanflow's hash-chained audit log.
+// Package audit appends to and verifies Loanflow's keyed, hash-chained
+// audit log.
 //
-// Each row carries the hash of the row before it: hash = SHA-256(prev_hash
-// || canonical(row)), where canonical length-prefixes every field (seq, at
-// in UTC microseconds, actor, lender, action, resource, purpose, result,
-// request id). Rows are numbered 1, 2, 3… without gaps; appenders serialize
-// on a transaction-scoped advisory lock, so the chain order is the commit
-// order and a rolled-back transaction leaves no row.
+// Each row carries the hash of the row before it: hash = HMAC-SHA-256(key,
+// prev_hash || canonical(row)), where canonical length-prefixes every field
+// (seq, at in UTC microseconds, actor, lender, action, resource, purpose,
+// result, request id; ChainMessage) and the key is the primary key of the
+// PII index keyset (KMS-wrapped; PostgreSQL never holds it), with the
+// domain ChainDomain; key_id names the key. Whoever owns the database can
+// edit a row and recompute every hash after it, but not the MACs:
+// VerifyKeyed finds the edit. Rows written before migration 00006 keep
+// their SHA-256 hashes (ComputeHash) and key_id NULL; the first keyed row
+// (the cut-over, "audit.chain_keyed") covers the last of them, so the
+// unkeyed prefix is fixed too, and VerifyKeyed refuses an unkeyed row after
+// a keyed one or a chain without any keyed row. Rows are numbered 1, 2, 3…
+// without gaps. A dropped tail is found against the signed heads anchored
+// outside PostgreSQL (Anchor, VerifyAnchored).
 //
-// Appending is one statement, audit_append (migration 00002), which takes
-// the chain lock, reads the head and inserts the rows with their hashes
-// inside PostgreSQL, so the lock is held only until the caller's commit and
-// never across client round trips. Writes append inside the transaction of
-// the write: Append with that pgx.Tx, or AppendSQL to put the call in the
-// write's own statement (a data-modifying WITH that audits only the rows it
-// changed, in one round trip). Hot write paths may instead queue their
-// entries with PendSQL (audit_pending, migration 00003) in the write's
-// transaction, without the chain lock; a Chainer moves committed queued
-// entries into the chain in batches, one transaction and one lock per
-// batch, so the chain order there is the chaining order, and the audit
-// trail is audit_log plus the few entries still queued. Reads go through a
-// Writer, which group-commits the entries of concurrent requests in one
-// statement and returns to each caller only after its entry is committed,
-// so a read is audited before its response is sent. The SQL and Go (ComputeHash) forms
-// of the canonical row are checked against each other by the tests.
+// Only the Journal writes the chain (one per API server): a durable group
+// commit. Journal.Append queues an entry and returns once the transaction
+// holding its row has committed (or with the error when it did not): a
+// read is audited before its response is sent. Its goroutine takes every
+// entry queued during the previous commit, adds the write entries committed
+// to audit_pending, computes their MACs from the chain's head (cached
+// between batches) and appends the batch with one statement,
+// audit_append_keyed (migration 00006): one round trip and one commit per
+// batch. The statement takes the chain lock and checks the head; when
+// another server moved it, it appends nothing and returns the head, and the
+// batch is recomputed. It removes the queued entries it chains, and only if
+// each is still queued exactly as given.
 //
-// Verify walks the chain in seq order and reports the first row whose
-// stored hash, prev_hash or seq does not match.
+// Writes record their entries inside their own transaction, so a change is
+// never committed without its entry: Append with the pgx.Tx, AppendSQL in
+// the write's statement, or PendSQL; all three queue in audit_pending
+// (audit_append queues since migration 00006). The audit trail is audit_log
+// plus the few entries still queued (normally milliseconds; Journal.Flush
+// chains them at once).
 //
 // # Goroutines and errors
 //
-// Writer owns its flusher goroutines (WriterConfig.Flushers, started by
-// NewWriter, ended by Close, which drains the queue first); a Chainer owns
-// one goroutine (NewChainer to Close, which chains what is queued first). Append and Writer.Append return errors wrapped
-// with "audit:"; a full Writer queue returns ErrBusy (retryable); a closed
-// Writer returns ErrClosed.
+// A Journal owns one goroutine (NewJournal to Close, which commits what is
+// queued first). Errors are wrapped with "audit:"; a full Journal queue
+// returns ErrBusy (retryable); a closed Journal returns ErrClosed.
 package audit

@@ -58,10 +58,11 @@ func TestPendingEntriesAreChained(t *testing.T) {
 	if _, err := pool.Exec(ctx, "TRUNCATE audit_pending"); err == nil {
 		t.Fatal("TRUNCATE of pending entries allowed")
 	}
-	if n, err := audit.ChainPending(ctx, pool, 2); err != nil || n != 2 {
-		t.Fatalf("chaining 2: %d %v", n, err)
+	if _, err := pool.Exec(ctx, "SELECT audit_chain_pending(2)"); err == nil || !strings.Contains(err.Error(), "keyed") {
+		t.Fatalf("the retired unkeyed chainer: %v", err)
 	}
-	c := audit.NewChainer(pool, audit.ChainerConfig{MaxBatch: 2})
+	keys := newKeys(t)
+	c := audit.NewJournal(pool, keys, audit.JournalConfig{MaxBatch: 2})
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestPendingEntriesAreChained(t *testing.T) {
 	if n, p := count(t, pool, "audit_log"), count(t, pool, "audit_pending"); n != len(odd) || p != 0 {
 		t.Fatalf("after chaining: %d chained, %d pending", n, p)
 	}
-	rep, err := audit.Verify(ctx, pool)
+	rep, err := audit.VerifyKeyed(ctx, pool, keys)
 	if err != nil || !rep.OK || rep.Rows != int64(len(odd)) {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
@@ -85,14 +86,18 @@ func TestPendingEntriesAreChained(t *testing.T) {
 	}
 }
 
-// TestChainerWithAppenders: writers queueing entries, writers appending
-// in their own transactions and a running Chainer (kicked, and closed
-// while entries may be queued) together leave one intact chain holding
-// every committed entry once.
-func TestChainerWithAppenders(t *testing.T) {
+// TestJournalWithWritersAndReaders: writers queueing entries (PendSQL and
+// Append in their transactions), readers appending through the Journal,
+// and a second Journal on the same database (another API instance, whose
+// batches move the head under the first's cache) together leave one keyed
+// chain holding every committed entry once, and audit_append_keyed
+// refuses to take queued entries that are not queued as given.
+func TestJournalWithWritersAndReaders(t *testing.T) {
 	pool := newPool(t)
 	ctx := context.Background()
-	c := audit.NewChainer(pool, audit.ChainerConfig{MaxBatch: 16})
+	keys := newKeys(t)
+	c := audit.NewJournal(pool, keys, audit.JournalConfig{MaxBatch: 16})
+	c2 := audit.NewJournal(pool, keys, audit.JournalConfig{MaxBatch: 16})
 	const writers, each = 8, 40
 	var wg sync.WaitGroup
 	for g := 0; g < writers; g++ {
@@ -112,20 +117,49 @@ func TestChainerWithAppenders(t *testing.T) {
 					return
 				}
 				c.Kick()
+				c2.Kick()
+				r := e
+				r.Action, r.Resource = "loan.read", r.Resource+"/read"
+				j := c
+				if i%3 == 0 {
+					j = c2
+				}
+				if err := j.Append(ctx, r); err != nil {
+					t.Error(err)
+					return
+				}
 			}
 		}(g)
 	}
 	wg.Wait()
 	c.Close() // chains what is left
-	if n, p := count(t, pool, "audit_log"), count(t, pool, "audit_pending"); n != writers*each || p != 0 {
-		t.Fatalf("%d chained, %d pending; want %d, 0", n, p, writers*each)
+	c2.Close()
+	if n, p := count(t, pool, "audit_log"), count(t, pool, "audit_pending"); n != 2*writers*each || p != 0 {
+		t.Fatalf("%d chained, %d pending; want %d, 0", n, p, 2*writers*each)
 	}
 	var distinct int
-	if err := pool.QueryRow(ctx, "SELECT count(DISTINCT resource) FROM audit_log").Scan(&distinct); err != nil || distinct != writers*each {
-		t.Fatalf("%d distinct entries (%v), want %d", distinct, err, writers*each)
+	if err := pool.QueryRow(ctx, "SELECT count(DISTINCT resource) FROM audit_log WHERE action <> 'audit.chain_keyed'").Scan(&distinct); err != nil || distinct != 2*writers*each {
+		t.Fatalf("%d distinct entries (%v), want %d", distinct, err, 2*writers*each)
 	}
-	rep, err := audit.Verify(ctx, pool)
+	rep, err := audit.VerifyKeyed(ctx, pool, keys)
 	if err != nil || !rep.OK {
 		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	// A queued entry can only leave audit_pending chained as queued.
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return pend(ctx, tx, audit.Entry{Actor: "w", Action: "x", Result: "ok"}) }); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	var head []byte
+	if err := pool.QueryRow(ctx, "SELECT id FROM audit_pending").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, "SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&head); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pool.Exec(ctx, `SELECT audit_append_keyed($1, $2, ARRAY[$3::bigint], ARRAY[now()], '{w}', '{""}', '{other}', '{""}', '{""}', '{ok}', '{""}', '{1}', ARRAY['\x00'::bytea])`,
+		rep.Rows+1, head, id)
+	if err == nil || !strings.Contains(err.Error(), "no longer queued as given") {
+		t.Fatalf("taking a queued entry with other contents: %v", err)
 	}
 }

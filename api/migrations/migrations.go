@@ -35,8 +35,21 @@ func Up(ctx context.Context, dsn string) (int64, error) {
 	return UpDB(ctx, db)
 }
 
+// UpTo applies the pending migrations up to version (tests of a migration
+// start from the schema before it).
+func UpTo(ctx context.Context, dsn string, version int64) (int64, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return 0, fmt.Errorf("migrations: opening %s: %w", redact(dsn), err)
+	}
+	defer db.Close()
+	return upDB(ctx, db, version)
+}
+
 // UpDB applies every pending migration through db.
-func UpDB(ctx context.Context, db *sql.DB) (int64, error) {
+func UpDB(ctx context.Context, db *sql.DB) (int64, error) { return upDB(ctx, db, -1) }
+
+func upDB(ctx context.Context, db *sql.DB, version int64) (int64, error) {
 	locker, err := lock.NewPostgresSessionLocker()
 	if err != nil {
 		return 0, fmt.Errorf("migrations: creating lock: %w", err)
@@ -45,7 +58,12 @@ func UpDB(ctx context.Context, db *sql.DB) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("migrations: creating provider: %w", err)
 	}
-	if _, err := p.Up(ctx); err != nil {
+	if version >= 0 {
+		_, err = p.UpTo(ctx, version)
+	} else {
+		_, err = p.Up(ctx)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("migrations: applying: %w", err)
 	}
 	v, err := p.GetDBVersion(ctx)

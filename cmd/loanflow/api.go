@@ -55,10 +55,12 @@ func newAPICmd() *cobra.Command {
 	var initKeys bool
 	cmd := &cobra.Command{
 		Use:   "api",
-		Short: "Run the HTTP API, the dashboard and the dev OAuth2 issuer",
-		Long: `Runs the Loanflow HTTP API. It applies the database migrations at start,
-validates tokens from the dev issuer (or --external-issuer through its JWKS),
-and shuts down gracefully on SIGINT/SIGTERM.`,
+		Short: "Run the HTTP API, the dashboard and (with --dev-issuer) the dev OAuth2 issuer",
+		Long: `Runs the Loanflow HTTP API. It applies the database migrations at start
+(unless --migrate=false: a separate ` + "`loanflow db migrate`" + ` as the schema owner),
+validates tokens of --external-issuer through its JWKS, or with --dev-issuer
+those of the built-in development issuer (never the default: without either
+the API refuses to start), and shuts down gracefully on SIGINT/SIGTERM.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.KafkaBrokers = splitList(brokers)
 			cfg.OperatorMetricsURLs = splitList(metricsURLs)
@@ -94,6 +96,7 @@ and shuts down gracefully on SIGINT/SIGTERM.`,
 	f.StringVar(&cfg.RedisURL, "redis-url", envOr("REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis URL (env REDIS_URL)")
 	f.StringVar(&brokers, "brokers", envOr("LOANFLOW_BROKERS", "127.0.0.1:9092"), "Kafka seed brokers, comma-separated (env LOANFLOW_BROKERS)")
 	f.StringVar(&cfg.SchemaRegistryURL, "schema-registry", envOr("LOANFLOW_SCHEMA_REGISTRY", "http://127.0.0.1:8081"), "schema registry URL (env LOANFLOW_SCHEMA_REGISTRY)")
+	f.BoolVar(&cfg.DevIssuer, "dev-issuer", false, "serve the built-in development OAuth2 issuer (/oauth/token, the dashboard login); without it the API needs --external-issuer and refuses to start")
 	f.StringVar(&cfg.ExternalIssuer, "external-issuer", os.Getenv("LOANFLOW_OAUTH_ISSUER"), "accept tokens of this issuer instead of the dev issuer")
 	f.StringVar(&cfg.ExternalJWKSURL, "external-jwks-url", os.Getenv("LOANFLOW_OAUTH_JWKS_URL"), "JWKS URL of --external-issuer")
 	f.StringVar(&cfg.Audience, "audience", "loanflow-api", "aud this API requires in tokens")
@@ -111,6 +114,9 @@ and shuts down gracefully on SIGINT/SIGTERM.`,
 	f.StringVar(&cfg.MetricsToken, "metrics-token", os.Getenv("LOANFLOW_METRICS_TOKEN"), "bearer token /metrics requires (env LOANFLOW_METRICS_TOKEN)")
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", time.Hour, "longest token lifetime (exp - iat) accepted from any issuer")
 	f.DurationVar(&cfg.RevocationStaleness, "revocation-staleness", 10*time.Second, "how long a disabled client's tokens may keep working (at most 30s)")
+	f.StringVar(&cfg.MigrationsDatabaseURL, "migrations-database-url", os.Getenv("MIGRATIONS_DATABASE_URL"), "DSN of the schema owner the migrations run as, when --database-url names the API's least-privileged role (env MIGRATIONS_DATABASE_URL)")
+	migrate := f.Bool("migrate", true, "apply the database migrations at start (false: loanflow db migrate ran them as the schema owner, and --database-url may name a role in loanflow_api)")
+	cmd.PreRun = func(*cobra.Command, []string) { cfg.SkipMigrations = !*migrate }
 	f.BoolVar(&initKeys, "init-keys", false, "create the local KEK and PII keysets if missing (dev)")
 	keys.register(cmd)
 	return cmd

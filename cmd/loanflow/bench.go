@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loanflow/loanflow/api/apibench"
 	"github.com/loanflow/loanflow/internal/benchreport"
 	"github.com/loanflow/loanflow/internal/enginebench"
 	"github.com/loanflow/loanflow/internal/peerbench"
@@ -20,6 +22,7 @@ func init() { addCommand(newBenchCmd) }
 func newBenchCmd() *cobra.Command {
 	var out, only, steps, peerWorkloads, peerNames string
 	var quick, peers bool
+	var apiDuration time.Duration
 	var peerScale float64
 	var peerRuns int
 	cmd := &cobra.Command{
@@ -49,7 +52,7 @@ bench/peers with Maven and run as its own process against one Apache Kafka
 			if out != "" && out != "-" {
 				profiles = filepath.Join(filepath.Dir(out), "bench-profiles")
 			}
-			cfg := benchreport.Config{Quick: quick, Progress: cmd.ErrOrStderr(), Loanflow: exe, ProfileDir: profiles,
+			cfg := benchreport.Config{Quick: quick, APIDuration: apiDuration, Progress: cmd.ErrOrStderr(), Loanflow: exe, ProfileDir: profiles,
 				WorkerCommand: func(spec string) *exec.Cmd { return exec.Command(exe, "bench-worker", spec) },
 				PeerCommand:   func(spec string) *exec.Cmd { return exec.Command(exe, "bench-peer-worker", spec) },
 				CLI:           func(args ...string) *exec.Cmd { return exec.Command(exe, args...) },
@@ -103,6 +106,7 @@ bench/peers with Maven and run as its own process against one Apache Kafka
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "-", "file to write the Markdown report to (- for stdout)")
+	cmd.Flags().DurationVar(&apiDuration, "api-duration", 0, "length of each API phase (cache hits, misses, loan updates; default 60s, 3s with --quick)")
 	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api, e2e, peers (default all; peers only with --peers)")
 	cmd.Flags().StringVar(&steps, "e2e-steps", "", "sustained steps of the e2e section, RATE:DURATION,... (default 1000:1m,3000:5m; with --quick 200:5s,500:5s)")
 	cmd.Flags().BoolVar(&peers, "peers", false, "also run Loanflow beside its peers (Kafka Streams, Flink, Debezium; needs java and mvn, builds bench/peers)")
@@ -152,6 +156,31 @@ func init() {
 			Args:   cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return peerbench.WorkerMain(cmd.Context(), args[0])
+			},
+		}
+	})
+}
+
+func init() {
+	addCommand(func() *cobra.Command {
+		return &cobra.Command{
+			Use:    "bench-api-load",
+			Short:  "Internal: the API benchmark's load generator, a process of its own (a LoadSpec as JSON on stdin, a LoadResult as JSON on stdout)",
+			Hidden: true,
+			Args:   cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				var spec apibench.LoadSpec
+				if err := json.NewDecoder(cmd.InOrStdin()).Decode(&spec); err != nil {
+					return fmt.Errorf("reading the load spec from stdin: %w", err)
+				}
+				out := cmd.OutOrStdout()
+				res, err := apibench.Generate(cmd.Context(), spec, func(t time.Time) {
+					fmt.Fprintf(out, "%s%s\n", apibench.StartedLine, t.Format(time.RFC3339Nano))
+				})
+				if err != nil {
+					return err
+				}
+				return json.NewEncoder(out).Encode(res)
 			},
 		}
 	})

@@ -483,7 +483,7 @@ func (s *stack) startAPI(ctx context.Context, g *errgroup.Group, metricsURLs []s
 	}
 	addr := ln.Addr().String()
 	apiDSN := s.apiRoleDSN(ctx)
-	srv, err := api.New(ctx, api.Config{Addr: addr, PublicURL: "http://" + addr, DatabaseURL: apiDSN, MigrationsDatabaseURL: s.info.DatabaseURL,
+	srv, err := api.New(ctx, api.Config{DevIssuer: true, Addr: addr, PublicURL: "http://" + addr, DatabaseURL: apiDSN, MigrationsDatabaseURL: s.info.DatabaseURL,
 		RedisURL: s.info.RedisURL, KafkaBrokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL,
 		RateLimitPerSec: s.cfg.LenderRateLimitPerSec, RateLimitBurst: s.cfg.LenderRateBurst,
 		DBMaxConns: s.cfg.API.DBMaxConns, LongPollMax: s.cfg.API.LongPollMax, MaxStreams: s.cfg.API.MaxStreams,

@@ -59,6 +59,15 @@ type Config struct {
 	// the publication already exists (then its tables are captured in
 	// envelope mode unless listed here).
 	Tables []TableConfig `yaml:"tables"`
+	// IncludeTables and ExcludeTables select tables by regular expression
+	// (Go syntax, matched against the whole schema.table): every ordinary
+	// or partitioned table of the database that matches an include and no
+	// exclude is captured with the default route, besides Tables. They are
+	// resolved at each session start (a table created later joins at the
+	// next start and is snapshotted incrementally; one that stops matching
+	// leaves the publication). See filter.go.
+	IncludeTables []string `yaml:"include_tables"`
+	ExcludeTables []string `yaml:"exclude_tables"`
 	// TopicPrefix of envelope topics: <prefix>.<schema>.<table>. Default
 	// "cdc".
 	TopicPrefix string `yaml:"topic_prefix"`
@@ -181,6 +190,18 @@ type TableConfig struct {
 	// as per-partition watermarks (the portfolio and cache jobs). Default
 	// true; set false for a topic only foreign consumers read.
 	Heartbeats *bool `yaml:"heartbeats"`
+	// Columns is the table's column allow-list: only these columns are
+	// written (schemas, keys, before and after images, dead letters); the
+	// primary key must be among them. Empty: every column.
+	Columns []string `yaml:"columns"`
+	// ExcludeColumns are columns never written (the complement of
+	// Columns; set one or the other).
+	ExcludeColumns []string `yaml:"exclude_columns"`
+	// Truncate writes a TRUNCATE of the table as an op "t" envelope to
+	// every partition of its topic. Default false: a TRUNCATE is logged,
+	// not written (Flink's debezium-avro-confluent format and other
+	// Debezium consumers reject op "t"). Envelope mode only.
+	Truncate bool `yaml:"truncate"`
 }
 
 // route is a resolved TableConfig.
@@ -189,6 +210,10 @@ type route struct {
 	topic      string
 	prefix     string
 	heartbeats bool
+	// columns filters the table's columns (nil: every column); truncate
+	// writes TRUNCATEs (see TableConfig.Truncate).
+	columns  *columnFilter
+	truncate bool
 }
 
 // LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
@@ -300,6 +325,7 @@ func (c Config) Validate() error {
 			bad("tables: %s: mode %q: use envelope or upsert", t.Table, t.Mode)
 		}
 	}
+	errs = append(errs, c.validateFilters()...)
 	for i := range c.Views {
 		if err := c.Views[i].validate(); err != nil {
 			errs = append(errs, err)
@@ -332,7 +358,8 @@ func (c *Config) routeFor(schema, name string) *route {
 	q := schema + "." + name
 	for _, t := range c.Tables {
 		if t.Table == q {
-			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats}
+			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats,
+				columns: newColumnFilter(t.Columns, t.ExcludeColumns), truncate: t.Truncate}
 		}
 	}
 	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true}

@@ -199,6 +199,9 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if err := checkIdentity(ctx, meta, &r.cfg, pub); err != nil {
 		return err
 	}
+	if err := checkColumns(ctx, meta, &r.cfg, pub); err != nil {
+		return err
+	}
 	repl, err := connectReplication(ctx, r.cfg.DatabaseURL)
 	if err != nil {
 		return err

@@ -235,6 +235,15 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 		s, n, _ := strings.Cut(t.Table, ".")
 		want = append(want, pubTable{s, n})
 	}
+	matched, err := matchedTables(ctx, conn, cfg) // include_tables (filter.go)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range matched {
+		if !containsTable(want, t) {
+			want = append(want, t)
+		}
+	}
 	for _, v := range cfg.Views {
 		for _, src := range v.Sources {
 			s, n, _ := strings.Cut(src.Table, ".")

@@ -270,7 +270,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 			return err
 		}
 		e := ev(t, opCreate)
-		e.new = m.new
+		e.new = t.project(m.new)
 		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgUpdate:
@@ -279,6 +279,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 			return err
 		}
 		e := ev(t, opUpdate)
+		m.old, m.new = t.project(m.old), t.project(m.new) // filtered columns (filter.go)
 		e.old, e.new = m.old, m.new
 		if err := resolveToast(t, m); err != nil {
 			e.converted, e.convErr = true, err // dead-lettered by the writer
@@ -291,7 +292,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 			return err
 		}
 		e := ev(t, opDelete)
-		e.old = m.old
+		e.old = t.project(m.old)
 		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgTruncate:

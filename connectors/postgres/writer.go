@@ -438,6 +438,9 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 // every partition's consumer sees it in order.
 func (w *writer) truncate(ctx context.Context, c *codec, ev *event) error {
 	t := ev.t
+	if !t.route.truncate {
+		return w.skipTruncate(ev) // off by default (filter.go)
+	}
 	if t.route.mode == ModeUpsert {
 		return w.deadLetter(ctx, ev, fmt.Errorf("%w: TRUNCATE of %s cannot be written to upsert topic %s (it holds no per-key delete); re-snapshot the topic", ErrValue, t.qualified(), t.route.topic))
 	}

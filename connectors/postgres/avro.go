@@ -33,6 +33,7 @@ func rowSchema(t *table, name, ns string) map[string]any {
 			fields = append(fields, optField(c.field, c.typ.avro))
 		}
 	}
+	dedupeNamed(fields)
 	return map[string]any{"type": "record", "name": name, "namespace": ns, "fields": fields}
 }
 
@@ -51,6 +52,7 @@ func keySchema(t *table, ns string) map[string]any {
 	for _, i := range t.keyIdx {
 		fields = append(fields, field(t.cols[i].field, t.cols[i].typ.avro))
 	}
+	dedupeNamed(fields)
 	return map[string]any{"type": "record", "name": "Key", "namespace": ns, "fields": fields}
 }
 
@@ -250,13 +252,18 @@ func heartbeatKeyValue(t *table) (map[string]any, bool) {
 			typ = x["type"]
 			logical, _ = x["logicalType"].(string)
 		}
+		connect, _ := c.typ.avro.(map[string]any)
 		switch {
-		case logical == "uuid":
+		case logical == "uuid" || (connect != nil && connect["connect.name"] == dbzUUID):
 			m[c.field] = "00000000-0000-0000-0000-000000000000"
+		case connect != nil && connect["connect.name"] != nil && connect["connect.type"] == nil:
+			return nil, false // a Debezium semantic type (timestamps, dates, decimals)
 		case logical != "":
 			return nil, false // dates, timestamps, decimals: any value may be a real key
 		case typ == "string":
 			m[c.field] = HeartbeatKey
+		case typ == "int" && connect != nil && connect["connect.type"] == "int16":
+			m[c.field] = int32(math.MinInt16) // Debezium's smallint (TypesDebezium)
 		case typ == "int":
 			m[c.field] = int32(math.MinInt32)
 		case typ == "long":

@@ -68,6 +68,11 @@ type Config struct {
 	// leaves the publication). See filter.go.
 	IncludeTables []string `yaml:"include_tables"`
 	ExcludeTables []string `yaml:"exclude_tables"`
+	// Types is how column types map to Avro: native (default) or debezium
+	// (Debezium's semantic types: ZonedTimestamp strings,
+	// VariableScaleDecimal, Uuid, with their connect.* properties; see
+	// debezium.go).
+	Types TypeMode `yaml:"types"`
 	// TopicPrefix of envelope topics: <prefix>.<schema>.<table>. Default
 	// "cdc".
 	TopicPrefix string `yaml:"topic_prefix"`
@@ -214,6 +219,7 @@ type route struct {
 	// writes TRUNCATEs (see TableConfig.Truncate).
 	columns  *columnFilter
 	truncate bool
+	types    TypeMode // Config.Types
 }
 
 // LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
@@ -244,6 +250,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.Publication, c.Name)
 	def(&c.TopicPrefix, "cdc")
 	def((*string)(&c.Snapshot), string(SnapshotInitial))
+	def((*string)(&c.Types), string(TypesNative))
 	def(&c.TransactionalID, "loanflow-cdc-"+c.Name)
 	def(&c.PositionsTopic, "_loanflow_cdc_positions")
 	def(&c.DeadLetterTopic, "dlq.cdc-"+c.Name)
@@ -309,6 +316,9 @@ func (c Config) Validate() error {
 	if !identRE.MatchString(c.Publication) {
 		bad("publication %q: use 1-63 lower-case letters, digits and underscores", c.Publication)
 	}
+	if c.Types != TypesNative && c.Types != TypesDebezium {
+		bad("types %q: use native or debezium", c.Types)
+	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
 		bad("snapshot %q: use initial or never", c.Snapshot)
 	}
@@ -359,10 +369,10 @@ func (c *Config) routeFor(schema, name string) *route {
 	for _, t := range c.Tables {
 		if t.Table == q {
 			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats,
-				columns: newColumnFilter(t.Columns, t.ExcludeColumns), truncate: t.Truncate}
+				columns: newColumnFilter(t.Columns, t.ExcludeColumns), truncate: t.Truncate, types: c.Types}
 		}
 	}
-	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true}
+	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true, types: c.Types}
 }
 
 // topicPrefix is the logical server name written to source.name.

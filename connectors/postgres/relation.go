@@ -101,7 +101,11 @@ func newTable(rel *msgRelation, pk []string, rt *route) (*table, error) {
 			continue
 		}
 		t.src = append(t.src, i)
-		ct, err := mapType(c.typOID, c.typMod)
+		mode := TypesNative
+		if rt != nil {
+			mode = rt.types
+		}
+		ct, err := mapTypeFor(c.typOID, c.typMod, mode)
 		if errors.Is(err, ErrUnsupportedType) {
 			ct = colType{"string", convString}
 			t.fallbacks = append(t.fallbacks, c.name)

@@ -143,6 +143,11 @@ func valueSchema(t *table, ns string) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: envelope of %s: %v", ErrSchema, t.qualified(), err)
 	}
+	if t.route.txmeta {
+		if env, err = withTxBlock(env); err != nil { // txmeta.go
+			return nil, fmt.Errorf("%w: envelope of %s: %v", ErrSchema, t.qualified(), err)
+		}
+	}
 	return env, nil
 }
 
@@ -225,6 +230,12 @@ func (c *codec) encodeValue(dst []byte, t *table, ev *event) ([]byte, error) {
 		}
 		if ev.after != nil {
 			env["after"] = c.rowMap(c.afterMap, ev.after)
+		}
+		if t.route.txmeta {
+			env["transaction"] = nil
+			if ev.txBlock != nil {
+				env["transaction"] = ev.txBlock
+			}
 		}
 		v = env
 	}

@@ -147,6 +147,14 @@ type Config struct {
 	// sends heartbeat records to the heartbeat topic and every partition of
 	// the view topics; 0 disables heartbeats. Default 5s.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// ProvideTransactionMetadata writes BEGIN and END records of each
+	// PostgreSQL transaction to TransactionTopic and a transaction block to
+	// every change record of envelope topics, as Debezium's
+	// provide.transaction.metadata (see txmeta.go). Default false.
+	ProvideTransactionMetadata bool `yaml:"provide_transaction_metadata"`
+	// TransactionTopic is the transaction topic. Default
+	// <topic_prefix>.transaction.
+	TransactionTopic string `yaml:"transaction_topic"`
 	// HeartbeatTopic receives one record per heartbeat (Avro key
 	// {serverName}, value {ts_ms, lsn}; compacted), like Debezium's
 	// __debezium-heartbeat topic. Default "__loanflow-heartbeat." + Name.
@@ -220,6 +228,7 @@ type route struct {
 	columns  *columnFilter
 	truncate bool
 	types    TypeMode // Config.Types
+	txmeta   bool     // Config.ProvideTransactionMetadata
 }
 
 // LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
@@ -255,6 +264,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.PositionsTopic, "_loanflow_cdc_positions")
 	def(&c.DeadLetterTopic, "dlq.cdc-"+c.Name)
 	def(&c.HeartbeatTopic, "__loanflow-heartbeat."+c.Name)
+	def(&c.TransactionTopic, c.TopicPrefix+".transaction")
 	defInt := func(n *int, v int) {
 		if *n == 0 {
 			*n = v
@@ -369,10 +379,10 @@ func (c *Config) routeFor(schema, name string) *route {
 	for _, t := range c.Tables {
 		if t.Table == q {
 			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats,
-				columns: newColumnFilter(t.Columns, t.ExcludeColumns), truncate: t.Truncate, types: c.Types}
+				columns: newColumnFilter(t.Columns, t.ExcludeColumns), truncate: t.Truncate, types: c.Types, txmeta: c.ProvideTransactionMetadata}
 		}
 	}
-	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true, types: c.Types}
+	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true, types: c.Types, txmeta: c.ProvideTransactionMetadata}
 }
 
 // topicPrefix is the logical server name written to source.name.

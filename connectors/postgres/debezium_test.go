@@ -16,16 +16,9 @@ import (
 // of the latest schema registered under subject, as JSON values.
 func (e *cdcEnv) rowFieldTypes(subject string) map[string]any {
 	e.t.Helper()
-	cl, err := sr.NewClient(sr.URLs(e.regURL))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ss, err := cl.SchemaByVersion(context.Background(), subject, -1)
-	if err != nil {
-		e.t.Fatalf("schema of %s: %v", subject, err)
-	}
+	text := e.latestSchema(subject)
 	var root map[string]any
-	if err := json.Unmarshal([]byte(ss.Schema.Schema), &root); err != nil {
+	if err := json.Unmarshal([]byte(text), &root); err != nil {
 		e.t.Fatal(err)
 	}
 	out := map[string]any{}
@@ -45,9 +38,23 @@ func (e *cdcEnv) rowFieldTypes(subject string) map[string]any {
 		}
 	}
 	if len(out) == 0 {
-		e.t.Fatalf("%s: no before record in %s", subject, ss.Schema.Schema)
+		e.t.Fatalf("%s: no before record in %s", subject, text)
 	}
 	return out
+}
+
+// latestSchema is the text of the latest schema registered under subject.
+func (e *cdcEnv) latestSchema(subject string) string {
+	e.t.Helper()
+	cl, err := sr.NewClient(sr.URLs(e.regURL))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ss, err := cl.SchemaByVersion(context.Background(), subject, -1)
+	if err != nil {
+		e.t.Fatalf("schema of %s: %v", subject, err)
+	}
+	return ss.Schema.Schema
 }
 
 // canonJSON renders a JSON value with sorted keys (json.Marshal sorts map

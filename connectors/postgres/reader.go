@@ -233,6 +233,9 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if pos.Incremental != nil {
 		w.incPos = pos.clone().Incremental
 	}
+	if r.cfg.ProvideTransactionMetadata {
+		w.tx = &txMeta{topic: r.cfg.TransactionTopic} // txmeta.go
+	}
 	if found && !plan.snapshot && !plan.resumeSnapshot && pos.Snapshot == nil {
 		w.tables = r.addedTables(w, pos, pub)
 	}

@@ -69,6 +69,7 @@ type writer struct {
 	// skipLSNs are changes an operator skipped (`loanflow cdc skip`): they
 	// go to the dead-letter topic.
 	skipLSNs map[pglogrepl.LSN]string
+	tx       *txMeta // transaction metadata (txmeta.go); nil when off
 	views    []*viewState
 	viewConn *pgx.Conn        // view queries; nil without views
 	topics   map[string]int32 // created topics → partitions
@@ -172,6 +173,7 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 		}
 		w.inPG, w.pgLSN, w.pgXID, w.pgChanges = true, it.lsn, it.xid, 0
 		w.skip = w.resume.skip(it.lsn)
+		w.txBegin(it)
 	case itChange:
 		if it.ev.op != opRead {
 			w.noteWindow(it.ev)
@@ -182,6 +184,9 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 	case itSignal:
 		w.handleSignal(it)
 	case itCommit:
+		if err := w.txEnd(ctx); err != nil {
+			return err
+		}
 		w.inPG = false
 		if w.skip < 0 {
 			return nil
@@ -262,7 +267,7 @@ func (w *writer) change(ctx context.Context, ev *event) error {
 	if w.records >= w.cfg.TxnMaxRecords || w.bytes >= w.cfg.TxnMaxBytes {
 		// Split a large transaction: commit what we have with a partial
 		// position; the flush LSN stays at the last complete transaction.
-		w.pending = Position{Slot: w.cfg.Slot, LSN: w.pgLSN, XID: w.pgXID, Changes: w.pgChanges, FlushLSN: w.pending.FlushLSN}
+		w.pending = Position{Slot: w.cfg.Slot, LSN: w.pgLSN, XID: w.pgXID, Changes: w.pgChanges, FlushLSN: w.pending.FlushLSN, Txn: w.txSplit()}
 		w.dirty = true
 		return w.commit(ctx)
 	}
@@ -415,6 +420,9 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 		return w.deadLetter(ctx, ev, err)
 	}
 	if !(ev.op == opDelete && t.route.mode == ModeUpsert) {
+		if ev.txBlock, err = w.txBlock(ctx, ev); err != nil {
+			return err
+		}
 		val, err := c.encodeValue(nil, t, ev)
 		if err != nil {
 			return w.deadLetter(ctx, ev, err)
@@ -427,6 +435,7 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 		if err := w.produce(ctx, rec); err != nil {
 			return err
 		}
+		w.txCount(ev)
 	}
 	if ev.op == opDelete && key != nil {
 		return w.produce(ctx, &kgo.Record{Topic: t.route.topic, Key: key, Timestamp: ev.commitTime})

@@ -182,7 +182,7 @@ func (r *Reader) plan(ctx context.Context, meta *pgx.Conn, pos Position, found b
 		if err := terminateSlotUser(ctx, meta, r.cfg.Slot); err != nil {
 			return p, err
 		}
-		return p, emitNonce(ctx, meta, p.nonce)
+		return p, emitNonce(ctx, meta, r.cfg.Slot, p.nonce)
 	}
 	// A snapshot was interrupted (or the slot predates any position): the
 	// exported snapshot died with its connection, so start it over with a
@@ -358,7 +358,7 @@ func (r *Reader) snapshot(ctx context.Context, repl *pgconn.PgConn, queue chan<-
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := emitNonce(ctx, conn, nonce); err != nil {
+	if err := emitNonce(ctx, conn, r.cfg.Slot, nonce); err != nil {
 		return err
 	}
 	if r.cfg.Snapshot == SnapshotNever {

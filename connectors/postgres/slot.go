@@ -209,12 +209,25 @@ func newNonce() string {
 }
 
 // emitNonce writes the slot's nonce into the WAL (a non-transactional
-// logical message, decoded by the slot as its first message).
-func emitNonce(ctx context.Context, conn *pgx.Conn, nonce string) error {
-	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", slotPrefix, nonce); err != nil {
+// logical message, decoded by the slot as its first message) as
+// "<slot>:<nonce>": logical messages reach every slot of the database, and
+// another reader's slot must not take it for its own (nonceFor).
+func emitNonce(ctx context.Context, conn *pgx.Conn, slot, nonce string) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", slotPrefix, slot+":"+nonce); err != nil {
 		return fmt.Errorf("writing the slot nonce: %w", err)
 	}
 	return nil
+}
+
+// nonceFor returns the nonce of a slot nonce message if it is slot's: a
+// message of another slot of the database is not (ok false); one without
+// a slot name (written before they carried it) is.
+func nonceFor(slot, content string) (string, bool) {
+	name, nonce, found := strings.Cut(content, ":")
+	if !found {
+		return content, true
+	}
+	return nonce, name == slot
 }
 
 // pubTable is a published table.

@@ -199,7 +199,11 @@ func (r *receiver) message(ctx context.Context, xld pglogrepl.XLogData, buf []by
 		}
 	case *msgLogical:
 		if m.prefix == slotPrefix && !m.transactional {
-			r.add(item{kind: itSlotNonce, lsn: m.lsn, text: string(m.content)})
+			nonce, ours := nonceFor(r.cfg.Slot, string(m.content))
+			if !ours {
+				return nil // another reader's slot on this database
+			}
+			r.add(item{kind: itSlotNonce, lsn: m.lsn, text: nonce})
 			return r.send(ctx)
 		}
 		if m.prefix == watermarkPrefix && !m.transactional {

@@ -27,7 +27,9 @@
 //
 // Only the columns a table's columns/exclude_columns keep are written
 // (schemas, keys, images, dead letters; see filter.go), and tables can be
-// selected by regular expression (include_tables, exclude_tables). With
+// selected by regular expression (include_tables, exclude_tables). A
+// partitioned table goes to one topic, its root's (publish_via_partition_root,
+// partition.go). With
 // provide_transaction_metadata, BEGIN/END records go to the transaction
 // topic and change records carry a transaction block (txmeta.go).
 //

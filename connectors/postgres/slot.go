@@ -278,6 +278,9 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 			return nil, fmt.Errorf("creating publication %s: %w", cfg.Publication, err)
 		}
 	}
+	if err := publishViaRoot(ctx, conn, cfg, want); err != nil { // partition.go
+		return nil, err
+	}
 	have, err := publishedTables(ctx, conn, cfg.Publication)
 	if err != nil {
 		return nil, err
@@ -341,6 +344,10 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, pub string) ([]pubTabl
 // so an UPDATE that leaves a TOASTed value unchanged still carries it in the
 // old tuple (the reader never emits such a value as null).
 func checkIdentity(ctx context.Context, conn *pgx.Conn, cfg *Config, tables []pubTable) error {
+	tables, err := withPartitions(ctx, conn, tables) // partition.go: a partition's identity makes the old tuple
+	if err != nil {
+		return err
+	}
 	for _, t := range tables {
 		var ident string
 		var toastable []string

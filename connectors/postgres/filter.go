@@ -186,3 +186,23 @@ func (w *writer) skipTruncate(ev *event) error {
 		"table", ev.t.qualified(), "topic", ev.t.route.topic, "lsn", ev.lsn.String())
 	return nil
 }
+
+// publishedOnly drops from a snapshot signal the tables this reader does
+// not publish: signals are logical messages that every slot of the
+// database decodes, so they also reach readers that do not capture the
+// table (and must not send it, whatever its columns hold).
+func (w *writer) publishedOnly(tables []string) []string {
+	var out []string
+	for _, t := range tables {
+		q := t
+		if !strings.Contains(q, ".") {
+			q = "public." + q
+		}
+		if w.published[q] {
+			out = append(out, q)
+			continue
+		}
+		w.cfg.Logger.Warn("cdc: snapshot signal for a table this reader does not publish; ignored", "table", q, "publication", w.cfg.Publication)
+	}
+	return out
+}

@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -43,5 +45,61 @@ func TestTwoReadersOneDatabase(t *testing.T) {
 	}
 	if err := stopB(); err != nil {
 		t.Errorf("reader b stopped: %v", err)
+	}
+}
+
+// TestSnapshotSignalOnlyPublished: a snapshot signal (`loanflow cdc
+// snapshot`) is a logical message every slot of the database decodes; a
+// reader snapshots only the tables it publishes. Signalled for an
+// uncaptured table (secret) and then for its own (ta), the reader
+// re-reads ta (the control: signals are handled, in order) and never
+// creates a topic for secret nor writes its rows.
+func TestSnapshotSignalOnlyPublished(t *testing.T) {
+	e := newEnv(t)
+	c := e.conn()
+	e.exec(c, "CREATE TABLE ta (id int PRIMARY KEY)")
+	e.exec(c, "CREATE TABLE secret (id int PRIMARY KEY, ssn text)")
+	e.exec(c, "INSERT INTO ta VALUES (1)")
+	e.exec(c, "INSERT INTO secret VALUES (1, 'PIIsecret')")
+	cfg := e.cfg
+	cfg.Tables = []TableConfig{{Table: "ta"}}
+	e.runReader(cfg)
+	e.waitSnapshot(c, cfg.Name)
+	ctx := context.Background()
+	if err := SignalSnapshot(ctx, e.dsn, []string{"secret"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := SignalSnapshot(ctx, e.dsn, []string{"ta"}); err != nil {
+		t.Fatal(err)
+	}
+	topic := cfg.TopicPrefix + ".public.ta"
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		e.waitFlushed(c, cfg.Name, e.currentLSN(c), time.Minute)
+		reads := 0
+		for _, r := range e.readAll(topic) {
+			if r.value != nil && r.value["op"] == "r" {
+				reads++
+			}
+		}
+		if reads >= 2 { // the initial snapshot's and the signalled one
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ta: %d snapshot reads, want 2", reads)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	td, err := e.admin().ListTopics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range td {
+		if strings.HasPrefix(name, cfg.TopicPrefix) && strings.Contains(name, "secret") {
+			t.Errorf("topic %s exists: an uncaptured table was snapshotted", name)
+		}
+	}
+	if hits := e.piiHits([]string{"PIIsecret"}, topic, cfg.WithDefaults().DeadLetterTopic); len(hits) > 0 {
+		t.Errorf("the uncaptured table's rows were written: %v", hits)
 	}
 }

@@ -233,6 +233,10 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if pos.Incremental != nil {
 		w.incPos = pos.clone().Incremental
 	}
+	w.published = map[string]bool{}
+	for _, p := range pub {
+		w.published[p.schema+"."+p.name] = true
+	}
 	if r.cfg.ProvideTransactionMetadata {
 		w.tx = &txMeta{topic: r.cfg.TransactionTopic} // txmeta.go
 	}

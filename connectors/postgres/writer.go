@@ -70,6 +70,9 @@ type writer struct {
 	// go to the dead-letter topic.
 	skipLSNs map[pglogrepl.LSN]string
 	tx       *txMeta // transaction metadata (txmeta.go); nil when off
+	// published are the tables of the publication (schema.table): a
+	// snapshot signal for another table is ignored (filter.go).
+	published map[string]bool
 	views    []*viewState
 	viewConn *pgx.Conn        // view queries; nil without views
 	topics   map[string]int32 // created topics → partitions

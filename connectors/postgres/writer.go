@@ -73,9 +73,9 @@ type writer struct {
 	// published are the tables of the publication (schema.table): a
 	// snapshot signal for another table is ignored (filter.go).
 	published map[string]bool
-	views    []*viewState
-	viewConn *pgx.Conn        // view queries; nil without views
-	topics   map[string]int32 // created topics → partitions
+	views     []*viewState
+	viewConn  *pgx.Conn        // view queries; nil without views
+	topics    map[string]int32 // created topics → partitions
 
 	committed Position
 	pending   Position

@@ -69,13 +69,15 @@ type writer struct {
 	// skipLSNs are changes an operator skipped (`loanflow cdc skip`): they
 	// go to the dead-letter topic.
 	skipLSNs map[pglogrepl.LSN]string
-	tx       *txMeta // transaction metadata (txmeta.go); nil when off
-	// published are the tables of the publication (schema.table): a
-	// snapshot signal for another table is ignored (filter.go).
+	views    []*viewState
+	viewConn *pgx.Conn        // view queries; nil without views
+	topics   map[string]int32 // created topics → partitions
+
+	// tx is the transaction metadata (txmeta.go), nil when off; published
+	// are the tables of the publication (schema.table): a snapshot signal
+	// for another table is ignored (filter.go).
+	tx        *txMeta
 	published map[string]bool
-	views     []*viewState
-	viewConn  *pgx.Conn        // view queries; nil without views
-	topics    map[string]int32 // created topics → partitions
 
 	committed Position
 	pending   Position

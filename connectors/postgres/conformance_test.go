@@ -1,15 +1,9 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,113 +13,12 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 
 	"github.com/loanflow/loanflow/api/migrations"
+	"github.com/loanflow/loanflow/internal/conformance"
 )
-
-// conformanceDir is the foreign consumer's Node.js project.
-const conformanceDir = "testdata/conformance"
-
-// conformanceChecker installs the foreign consumer's npm packages (the
-// exact versions of its package-lock.json, `npm ci`) into a cache
-// directory outside the repository, once per version of its files, and
-// returns that directory (holding check.js). Without node and npm the test
-// is skipped locally and fails under CI=true.
-func conformanceChecker(t *testing.T) (node, dir string) {
-	t.Helper()
-	node, errNode := exec.LookPath("node")
-	npm, errNpm := exec.LookPath("npm")
-	if errNode != nil || errNpm != nil {
-		const hint = "the conformance test needs Node.js 18+ and npm: run `make deps` as root, or apt-get install -y nodejs npm"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(hint)
-		}
-		t.Skip(hint)
-	}
-	files := []string{"package.json", "package-lock.json", "check.js"}
-	h := sha256.New()
-	contents := map[string][]byte{}
-	for _, f := range files {
-		b, err := os.ReadFile(filepath.Join(conformanceDir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		contents[f] = b
-		h.Write(b)
-	}
-	base, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir = filepath.Join(base, "loanflow", "conformance-"+hex.EncodeToString(h.Sum(nil))[:16])
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", ".package-lock.json")); err == nil {
-		return node, dir
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), "conformance-tmp-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(tmp)
-	for f, b := range contents {
-		if err := os.WriteFile(filepath.Join(tmp, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
-	cmd.Dir = tmp
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci in %s: %v\n%s", tmp, err, out)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if _, statErr := os.Stat(dir); statErr != nil { // not installed meanwhile by another run
-			t.Fatal(err)
-		}
-	}
-	return node, dir
-}
-
-// conformanceResult is check.js's output.
-type conformanceResult struct {
-	Topics map[string]struct {
-		Records, Keys, Values, Tombstones, NullKeys int
-	} `json:"topics"`
-	Failures []string `json:"failures"`
-}
-
-// runChecker runs check.js on topics; it returns its result and exit code.
-func (e *cdcEnv) runChecker(node, dir string, topics ...string) (conformanceResult, int, string) {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	args := append([]string{filepath.Join(dir, "check.js"), strings.Join(e.brokers, ","), e.regURL}, topics...)
-	cmd := exec.CommandContext(ctx, node, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CONFORMANCE_END_HEADER=test.end") // the end markers e.read writes
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("running check.js: %v", err)
-	}
-	var res conformanceResult
-	if code != 2 {
-		if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
-			e.t.Fatalf("check.js output %q (stderr %s): %v", stdout.String(), stderr.String(), err)
-		}
-	}
-	return res, code, stderr.String()
-}
 
 // TestConformanceForeignConsumer: a foreign consumer written as a new user
 // would (kafkajs and @kafkajs/confluent-schema-registry from npm, pinned
-// by its package-lock.json; testdata/conformance/check.js) reads every
+// by its package-lock.json; internal/conformance/node/check.js) reads every
 // record of every Avro topic the reader writes and decodes key and value
 // with the embedded schema registry that `loanflow dev` serves: the
 // shipped tables and the customer_360 view on the API's schema (native
@@ -140,7 +33,7 @@ func (e *cdcEnv) runChecker(node, dir string, topics ...string) (conformanceResu
 // before issue 10 item 8) makes the checker fail, naming the key. The
 // positions and dead-letter topics hold JSON by design and are not read.
 func TestConformanceForeignConsumer(t *testing.T) {
-	node, dir := conformanceChecker(t)
+	node, dir := conformance.Checker(t)
 	e := newEnv(t)
 	if _, err := migrations.Up(context.Background(), e.dsn); err != nil {
 		t.Fatal(err)
@@ -202,18 +95,30 @@ func TestConformanceForeignConsumer(t *testing.T) {
 		shipped.Tables[0].Topic, shipped.Tables[1].Topic, shipped.Tables[2].Topic, view.Topic, shipped.HeartbeatTopic,
 		dbz.TopicPrefix + ".public.ty", dbz.WithDefaults().TransactionTopic, dbz.HeartbeatTopic,
 	}
-	want := map[string]int{}
-	for _, r := range e.readAll(topics...) { // decodes every record, or fails
-		want[r.rec.Topic]++
-	}
-	res, code, stderr := e.runChecker(node, dir, topics...)
+	recs := e.readAll(topics...)                                                                   // decodes every record, or fails
+	res, code, stderr := conformance.Run(t, node, dir, e.brokers, e.regURL, "test.end", topics...) // e.read's end markers
 	if code != 0 || len(res.Failures) > 0 {
 		t.Fatalf("the foreign consumer failed (exit %d): %v\n%s", code, res.Failures, stderr)
+	}
+	// readAll returns what its polls brought, also records written after
+	// its end marker (heartbeats go on): count those before the marker.
+	want := map[string]int{}
+	offsets := map[string][]int64{}
+	for _, r := range recs {
+		k := fmt.Sprintf("%s/%d", r.rec.Topic, r.rec.Partition)
+		end, err := strconv.ParseInt(res.Ends[k], 10, 64)
+		if err != nil {
+			t.Fatalf("the checker saw no end marker in %s (ends %v)", k, res.Ends)
+		}
+		if r.rec.Offset < end {
+			want[r.rec.Topic]++
+			offsets[k] = append(offsets[k], r.rec.Offset)
+		}
 	}
 	for _, topic := range topics {
 		got := res.Topics[topic]
 		if want[topic] == 0 || got.Records != want[topic] || got.Keys+got.NullKeys != got.Records || got.Values+got.Tombstones != got.Records {
-			t.Errorf("%s: the foreign consumer decoded %+v, the topic has %d records", topic, got, want[topic])
+			t.Errorf("%s: the foreign consumer decoded %+v, the topic has %d records; checker ends %v; Go offsets %v", topic, got, want[topic], res.Ends, offsets)
 		}
 	}
 	ty := res.Topics[dbz.TopicPrefix+".public.ty"]
@@ -246,7 +151,7 @@ func TestConformanceForeignConsumer(t *testing.T) {
 		}
 	}
 	e.readRaw(ctrl) // writes the end markers
-	res, code, stderr = e.runChecker(node, dir, ctrl)
+	res, code, stderr = conformance.Run(t, node, dir, e.brokers, e.regURL, "test.end", ctrl)
 	if code != 1 || len(res.Failures) != 1 || !strings.Contains(res.Failures[0], "key does not decode") || res.Topics[ctrl].Values != 1 {
 		t.Errorf("control: the checker on a raw key: exit %d, %+v\n%s", code, res, stderr)
 	}

@@ -11,7 +11,8 @@
 //
 // Usage: node check.js <brokers,comma-separated> <registry URL> <topic>...
 // Prints one JSON object: {topics: {<topic>: {records, keys, values,
-// tombstones, nullKeys}}, failures: [..]}; exits 1 when failures is not
+// tombstones, nullKeys}}, partitions: {<topic>/<p>: {first, last,
+// records}}, failures: [..]}; exits 1 when failures is not
 // empty, 2 on an error (no broker, timeout).
 
 const { Kafka, logLevel, CompressionTypes, CompressionCodecs } = require('kafkajs');
@@ -47,6 +48,8 @@ async function main() {
   const stats = {};
   for (const t of topics) stats[t] = { records: 0, keys: 0, values: 0, tombstones: 0, nullKeys: 0 };
   const failures = [];
+  const partitions = {}; // topic/partition → first and last offset read, records
+  const ends = {}; // topic/partition → offset of its end marker
   const fail = (msg) => {
     if (failures.length < MAX_FAILURES) failures.push(msg);
   };
@@ -68,6 +71,7 @@ async function main() {
       const where = `${topic}/${partition}@${message.offset}`;
       if (closed.has(`${topic}/${partition}`)) return; // past its end marker
       if (message.headers && message.headers[END_HEADER] !== undefined) {
+        ends[`${topic}/${partition}`] = message.offset;
         open.delete(`${topic}/${partition}`);
         closed.add(`${topic}/${partition}`);
         if (open.size === 0) finish();
@@ -75,6 +79,10 @@ async function main() {
       }
       const s = stats[topic];
       s.records++;
+      const pk = `${topic}/${partition}`;
+      const ps = partitions[pk] || (partitions[pk] = { first: message.offset, last: message.offset, records: 0 });
+      ps.last = message.offset;
+      ps.records++;
       if (message.key === null) {
         s.nullKeys++;
       } else {
@@ -100,7 +108,7 @@ async function main() {
   if (open.size > 0) await done;
   clearTimeout(timer);
   await consumer.disconnect();
-  console.log(JSON.stringify({ topics: stats, failures }));
+  console.log(JSON.stringify({ topics: stats, partitions, ends, failures }));
   process.exit(failures.length > 0 ? 1 : 0);
 }
 

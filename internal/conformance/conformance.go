@@ -45,6 +45,14 @@ func nodeDir() string {
 	return filepath.Join(filepath.Dir(file), "node")
 }
 
+// Available reports whether node and npm are installed (see Checker for
+// what a test does without them).
+func Available() bool {
+	_, errNode := exec.LookPath("node")
+	_, errNpm := exec.LookPath("npm")
+	return errNode == nil && errNpm == nil
+}
+
 // Checker installs the consumer's npm packages (npm ci, the versions of
 // its package-lock.json) into a cache directory outside the repository,
 // once per version of its files, and returns node and that directory.

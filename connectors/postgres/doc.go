@@ -36,7 +36,8 @@
 // A table configured with mode upsert instead writes the row itself (the
 // after-image) keyed by its primary key, to a compacted topic, and only a
 // tombstone for a delete (e.g. customer_360). TRUNCATE of an upsert table
-// cannot be expressed per key and goes to the dead-letter topic.
+// cannot be expressed per key: it is logged, not written (truncate: true
+// is refused for an upsert table).
 //
 // A view (Config.Views) is a flattened upsert topic built from several
 // tables, such as customer_360 from customers, credit_profiles and loans:

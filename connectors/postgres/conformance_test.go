@@ -73,7 +73,7 @@ func TestConformanceForeignConsumer(t *testing.T) {
 	dbz.HeartbeatTopic = dbz.TopicPrefix + "_hb"
 	dbz.Tables = []TableConfig{{Table: "ty", Truncate: true}}
 	e.runReader(dbz)
-	e.waitSnapshot(c, dbz.Name)
+	e.waitSlotStreaming(c, dbz.Name)
 
 	e.exec(c, ins, "c2")
 	e.exec(c, "INSERT INTO credit_profiles (customer_id, current_score) VALUES ('c2', 640)")

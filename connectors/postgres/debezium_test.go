@@ -157,7 +157,7 @@ func TestDebeziumTypes(t *testing.T) {
 		cfg.Tables = []TableConfig{{Table: "ty"}}
 		cfg.Types = mode
 		e.runReader(cfg)
-		e.waitSnapshot(c, cfg.Name)
+		e.waitSlotStreaming(c, cfg.Name) // the second beside the first
 		if mode == TypesNative {
 			e.exec(c, "INSERT INTO ty VALUES "+rows[3]+", "+rows[4]) // streamed (and snapshotted by the second reader)
 		} else {

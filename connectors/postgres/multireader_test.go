@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 )
 
 // TestTwoReadersOneDatabase: two readers with their own slots capture
@@ -28,7 +31,7 @@ func TestTwoReadersOneDatabase(t *testing.T) {
 	b.TopicPrefix = b.Name
 	b.Tables = []TableConfig{{Table: "tb"}}
 	stopB := e.runReader(b)
-	e.waitSnapshot(c, b.Name)
+	e.waitSlotStreaming(c, b.Name)
 	e.exec(c, "INSERT INTO ta VALUES (1), (2)")
 	e.exec(c, "INSERT INTO tb VALUES (1), (2), (3)")
 	lsn := e.currentLSN(c)
@@ -102,4 +105,24 @@ func TestSnapshotSignalOnlyPublished(t *testing.T) {
 	if hits := e.piiHits([]string{"PIIsecret"}, topic, cfg.WithDefaults().DeadLetterTopic); len(hits) > 0 {
 		t.Errorf("the uncaptured table's rows were written: %v", hits)
 	}
+}
+
+// waitSlotStreaming is waitSnapshot with a longer bound, for a reader
+// started beside another: creating a logical slot waits for every
+// transaction of the cluster that holds an xid, which on a loaded machine
+// (the test cluster is shared by the package's tests) can take a while.
+func (e *cdcEnv) waitSlotStreaming(c *pgx.Conn, slot string) {
+	e.t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	var first pglogrepl.LSN
+	for time.Now().Before(deadline) {
+		l := e.confirmedFlush(c, slot)
+		if first == 0 {
+			first = l
+		} else if l > first {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("slot %s did not start streaming in 3m", slot)
 }

@@ -6,6 +6,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,6 +58,20 @@ func TestCDCConfig(t *testing.T) {
 	for _, want := range []string{"public.customers", "public.credit_profiles", "public.loans"} {
 		if !tables[want] {
 			t.Errorf("cdc.yaml does not capture %s", want)
+		}
+	}
+	// The same tables, column allow-lists and truncate settings as
+	// `loanflow dev` (whose PII-free output connectors/postgres
+	// TestShippedTablesSendNoPII checks against the API's schema).
+	shipped := postgres.Config{Tables: postgres.LoanflowTables()}.WithDefaults().Tables
+	if len(shipped) != len(cfg.Tables) {
+		t.Errorf("cdc.yaml tables %+v, want postgres.LoanflowTables() %+v", cfg.Tables, shipped)
+	}
+	for i := range min(len(shipped), len(cfg.Tables)) {
+		got, want := cfg.Tables[i], shipped[i]
+		if got.Table != want.Table || !slices.Equal(got.Columns, want.Columns) || !slices.Equal(got.ExcludeColumns, want.ExcludeColumns) ||
+			got.Truncate != want.Truncate || len(cfg.IncludeTables) > 0 {
+			t.Errorf("cdc.yaml table %d: %+v, want postgres.LoanflowTables()'s %+v", i, got, want)
 		}
 	}
 	if tables["public.audit_log"] {

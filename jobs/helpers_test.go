@@ -150,7 +150,7 @@ func newStackOn(t testing.TB, brokers []string) *stack {
 	s.cdc = postgres.Config{Name: name, DatabaseURL: dsn, Brokers: s.env.Brokers, SchemaRegistryURL: s.env.SchemaRegistryURL,
 		TopicPrefix: name, PositionsTopic: name + "_positions", TopicPartitions: 3, EnsureReplicaIdentityFull: true,
 		StatusInterval: 200 * time.Millisecond, HeartbeatInterval: 300 * time.Millisecond, Views: []postgres.ViewConfig{view},
-		Tables: []postgres.TableConfig{{Table: "public.customers"}, {Table: "public.credit_profiles"}, {Table: "public.loans"}},
+		Tables: postgres.LoanflowTables(), // the shipped config: no PII columns
 		Logger: quietLogger()}
 	return s
 }

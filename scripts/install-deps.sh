@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers the integration tests start (PostgreSQL server
-# binaries, redis-server), the headless browser of the dashboard test and
+# binaries, redis-server), the headless browser of the dashboard test,
+# Node.js with npm (the CDC conformance test's kafkajs consumer) and
 # Prometheus with promtool (package prometheus: deploy/'s tests check the
 # config, alert rules and dashboard queries with them), from Debian packages, when
 # they are missing and we run as root. Otherwise it only reports what is
@@ -21,6 +22,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+# The CDC conformance test's foreign consumer (connectors/postgres/testdata/conformance).
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${LOANFLOW_SKIP_BROWSER:-}" = "" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi

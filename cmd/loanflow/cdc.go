@@ -28,9 +28,16 @@ database_url: postgres://postgres@127.0.0.1:5432/loanflow?sslmode=disable
 brokers: [127.0.0.1:9092]
 schema_registry_url: http://127.0.0.1:8081
 tables:
-  - table: public.customers
+  - table: public.customers         # no PII: an allow-list (the primary key must be in it)
+    columns: [customer_id, credit_limit, credit_currency, current_balance, risk_tier, status, version, created_at, updated_at]
+    truncate: true                  # write TRUNCATE as op t (off by default: Flink's debezium format rejects it)
   - table: public.credit_profiles
   - table: public.loans
+#   exclude_columns: [notes]        # or a deny-list (columns and exclude_columns are exclusive)
+# include_tables: ['public\.loan.*']     # regular expressions on schema.table, besides tables
+# exclude_tables: ['public\.audit_.*']
+# types: debezium                   # Debezium's semantic types (ZonedTimestamp, VariableScaleDecimal, Uuid, ...)
+# provide_transaction_metadata: true  # BEGIN/END records in <topic_prefix>.transaction
 # - table: public.audit_log         # only if a consumer needs the audit trail in Kafka
 # ensure_replica_identity_full: true  # needed for tables with text/bytea/jsonb/numeric columns
 # heartbeat_interval: 5s

@@ -33,6 +33,7 @@ func rowSchema(t *table, name, ns string) map[string]any {
 			fields = append(fields, optField(c.field, c.typ.avro))
 		}
 	}
+	dedupeNamed(fields)
 	return map[string]any{"type": "record", "name": name, "namespace": ns, "fields": fields}
 }
 
@@ -51,6 +52,7 @@ func keySchema(t *table, ns string) map[string]any {
 	for _, i := range t.keyIdx {
 		fields = append(fields, field(t.cols[i].field, t.cols[i].typ.avro))
 	}
+	dedupeNamed(fields)
 	return map[string]any{"type": "record", "name": "Key", "namespace": ns, "fields": fields}
 }
 
@@ -141,6 +143,11 @@ func valueSchema(t *table, ns string) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: envelope of %s: %v", ErrSchema, t.qualified(), err)
 	}
+	if t.route.txmeta {
+		if env, err = withTxBlock(env); err != nil { // txmeta.go
+			return nil, fmt.Errorf("%w: envelope of %s: %v", ErrSchema, t.qualified(), err)
+		}
+	}
 	return env, nil
 }
 
@@ -224,6 +231,12 @@ func (c *codec) encodeValue(dst []byte, t *table, ev *event) ([]byte, error) {
 		if ev.after != nil {
 			env["after"] = c.rowMap(c.afterMap, ev.after)
 		}
+		if t.route.txmeta {
+			env["transaction"] = nil
+			if ev.txBlock != nil {
+				env["transaction"] = ev.txBlock
+			}
+		}
 		v = env
 	}
 	out, err := c.value.AppendEncode(frame(dst, c.valueID), v)
@@ -250,13 +263,18 @@ func heartbeatKeyValue(t *table) (map[string]any, bool) {
 			typ = x["type"]
 			logical, _ = x["logicalType"].(string)
 		}
+		connect, _ := c.typ.avro.(map[string]any)
 		switch {
-		case logical == "uuid":
+		case logical == "uuid" || (connect != nil && connect["connect.name"] == dbzUUID):
 			m[c.field] = "00000000-0000-0000-0000-000000000000"
+		case connect != nil && connect["connect.name"] != nil && connect["connect.type"] == nil:
+			return nil, false // a Debezium semantic type (timestamps, dates, decimals)
 		case logical != "":
 			return nil, false // dates, timestamps, decimals: any value may be a real key
 		case typ == "string":
 			m[c.field] = HeartbeatKey
+		case typ == "int" && connect != nil && connect["connect.type"] == "int16":
+			m[c.field] = int32(math.MinInt16) // Debezium's smallint (TypesDebezium)
 		case typ == "int":
 			m[c.field] = int32(math.MinInt32)
 		case typ == "long":

@@ -59,6 +59,20 @@ type Config struct {
 	// the publication already exists (then its tables are captured in
 	// envelope mode unless listed here).
 	Tables []TableConfig `yaml:"tables"`
+	// IncludeTables and ExcludeTables select tables by regular expression
+	// (Go syntax, matched against the whole schema.table): every ordinary
+	// or partitioned table of the database that matches an include and no
+	// exclude is captured with the default route, besides Tables. They are
+	// resolved at each session start (a table created later joins at the
+	// next start and is snapshotted incrementally; one that stops matching
+	// leaves the publication). See filter.go.
+	IncludeTables []string `yaml:"include_tables"`
+	ExcludeTables []string `yaml:"exclude_tables"`
+	// Types is how column types map to Avro: native (default) or debezium
+	// (Debezium's semantic types: ZonedTimestamp strings,
+	// VariableScaleDecimal, Uuid, with their connect.* properties; see
+	// debezium.go).
+	Types TypeMode `yaml:"types"`
 	// TopicPrefix of envelope topics: <prefix>.<schema>.<table>. Default
 	// "cdc".
 	TopicPrefix string `yaml:"topic_prefix"`
@@ -133,6 +147,14 @@ type Config struct {
 	// sends heartbeat records to the heartbeat topic and every partition of
 	// the view topics; 0 disables heartbeats. Default 5s.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// ProvideTransactionMetadata writes BEGIN and END records of each
+	// PostgreSQL transaction to TransactionTopic and a transaction block to
+	// every change record of envelope topics, as Debezium's
+	// provide.transaction.metadata (see txmeta.go). Default false.
+	ProvideTransactionMetadata bool `yaml:"provide_transaction_metadata"`
+	// TransactionTopic is the transaction topic. Default
+	// <topic_prefix>.transaction.
+	TransactionTopic string `yaml:"transaction_topic"`
 	// HeartbeatTopic receives one record per heartbeat (Avro key
 	// {serverName}, value {ts_ms, lsn}; compacted), like Debezium's
 	// __debezium-heartbeat topic. Default "__loanflow-heartbeat." + Name.
@@ -181,6 +203,18 @@ type TableConfig struct {
 	// as per-partition watermarks (the portfolio and cache jobs). Default
 	// true; set false for a topic only foreign consumers read.
 	Heartbeats *bool `yaml:"heartbeats"`
+	// Columns is the table's column allow-list: only these columns are
+	// written (schemas, keys, before and after images, dead letters); the
+	// primary key must be among them. Empty: every column.
+	Columns []string `yaml:"columns"`
+	// ExcludeColumns are columns never written (the complement of
+	// Columns; set one or the other).
+	ExcludeColumns []string `yaml:"exclude_columns"`
+	// Truncate writes a TRUNCATE of the table as an op "t" envelope to
+	// every partition of its topic. Default false: a TRUNCATE is logged,
+	// not written (Flink's debezium-avro-confluent format and other
+	// Debezium consumers reject op "t"). Envelope mode only.
+	Truncate bool `yaml:"truncate"`
 }
 
 // route is a resolved TableConfig.
@@ -189,6 +223,12 @@ type route struct {
 	topic      string
 	prefix     string
 	heartbeats bool
+	// columns filters the table's columns (nil: every column); truncate
+	// writes TRUNCATEs (see TableConfig.Truncate).
+	columns  *columnFilter
+	truncate bool
+	types    TypeMode // Config.Types
+	txmeta   bool     // Config.ProvideTransactionMetadata
 }
 
 // LoadConfig reads a YAML or JSON config file (JSON is YAML). Durations are
@@ -219,10 +259,12 @@ func (c Config) WithDefaults() Config {
 	def(&c.Publication, c.Name)
 	def(&c.TopicPrefix, "cdc")
 	def((*string)(&c.Snapshot), string(SnapshotInitial))
+	def((*string)(&c.Types), string(TypesNative))
 	def(&c.TransactionalID, "loanflow-cdc-"+c.Name)
 	def(&c.PositionsTopic, "_loanflow_cdc_positions")
 	def(&c.DeadLetterTopic, "dlq.cdc-"+c.Name)
 	def(&c.HeartbeatTopic, "__loanflow-heartbeat."+c.Name)
+	def(&c.TransactionTopic, c.TopicPrefix+".transaction")
 	defInt := func(n *int, v int) {
 		if *n == 0 {
 			*n = v
@@ -284,6 +326,9 @@ func (c Config) Validate() error {
 	if !identRE.MatchString(c.Publication) {
 		bad("publication %q: use 1-63 lower-case letters, digits and underscores", c.Publication)
 	}
+	if c.Types != TypesNative && c.Types != TypesDebezium {
+		bad("types %q: use native or debezium", c.Types)
+	}
 	if c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever {
 		bad("snapshot %q: use initial or never", c.Snapshot)
 	}
@@ -300,6 +345,7 @@ func (c Config) Validate() error {
 			bad("tables: %s: mode %q: use envelope or upsert", t.Table, t.Mode)
 		}
 	}
+	errs = append(errs, c.validateFilters()...)
 	for i := range c.Views {
 		if err := c.Views[i].validate(); err != nil {
 			errs = append(errs, err)
@@ -332,10 +378,11 @@ func (c *Config) routeFor(schema, name string) *route {
 	q := schema + "." + name
 	for _, t := range c.Tables {
 		if t.Table == q {
-			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats}
+			return &route{mode: t.Mode, topic: t.Topic, prefix: c.TopicPrefix, heartbeats: t.Heartbeats == nil || *t.Heartbeats,
+				columns: newColumnFilter(t.Columns, t.ExcludeColumns), truncate: t.Truncate, types: c.Types, txmeta: c.ProvideTransactionMetadata}
 		}
 	}
-	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true}
+	return &route{mode: ModeEnvelope, topic: c.TopicPrefix + "." + q, prefix: c.TopicPrefix, heartbeats: true, types: c.Types, txmeta: c.ProvideTransactionMetadata}
 }
 
 // topicPrefix is the logical server name written to source.name.

@@ -20,13 +20,24 @@
 // ["<commit lsn>","<change lsn>"], so (source.lsn, key) identifies a change.
 // A delete is followed by a tombstone (the key with a null value). An UPDATE
 // that changes the primary key is written as a delete of the old key (and
-// its tombstone) and a create of the new one. TRUNCATE writes an op=t
-// envelope with a null key to every partition of the table's topic.
+// its tombstone) and a create of the new one. TRUNCATE, for a table
+// configured with truncate: true, writes an op=t envelope with a null key
+// to every partition of the table's topic; by default it is only logged
+// (Flink's debezium-avro-confluent format rejects op t).
+//
+// Only the columns a table's columns/exclude_columns keep are written
+// (schemas, keys, images, dead letters; see filter.go), and tables can be
+// selected by regular expression (include_tables, exclude_tables). A
+// partitioned table goes to one topic, its root's (publish_via_partition_root,
+// partition.go). With
+// provide_transaction_metadata, BEGIN/END records go to the transaction
+// topic and change records carry a transaction block (txmeta.go).
 //
 // A table configured with mode upsert instead writes the row itself (the
 // after-image) keyed by its primary key, to a compacted topic, and only a
 // tombstone for a delete (e.g. customer_360). TRUNCATE of an upsert table
-// cannot be expressed per key and goes to the dead-letter topic.
+// cannot be expressed per key: it is logged, not written (truncate: true
+// is refused for an upsert table).
 //
 // A view (Config.Views) is a flattened upsert topic built from several
 // tables, such as customer_360 from customers, credit_profiles and loans:
@@ -63,7 +74,10 @@
 // above (bool, bytea, int2/4/8, text, varchar, bpchar, float4/8, numeric,
 // uuid, json, jsonb, date, timestamp, timestamptz) → array of nullable
 // items. Other array types (inet[], interval[], user-defined types) are
-// carried as their text form ({a,b}) with a warning in the log.
+// carried as their text form ({a,b}) with a warning in the log. With types:
+// debezium the mapping is Debezium's instead (debezium.go): ZonedTimestamp
+// strings, MicroTimestamp, Date, MicroTime, Uuid, Json, Connect Decimal,
+// VariableScaleDecimal for unconstrained numeric, with connect.* props.
 //
 // Values without a plain Avro form are represented, never dropped: BC
 // dates and years past 9999 are exact (micros or days since 1970, the

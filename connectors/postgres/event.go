@@ -82,6 +82,7 @@ type event struct {
 	convErr       error
 	converted     bool
 	processedMs   int64
+	txBlock       map[string]any // the transaction block (txmeta.go), set by the writer
 }
 
 // convert turns the raw tuples into Avro-ready values.

@@ -9,8 +9,11 @@ import (
 // IDENTITY (FULL: every column; DEFAULT: the key columns of a delete, and
 // none for an update that keeps the key, as PostgreSQL logs), an UPDATE of the
 // primary key is a delete (with its tombstone) of the old key and a create
-// of the new one, and TRUNCATE writes an op=t envelope with a null key to
-// every partition of the table's topic.
+// of the new one, and TRUNCATE of a table configured with truncate: true
+// writes an op=t envelope with a null key to every partition of the
+// table's topic, while a TRUNCATE of a table left at the default writes
+// nothing (Flink's debezium-avro-confluent format fails on op t). Negative
+// control of the default: the same TRUNCATE on full_t is seen.
 func TestBeforeImagesKeyChangesAndTruncate(t *testing.T) {
 	e := newEnv(t)
 	c := e.conn()
@@ -18,7 +21,7 @@ func TestBeforeImagesKeyChangesAndTruncate(t *testing.T) {
 	e.exec(c, "ALTER TABLE full_t REPLICA IDENTITY FULL")
 	e.exec(c, "CREATE TABLE def_t (id int PRIMARY KEY, v int NOT NULL)")
 	cfg := e.cfg
-	cfg.Tables = []TableConfig{{Table: "full_t"}, {Table: "def_t"}}
+	cfg.Tables = []TableConfig{{Table: "full_t", Truncate: true}, {Table: "def_t"}}
 	e.runReader(cfg)
 	e.waitSnapshot(c, cfg.Name)
 	for _, tbl := range []string{"full_t", "def_t"} {
@@ -28,6 +31,8 @@ func TestBeforeImagesKeyChangesAndTruncate(t *testing.T) {
 		e.exec(c, "DELETE FROM "+tbl+" WHERE id = 1")
 	}
 	e.exec(c, "TRUNCATE full_t")
+	e.exec(c, "TRUNCATE def_t")
+	e.exec(c, "INSERT INTO def_t VALUES (7, 70)") // after the TRUNCATE: proves it was decoded
 	e.waitFlushed(c, cfg.Name, e.currentLSN(c), time.Minute)
 
 	type ev struct {
@@ -96,7 +101,14 @@ func TestBeforeImagesKeyChangesAndTruncate(t *testing.T) {
 		}
 		// 2 inserts + the new key of the key change; deletes: id 2 (key
 		// change) and id 1, each with a tombstone.
-		if ops["c"] != 3 || ops["u"] != 1 || ops["d"] != 2 || ops["tombstone"] != 2 {
+		wantC := 3
+		if tbl == "def_t" {
+			wantC = 4 // and id 7 after the TRUNCATE
+			if ops["t"] != 0 {
+				t.Errorf("def_t: %d op t records, want none (truncate not enabled)", ops["t"])
+			}
+		}
+		if ops["c"] != wantC || ops["u"] != 1 || ops["d"] != 2 || ops["tombstone"] != 2 {
 			t.Errorf("%s: ops %v", tbl, ops)
 		}
 		if tbl == "full_t" {

@@ -410,7 +410,7 @@ func (w *writer) handleSignal(it *item) {
 		w.cfg.Logger.Warn("cdc: ignoring a malformed signal", "lsn", it.lsn.String(), "content", it.text, "error", err)
 		return
 	}
-	w.queueSnapshots(sig.Snapshot)
+	w.queueSnapshots(w.publishedOnly(sig.Snapshot)) // filter.go
 }
 
 // queueSnapshots adds tables to the incremental snapshot queue (once).

@@ -56,6 +56,9 @@ type Position struct {
 	// Nil in positions written before it existed (then every published
 	// table counts as complete).
 	Tables []string `json:"tables"`
+	// Txn is the transaction metadata of transaction LSN while it is split
+	// over Kafka transactions (ProvideTransactionMetadata; txmeta.go).
+	Txn *TxnProgress `json:"txn,omitempty"`
 	// CommittedAt is when the Kafka transaction was committed (writer
 	// clock, informational).
 	CommittedAt time.Time `json:"committed_at"`
@@ -104,6 +107,7 @@ func (p Position) clone() Position {
 	if p.Tables != nil {
 		p.Tables = append([]string{}, p.Tables...)
 	}
+	p.Txn = p.Txn.clone()
 	return p
 }
 

@@ -182,7 +182,7 @@ func (r *Reader) plan(ctx context.Context, meta *pgx.Conn, pos Position, found b
 		if err := terminateSlotUser(ctx, meta, r.cfg.Slot); err != nil {
 			return p, err
 		}
-		return p, emitNonce(ctx, meta, p.nonce)
+		return p, emitNonce(ctx, meta, r.cfg.Slot, p.nonce)
 	}
 	// A snapshot was interrupted (or the slot predates any position): the
 	// exported snapshot died with its connection, so start it over with a
@@ -197,6 +197,9 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 		return err
 	}
 	if err := checkIdentity(ctx, meta, &r.cfg, pub); err != nil {
+		return err
+	}
+	if err := checkColumns(ctx, meta, &r.cfg, pub); err != nil {
 		return err
 	}
 	repl, err := connectReplication(ctx, r.cfg.DatabaseURL)
@@ -229,6 +232,13 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	}
 	if pos.Incremental != nil {
 		w.incPos = pos.clone().Incremental
+	}
+	w.published = map[string]bool{}
+	for _, p := range pub {
+		w.published[p.schema+"."+p.name] = true
+	}
+	if r.cfg.ProvideTransactionMetadata {
+		w.tx = &txMeta{topic: r.cfg.TransactionTopic} // txmeta.go
 	}
 	if found && !plan.snapshot && !plan.resumeSnapshot && pos.Snapshot == nil {
 		w.tables = r.addedTables(w, pos, pub)
@@ -352,7 +362,7 @@ func (r *Reader) snapshot(ctx context.Context, repl *pgconn.PgConn, queue chan<-
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := emitNonce(ctx, conn, nonce); err != nil {
+	if err := emitNonce(ctx, conn, r.cfg.Slot, nonce); err != nil {
 		return err
 	}
 	if r.cfg.Snapshot == SnapshotNever {

@@ -28,6 +28,10 @@ type table struct {
 	// the table has no primary key (records then have a null key).
 	keyIdx []int
 	route  *route
+	// src are the positions in the relation (and in pgoutput tuples) of
+	// cols when a column filter drops some (see filter.go); nil when every
+	// column is written.
+	src []int
 	// version counts the versions of this relation seen by this process.
 	version int
 	// err, when set, says why no change of this version can be written
@@ -43,8 +47,15 @@ type table struct {
 // poisonedTable is the version of a relation that newTable rejected.
 func poisonedTable(rel *msgRelation, rt *route, err error) *table {
 	t := &table{relID: rel.id, schema: rel.namespace, name: rel.name, identity: rel.replicaIdentity, route: rt}
-	for _, c := range rel.columns {
+	for i, c := range rel.columns {
+		if rt != nil && !rt.columns.keeps(c.name) {
+			continue
+		}
 		t.cols = append(t.cols, tableCol{name: c.name, field: avroName(c.name), oid: c.typOID, typMod: c.typMod})
+		t.src = append(t.src, i)
+	}
+	if len(t.src) == len(rel.columns) {
+		t.src = nil
 	}
 	t.err = fmt.Errorf("%w: %s cannot be written (%v); its changes go to the dead-letter topic until the table is fixed", ErrSchema, t.qualified(), err)
 	return t
@@ -64,7 +75,7 @@ func (t *table) qualified() string { return t.schema + "." + t.name }
 // sameShape reports whether two versions have the same columns and key,
 // in which case no new schema version is needed.
 func (t *table) sameShape(o *table) bool {
-	if o == nil || len(t.cols) != len(o.cols) || !slices.Equal(t.keyIdx, o.keyIdx) {
+	if o == nil || len(t.cols) != len(o.cols) || !slices.Equal(t.keyIdx, o.keyIdx) || !slices.Equal(t.src, o.src) {
 		return false
 	}
 	for i := range t.cols {
@@ -83,7 +94,18 @@ func newTable(rel *msgRelation, pk []string, rt *route) (*table, error) {
 	t := &table{relID: rel.id, schema: rel.namespace, name: rel.name, identity: rel.replicaIdentity, route: rt}
 	seen := map[string]string{}
 	for i, c := range rel.columns {
-		ct, err := mapType(c.typOID, c.typMod)
+		if rt != nil && !rt.columns.keeps(c.name) {
+			if c.key && rel.replicaIdentity == identityDefault {
+				return nil, fmt.Errorf("%w: key column %s.%s is excluded by the table's column filter", ErrConfig, t.qualified(), c.name)
+			}
+			continue
+		}
+		t.src = append(t.src, i)
+		mode := TypesNative
+		if rt != nil {
+			mode = rt.types
+		}
+		ct, err := mapTypeFor(c.typOID, c.typMod, mode)
 		if errors.Is(err, ErrUnsupportedType) {
 			ct = colType{"string", convString}
 			t.fallbacks = append(t.fallbacks, c.name)
@@ -97,15 +119,21 @@ func newTable(rel *msgRelation, pk []string, rt *route) (*table, error) {
 		seen[f] = c.name
 		t.cols = append(t.cols, tableCol{name: c.name, field: f, oid: c.typOID, typMod: c.typMod, typ: ct})
 		if pk == nil && rel.replicaIdentity == identityDefault && c.key {
-			t.keyIdx = append(t.keyIdx, i)
+			t.keyIdx = append(t.keyIdx, len(t.cols)-1)
 		}
 	}
 	for _, name := range pk {
 		i := slices.IndexFunc(t.cols, func(c tableCol) bool { return c.name == name })
+		if i < 0 && rt != nil && !rt.columns.keeps(name) {
+			return nil, fmt.Errorf("%w: primary-key column %s.%s is excluded by the table's column filter", ErrConfig, t.qualified(), name)
+		}
 		if i < 0 {
 			return nil, fmt.Errorf("%w: primary-key column %q of %s not in the relation", ErrSchema, name, t.qualified())
 		}
 		t.keyIdx = append(t.keyIdx, i)
+	}
+	if len(t.src) == len(rel.columns) {
+		t.src = nil
 	}
 	if rt != nil && rt.mode == ModeUpsert && len(t.keyIdx) == 0 {
 		return nil, fmt.Errorf("%w: table %s is routed in upsert mode but has no primary key", ErrConfig, t.qualified())

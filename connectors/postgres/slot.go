@@ -209,12 +209,25 @@ func newNonce() string {
 }
 
 // emitNonce writes the slot's nonce into the WAL (a non-transactional
-// logical message, decoded by the slot as its first message).
-func emitNonce(ctx context.Context, conn *pgx.Conn, nonce string) error {
-	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", slotPrefix, nonce); err != nil {
+// logical message, decoded by the slot as its first message) as
+// "<slot>:<nonce>": logical messages reach every slot of the database, and
+// another reader's slot must not take it for its own (nonceFor).
+func emitNonce(ctx context.Context, conn *pgx.Conn, slot, nonce string) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", slotPrefix, slot+":"+nonce); err != nil {
 		return fmt.Errorf("writing the slot nonce: %w", err)
 	}
 	return nil
+}
+
+// nonceFor returns the nonce of a slot nonce message if it is slot's: a
+// message of another slot of the database is not (ok false); one without
+// a slot name (written before they carried it) is.
+func nonceFor(slot, content string) (string, bool) {
+	name, nonce, found := strings.Cut(content, ":")
+	if !found {
+		return content, true
+	}
+	return nonce, name == slot
 }
 
 // pubTable is a published table.
@@ -234,6 +247,15 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 	for _, t := range cfg.Tables {
 		s, n, _ := strings.Cut(t.Table, ".")
 		want = append(want, pubTable{s, n})
+	}
+	matched, err := matchedTables(ctx, conn, cfg) // include_tables (filter.go)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range matched {
+		if !containsTable(want, t) {
+			want = append(want, t)
+		}
 	}
 	for _, v := range cfg.Views {
 		for _, src := range v.Sources {
@@ -255,6 +277,9 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg *Config) ([]pubTa
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return nil, fmt.Errorf("creating publication %s: %w", cfg.Publication, err)
 		}
+	}
+	if err := publishViaRoot(ctx, conn, cfg, want); err != nil { // partition.go
+		return nil, err
 	}
 	have, err := publishedTables(ctx, conn, cfg.Publication)
 	if err != nil {
@@ -319,6 +344,10 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, pub string) ([]pubTabl
 // so an UPDATE that leaves a TOASTed value unchanged still carries it in the
 // old tuple (the reader never emits such a value as null).
 func checkIdentity(ctx context.Context, conn *pgx.Conn, cfg *Config, tables []pubTable) error {
+	tables, err := withPartitions(ctx, conn, tables) // partition.go: a partition's identity makes the old tuple
+	if err != nil {
+		return err
+	}
 	for _, t := range tables {
 		var ident string
 		var toastable []string

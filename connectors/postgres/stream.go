@@ -199,7 +199,11 @@ func (r *receiver) message(ctx context.Context, xld pglogrepl.XLogData, buf []by
 		}
 	case *msgLogical:
 		if m.prefix == slotPrefix && !m.transactional {
-			r.add(item{kind: itSlotNonce, lsn: m.lsn, text: string(m.content)})
+			nonce, ours := nonceFor(r.cfg.Slot, string(m.content))
+			if !ours {
+				return nil // another reader's slot on this database
+			}
+			r.add(item{kind: itSlotNonce, lsn: m.lsn, text: nonce})
 			return r.send(ctx)
 		}
 		if m.prefix == watermarkPrefix && !m.transactional {
@@ -270,7 +274,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 			return err
 		}
 		e := ev(t, opCreate)
-		e.new = m.new
+		e.new = t.project(m.new)
 		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgUpdate:
@@ -279,6 +283,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 			return err
 		}
 		e := ev(t, opUpdate)
+		m.old, m.new = t.project(m.old), t.project(m.new) // filtered columns (filter.go)
 		e.old, e.new = m.old, m.new
 		if err := resolveToast(t, m); err != nil {
 			e.converted, e.convErr = true, err // dead-lettered by the writer
@@ -291,7 +296,7 @@ func (r *receiver) change(msg any, lsn pglogrepl.LSN) error {
 			return err
 		}
 		e := ev(t, opDelete)
-		e.old = m.old
+		e.old = t.project(m.old)
 		_ = e.convert()
 		r.add(item{kind: itChange, ev: e})
 	case *msgTruncate:

@@ -73,6 +73,12 @@ type writer struct {
 	viewConn *pgx.Conn        // view queries; nil without views
 	topics   map[string]int32 // created topics → partitions
 
+	// tx is the transaction metadata (txmeta.go), nil when off; published
+	// are the tables of the publication (schema.table): a snapshot signal
+	// for another table is ignored (filter.go).
+	tx        *txMeta
+	published map[string]bool
+
 	committed Position
 	pending   Position
 	flushed   *atomic.Uint64 // committed FlushLSN, read by the receiver
@@ -172,6 +178,7 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 		}
 		w.inPG, w.pgLSN, w.pgXID, w.pgChanges = true, it.lsn, it.xid, 0
 		w.skip = w.resume.skip(it.lsn)
+		w.txBegin(it)
 	case itChange:
 		if it.ev.op != opRead {
 			w.noteWindow(it.ev)
@@ -182,6 +189,9 @@ func (w *writer) handleItem(ctx context.Context, it *item) error {
 	case itSignal:
 		w.handleSignal(it)
 	case itCommit:
+		if err := w.txEnd(ctx); err != nil {
+			return err
+		}
 		w.inPG = false
 		if w.skip < 0 {
 			return nil
@@ -262,7 +272,7 @@ func (w *writer) change(ctx context.Context, ev *event) error {
 	if w.records >= w.cfg.TxnMaxRecords || w.bytes >= w.cfg.TxnMaxBytes {
 		// Split a large transaction: commit what we have with a partial
 		// position; the flush LSN stays at the last complete transaction.
-		w.pending = Position{Slot: w.cfg.Slot, LSN: w.pgLSN, XID: w.pgXID, Changes: w.pgChanges, FlushLSN: w.pending.FlushLSN}
+		w.pending = Position{Slot: w.cfg.Slot, LSN: w.pgLSN, XID: w.pgXID, Changes: w.pgChanges, FlushLSN: w.pending.FlushLSN, Txn: w.txSplit()}
 		w.dirty = true
 		return w.commit(ctx)
 	}
@@ -415,6 +425,9 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 		return w.deadLetter(ctx, ev, err)
 	}
 	if !(ev.op == opDelete && t.route.mode == ModeUpsert) {
+		if ev.txBlock, err = w.txBlock(ctx, ev); err != nil {
+			return err
+		}
 		val, err := c.encodeValue(nil, t, ev)
 		if err != nil {
 			return w.deadLetter(ctx, ev, err)
@@ -427,6 +440,7 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 		if err := w.produce(ctx, rec); err != nil {
 			return err
 		}
+		w.txCount(ev)
 	}
 	if ev.op == opDelete && key != nil {
 		return w.produce(ctx, &kgo.Record{Topic: t.route.topic, Key: key, Timestamp: ev.commitTime})
@@ -438,6 +452,9 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 // every partition's consumer sees it in order.
 func (w *writer) truncate(ctx context.Context, c *codec, ev *event) error {
 	t := ev.t
+	if !t.route.truncate {
+		return w.skipTruncate(ev) // off by default (filter.go)
+	}
 	if t.route.mode == ModeUpsert {
 		return w.deadLetter(ctx, ev, fmt.Errorf("%w: TRUNCATE of %s cannot be written to upsert topic %s (it holds no per-key delete); re-snapshot the topic", ErrValue, t.qualified(), t.route.topic))
 	}

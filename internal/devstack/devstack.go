@@ -538,10 +538,7 @@ func (s *stack) adminCredentials(ctx context.Context, srv *api.Server) (api.Clie
 
 func (s *stack) startCDC(ctx context.Context, g *errgroup.Group, metrics net.Listener) error {
 	reg := newRegistry()
-	var tables []postgres.TableConfig
-	for _, t := range []string{"customers", "credit_profiles", "loans"} { // not audit_log (issue 9)
-		tables = append(tables, postgres.TableConfig{Table: "public." + t})
-	}
+	tables := postgres.LoanflowTables() // no PII columns, not audit_log (issue 9)
 	r, err := postgres.NewReader(postgres.Config{Name: "loanflow_cdc", DatabaseURL: s.info.DatabaseURL,
 		Brokers: s.info.Brokers, SchemaRegistryURL: s.info.SchemaRegistryURL, Tables: tables,
 		Views: []postgres.ViewConfig{postgres.Customer360View()}, EnsureReplicaIdentityFull: true,

@@ -177,7 +177,10 @@
 // delinquent balance (DELINQUENT loans), delinquency_rate and
 // default_rate. The state keeps each active loan's contribution (status,
 // balance), so changes are applied as deltas in commit order (event time,
-// then LSN) and need no before-images. A window fires when the watermark
+// then LSN) and need no before-images. An open window keeps its decisions
+// as three counters and each loan change as its own map entry, applied in
+// that order when it closes: no state value grows with a lender's traffic
+// (a changelog record is bounded by the broker's 1 MB). A window fires when the watermark
 // passes its end; an event for a window that already fired goes into the
 // window still open, so totals stay right and its counts land one window
 // late (windows are emitted once). Windows without any event are not emitted.

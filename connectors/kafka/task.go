@@ -78,6 +78,10 @@ type taskRunner struct {
 	logEnd  map[string]int64 // changelog topic → next offset after this checkpoint
 	prodErr error
 	failed  error // task goroutine only
+
+	// full: an operator of the task holds records waiting for room
+	// (Task.Backpressured); the worker pauses the task's input meanwhile.
+	full atomic.Bool
 }
 
 func (tr *taskRunner) init() {
@@ -156,6 +160,10 @@ func (tr *taskRunner) run() {
 		// rather than letting memory grow.
 		if tr.failed == nil && tr.task.NeedsCheckpoint() {
 			tr.w.needsCP.Store(true)
+		}
+		full := tr.failed == nil && tr.task.Backpressured()
+		if was := tr.full.Swap(full); was && !full {
+			tr.w.wakePoll()
 		}
 		if err != nil && tr.failed == nil {
 			tr.failed = err

@@ -267,8 +267,6 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 
 	known := pipeline.KeyBy(pipeline.Side(routed, tagKnown), "by-customer", func(p pendingApp) string { return *p.App.CustomerID },
 		pipeline.WithKeyCodec(d.keys), pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
-	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return AppKey(p.App.LenderID, p.App.ApplicationID) },
-		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
 
 	tableWM := pipeline.WatermarkStrategy{MaxOutOfOrderness: d.cfg.TableOutOfOrderness, IdleTimeout: d.cfg.IdleTimeout}
 	rows := operators.Filter(customer360Source(b, d, tableWM), "customer-rows", func(r c360Row) bool { return !r.Heartbeat })
@@ -305,23 +303,31 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return d.stamp(dec, k.pendingApp), err
 	})
 	notFound := operators.Map(pipeline.Side(found, tagNotFound), "not-found", func(k knownApp) (pendingApp, error) { return k.pendingApp, nil })
-	toBureau := pipeline.Union("to-bureau", unknown.Stream, notFound)
-	fromBureau := operators.Map(bureauStage(toBureau, d), "score-bureau", func(a bureauAnswer) (schemas.LoanDecision, error) {
+	scoreBureau := func(a bureauAnswer) (schemas.LoanDecision, error) {
 		if a.Report == nil {
 			return d.stamp(d.cfg.Policy.Fallback(a.App, a.Fallback), a.pendingApp), nil
 		}
 		return d.stamp(d.cfg.Policy.ScoreBureau(a.App, *a.Report), a.pendingApp), nil
-	})
+	}
+	fromBureau := operators.Map(bureauStage(notFound, "bureau", d), "score-bureau", scoreBureau)
+	// Unknown applicants are asked about where they were routed, keyed by
+	// application as they arrived: no repartition (a Kafka hop that costs
+	// a commit interval) between the application and the bureau call. Their
+	// decisions never book a loan (no customer).
+	unknown := operators.Map(bureauStage(pipeline.Side(routed, tagUnknown), "bureau-unknown", d), "score-bureau-unknown", scoreBureau)
+	unknownDecisions := operators.Map(unknown, "measure-unknown",
+		func(dec schemas.LoanDecision) (schemas.LoanDecision, error) { d.metrics.observe(dec); return dec, nil })
+	decisionKey := func(r pipeline.Record[schemas.LoanDecision]) []byte {
+		return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))
+	}
+	kafka.Sink(unknownDecisions, "unknown-decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions, Key: decisionKey})
 	tooLate := operators.Map(pipeline.Side(joined, tagTooLate), "refer-too-late", func(r operators.Rejected[pendingApp]) (schemas.LoanDecision, error) {
 		return d.stamp(d.cfg.Policy.Fallback(r.Value.App, ReasonApplicationTooLate), r.Value), nil
 	})
 
 	decisions := operators.Map(pipeline.Union("decisions", fromTable, fromBureau, tooLate), "measure",
 		func(dec schemas.LoanDecision) (schemas.LoanDecision, error) { d.metrics.observe(dec); return dec, nil })
-	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
-		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte {
-			return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))
-		}})
+	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions, Key: decisionKey})
 	approved := operators.Filter(decisions, "approved", func(dec schemas.LoanDecision) bool {
 		return dec.Decision == schemas.DecisionApproved && dec.CustomerID != nil
 	})
@@ -365,8 +371,8 @@ func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.Waterma
 
 // bureauStage pulls credit reports without blocking the task; calls that
 // fail every attempt become fallback answers.
-func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Stream[bureauAnswer] {
-	return operators.Async(in, "bureau", operators.AsyncSpec[pendingApp, bureauAnswer]{
+func bureauStage(in pipeline.Stream[pendingApp], name string, d decisionsDeps) pipeline.Stream[bureauAnswer] {
+	return operators.Async(in, name, operators.AsyncSpec[pendingApp, bureauAnswer]{
 		Call: func(ctx context.Context, p pendingApp) (bureauAnswer, error) {
 			d.metrics.calling(p.App.ApplicationID)
 			rep, err := d.bureau.CreditReport(ctx, bureau.Request{ApplicationID: p.App.ApplicationID, SSNIndex: p.App.SSNIndex,

@@ -105,7 +105,12 @@
 // is REFER NEW_APPLICANT for an underwriter to onboard them.
 //
 // The bureau stage is operators.Async, unordered, BureauCapacity calls in
-// flight per task (each a goroutine and a pooled connection), a
+// flight per task (each a goroutine and a pooled connection; beyond it
+// applications wait in the operator and the task's input pauses, while
+// checkpoints go on). There are two: unknown applicants are asked where
+// they were routed, keyed by application as they arrived (no repartition,
+// whose Kafka hop would cost a commit interval), customers not found after
+// the join where the join runs. Each has a
 // BureauTimeout per attempt, BureauAttempts attempts with exponential
 // backoff on retryable errors (timeouts, 5xx, 429); 4xx answers are not
 // retried. In-flight applications are part of every checkpoint and are

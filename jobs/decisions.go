@@ -60,8 +60,9 @@ type DecisionsConfig struct {
 	// DedupeTTL is how long an application id is remembered to drop
 	// resubmissions. Default 24h.
 	DedupeTTL time.Duration
-	// BureauCapacity bounds the bureau calls in flight per task. Default
-	// 1000.
+	// BureauCapacity bounds the bureau calls in flight per task, and in
+	// the worker (all its tasks; a call waits for a slot before its
+	// timeout starts). Default 1000.
 	BureauCapacity int
 	// BureauTimeout bounds one bureau attempt. Default 3s.
 	BureauTimeout time.Duration
@@ -182,10 +183,14 @@ type decisionsDeps struct {
 	decisions pipeline.Codec[schemas.LoanDecision]
 	keys      AvroStringKeys
 	bureau    *bureau.Client
-	customers *customerIndexes
-	metrics   *decisionMetrics
-	loans     func() pipeline.Sink[schemas.LoanDecision]
-	env       Env
+	// bureauSlots bounds the bureau calls in flight in the worker (all its
+	// tasks, both bureau stages) at BureauCapacity, as the client's
+	// connections are: a call waits for a slot before its timeout starts.
+	bureauSlots *operators.Limiter
+	customers   *customerIndexes
+	metrics     *decisionMetrics
+	loans       func() pipeline.Sink[schemas.LoanDecision]
+	env         Env
 }
 
 // BuildDecisions declares the decisions job on b (see doc.go). It
@@ -236,6 +241,7 @@ func newDecisionsDeps(job string, env Env, cfg DecisionsConfig) (decisionsDeps, 
 		BreakerFailures: cfg.BureauBreakerFailures, BreakerOpen: cfg.BureauBreakerOpen, Registerer: env.Registerer, Logger: log}); err != nil {
 		return d, err
 	}
+	d.bureauSlots = operators.NewLimiter(cfg.BureauCapacity)
 	d.customers = &customerIndexes{dsn: env.DatabaseURL}
 	if d.metrics, err = newDecisionMetrics(env.Registerer); err != nil {
 		return d, fmt.Errorf("jobs: decisions metrics: %w", err)
@@ -385,6 +391,7 @@ func bureauStage(in pipeline.Stream[pendingApp], name string, d decisionsDeps) p
 		},
 		Ordered:  false,
 		Capacity: d.cfg.BureauCapacity,
+		Limiter:  d.bureauSlots,
 		Timeout:  d.cfg.BureauTimeout,
 		Retry: operators.RetryPolicy{MaxAttempts: d.cfg.BureauAttempts, InitialBackoff: d.cfg.BureauBackoff,
 			MaxBackoff: d.cfg.BureauMaxBackoff, Retryable: bureau.IsRetryable},

@@ -70,7 +70,30 @@ type AsyncSpec[In, Out any] struct {
 	// InCodec stores in-flight inputs in checkpoints: after a restore they
 	// are issued again.
 	InCodec pipeline.Codec[In]
+	// Limiter, when set, bounds the attempts in flight across every task
+	// (and operator) sharing it, e.g. a service's capacity per worker: an
+	// attempt waits for a slot before its Timeout starts, so calls queued
+	// behind a busy service do not time out while they wait.
+	Limiter *Limiter
 }
+
+// Limiter is a number of slots shared by async operators (NewLimiter).
+type Limiter struct{ slots chan struct{} }
+
+// NewLimiter returns a limiter of n slots (n >= 1).
+func NewLimiter(n int) *Limiter { return &Limiter{slots: make(chan struct{}, max(n, 1))} }
+
+// acquire takes a slot, or gives up when ctx ends.
+func (l *Limiter) acquire(ctx context.Context) error {
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Limiter) release() { <-l.slots }
 
 // Async calls an external service for each record without blocking the
 // task: up to Capacity calls are in flight at once, each in its own
@@ -215,12 +238,21 @@ func (a *asyncOp[In, Out]) call(e *asyncEntry[In, Out]) {
 	bo := &backoff.ExponentialBackOff{InitialInterval: rp.InitialBackoff, RandomizationFactor: rp.Jitter, Multiplier: rp.Multiplier, MaxInterval: rp.MaxBackoff}
 	bo.Reset()
 	for attempt := 1; ; attempt++ {
+		if l := a.spec.Limiter; l != nil {
+			if err := l.acquire(a.callCtx); err != nil {
+				e.err = err // the task stops: the record is in its checkpoint
+				break
+			}
+		}
 		actx, cancel := context.WithTimeout(a.callCtx, a.spec.Timeout)
 		out, err := a.spec.Call(actx, e.rec.Value)
 		if err != nil && errors.Is(err, context.DeadlineExceeded) && a.callCtx.Err() == nil {
 			err = fmt.Errorf("timed out after %s: %w", a.spec.Timeout, err)
 		}
 		cancel()
+		if l := a.spec.Limiter; l != nil {
+			l.release()
+		}
 		if err == nil {
 			e.out, e.err = out, nil
 			break

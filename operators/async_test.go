@@ -283,3 +283,58 @@ func TestAsyncRestoreBeyondCapacity(t *testing.T) {
 		t.Fatalf("%d calls made; want 3 (two records were still waiting for room)", n)
 	}
 }
+
+// TestAsyncLimiterBoundsCalls: a limiter of 2 slots shared by two async
+// operators of capacity 5 keeps at most 2 calls running at once (calls
+// finish one at a time, so without it five would wait at once), and every
+// record is answered.
+func TestAsyncLimiterBoundsCalls(t *testing.T) {
+	const n = 12
+	var cur, maxCur atomic.Int64
+	release := make(chan struct{}) // one call at a time gets to finish
+	go func() {
+		for range 2 * n {
+			release <- struct{}{}
+		}
+	}()
+	call := func(ctx context.Context, v int64) (int64, error) {
+		c := cur.Add(1)
+		defer cur.Add(-1)
+		for m := maxCur.Load(); c > m && !maxCur.CompareAndSwap(m, c); m = maxCur.Load() {
+		}
+		select {
+		case <-release:
+			return v, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	lim := operators.NewLimiter(2)
+	spec := operators.AsyncSpec[int64, int64]{Call: call, Capacity: 5, Timeout: time.Minute, Limiter: lim, InCodec: pipeline.JSONCodec[int64]()}
+	b := pipeline.NewBuilder("limiter")
+	src := pipeline.AddSource(b, "src", pipeline.SourceSpec[int64]{Decode: decodeInt})
+	second := operators.Async(operators.Async(src, "first", spec), "second", spec)
+	var got pipeline.Collected[int64]
+	pipeline.CollectTo(second, "collect", &got)
+	l, err := pipeline.NewLocal(b, pipeline.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := int64(0); i < n; i++ {
+		if err := pipeline.Feed(l, "src", 0, i, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); len(got.Records()) < n && time.Now().Before(deadline); {
+		if _, err := l.AwaitWork(100 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got.Records()) != n {
+		t.Fatalf("%d results, want %d", len(got.Records()), n)
+	}
+	if m := maxCur.Load(); m > 2 {
+		t.Fatalf("%d calls at once with a limiter of 2", m)
+	}
+}

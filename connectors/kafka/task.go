@@ -79,6 +79,11 @@ type taskRunner struct {
 	prodErr error
 	failed  error // task goroutine only
 
+	// sweeping: a TTL sweep pass is in progress (started at passStart);
+	// task goroutine only.
+	sweeping  bool
+	passStart time.Time
+
 	// full: an operator of the task holds records waiting for room
 	// (Task.Backpressured); the worker pauses the task's input meanwhile.
 	full atomic.Bool
@@ -151,7 +156,7 @@ func (tr *taskRunner) run() {
 			if tr.failed == nil {
 				err = tr.task.Tick()
 				if err == nil {
-					_, err = tr.task.ExpireState(tr.w.cfg.ExpireBudget)
+					err = tr.sweep()
 				}
 				tr.task.PublishMetrics()
 			}
@@ -170,6 +175,23 @@ func (tr *taskRunner) run() {
 			tr.w.taskFailed(tr.id, err)
 		}
 	}
+}
+
+// sweep runs a tick's share of the TTL sweep; a new pass starts no sooner
+// than SweepInterval after the last one started.
+func (tr *taskRunner) sweep() error {
+	now := time.Now()
+	if !tr.sweeping {
+		if iv := tr.w.cfg.SweepInterval; iv > 0 && !tr.passStart.IsZero() && now.Sub(tr.passStart) < iv {
+			return nil
+		}
+		tr.sweeping, tr.passStart = true, now
+	}
+	res, err := tr.task.ExpireState(tr.w.cfg.ExpireBudget)
+	if res.PassDone {
+		tr.sweeping = false
+	}
+	return err
 }
 
 func (tr *taskRunner) feed(recs []*kgo.Record) error {

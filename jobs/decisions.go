@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	Register(Job{AdminPort: 9100, Name: "decisions", Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
+	Register(Job{AdminPort: 9100, Name: "decisions", CommitInterval: 100 * time.Millisecond, Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
 		Build: func(b *pipeline.Builder, env Env) error { return BuildDecisions(b, env, env.Decisions) }})
 }
 
@@ -60,8 +60,9 @@ type DecisionsConfig struct {
 	// DedupeTTL is how long an application id is remembered to drop
 	// resubmissions. Default 24h.
 	DedupeTTL time.Duration
-	// BureauCapacity bounds the bureau calls in flight per task. Default
-	// 1000.
+	// BureauCapacity bounds the bureau calls in flight per task, and in
+	// the worker (all its tasks; a call waits for a slot before its
+	// timeout starts). Default 1000.
 	BureauCapacity int
 	// BureauTimeout bounds one bureau attempt. Default 3s.
 	BureauTimeout time.Duration
@@ -182,10 +183,14 @@ type decisionsDeps struct {
 	decisions pipeline.Codec[schemas.LoanDecision]
 	keys      AvroStringKeys
 	bureau    *bureau.Client
-	customers *customerIndexes
-	metrics   *decisionMetrics
-	loans     func() pipeline.Sink[schemas.LoanDecision]
-	env       Env
+	// bureauSlots bounds the bureau calls in flight in the worker (all its
+	// tasks, both bureau stages) at BureauCapacity, as the client's
+	// connections are: a call waits for a slot before its timeout starts.
+	bureauSlots *operators.Limiter
+	customers   *customerIndexes
+	metrics     *decisionMetrics
+	loans       func() pipeline.Sink[schemas.LoanDecision]
+	env         Env
 }
 
 // BuildDecisions declares the decisions job on b (see doc.go). It
@@ -236,6 +241,7 @@ func newDecisionsDeps(job string, env Env, cfg DecisionsConfig) (decisionsDeps, 
 		BreakerFailures: cfg.BureauBreakerFailures, BreakerOpen: cfg.BureauBreakerOpen, Registerer: env.Registerer, Logger: log}); err != nil {
 		return d, err
 	}
+	d.bureauSlots = operators.NewLimiter(cfg.BureauCapacity)
 	d.customers = &customerIndexes{dsn: env.DatabaseURL}
 	if d.metrics, err = newDecisionMetrics(env.Registerer); err != nil {
 		return d, fmt.Errorf("jobs: decisions metrics: %w", err)
@@ -267,8 +273,6 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 
 	known := pipeline.KeyBy(pipeline.Side(routed, tagKnown), "by-customer", func(p pendingApp) string { return *p.App.CustomerID },
 		pipeline.WithKeyCodec(d.keys), pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
-	unknown := pipeline.KeyBy(pipeline.Side(routed, tagUnknown), "unknown-by-application", func(p pendingApp) string { return AppKey(p.App.LenderID, p.App.ApplicationID) },
-		pipeline.ValueCodec(pipeline.JSONCodec[pendingApp]()))
 
 	tableWM := pipeline.WatermarkStrategy{MaxOutOfOrderness: d.cfg.TableOutOfOrderness, IdleTimeout: d.cfg.IdleTimeout}
 	rows := operators.Filter(customer360Source(b, d, tableWM), "customer-rows", func(r c360Row) bool { return !r.Heartbeat })
@@ -305,23 +309,31 @@ func decisionsGraph(b *pipeline.Builder, d decisionsDeps) {
 		return d.stamp(dec, k.pendingApp), err
 	})
 	notFound := operators.Map(pipeline.Side(found, tagNotFound), "not-found", func(k knownApp) (pendingApp, error) { return k.pendingApp, nil })
-	toBureau := pipeline.Union("to-bureau", unknown.Stream, notFound)
-	fromBureau := operators.Map(bureauStage(toBureau, d), "score-bureau", func(a bureauAnswer) (schemas.LoanDecision, error) {
+	scoreBureau := func(a bureauAnswer) (schemas.LoanDecision, error) {
 		if a.Report == nil {
 			return d.stamp(d.cfg.Policy.Fallback(a.App, a.Fallback), a.pendingApp), nil
 		}
 		return d.stamp(d.cfg.Policy.ScoreBureau(a.App, *a.Report), a.pendingApp), nil
-	})
+	}
+	fromBureau := operators.Map(bureauStage(notFound, "bureau", d), "score-bureau", scoreBureau)
+	// Unknown applicants are asked about where they were routed, keyed by
+	// application as they arrived: no repartition (a Kafka hop that costs
+	// a commit interval) between the application and the bureau call. Their
+	// decisions never book a loan (no customer).
+	unknown := operators.Map(bureauStage(pipeline.Side(routed, tagUnknown), "bureau-unknown", d), "score-bureau-unknown", scoreBureau)
+	unknownDecisions := operators.Map(unknown, "measure-unknown",
+		func(dec schemas.LoanDecision) (schemas.LoanDecision, error) { d.metrics.observe(dec); return dec, nil })
+	decisionKey := func(r pipeline.Record[schemas.LoanDecision]) []byte {
+		return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))
+	}
+	kafka.Sink(unknownDecisions, "unknown-decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions, Key: decisionKey})
 	tooLate := operators.Map(pipeline.Side(joined, tagTooLate), "refer-too-late", func(r operators.Rejected[pendingApp]) (schemas.LoanDecision, error) {
 		return d.stamp(d.cfg.Policy.Fallback(r.Value.App, ReasonApplicationTooLate), r.Value), nil
 	})
 
 	decisions := operators.Map(pipeline.Union("decisions", fromTable, fromBureau, tooLate), "measure",
 		func(dec schemas.LoanDecision) (schemas.LoanDecision, error) { d.metrics.observe(dec); return dec, nil })
-	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions,
-		Key: func(r pipeline.Record[schemas.LoanDecision]) []byte {
-			return []byte(AppKey(r.Value.LenderID, r.Value.ApplicationID))
-		}})
+	kafka.Sink(decisions, "decisions-out", kafka.SinkConfig[schemas.LoanDecision]{Topic: d.topics.Decisions, Codec: d.decisions, Key: decisionKey})
 	approved := operators.Filter(decisions, "approved", func(dec schemas.LoanDecision) bool {
 		return dec.Decision == schemas.DecisionApproved && dec.CustomerID != nil
 	})
@@ -365,8 +377,8 @@ func customer360Source(b *pipeline.Builder, d decisionsDeps, wm pipeline.Waterma
 
 // bureauStage pulls credit reports without blocking the task; calls that
 // fail every attempt become fallback answers.
-func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Stream[bureauAnswer] {
-	return operators.Async(in, "bureau", operators.AsyncSpec[pendingApp, bureauAnswer]{
+func bureauStage(in pipeline.Stream[pendingApp], name string, d decisionsDeps) pipeline.Stream[bureauAnswer] {
+	return operators.Async(in, name, operators.AsyncSpec[pendingApp, bureauAnswer]{
 		Call: func(ctx context.Context, p pendingApp) (bureauAnswer, error) {
 			d.metrics.calling(p.App.ApplicationID)
 			rep, err := d.bureau.CreditReport(ctx, bureau.Request{ApplicationID: p.App.ApplicationID, SSNIndex: p.App.SSNIndex,
@@ -379,6 +391,7 @@ func bureauStage(in pipeline.Stream[pendingApp], d decisionsDeps) pipeline.Strea
 		},
 		Ordered:  false,
 		Capacity: d.cfg.BureauCapacity,
+		Limiter:  d.bureauSlots,
 		Timeout:  d.cfg.BureauTimeout,
 		Retry: operators.RetryPolicy{MaxAttempts: d.cfg.BureauAttempts, InitialBackoff: d.cfg.BureauBackoff,
 			MaxBackoff: d.cfg.BureauMaxBackoff, Retryable: bureau.IsRetryable},

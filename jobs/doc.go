@@ -105,7 +105,12 @@
 // is REFER NEW_APPLICANT for an underwriter to onboard them.
 //
 // The bureau stage is operators.Async, unordered, BureauCapacity calls in
-// flight per task (each a goroutine and a pooled connection), a
+// flight per task (each a goroutine and a pooled connection; beyond it
+// applications wait in the operator and the task's input pauses, while
+// checkpoints go on). There are two: unknown applicants are asked where
+// they were routed, keyed by application as they arrived (no repartition,
+// whose Kafka hop would cost a commit interval), customers not found after
+// the join where the join runs. Each has a
 // BureauTimeout per attempt, BureauAttempts attempts with exponential
 // backoff on retryable errors (timeouts, 5xx, 429); 4xx answers are not
 // retried. In-flight applications are part of every checkpoint and are
@@ -177,7 +182,10 @@
 // delinquent balance (DELINQUENT loans), delinquency_rate and
 // default_rate. The state keeps each active loan's contribution (status,
 // balance), so changes are applied as deltas in commit order (event time,
-// then LSN) and need no before-images. A window fires when the watermark
+// then LSN) and need no before-images. An open window keeps its decisions
+// as three counters and each loan change as its own map entry, applied in
+// that order when it closes: no state value grows with a lender's traffic
+// (a changelog record is bounded by the broker's 1 MB). A window fires when the watermark
 // passes its end; an event for a window that already fired goes into the
 // window still open, so totals stay right and its counts land one window
 // late (windows are emitted once). Windows without any event are not emitted.

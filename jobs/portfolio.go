@@ -247,22 +247,49 @@ type windowCounts struct {
 	originated                                          schemas.Decimal
 }
 
-// portfolioFn keeps, per lender and currency, the window's events until
-// the watermark passes the window's end, then applies them in commit order
-// to the running totals and emits the window's PortfolioMetric. An event
+// windowTally is what a lender's open window keeps of its decisions: three
+// counters (a decision needs nothing else, and decisions are the bulk of
+// the input: one per application), and how many loan changes it was given
+// (the arrival number that orders changes of one commit instant, as the
+// list this replaced did).
+type windowTally struct {
+	Approvals int64 `json:"approvals,omitempty"`
+	Declines  int64 `json:"declines,omitempty"`
+	Refers    int64 `json:"refers,omitempty"`
+	Changes   int64 `json:"changes,omitempty"`
+}
+
+// portfolioFn keeps, per lender and currency and open window, the decision
+// counters (windowTally, O(1) whatever the rate) and each loan change as
+// its own map entry (a change's effect depends on the loan's state before
+// it, so changes are applied in commit order when the window closes, not
+// on arrival, where a later window's change may come first). No state
+// value grows with the window's traffic: the list of events it kept before
+// outgrew a changelog record (1 MB, MESSAGE_TOO_LARGE) past ~250
+// applications/s per lender. When the watermark passes the window's end
+// the changes are applied in (event time, commit order, arrival) order to
+// the running totals and the window's PortfolioMetric is emitted. An event
 // for a window that already fired goes into the window still open (its
 // totals must not be lost; its counts land one window late).
 type portfolioFn struct {
 	window  int64
 	now     func() time.Time
-	pending *state.ValueState[[]portfolioEvent] // key|window start → events
+	tally   *state.ValueState[windowTally]      // key|window start → decision counters
+	changes *state.MapState[portfolioEvent]     // key|window start → order key → loan change
+	legacy  *state.ValueState[[]portfolioEvent] // key|window start → events (state written before windowTally; read once, then deleted)
 	loans   *state.ValueState[loanState]        // key|loan id → contribution
 	totals  *state.ValueState[totals]           // key → running totals
 }
 
 func (p *portfolioFn) Open(ctx *operators.ProcessContext[string, schemas.PortfolioMetric]) error {
 	var err error
-	if p.pending, err = state.Value[[]portfolioEvent](ctx.Store(), ctx.StateSpec("pending", 0), pipeline.JSONCodec[[]portfolioEvent]()); err != nil {
+	if p.tally, err = state.Value[windowTally](ctx.Store(), ctx.StateSpec("window-tally", 0), pipeline.JSONCodec[windowTally]()); err != nil {
+		return err
+	}
+	if p.changes, err = state.Map[portfolioEvent](ctx.Store(), ctx.StateSpec("window-changes", 0), pipeline.JSONCodec[portfolioEvent]()); err != nil {
+		return err
+	}
+	if p.legacy, err = state.Value[[]portfolioEvent](ctx.Store(), ctx.StateSpec("pending", 0), pipeline.JSONCodec[[]portfolioEvent]()); err != nil {
 		return err
 	}
 	if p.loans, err = state.Value[loanState](ctx.Store(), ctx.StateSpec("loans", 0), pipeline.JSONCodec[loanState]()); err != nil {
@@ -283,17 +310,40 @@ func windowStart(t, size int64) int64 {
 
 func windowKey(key string, start int64) string { return fmt.Sprintf("%s|%d", key, start) }
 
+// changeOrder is a loan change's map key within its window: it sorts as
+// (event time, commit order, arrival) sort, fixed-width hex of the values
+// with the sign bit flipped so negative ones sort first.
+func changeOrder(at, seq, arrival int64) string {
+	const flip = uint64(1) << 63
+	return fmt.Sprintf("%016x%016x%016x", uint64(at)^flip, uint64(seq)^flip, uint64(arrival)^flip)
+}
+
 func (p *portfolioFn) Process(ctx *operators.ProcessContext[string, schemas.PortfolioMetric], _ string, e portfolioEvent) error {
 	start := windowStart(e.At, p.window)
 	if wm := ctx.CurrentWatermark(); start+p.window-1 <= wm {
 		start = windowStart(wm+1, p.window) // late: the window still open
 	}
 	k := windowKey(ctx.Key(), start)
-	evs, _, err := p.pending.Get(k)
+	t, _, err := p.tally.Get(k)
 	if err != nil {
 		return err
 	}
-	if err := p.pending.Set(k, append(evs, e)); err != nil {
+	if e.Loan != nil {
+		t.Changes++
+		if err := p.changes.Put(k, changeOrder(e.At, e.Seq, t.Changes), e); err != nil {
+			return err
+		}
+	} else {
+		switch e.Decision {
+		case schemas.DecisionApproved:
+			t.Approvals++
+		case schemas.DecisionDeclined:
+			t.Declines++
+		default:
+			t.Refers++
+		}
+	}
+	if err := p.tally.Set(k, t); err != nil {
 		return err
 	}
 	return ctx.RegisterEventTimer(start + p.window - 1)
@@ -302,16 +352,34 @@ func (p *portfolioFn) Process(ctx *operators.ProcessContext[string, schemas.Port
 func (p *portfolioFn) OnTimer(ctx *operators.ProcessContext[string, schemas.PortfolioMetric], key string, _ pipeline.TimeDomain, ts int64) error {
 	start := ts + 1 - p.window
 	wk := windowKey(key, start)
-	evs, _, err := p.pending.Get(wk)
-	if err != nil || len(evs) == 0 {
+	t, had, err := p.tally.Get(wk)
+	if err != nil {
 		return err
 	}
-	sort.SliceStable(evs, func(i, j int) bool {
-		if evs[i].At != evs[j].At {
-			return evs[i].At < evs[j].At
+	var evs []portfolioEvent
+	if t.Changes > 0 {
+		if _, evs, err = p.changes.Entries(wk); err != nil {
+			return err
 		}
-		return evs[i].Seq < evs[j].Seq
-	})
+	}
+	legacy, hadLegacy, err := p.legacy.Get(wk)
+	if err != nil {
+		return err
+	}
+	if !had && !hadLegacy {
+		return nil
+	}
+	if len(legacy) > 0 {
+		// A window opened by the version that kept a list: its events are
+		// ordered as that version did and folded in with the new ones.
+		evs = append(legacy, evs...)
+		sort.SliceStable(evs, func(i, j int) bool {
+			if evs[i].At != evs[j].At {
+				return evs[i].At < evs[j].At
+			}
+			return evs[i].Seq < evs[j].Seq
+		})
+	}
 	tot, ok, err := p.totals.Get(key)
 	if err != nil {
 		return err
@@ -319,14 +387,19 @@ func (p *portfolioFn) OnTimer(ctx *operators.ProcessContext[string, schemas.Port
 	if !ok {
 		tot = totals{Outstanding: schemas.NewDecimal(0, 2), Delinquent: schemas.NewDecimal(0, 2)}
 	}
-	wc := windowCounts{originated: schemas.NewDecimal(0, 2)}
+	wc := windowCounts{originated: schemas.NewDecimal(0, 2), approvals: t.Approvals, declines: t.Declines, refers: t.Refers}
 	for _, e := range evs {
 		if err := p.apply(key, e, &tot, &wc); err != nil {
 			return fmt.Errorf("portfolio %s window %s: %w", key, time.UnixMilli(start).UTC().Format(time.RFC3339), err)
 		}
 	}
-	if err := errors.Join(p.totals.Set(key, tot), p.pending.Delete(wk)); err != nil {
+	if err := errors.Join(p.totals.Set(key, tot), p.tally.Delete(wk), p.legacy.Delete(wk)); err != nil {
 		return err
+	}
+	if t.Changes > 0 {
+		if err := p.changes.Clear(wk); err != nil {
+			return err
+		}
 	}
 	return ctx.EmitAt(p.metric(key, start, tot, wc), ts)
 }

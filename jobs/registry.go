@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -48,6 +49,25 @@ type Job struct {
 	// one (loanflow job run's default, loanflow dev, docker-compose):
 	// one port map everywhere. 0 for jobs without one (tests).
 	AdminPort int
+	// CommitInterval is the job's checkpoint interval unless the operator
+	// chooses one (loanflow job run --commit-interval, loanflow dev
+	// --commit-interval). 0: DefaultCommitInterval. A record is visible to
+	// read_committed readers only once its transaction commits, so a job
+	// whose output someone waits for (decisions) commits more often.
+	CommitInterval time.Duration
+}
+
+// DefaultCommitInterval is the checkpoint interval of a job that names
+// none.
+const DefaultCommitInterval = 200 * time.Millisecond
+
+// CommitIntervalOf is the checkpoint interval of the registered job name
+// (DefaultCommitInterval for a job that names none or is not registered).
+func CommitIntervalOf(name string) time.Duration {
+	if j, ok := Get(name); ok && j.CommitInterval > 0 {
+		return j.CommitInterval
+	}
+	return DefaultCommitInterval
 }
 
 // FirstAdminPort is the lowest port of the admin port map: decisions 9100,

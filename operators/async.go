@@ -70,13 +70,42 @@ type AsyncSpec[In, Out any] struct {
 	// InCodec stores in-flight inputs in checkpoints: after a restore they
 	// are issued again.
 	InCodec pipeline.Codec[In]
+	// Limiter, when set, bounds the attempts in flight across every task
+	// (and operator) sharing it, e.g. a service's capacity per worker: an
+	// attempt waits for a slot before its Timeout starts, so calls queued
+	// behind a busy service do not time out while they wait.
+	Limiter *Limiter
 }
+
+// Limiter is a number of slots shared by async operators (NewLimiter).
+type Limiter struct{ slots chan struct{} }
+
+// NewLimiter returns a limiter of n slots (n >= 1).
+func NewLimiter(n int) *Limiter { return &Limiter{slots: make(chan struct{}, max(n, 1))} }
+
+// acquire takes a slot, or gives up when ctx ends.
+func (l *Limiter) acquire(ctx context.Context) error {
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Limiter) release() { <-l.slots }
 
 // Async calls an external service for each record without blocking the
 // task: up to Capacity calls are in flight at once, each in its own
-// goroutine; results come back to the task goroutine. In-flight inputs are
+// goroutine; results come back to the task goroutine. A record that finds
+// Capacity calls in flight waits in the operator (its call starts when one
+// ends) and the task reports backpressure (pipeline.Context.SetWaiting):
+// the runtime stops fetching the task's input, but the task goes on
+// handling completions and checkpoints, so a full operator never holds a
+// transaction open past its timeout (as Flink's AsyncWaitOperator, whose
+// snapshot holds the queued elements). In-flight and waiting inputs are
 // part of every checkpoint (a checkpoint never waits for them) and are
-// re-issued after a restore, so calls are at-least-once and outputs
+// issued again after a restore, so calls are at-least-once and outputs
 // exactly-once.
 func Async[In, Out any](s pipeline.Stream[In], name string, spec AsyncSpec[In, Out]) pipeline.Stream[Out] {
 	if spec.Call == nil || spec.InCodec == nil {
@@ -101,6 +130,7 @@ type asyncEntry[In, Out any] struct {
 	err     error
 	done    bool
 	emitted bool
+	started bool // its call was issued (else it waits for room)
 	isWM    bool
 	wm      pipeline.Watermark
 }
@@ -114,6 +144,8 @@ type asyncOp[In, Out any] struct {
 	queue    []*asyncEntry[In, Out] // input order; head at queue[head]; see compact
 	head     int
 	inFlight int
+	waiting  []*asyncEntry[In, Out] // accepted at capacity, in arrival order; head at waiting[whead]
+	whead    int
 	done     chan *asyncEntry[In, Out]
 
 	saved bool // the last snapshot stored in-flight inputs
@@ -157,21 +189,46 @@ func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Ou
 	return nil
 }
 
-// Process starts a call for r, first waiting for room if Capacity calls
-// are in flight.
+// Process starts a call for r, or, when Capacity calls are in flight,
+// keeps r waiting for room and reports backpressure. It never blocks the
+// task: a task blocked here would hold its transaction open until a call
+// ends, past the transaction timeout when calls are slow and many wait.
 func (a *asyncOp[In, Out]) Process(r pipeline.Record[In]) error {
-	for a.inFlight >= a.spec.Capacity {
-		if err := a.complete(<-a.done); err != nil {
-			return err
-		}
-	}
 	e := &asyncEntry[In, Out]{rec: r}
 	a.queue = append(a.queue, e)
+	if a.inFlight < a.spec.Capacity {
+		a.start(e)
+		return nil
+	}
+	a.waiting = append(a.waiting, e)
+	a.ctx.SetWaiting(len(a.waiting) - a.whead)
+	return nil
+}
+
+// start issues e's call.
+func (a *asyncOp[In, Out]) start(e *asyncEntry[In, Out]) {
+	e.started = true
 	a.inFlight++
 	a.ctx.SetInFlight(a.inFlight)
 	a.wg.Add(1)
 	go a.call(e)
-	return nil
+}
+
+// startWaiting issues the calls of waiting records while there is room.
+func (a *asyncOp[In, Out]) startWaiting() {
+	for a.inFlight < a.spec.Capacity && a.whead < len(a.waiting) {
+		a.start(a.waiting[a.whead])
+		a.waiting[a.whead] = nil
+		a.whead++
+	}
+	if a.whead == len(a.waiting) {
+		a.waiting, a.whead = a.waiting[:0], 0
+	} else if a.whead >= compactAfter && a.whead*2 >= len(a.waiting) {
+		n := copy(a.waiting, a.waiting[a.whead:])
+		clear(a.waiting[n:])
+		a.waiting, a.whead = a.waiting[:n], 0
+	}
+	a.ctx.SetWaiting(len(a.waiting) - a.whead)
 }
 
 // call runs on its own goroutine: attempts with timeouts and backoff.
@@ -181,12 +238,21 @@ func (a *asyncOp[In, Out]) call(e *asyncEntry[In, Out]) {
 	bo := &backoff.ExponentialBackOff{InitialInterval: rp.InitialBackoff, RandomizationFactor: rp.Jitter, Multiplier: rp.Multiplier, MaxInterval: rp.MaxBackoff}
 	bo.Reset()
 	for attempt := 1; ; attempt++ {
+		if l := a.spec.Limiter; l != nil {
+			if err := l.acquire(a.callCtx); err != nil {
+				e.err = err // the task stops: the record is in its checkpoint
+				break
+			}
+		}
 		actx, cancel := context.WithTimeout(a.callCtx, a.spec.Timeout)
 		out, err := a.spec.Call(actx, e.rec.Value)
 		if err != nil && errors.Is(err, context.DeadlineExceeded) && a.callCtx.Err() == nil {
 			err = fmt.Errorf("timed out after %s: %w", a.spec.Timeout, err)
 		}
 		cancel()
+		if l := a.spec.Limiter; l != nil {
+			l.release()
+		}
 		if err == nil {
 			e.out, e.err = out, nil
 			break
@@ -218,13 +284,14 @@ func (a *asyncOp[In, Out]) Drain() error {
 	}
 }
 
-// complete handles a finished call. It may run while a later record is
-// being fed (Process waiting for capacity), so it runs detached from that
-// record: its dead letters and downstream failures do not name it.
+// complete handles a finished call and starts a waiting one in its place.
+// It runs detached from any record being fed: its dead letters and
+// downstream failures do not name one.
 func (a *asyncOp[In, Out]) complete(e *asyncEntry[In, Out]) error {
 	e.done = true
 	a.inFlight--
 	a.ctx.SetInFlight(a.inFlight)
+	a.startWaiting()
 	return a.ctx.Detached(func() error {
 		if !a.spec.Ordered {
 			if err := a.emit(e); err != nil {
@@ -315,7 +382,8 @@ func (a *asyncOp[In, Out]) OnWatermark(w pipeline.Watermark) (bool, error) {
 	return false, a.flush()
 }
 
-// Snapshot stores the inputs of everything not yet emitted.
+// Snapshot stores the inputs of everything not yet emitted: calls in
+// flight and records waiting for room.
 func (a *asyncOp[In, Out]) Snapshot() error {
 	var pending []pipeline.Record[In]
 	for _, e := range a.queue[a.head:] {

@@ -65,52 +65,85 @@ func TestAsyncTenThousandInFlight(t *testing.T) {
 	}
 }
 
-// TestAsyncCapacityBlocks: with capacity 2, a third record waits for a
-// slot (the task blocks, it does not buffer without bound).
-func TestAsyncCapacityBlocks(t *testing.T) {
-	release := make(chan struct{})
-	var maxInFlight, cur atomic.Int64
+// TestAsyncCapacityWaits: with capacity 2, further records wait in the
+// operator (their calls start as calls end) instead of blocking the task:
+// the task reports backpressure, a checkpoint goes through with records in
+// flight and waiting, and after a restart from it every record is called
+// and answered exactly once.
+func TestAsyncCapacityWaits(t *testing.T) {
+	const n, capacity = 7, 2
+	release := make(chan struct{}, n)
+	var maxInFlight, cur, started atomic.Int64
 	b := pipeline.NewBuilder("capacity")
 	src := pipeline.AddSource(b, "src", pipeline.SourceSpec[int64]{Decode: decodeInt})
 	out := operators.Async(src, "call", operators.AsyncSpec[int64, int64]{
 		Call: func(ctx context.Context, v int64) (int64, error) {
+			started.Add(1)
 			c := cur.Add(1)
+			defer cur.Add(-1)
 			for m := maxInFlight.Load(); c > m && !maxInFlight.CompareAndSwap(m, c); m = maxInFlight.Load() {
 			}
-			<-release
-			cur.Add(-1)
-			return v, nil
+			select {
+			case <-release:
+				return v, nil
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
 		},
-		Capacity: 2,
+		Capacity: capacity,
+		Timeout:  time.Minute,
 		InCodec:  pipeline.JSONCodec[int64](),
 	})
-	pipeline.Discard(out)
+	var got pipeline.Collected[int64]
+	pipeline.CollectTo(out, "collect", &got)
 	l, err := pipeline.NewLocal(b, pipeline.LocalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	fed := make(chan error, 1)
-	go func() {
-		for i := int64(0); i < 3; i++ {
-			if err := pipeline.Feed(l, "src", 0, i, i); err != nil {
-				fed <- err
-				return
-			}
+	for i := int64(0); i < n; i++ { // returns: Feed does not wait for room
+		if err := pipeline.Feed(l, "src", 0, i, i); err != nil {
+			t.Fatal(err)
 		}
-		fed <- nil
-	}()
-	select {
-	case err := <-fed:
-		t.Fatalf("the third record did not wait for capacity (err %v)", err)
-	case <-time.After(200 * time.Millisecond):
 	}
-	close(release)
-	if err := <-fed; err != nil {
+	if inFlight := l.Task().InFlight(); inFlight != capacity || !l.Task().Backpressured() {
+		t.Fatalf("%d calls in flight (want %d), backpressured %v (want true)", inFlight, capacity, l.Task().Backpressured())
+	}
+	if err := l.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	if m := maxInFlight.Load(); m > 2 {
-		t.Fatalf("%d calls in flight with capacity 2", m)
+	if err := l.Restart(); err != nil { // the calls in flight are cancelled; all seven are issued again
+		t.Fatal(err)
+	}
+	if !l.Task().Backpressured() {
+		t.Fatal("after the restore: not backpressured with 7 records and capacity 2")
+	}
+	for range n {
+		release <- struct{}{}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for len(got.Records()) < n && time.Now().Before(deadline) {
+		if _, err := l.AwaitWork(100 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[int64]int{}
+	for _, r := range got.Records() {
+		seen[r.Value]++
+	}
+	for i := int64(0); i < n; i++ {
+		if seen[i] != 1 {
+			t.Errorf("record %d answered %d times; results %v", i, seen[i], got.Records())
+		}
+	}
+	if m := maxInFlight.Load(); m > capacity {
+		t.Errorf("%d calls in flight with capacity %d", m, capacity)
+	}
+	if l.Task().Backpressured() {
+		t.Error("still backpressured with every record answered")
+	}
+	if s := started.Load(); s < n+capacity {
+		t.Errorf("%d calls started; want the %d cancelled by the restart and the %d after it", s, capacity, n)
 	}
 }
 
@@ -173,12 +206,14 @@ func TestAsyncQueueStaysBounded(t *testing.T) {
 	}
 }
 
-// TestAsyncOpenFailureStopsCalls restores five in-flight inputs into an
-// async operator whose capacity is now 2. Re-issuing them, Open waits for a
-// slot; the first call fails with a retryable error, so Open fails. The
-// call it had already started for the second input must be cancelled and
-// waited for, not left running until its timeout.
-func TestAsyncOpenFailureStopsCalls(t *testing.T) {
+// TestAsyncRestoreBeyondCapacity restores five in-flight inputs into an
+// async operator whose capacity is now 2: Open does not wait for room (two
+// calls start, three wait). The first call fails with a retryable error,
+// which fails the task when its completion is drained (after it started
+// the third record's call in its place); closing the task then cancels and
+// waits for the two calls still running, rather than leaving them until
+// their timeout, and the records still waiting are never called.
+func TestAsyncRestoreBeyondCapacity(t *testing.T) {
 	fs := vfs.NewMem()
 	job := func(capacity int, call func(context.Context, int64) (int64, error)) *pipeline.Builder {
 		b := pipeline.NewBuilder("reopen")
@@ -206,8 +241,10 @@ func TestAsyncOpenFailureStopsCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	var calls atomic.Int64
 	started, cancelled := make(chan int64, 5), make(chan int64, 5)
-	_, err = pipeline.NewLocal(job(2, func(ctx context.Context, v int64) (int64, error) {
+	l, err = pipeline.NewLocal(job(2, func(ctx context.Context, v int64) (int64, error) {
+		calls.Add(1)
 		if v == 0 {
 			return 0, pipeline.Retryable(errors.New("bureau down"))
 		}
@@ -216,17 +253,88 @@ func TestAsyncOpenFailureStopsCalls(t *testing.T) {
 		cancelled <- v
 		return 0, ctx.Err()
 	}), pipeline.LocalOptions{FS: fs})
-	if err == nil || !errors.Is(err, pipeline.ErrRetryable) {
-		t.Fatalf("reopening = %v, want the retryable failure of the first call", err)
+	if err != nil {
+		t.Fatalf("reopening: %v", err)
 	}
-	if len(started) == 0 {
-		t.Fatal("no call was re-issued before Open failed; the test proves nothing")
+	if got := l.Task().InFlight(); got != 2 || !l.Task().Backpressured() {
+		t.Fatalf("after the restore %d calls in flight (want 2), backpressured %v (want true)", got, l.Task().Backpressured())
 	}
-	for n := len(started); n > 0; n-- {
+	for deadline := time.Now().Add(time.Minute); err == nil && time.Now().Before(deadline); {
+		_, err = l.AwaitWork(100 * time.Millisecond)
+	}
+	if !errors.Is(err, pipeline.ErrRetryable) {
+		t.Fatalf("draining = %v, want the retryable failure of the first call", err)
+	}
+	<-started // the second and third inputs' calls are running
+	<-started
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	for range 2 {
 		select {
 		case <-cancelled:
 		case <-time.After(5 * time.Second):
-			t.Fatalf("%d re-issued call(s) still running 5s after Open failed: leaked until their 1m timeout", n)
+			t.Fatal("a running call was not cancelled 5s after Close: leaked until its 1m timeout")
 		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("%d calls made; want 3 (two records were still waiting for room)", n)
+	}
+}
+
+// TestAsyncLimiterBoundsCalls: a limiter of 2 slots shared by two async
+// operators of capacity 5 keeps at most 2 calls running at once (calls
+// finish one at a time, so without it five would wait at once), and every
+// record is answered.
+func TestAsyncLimiterBoundsCalls(t *testing.T) {
+	const n = 12
+	var cur, maxCur atomic.Int64
+	release := make(chan struct{}) // one call at a time gets to finish
+	go func() {
+		for range 2 * n {
+			release <- struct{}{}
+		}
+	}()
+	call := func(ctx context.Context, v int64) (int64, error) {
+		c := cur.Add(1)
+		defer cur.Add(-1)
+		for m := maxCur.Load(); c > m && !maxCur.CompareAndSwap(m, c); m = maxCur.Load() {
+		}
+		select {
+		case <-release:
+			return v, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	lim := operators.NewLimiter(2)
+	spec := operators.AsyncSpec[int64, int64]{Call: call, Capacity: 5, Timeout: time.Minute, Limiter: lim, InCodec: pipeline.JSONCodec[int64]()}
+	b := pipeline.NewBuilder("limiter")
+	src := pipeline.AddSource(b, "src", pipeline.SourceSpec[int64]{Decode: decodeInt})
+	second := operators.Async(operators.Async(src, "first", spec), "second", spec)
+	var got pipeline.Collected[int64]
+	pipeline.CollectTo(second, "collect", &got)
+	l, err := pipeline.NewLocal(b, pipeline.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := int64(0); i < n; i++ {
+		if err := pipeline.Feed(l, "src", 0, i, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); len(got.Records()) < n && time.Now().Before(deadline); {
+		if _, err := l.AwaitWork(100 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got.Records()) != n {
+		t.Fatalf("%d results, want %d", len(got.Records()), n)
+	}
+	if m := maxCur.Load(); m > 2 {
+		t.Fatalf("%d calls at once with a limiter of 2", m)
 	}
 }

@@ -32,10 +32,11 @@ func checkDeadLetter(t *testing.T, l *pipeline.Local, want []byte) {
 	}
 }
 
-// TestAsyncDeadLetterCarriesFailedInput: a call fails every attempt and
-// its completion is handled while another record is being fed (capacity 1
-// makes that record wait for it). The dead letter must carry the failed
-// input, encoded with InCodec, and not the record being fed.
+// TestAsyncDeadLetterCarriesFailedInput: a call fails every attempt while
+// another record waits for room behind it (capacity 1); its completion,
+// which starts the waiting record's call, is handled after that record
+// was fed. The dead letter must carry the failed input, encoded with
+// InCodec, and not the last record fed.
 func TestAsyncDeadLetterCarriesFailedInput(t *testing.T) {
 	inCodec := pipeline.JSONCodec[string]()
 	release := make(chan struct{})
@@ -65,6 +66,11 @@ func TestAsyncDeadLetterCarriesFailedInput(t *testing.T) {
 	close(release)
 	if err := l.FeedRaw("apps", pipeline.RawRecord{Topic: "apps", Offset: 8, Value: []byte("good")}); err != nil {
 		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); len(l.DeadLetters()) == 0 && time.Now().Before(deadline); {
+		if _, err := l.AwaitWork(100 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
 	}
 	want, _ := inCodec.Encode(nil, "bad")
 	checkDeadLetter(t, l, want)

@@ -35,11 +35,13 @@
 // Every operator instance belongs to one task and runs on that task's
 // goroutine; the async operator also starts one goroutine per call in
 // flight, which it owns and whose results it hands back to the task
-// goroutine. Nothing here is shared between tasks. The async operator's
+// goroutine. Nothing here is shared between tasks but an async Limiter,
+// whose slots the operators given it share. A record that finds Capacity
+// calls in flight waits in the async operator, which reports backpressure
+// (pipeline.Context.SetWaiting) instead of blocking the task: the runtime
+// stops feeding the task and goes on checkpointing. The async operator's
 // queue of records and watermarks stays within a few times Capacity
-// entries however long the stream runs, and if its Open fails while
-// re-issuing restored inputs, it cancels and waits for the calls it had
-// started.
+// entries (plus the records waiting) however long the stream runs.
 //
 // # Errors
 //

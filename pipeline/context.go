@@ -242,6 +242,13 @@ func (c *Context) CountDropped() { c.m.dropped++ }
 // Metrics gives the operator's gauges for in-flight async calls.
 func (c *Context) SetInFlight(n int) { c.m.inFlight = int64(n) }
 
+// SetWaiting reports how many accepted records wait for room in the
+// operator (an async operator at capacity). While any does, the task is
+// backpressured (Task.Backpressured): the runtime stops fetching its input
+// but keeps checkpointing, so a full operator never holds a transaction
+// open. The records waiting are part of the operator's snapshot.
+func (c *Context) SetWaiting(n int) { c.m.waiting = int64(n) }
+
 // countOut counts the operator's output records.
 func countOut[T any](ctx *Context, out Collector[T]) Collector[T] {
 	return &counting[T]{out: out, n: &ctx.m.out, t: ctx.task}

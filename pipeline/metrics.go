@@ -72,8 +72,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type opMetrics struct {
 	in, out, deadLettered, dropped int64
 	inFlight                       int64
-	async                          bool // registered a drainer: reports async_in_flight
-	published                      bool // its failure counters exist
+	waiting                        int64 // accepted records waiting for room (backpressure)
+	async                          bool  // registered a drainer: reports async_in_flight
+	published                      bool  // its failure counters exist
 	pubIn, pubOut, pubDL, pubDrop  int64
 }
 

@@ -228,6 +228,18 @@ func (t *Task) InFlight() int {
 	return n
 }
 
+// Backpressured reports whether an operator of the task holds records
+// waiting for room (Context.SetWaiting): the driver should stop feeding it
+// until it is not, and keep checkpointing meanwhile.
+func (t *Task) Backpressured() bool {
+	for _, c := range t.contexts {
+		if c.m.waiting > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // FeedRaw decodes a record read from a topic and runs it through the
 // chain. Undecodable records go to the dead-letter topic.
 func (t *Task) FeedRaw(raw *RawRecord) error {

@@ -51,6 +51,14 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 				return err
 			}
 			noneIfZero(&cfg.Bureau.ErrorRate, &cfg.Bureau.TimeoutRate, &cfg.Bureau.NoFileRate)
+			if !cmd.Flags().Changed("decisions-bureau-capacity") {
+				// Never ask the simulator for more than it serves: calls
+				// beyond its capacity get 429, which the job retries and
+				// which trip its circuit breaker (every applicant then
+				// falls back). Beyond this many calls, applications wait
+				// in the job (its input pauses), not in the bureau.
+				cfg.Decisions.BureauCapacity = min(cfg.Decisions.BureauCapacity, cfg.Bureau.MaxInFlight)
+			}
 			// Only for the negative control of TestDevStackSurvivesSIGKILL.
 			cfg.BrokerInProcess = os.Getenv("LOANFLOW_DEV_BROKER_IN_PROCESS") == "1"
 			log, closeLog, err := devLogger(cfg.Dir, logLevel)
@@ -97,7 +105,7 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 		"checkpoint interval per job, JOB=DURATION,... (a decision is visible to read_committed readers when its checkpoint commits); a bare DURATION sets every job")
 	f.StringVar(&cfg.Decisions.JoinMode, "decisions-join", envOr("LOANFLOW_DECISIONS_JOIN", jobs.JoinAsOf),
 		"how the decisions job finds a known customer: as-of (the customer_360 version valid at the application's time; waits for CDC heartbeats) or lookup (the newest version read, at once) (env LOANFLOW_DECISIONS_JOIN)")
-	f.IntVar(&cfg.Decisions.BureauCapacity, "decisions-bureau-capacity", 1000, "bureau calls in flight per task of the decisions job (also bounds the worker's connections to the bureau, which its tasks share)")
+	f.IntVar(&cfg.Decisions.BureauCapacity, "decisions-bureau-capacity", 1000, "bureau calls in flight per task of the decisions job (also bounds the worker's connections to the bureau, which its tasks share); at most --bureau-capacity unless set")
 	f.DurationVar(&cfg.Decisions.BureauTimeout, "decisions-bureau-timeout", 3*time.Second, "bound of one bureau attempt of the decisions job")
 	f.DurationVar(&cfg.Bureau.LatencyMin, "bureau-latency-min", 200*time.Millisecond, "shortest simulated bureau latency")
 	f.DurationVar(&cfg.Bureau.LatencyMax, "bureau-latency-max", 2*time.Second, "longest simulated bureau latency")

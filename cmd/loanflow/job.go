@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -185,7 +186,7 @@ the changelog tail) and checkpoints every --commit-interval. With
 	fl.StringVar(&f.admin, "admin-addr", envOr("LOANFLOW_ADMIN_ADDR", "auto"), "admin and metrics listen address; auto: 127.0.0.1 and the job's port (decisions 9100, cache-invalidation 9101, portfolio 9102); empty to disable (env LOANFLOW_ADMIN_ADDR)")
 	fl.StringVar(&f.advertise, "admin-advertise-addr", os.Getenv("LOANFLOW_ADMIN_ADVERTISE_ADDR"), "admin address as loanflow job status/stop reach it, advertised to the group (default: --admin-addr, with this host's name when it listens on all interfaces; env LOANFLOW_ADMIN_ADVERTISE_ADDR)")
 	fl.StringVar(&f.fromSavepoint, "from-savepoint", "", "start from this savepoint directory")
-	fl.DurationVar(&f.commitInterval, "commit-interval", 200*time.Millisecond, "time between checkpoints")
+	fl.DurationVar(&f.commitInterval, "commit-interval", 0, "time between checkpoints (default: the job's own, decisions 100ms, the others 200ms)")
 	fl.DurationVar(&f.sessionTimeout, "session-timeout", 10*time.Second, "consumer group session timeout")
 	fl.DurationVar(&f.transactionTimeout, "transaction-timeout", 10*time.Second, "how long a crashed worker's open transaction can hold readers back")
 	fl.DurationVar(&f.summary, "summary-interval", time.Minute, "how often the worker logs a summary line (rates, lag, checkpoint age) and warns about what degraded; -1ns disables it")
@@ -219,7 +220,7 @@ func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error 
 	}
 	w, err := kafka.NewWorker(b, kafka.Config{
 		Brokers: splitList(f.env.brokers), StateDir: f.stateDir, WorkerID: f.workerID, Delivery: kafka.Delivery(f.delivery),
-		CommitInterval: f.commitInterval, SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
+		CommitInterval: cmp.Or(f.commitInterval, jobs.CommitIntervalOf(name)), SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
 		DefaultPartitions: f.defaultPartitions, FromSavepoint: f.fromSavepoint, AdminAddr: advertised, SummaryInterval: f.summary, Registerer: reg, Logger: wlog,
 	})
 	if err != nil {

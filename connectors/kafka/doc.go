@@ -30,8 +30,11 @@
 // Worker.Run owns everything: the polling goroutine (which is the caller's)
 // owns the franz-go clients and the checkpoint protocol; each task has one
 // goroutine that owns the task and its state, fed through a bounded queue
-// (backpressure); async operators own their call goroutines. Run returns
-// after all of them stopped.
+// (backpressure); a task whose async operator is full
+// (pipeline.Task.Backpressured) has its input partitions paused until it
+// has room, while checkpoints go on; async operators own their call
+// goroutines. Each task's TTL sweep starts a pass at most every
+// SweepInterval. Run returns after all of them stopped.
 //
 // # Errors
 //

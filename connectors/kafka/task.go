@@ -78,6 +78,15 @@ type taskRunner struct {
 	logEnd  map[string]int64 // changelog topic → next offset after this checkpoint
 	prodErr error
 	failed  error // task goroutine only
+
+	// sweeping: a TTL sweep pass is in progress (started at passStart);
+	// task goroutine only.
+	sweeping  bool
+	passStart time.Time
+
+	// full: an operator of the task holds records waiting for room
+	// (Task.Backpressured); the worker pauses the task's input meanwhile.
+	full atomic.Bool
 }
 
 func (tr *taskRunner) init() {
@@ -147,7 +156,7 @@ func (tr *taskRunner) run() {
 			if tr.failed == nil {
 				err = tr.task.Tick()
 				if err == nil {
-					_, err = tr.task.ExpireState(tr.w.cfg.ExpireBudget)
+					err = tr.sweep()
 				}
 				tr.task.PublishMetrics()
 			}
@@ -157,11 +166,32 @@ func (tr *taskRunner) run() {
 		if tr.failed == nil && tr.task.NeedsCheckpoint() {
 			tr.w.needsCP.Store(true)
 		}
+		full := tr.failed == nil && tr.task.Backpressured()
+		if was := tr.full.Swap(full); was && !full {
+			tr.w.wakePoll()
+		}
 		if err != nil && tr.failed == nil {
 			tr.failed = err
 			tr.w.taskFailed(tr.id, err)
 		}
 	}
+}
+
+// sweep runs a tick's share of the TTL sweep; a new pass starts no sooner
+// than SweepInterval after the last one started.
+func (tr *taskRunner) sweep() error {
+	now := time.Now()
+	if !tr.sweeping {
+		if iv := tr.w.cfg.SweepInterval; iv > 0 && !tr.passStart.IsZero() && now.Sub(tr.passStart) < iv {
+			return nil
+		}
+		tr.sweeping, tr.passStart = true, now
+	}
+	res, err := tr.task.ExpireState(tr.w.cfg.ExpireBudget)
+	if res.PassDone {
+		tr.sweeping = false
+	}
+	return err
 }
 
 func (tr *taskRunner) feed(recs []*kgo.Record) error {

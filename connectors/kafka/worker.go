@@ -68,6 +68,11 @@ type Worker struct {
 	summary       summaryState // owned by Run's goroutine
 	ready         chan struct{}
 	readyOnce     sync.Once
+	// paused: the tasks whose input partitions are paused because an
+	// operator of theirs is full (Task.Backpressured); owned by Run's
+	// goroutine. pollWake cuts a poll short when one of them has room.
+	paused   map[taskID]bool
+	pollWake chan struct{}
 }
 
 // NewWorker prepares a worker for the job built in b. Nothing connects
@@ -86,6 +91,7 @@ func NewWorker(b *pipeline.Builder, cfg Config) (*Worker, error) {
 		topicSub: make(map[string]int), tasks: make(map[taskID]*taskRunner),
 		assignment: make(map[string]map[int32]bool), failures: make(map[taskID]int), lastErr: make(map[taskID]error),
 		stopReq: make(chan stopRequest), ready: make(chan struct{}),
+		paused: make(map[taskID]bool), pollWake: make(chan struct{}, 1),
 	}
 	w.metrics = pipeline.NewMetrics(cfg.Registerer)
 	for _, reason := range []string{"commit", "aborted", "task-failed"} {
@@ -371,7 +377,19 @@ func (w *Worker) Run(ctx context.Context) error {
 		if wait < time.Millisecond {
 			wait = time.Millisecond
 		}
+		w.applyBackpressure()
 		pctx, cancel := context.WithTimeout(ctx, wait)
+		if len(w.paused) > 0 {
+			// A paused task that gets room resumes its input at once, not
+			// at the end of this poll.
+			go func() {
+				select {
+				case <-w.pollWake:
+					cancel()
+				case <-pctx.Done():
+				}
+			}()
+		}
 		fs := w.sess.PollFetches(pctx)
 		cancel()
 		if err := fetchError(fs); err != nil {
@@ -397,6 +415,67 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.blocked.Store(false)
 			w.sess.AllowRebalance()
 		}
+	}
+}
+
+// applyBackpressure pauses fetching the input partitions of every task
+// with an operator full (an async operator at capacity: its records wait in
+// the operator, see pipeline.Context.SetWaiting) and resumes them when it
+// has room; paused partitions of tasks no longer here are resumed. The
+// loop goes on checkpointing meanwhile: backpressure never holds a
+// transaction open. Records already queued to a paused task are still fed
+// to it (at most QueueBatches batches wait in its operator).
+func (w *Worker) applyBackpressure() {
+	var pause, resume map[string][]int32
+	add := func(m *map[string][]int32, id taskID) {
+		if *m == nil {
+			*m = make(map[string][]int32)
+		}
+		for topic, sub := range w.topicSub {
+			if sub == id.sub {
+				(*m)[topic] = append((*m)[topic], id.part)
+			}
+		}
+	}
+	for id, tr := range w.tasks {
+		full := tr.full.Load()
+		switch {
+		case full && !w.paused[id]:
+			w.paused[id] = true
+			add(&pause, id)
+		case !full && w.paused[id]:
+			delete(w.paused, id)
+			add(&resume, id)
+		}
+	}
+	for id := range w.paused {
+		if w.tasks[id] == nil {
+			delete(w.paused, id)
+			add(&resume, id)
+		}
+	}
+	if pause != nil {
+		w.sess.Client().PauseFetchPartitions(pause)
+	}
+	if resume != nil {
+		w.sess.Client().ResumeFetchPartitions(resume)
+	}
+	select {
+	case <-w.pollWake: // a wake-up from before this look at the tasks
+	default:
+	}
+	for id := range w.paused {
+		if !w.tasks[id].full.Load() {
+			w.wakePoll() // it got room meanwhile
+		}
+	}
+}
+
+// wakePoll cuts short the poll in progress (a paused task has room).
+func (w *Worker) wakePoll() {
+	select {
+	case w.pollWake <- struct{}{}:
+	default:
 	}
 }
 

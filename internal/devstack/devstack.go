@@ -40,11 +40,17 @@ import (
 var Jobs = []string{"cache-invalidation", "portfolio", "decisions"}
 
 // DefaultCommitIntervals are the jobs' checkpoint intervals unless
-// Config.CommitIntervals says otherwise: the decisions job commits every
-// 100ms, since a decision is visible to read_committed readers only once
-// its transaction commits; the others keep the engine's 200ms.
-var DefaultCommitIntervals = map[string]time.Duration{
-	"decisions": 100 * time.Millisecond, "cache-invalidation": 200 * time.Millisecond, "portfolio": 200 * time.Millisecond}
+// Config.CommitIntervals says otherwise: each job's own
+// (jobs.CommitIntervalOf): the decisions job commits every 100ms, since a
+// decision is visible to read_committed readers only once its transaction
+// commits; the others keep the engine's 200ms.
+var DefaultCommitIntervals = func() map[string]time.Duration {
+	m := make(map[string]time.Duration, len(Jobs))
+	for _, j := range Jobs {
+		m[j] = jobs.CommitIntervalOf(j)
+	}
+	return m
+}()
 
 // APILimits are the API limits a load test meets (see api.Config).
 type APILimits struct {

@@ -141,6 +141,10 @@ type Config struct {
 	// a lost connection. Default 5s.
 	ReconnectBackoffMax time.Duration `yaml:"reconnect_backoff_max"`
 
+	// WALGuard watches the slot's retained WAL from a side connection and
+	// stops the reader (or drops the slot) past a limit (walguard.go).
+	WALGuard WALGuardConfig `yaml:"wal_guard"`
+
 	// MetricsAddr serves Prometheus metrics at /metrics when set (used by
 	// `loanflow cdc run`; library users register Metrics themselves).
 	MetricsAddr string `yaml:"metrics_addr"`
@@ -245,6 +249,7 @@ func (c Config) WithDefaults() Config {
 	defDur(&c.StatusInterval, time.Second)
 	defDur(&c.HeartbeatInterval, 5*time.Second)
 	defDur(&c.ReconnectBackoffMax, 5*time.Second)
+	c.WALGuard = c.WALGuard.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -323,6 +328,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatInterval < 0 {
 		bad("heartbeat_interval must not be negative")
+	}
+	if err := c.WALGuard.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

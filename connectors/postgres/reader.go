@@ -21,6 +21,7 @@ type Reader struct {
 	cfg Config
 	reg Registry
 	m   *metrics
+	sm  *slotMetrics
 }
 
 // NewReader validates cfg (after defaults) and returns a reader. The
@@ -34,16 +35,16 @@ func NewReader(cfg Config) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{cfg: cfg, reg: reg, m: newMetrics(cfg.Registerer, cfg.Name)}, nil
+	m := newMetrics(cfg.Registerer, cfg.Name)
+	return &Reader{cfg: cfg, reg: reg, m: m, sm: newSlotMetrics(cfg.Registerer, cfg.Name, m.lagBytes)}, nil
 }
 
 // Config returns the reader's configuration with defaults applied.
 func (r *Reader) Config() Config { return r.cfg }
 
-// Run runs sessions until ctx ends (returning nil) or a fatal error (see
-// errors.go); retryable errors (lost connections, Kafka errors) start a new
-// session after a backoff, which resumes from the position in Kafka.
-func (r *Reader) Run(ctx context.Context) error {
+// runSessions runs sessions until ctx ends (returning nil) or a fatal
+// error; see Run (walguard.go).
+func (r *Reader) runSessions(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
@@ -199,6 +200,7 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if err := checkIdentity(ctx, meta, &r.cfg, pub); err != nil {
 		return err
 	}
+	r.m.changes.sessionStart(pub)
 	repl, err := connectReplication(ctx, r.cfg.DatabaseURL)
 	if err != nil {
 		return err

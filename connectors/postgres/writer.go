@@ -356,7 +356,7 @@ func (w *writer) afterCommit(pos Position) {
 	w.m.commits.Inc()
 	w.m.committedLSN.Set(float64(pos.FlushLSN))
 	w.m.lastCommit.Set(float64(now.UnixNano()) / 1e9)
-	w.m.changes.Add(float64(w.records))
+	w.m.changes.committed()
 	w.m.changesPerSec.Set(w.rate.add(now, w.records))
 	if n := len(w.commitTimes); n > 0 {
 		w.m.lagSeconds.Set(now.Sub(w.commitTimes[n-1]).Seconds())
@@ -427,8 +427,12 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 		if err := w.produce(ctx, rec); err != nil {
 			return err
 		}
+		w.m.changes.note(ev)
 	}
 	if ev.op == opDelete && key != nil {
+		if t.route.mode == ModeUpsert {
+			w.m.changes.note(ev)
+		}
 		return w.produce(ctx, &kgo.Record{Topic: t.route.topic, Key: key, Timestamp: ev.commitTime})
 	}
 	return nil

@@ -135,11 +135,11 @@ type SlotState struct {
 // when there is none).
 func readSlotState(ctx context.Context, conn *pgx.Conn, slot string) (SlotState, error) {
 	var (
-		s                       SlotState
-		active                  *bool
-		pid                     *int32
-		status, restart, flush  *string
-		retained, lag, safe     *int64
+		s                      SlotState
+		active                 *bool
+		pid                    *int32
+		status, restart, flush *string
+		retained, lag, safe    *int64
 	)
 	err := conn.QueryRow(ctx, `SELECT s.active, s.active_pid, s.wal_status, s.restart_lsn::text, s.confirmed_flush_lsn::text,
 			w.lsn::text, (w.lsn - s.restart_lsn)::bigint, (w.lsn - s.confirmed_flush_lsn)::bigint, s.safe_wal_size

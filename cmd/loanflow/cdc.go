@@ -44,7 +44,7 @@ func newCDCCmd() *cobra.Command {
 		Use:   "cdc",
 		Short: "PostgreSQL change-data-capture into Kafka (exactly once, Avro)",
 	}
-	cmd.AddCommand(newCDCRunCmd(), newCDCResetCmd(), newCDCSkipCmd(), newCDCSnapshotCmd(), &cobra.Command{
+	cmd.AddCommand(newCDCRunCmd(), newCDCResetCmd(), newCDCSkipCmd(), newCDCSnapshotCmd(), newCDCStatusCmd(), &cobra.Command{
 		Use:   "example-config",
 		Short: "Print an example config file",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprint(cmd.OutOrStdout(), exampleCDCConfig) },

@@ -33,7 +33,7 @@ tables:
   - table: public.loans
 # - table: public.audit_log         # only if a consumer needs the audit trail in Kafka
 # ensure_replica_identity_full: true  # needed for tables with text/bytea/jsonb/numeric columns
-# heartbeat_interval: 5s
+# heartbeat_interval: 50ms
 # commit_interval: 50ms
 # txn_max_records: 20000
 # metrics_addr: 127.0.0.1:9110

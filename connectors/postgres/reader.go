@@ -22,6 +22,9 @@ type Reader struct {
 	reg Registry
 	m   *metrics
 	sm  *slotMetrics
+	// hbShift moves heartbeat times (tests: a heartbeat that claims a
+	// later time is the negative control of the exactness check).
+	hbShift time.Duration
 }
 
 // NewReader validates cfg (after defaults) and returns a reader. The
@@ -367,38 +370,4 @@ func (r *Reader) snapshot(ctx context.Context, repl *pgconn.PgConn, queue chan<-
 	}
 	s := &snapshotter{cfg: &r.cfg, m: r.m, out: queue, tables: tables, db: db, lsn: lsn, at: time.Now(), batch: make([]item, 0, batchMaxItems)}
 	return s.run(ctx, conn, name, pub)
-}
-
-// heartbeats emits a non-transactional logical message every interval: it
-// is decoded even when no published table changes, so the slot moves and
-// every CDC partition receives a heartbeat record.
-func (r *Reader) heartbeats(ctx context.Context) error {
-	var conn *pgx.Conn
-	defer func() {
-		if conn != nil {
-			conn.Close(context.WithoutCancel(ctx))
-		}
-	}()
-	t := time.NewTicker(r.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		var err error
-		if conn == nil {
-			if conn, err = connect(ctx, r.cfg.DatabaseURL); err != nil {
-				r.cfg.Logger.Warn("cdc: heartbeat connection failed", "error", err)
-				continue
-			}
-		}
-		_, err = conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)`, heartbeatPrefix)
-		if err != nil && ctx.Err() == nil {
-			r.cfg.Logger.Warn("cdc: heartbeat failed", "error", err)
-			conn.Close(context.WithoutCancel(ctx))
-			conn = nil
-		}
-	}
 }

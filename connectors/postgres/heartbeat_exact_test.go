@@ -192,3 +192,59 @@ func exactHeartbeatRun(t *testing.T, shift time.Duration) ([]string, int, int) {
 	}
 	return violations, between, longAfter
 }
+
+// TestHeartbeatWaitsForCommittingTransactions: a transaction that holds
+// an xid and sits idle between statements does not hold heartbeats back
+// (it has not begun to commit, so it will be stamped later); one running
+// a statement might be committing, so the heartbeat taken meanwhile waits
+// (loanflow_cdc_heartbeat_waits_total) until that transaction is seen idle
+// (here: its statement is cancelled, leaving it aborted), then heartbeats
+// go on.
+func TestHeartbeatWaitsForCommittingTransactions(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.conn()
+	e.exec(c, "CREATE TABLE w (id int PRIMARY KEY)")
+	cfg := e.cfg
+	cfg.Tables = []TableConfig{{Table: "w"}}
+	cfg.HeartbeatInterval = 50 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	e.runReader(cfg)
+	e.waitSnapshot(c, cfg.Name)
+	metric := func(n string) float64 { return gather(t, reg)[n] }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	txc := e.conn()
+	var pid int
+	if err := txc.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(txc, "BEGIN")
+	e.exec(txc, "INSERT INTO w VALUES (1)")
+	b0 := metric("loanflow_cdc_heartbeats_total")
+	waitFor("heartbeats while a transaction is idle", func() bool { return metric("loanflow_cdc_heartbeats_total") >= b0+3 })
+	w0 := metric("loanflow_cdc_heartbeat_waits_total")
+
+	sleepDone := make(chan error, 1)
+	go func() {
+		_, err := txc.Exec(ctx, "SELECT pg_sleep(120)")
+		sleepDone <- err
+	}()
+	waitFor("a heartbeat waiting for the running statement", func() bool { return metric("loanflow_cdc_heartbeat_waits_total") > w0 })
+	b1 := metric("loanflow_cdc_heartbeats_total")
+	e.exec(c, "SELECT pg_cancel_backend($1)", pid)
+	if err := <-sleepDone; err == nil {
+		t.Fatal("pg_sleep was not cancelled")
+	}
+	waitFor("heartbeats after the statement ended", func() bool { return metric("loanflow_cdc_heartbeats_total") >= b1+3 })
+	e.exec(txc, "ROLLBACK")
+}

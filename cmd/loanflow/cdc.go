@@ -37,6 +37,10 @@ tables:
 # commit_interval: 50ms
 # txn_max_records: 20000
 # metrics_addr: 127.0.0.1:9110
+# wal_guard:                         # watches pg_replication_slots from a side connection
+#   poll_interval: 10s
+#   max_retained_bytes: 21474836480  # stop past 20 GiB of retained WAL (0: never)
+#   action: stop                     # or drop_slot (frees the WAL; the next start needs cdc reset)
 `
 
 func newCDCCmd() *cobra.Command {

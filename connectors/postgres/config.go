@@ -46,7 +46,9 @@ type Config struct {
 	Name string `yaml:"name"`
 	// DatabaseURL is the PostgreSQL connection URL (postgres://...). The
 	// user needs the REPLICATION attribute (or superuser) and must own the
-	// published tables to create the publication. Required.
+	// published tables to create the publication; with pg_read_all_stats
+	// its heartbeats do not wait for other roles' idle transactions
+	// (heartbeat.go). Required.
 	DatabaseURL string `yaml:"database_url"`
 	// Slot is the logical replication slot. Default Name.
 	Slot string `yaml:"slot"`

@@ -138,8 +138,11 @@
 // job (admit) to its decision, join wait and bureau calls included.
 //
 // Known limit: two applications of one customer closer together than the
-// loop (decision → loan → CDC → customer_360) are both decided against the
-// balance before either loan.
+// loop (decision → loan → CDC reads customer_360) are both decided against
+// the balance before either loan: a customer_360 version is valid from the
+// time the CDC reader's query read it, not from the loan's commit (a
+// version stamped with the commit time could show state from later
+// commits when the reader replays a backlog; see connectors/postgres).
 //
 // # cache-invalidation
 //

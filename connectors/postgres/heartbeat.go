@@ -16,34 +16,37 @@ import (
 // heartbeats.)
 //
 // PostgreSQL stamps a commit (xactStopTimestamp) before it inserts the
-// commit record, and removes the transaction from the proc array after.
-// So, after reading H from clock_timestamp(), a snapshot S taken later
-// lists in its xip every transaction that took its commit time before H
-// and has not yet left the proc array, and only those can put a commit
-// record with a time below H after the heartbeat. A transaction in xip(S)
-// whose backend is seen idle in transaction after H (pg_stat_activity reads
-// the backend's state before its xid) has not begun to commit and will be
-// stamped later than H; every other transaction of xip(S) is waited for
-// until it has left the proc array (pg_xact_status not in progress). Then
-// the message is emitted. A long transaction that sits idle between
-// statements does not hold heartbeats back; one running a long statement
-// (or a prepared transaction) does, until it ends.
+// commit record, and clears the backend's xid from the proc array only
+// after. So pg_stat_activity, read after H was read from the clock, shows
+// as backend_xid every transaction that took its commit time before H and
+// has not finished; only those can put a commit record with a time below H
+// after the heartbeat. (A snapshot's xip would not do: it lists only xids
+// below its xmax, the newest finished xid + 1, and misses running
+// transactions with later xids.) A backend seen idle in transaction after
+// H (pg_stat_activity reads a backend's state before its xid) has not begun
+// to commit and will be stamped later than H; every other transaction with
+// an xid in this database, and every prepared transaction of it, is waited
+// for until it has finished or is seen idle. Then the message is emitted.
+// A long transaction that sits idle between statements does not hold
+// heartbeats back; one running a long statement (or a prepared
+// transaction) does, until it ends. Transactions of other databases never
+// reach this slot and are ignored.
 
-// heartbeatSQL selects, from the xids in $1 (NULL: the xip of this
-// statement's snapshot, taken after the time in loanflow.heartbeat_ms was
-// read), those that may still commit with an earlier time; when there are
-// none it emits the heartbeat message with that time. It returns the
-// blocking xids and the message's LSN (NULL when not emitted).
-const heartbeatSQL = `WITH x AS (
-	SELECT unnest(coalesce($1::text[]::xid8[], (SELECT array_agg(x) FROM pg_snapshot_xip(pg_current_snapshot()) x))) AS xid
-), b AS MATERIALIZED (
-	SELECT x.xid FROM x
-	WHERE pg_xact_status(x.xid) = 'in progress'
-	AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-		WHERE a.backend_xid = (x.xid::text::bigint % 4294967296)::text::xid
-		AND a.state IN ('idle in transaction', 'idle in transaction (aborted)'))
+// heartbeatSQL selects the transactions that may still commit with a time
+// before the one in loanflow.heartbeat_ms (read by an earlier statement),
+// among the xids in $1 (NULL: all); when there are none it emits the
+// heartbeat message with that time. It returns the blocking xids and the
+// message's LSN (NULL when not emitted).
+const heartbeatSQL = `WITH b AS MATERIALIZED (
+	SELECT a.backend_xid::text AS xid FROM pg_stat_activity a
+	WHERE a.backend_xid IS NOT NULL AND a.datname = current_database()
+	AND a.state IS DISTINCT FROM 'idle in transaction' AND a.state IS DISTINCT FROM 'idle in transaction (aborted)'
+	AND ($1::text[] IS NULL OR a.backend_xid::text = ANY($1::text[]))
+	UNION
+	SELECT p.transaction::text FROM pg_prepared_xacts p
+	WHERE p.database = current_database() AND ($1::text[] IS NULL OR p.transaction::text = ANY($1::text[]))
 )
-SELECT coalesce((SELECT array_agg(xid::text) FROM b), '{}'),
+SELECT coalesce((SELECT array_agg(xid) FROM b), '{}'),
 	CASE WHEN NOT EXISTS (SELECT 1 FROM b)
 		THEN pg_logical_emit_message(false, $2, current_setting('loanflow.heartbeat_ms'))::text END`
 

@@ -60,8 +60,8 @@
 // writes the customer_360 rows of every change committed before H ahead
 // of the heartbeat in each partition (see connectors/postgres, Heartbeats).
 // Heartbeats are exact (a heartbeat of time H follows every row stamped
-// before H; customer_360 rows are stamped with the time their query ran),
-// so the table side needs no out-of-orderness bound (TableOutOfOrderness,
+// before H, whether rows carry their change's commit time or the time
+// their query ran), so the table side needs no out-of-orderness bound (TableOutOfOrderness,
 // default 0): a KNOWN application waits up to one heartbeat interval (50ms
 // by default) plus the CDC reader's Kafka commit. When
 // customer_360 is idle (no heartbeats for IdleTimeout) applications are
@@ -138,11 +138,9 @@
 // job (admit) to its decision, join wait and bureau calls included.
 //
 // Known limit: two applications of one customer closer together than the
-// loop (decision → loan → CDC reads customer_360) are both decided against
-// the balance before either loan: a customer_360 version is valid from the
-// time the CDC reader's query read it, not from the loan's commit (a
-// version stamped with the commit time could show state from later
-// commits when the reader replays a backlog; see connectors/postgres).
+// loop (decision → loan → CDC → customer_360) are both decided against the
+// balance before either loan (with the view's stamp: query, until the CDC
+// reader has read the loan; see connectors/postgres, customer_360 stamps).
 //
 // # cache-invalidation
 //

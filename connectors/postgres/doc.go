@@ -223,7 +223,8 @@
 // A heartbeat of time H in a partition says "no record stamped before H is
 // still to come in this partition": a watermark with no out-of-orderness
 // bound. Change records carry the PostgreSQL commit time as their
-// timestamp; view rows the time their query ran.
+// timestamp; view rows their change's commit time or, with stamp: query,
+// the time their query ran.
 //
 // Why this holds for views: every transaction committed before H precedes
 // the message in the WAL and is decoded first. Change records are
@@ -237,10 +238,12 @@
 //
 // A view row is the result of its query when the reader refreshes the key,
 // which may include transactions committed after the change that touched
-// it (a reader working through a backlog reads today's state). Rows are
-// therefore stamped (updated_at and record timestamp) with the time the
-// query ran, read after its snapshot: each row is the key's state as of
-// its stamp, never a later state under an older commit time.
+// it (a reader working through a backlog reads today's state). A view's
+// stamp says what the row carries as updated_at and record timestamp: the
+// change's commit time (commit, the default), or the time the query ran,
+// read after its snapshot (query: each row is the key's state as of its
+// stamp, never a later state under an older commit time, but a version is
+// valid only from when the reader read it).
 //
 // # Retained WAL
 //

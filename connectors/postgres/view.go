@@ -26,10 +26,12 @@ import (
 // The query reads the database's current state when the reader processes
 // the change, which may include transactions committed after the change
 // that triggered it (always so when the reader works through a backlog).
-// So a row is stamped with the time its query ran (clock_timestamp() read
-// after the query's snapshot was taken), as updated_at and as the record
-// timestamp: it is the key's state as of that time, never a later state
-// stamped with an older commit time (docs/design.md, customer_360 stamps).
+// Stamp says which time a row carries, as updated_at and as the record
+// timestamp (docs/design.md, customer_360 stamps): the triggering change's
+// commit time (commit, the default: exact while the reader keeps up, but a
+// row replayed from a backlog shows later state under an older time), or
+// the time its query ran (query: the key's state as of that time, never a
+// later one, but a version becomes valid only when the reader read it).
 // Fields of the value schema the query does not return are filled from
 // the triggering change: source_lsn (its commit LSN), else the field's
 // default.
@@ -49,7 +51,15 @@ type ViewConfig struct {
 	// Sources are the tables whose changes refresh the view, and the column
 	// of each holding the view's key.
 	Sources []ViewSource `yaml:"sources"`
+	// Stamp is commit (default) or query: see above.
+	Stamp string `yaml:"stamp"`
 }
+
+// View stamps (ViewConfig.Stamp).
+const (
+	StampCommit = "commit"
+	StampQuery  = "query"
+)
 
 // Customer360Query builds customer_360 rows (schemas.Customer360Schema)
 // from the tables of the API's migration: customers, credit_profiles and
@@ -98,6 +108,13 @@ func (v *ViewConfig) validate() error {
 			return fmt.Errorf("%w: views: %s: %v", ErrConfig, v.Topic, err)
 		}
 		v.ValueSchema = string(b)
+	}
+	switch v.Stamp {
+	case "":
+		v.Stamp = StampCommit
+	case StampCommit, StampQuery:
+	default:
+		return fmt.Errorf("%w: views: %s: stamp %q: use %s or %s", ErrConfig, v.Topic, v.Stamp, StampCommit, StampQuery)
 	}
 	if _, err := avro.Parse(v.ValueSchema); err != nil {
 		return fmt.Errorf("%w: views: %s: value schema: %v", ErrConfig, v.Topic, err)
@@ -188,11 +205,19 @@ func (w *writer) refreshView(ctx context.Context, vs *viewState) error {
 		if err != nil {
 			return fmt.Errorf("%w: view %s key %q: %v", ErrValue, vs.cfg.Topic, k, err)
 		}
-		if err := w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Timestamp: asOf}); err != nil {
+		if err := w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Timestamp: vs.stamp(k, asOf)}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// stamp is the time a row (or tombstone) of key k carries.
+func (vs *viewState) stamp(k string, asOf time.Time) time.Time {
+	if vs.cfg.Stamp == StampQuery {
+		return asOf
+	}
+	return vs.dirty[k].at
 }
 
 // viewAsOfColumn is the column viewQuery adds: the time the query ran.
@@ -255,8 +280,8 @@ func (w *writer) viewRows(ctx context.Context, vs *viewState, rows pgx.Rows) (ma
 }
 
 func (w *writer) viewRow(ctx context.Context, vs *viewState, fds []pgconn.FieldDescription, convs []colType, raw [][]byte, k string, asOf time.Time) error {
-	touch := vs.dirty[k]
-	m := map[string]any{"updated_at": asOf, "source_lsn": int64(touch.lsn)}
+	touch, stamp := vs.dirty[k], vs.stamp(k, asOf)
+	m := map[string]any{"updated_at": stamp, "source_lsn": int64(touch.lsn)}
 	for i, fd := range fds {
 		if raw[i] == nil {
 			m[fd.Name] = nil
@@ -276,7 +301,7 @@ func (w *writer) viewRow(ctx context.Context, vs *viewState, fds []pgconn.FieldD
 	if err != nil {
 		return w.viewDeadLetter(ctx, vs, k, fmt.Errorf("%w: %v", ErrValue, err))
 	}
-	return w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Value: val, Timestamp: asOf})
+	return w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Value: val, Timestamp: stamp})
 }
 
 func (w *writer) viewDeadLetter(ctx context.Context, vs *viewState, key string, cause error) error {

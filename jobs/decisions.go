@@ -43,11 +43,12 @@ type DecisionsConfig struct {
 	// MaxOutOfOrderness of application event times (point-of-sale
 	// clocks). Default 2s.
 	MaxOutOfOrderness time.Duration
-	// TableOutOfOrderness bounds how far a customer_360 version's time (its
-	// commit time) may lag a CDC heartbeat before it: only commits stamped
-	// while the heartbeat was taken (docs/design.md, CDC heartbeats as
-	// watermarks). A KNOWN application waits this long past the heartbeat
-	// that passes its event time. Default 250ms.
+	// TableOutOfOrderness bounds how far a customer_360 version's time
+	// may lag a CDC heartbeat before it. The CDC reader's heartbeats are
+	// exact (a heartbeat of time H follows every row stamped before H:
+	// docs/design.md, Exact heartbeats), so the default is 0; set it for a
+	// customer_360 written by another producer. A KNOWN application waits
+	// this long past the heartbeat that passes its event time.
 	TableOutOfOrderness time.Duration
 	// IdleTimeout marks a quiet input partition idle. A KNOWN application
 	// waits until customer_360's watermark (moved by CDC heartbeats) passes
@@ -93,7 +94,6 @@ func (c DecisionsConfig) WithDefaults() DecisionsConfig {
 		}
 	}
 	d(&c.MaxOutOfOrderness, 2*time.Second)
-	d(&c.TableOutOfOrderness, 250*time.Millisecond)
 	d(&c.IdleTimeout, 10*time.Second)
 	d(&c.JoinRetention, 24*time.Hour)
 	d(&c.DedupeTTL, 24*time.Hour)

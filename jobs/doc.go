@@ -59,11 +59,11 @@
 // heartbeat of time H moves its partition's event time to H: the CDC reader
 // writes the customer_360 rows of every change committed before H ahead
 // of the heartbeat in each partition (see connectors/postgres, Heartbeats).
-// customer_360 versions carry their commit times, so the table side needs
-// only a small out-of-orderness bound (TableOutOfOrderness, 250ms): a
-// KNOWN application waits up to one heartbeat interval plus that bound
-// (and the CDC reader's Kafka commit). Run the CDC reader with a short
-// heartbeat_interval (500ms-1s) for quick decisions. When
+// Heartbeats are exact (a heartbeat of time H follows every row stamped
+// before H, whether rows carry their change's commit time or the time
+// their query ran), so the table side needs no out-of-orderness bound (TableOutOfOrderness,
+// default 0): a KNOWN application waits up to one heartbeat interval (50ms
+// by default) plus the CDC reader's Kafka commit. When
 // customer_360 is idle (no heartbeats for IdleTimeout) applications are
 // answered against the table as it stands. History is kept for
 // JoinRetention. A compacted customer_360 keeps only each customer's
@@ -144,7 +144,8 @@
 //
 // Known limit: two applications of one customer closer together than the
 // loop (decision → loan → CDC → customer_360) are both decided against the
-// balance before either loan.
+// balance before either loan (with the view's stamp: query, until the CDC
+// reader has read the loan; see connectors/postgres, customer_360 stamps).
 //
 // # cache-invalidation
 //

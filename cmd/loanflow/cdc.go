@@ -40,10 +40,14 @@ tables:
 # provide_transaction_metadata: true  # BEGIN/END records in <topic_prefix>.transaction
 # - table: public.audit_log         # only if a consumer needs the audit trail in Kafka
 # ensure_replica_identity_full: true  # needed for tables with text/bytea/jsonb/numeric columns
-# heartbeat_interval: 5s
+# heartbeat_interval: 50ms
 # commit_interval: 50ms
 # txn_max_records: 20000
 # metrics_addr: 127.0.0.1:9110
+# wal_guard:                         # watches pg_replication_slots from a side connection
+#   poll_interval: 10s
+#   max_retained_bytes: 21474836480  # stop past 20 GiB of retained WAL (0: never)
+#   action: stop                     # or drop_slot (frees the WAL; the next start needs cdc reset)
 `
 
 func newCDCCmd() *cobra.Command {
@@ -51,7 +55,7 @@ func newCDCCmd() *cobra.Command {
 		Use:   "cdc",
 		Short: "PostgreSQL change-data-capture into Kafka (exactly once, Avro)",
 	}
-	cmd.AddCommand(newCDCRunCmd(), newCDCResetCmd(), newCDCSkipCmd(), newCDCSnapshotCmd(), &cobra.Command{
+	cmd.AddCommand(newCDCRunCmd(), newCDCResetCmd(), newCDCSkipCmd(), newCDCSnapshotCmd(), newCDCStatusCmd(), &cobra.Command{
 		Use:   "example-config",
 		Short: "Print an example config file",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprint(cmd.OutOrStdout(), exampleCDCConfig) },

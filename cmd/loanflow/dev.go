@@ -100,7 +100,7 @@ Needs the Debian packages postgresql and redis-server (make deps installs them).
 	f.StringVar(&cfg.SchemaRegistryURL, "schema-registry", "", "use this schema registry instead of the embedded one")
 	f.Float64Var(&cfg.LenderRateLimitPerSec, "lender-rate-limit", 200, "API requests per second per lender (lenders created with their own limit keep it); raise it for loanflow load above 200/s per lender")
 	f.IntVar(&cfg.LenderRateBurst, "lender-rate-burst", 0, "burst of the per-lender rate limit (default twice --lender-rate-limit)")
-	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 500*time.Millisecond, "CDC heartbeat interval (bounds a known customer's decision wait)")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 50*time.Millisecond, "CDC heartbeat interval (bounds a known customer's decision wait)")
 	f.StringVar(&commitIntervals, "commit-interval", formatCommitIntervals(devstack.DefaultCommitIntervals),
 		"checkpoint interval per job, JOB=DURATION,... (a decision is visible to read_committed readers when its checkpoint commits); a bare DURATION sets every job")
 	f.StringVar(&cfg.Decisions.JoinMode, "decisions-join", envOr("LOANFLOW_DECISIONS_JOIN", jobs.JoinAsOf),

@@ -46,7 +46,9 @@ type Config struct {
 	Name string `yaml:"name"`
 	// DatabaseURL is the PostgreSQL connection URL (postgres://...). The
 	// user needs the REPLICATION attribute (or superuser) and must own the
-	// published tables to create the publication. Required.
+	// published tables to create the publication; with pg_read_all_stats
+	// its heartbeats do not wait for other roles' idle transactions
+	// (heartbeat.go). Required.
 	DatabaseURL string `yaml:"database_url"`
 	// Slot is the logical replication slot. Default Name.
 	Slot string `yaml:"slot"`
@@ -145,7 +147,9 @@ type Config struct {
 	// HeartbeatInterval is how often the reader emits a heartbeat with
 	// pg_logical_emit_message, which moves the slot on an idle database and
 	// sends heartbeat records to the heartbeat topic and every partition of
-	// the view topics; 0 disables heartbeats. Default 5s.
+	// the view and table topics. Heartbeats are exact (heartbeat.go): one
+	// of time H follows every change committed before H. Default 50ms
+	// (measured cheap: docs/design.md, Exact heartbeats).
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// ProvideTransactionMetadata writes BEGIN and END records of each
 	// PostgreSQL transaction to TransactionTopic and a transaction block to
@@ -162,6 +166,10 @@ type Config struct {
 	// ReconnectBackoffMax caps the wait between reconnection attempts after
 	// a lost connection. Default 5s.
 	ReconnectBackoffMax time.Duration `yaml:"reconnect_backoff_max"`
+
+	// WALGuard watches the slot's retained WAL from a side connection and
+	// stops the reader (or drops the slot) past a limit (walguard.go).
+	WALGuard WALGuardConfig `yaml:"wal_guard"`
 
 	// MetricsAddr serves Prometheus metrics at /metrics when set (used by
 	// `loanflow cdc run`; library users register Metrics themselves).
@@ -285,8 +293,9 @@ func (c Config) WithDefaults() Config {
 	defDur(&c.TransactionTimeout, 60*time.Second)
 	defDur(&c.CommitInterval, 50*time.Millisecond)
 	defDur(&c.StatusInterval, time.Second)
-	defDur(&c.HeartbeatInterval, 5*time.Second)
+	defDur(&c.HeartbeatInterval, 50*time.Millisecond)
 	defDur(&c.ReconnectBackoffMax, 5*time.Second)
+	c.WALGuard = c.WALGuard.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -369,6 +378,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatInterval < 0 {
 		bad("heartbeat_interval must not be negative")
+	}
+	if err := c.WALGuard.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -203,9 +203,14 @@
 //
 // # Heartbeats
 //
-// Every heartbeat_interval the reader runs pg_logical_emit_message(false,
-// 'loanflow.heartbeat', <ms>), whose content is the database clock in
-// milliseconds since the Unix epoch. When that message arrives outside a
+// Every heartbeat_interval (default 50ms) the reader runs
+// pg_logical_emit_message(false, 'loanflow.heartbeat', <ms>), whose content
+// is the database clock in milliseconds since the Unix epoch, read before
+// the message is written. Heartbeats are exact (heartbeat.go): the message
+// is written only once every transaction that may carry a commit time
+// below that time has its commit record in the WAL already (transactions
+// in progress when the time was read are waited for, unless they are seen
+// idle in transaction, i.e. not committing). When that message arrives outside a
 // transaction, the writer sends one heartbeat record to every partition of
 // every view topic (e.g. customer_360) and of every table topic (unless the
 // table is configured with heartbeats: false) and one to the heartbeat
@@ -229,26 +234,51 @@
 // partition, compacted) holds Debezium's heartbeat shape: key
 // {serverName: <name>}, value {ts_ms, lsn}.
 //
-// A heartbeat in a view topic says "this partition has no change committed
-// before this time still to come", up to the commit-timestamp skew between
-// concurrent transactions (a few milliseconds), which an engine's bounded
-// out-of-orderness absorbs. Change records carry the PostgreSQL commit time
-// as their timestamp.
+// A heartbeat of time H in a partition says "no record stamped before H is
+// still to come in this partition": a watermark with no out-of-orderness
+// bound. Change records carry the PostgreSQL commit time as their
+// timestamp; view rows their change's commit time or, with stamp: query,
+// the time their query ran.
 //
-// Why this holds for views: the message's time H is read from the clock
-// before the message enters the WAL, so every transaction committed before
-// H precedes it in the WAL and is decoded first. Change records are
+// Why this holds for views: every transaction committed before H precedes
+// the message in the WAL and is decoded first. Change records are
 // produced as they are decoded; view rows are deferred, so before writing
 // a heartbeat the writer refreshes the views (as it does before a Kafka
 // commit): the rows of every key touched so far, read after those
 // transactions, then the heartbeat, in one producer's order per partition.
 // A heartbeat in customer_360 can thus serve as the table's watermark.
 //
+// # customer_360 stamps
+//
+// A view row is the result of its query when the reader refreshes the key,
+// which may include transactions committed after the change that touched
+// it (a reader working through a backlog reads today's state). A view's
+// stamp says what the row carries as updated_at and record timestamp: the
+// change's commit time (commit, the default), or the time the query ran,
+// read after its snapshot (query: each row is the key's state as of its
+// stamp, never a later state under an older commit time, but a version is
+// valid only from when the reader read it).
+//
+// # Retained WAL
+//
+// For the whole of Run, across session restarts, a side connection reads
+// the slot's row of pg_replication_slots every wal_guard.poll_interval and
+// exports retained WAL (pg_current_wal_lsn() - restart_lsn), lag
+// (pg_current_wal_lsn() - confirmed_flush_lsn), safe_wal_size and
+// wal_status. With wal_guard.max_retained_bytes or min_safe_wal_bytes set,
+// passing the limit (or a lost slot) logs an error, counts
+// loanflow_cdc_wal_guard_trips_total and makes Run return ErrWALGuard;
+// with action drop_slot the slot is dropped first, so PostgreSQL can free
+// the WAL (the next start needs `loanflow cdc reset`). ReadStatus (`loanflow
+// cdc status`) reads the same row and the committed position without
+// disturbing a running reader.
+//
 // # Goroutines and errors
 //
 // Run owns everything: per session, one goroutine reads the replication
 // connection (the snapshot first, then pgoutput), one writes Kafka, and one
-// emits heartbeats; they are joined before a session ends. The queue
+// emits heartbeats; they are joined before a session ends. One more, for
+// the whole of Run, watches the slot (Retained WAL); Run waits for it. The queue
 // between reader and writer is bounded (queue_max_batches batches of at most
 // 512 items). Retryable errors (lost connections, Kafka errors) end the
 // session and a new one resumes from Kafka after a capped backoff; fatal
@@ -258,10 +288,18 @@
 // Metrics (label reader): loanflow_cdc_replication_lag_bytes,
 // loanflow_cdc_replication_lag_seconds, loanflow_cdc_last_commit_timestamp_seconds
 // (heartbeats commit too, so its age stays near heartbeat_interval on a
-// healthy reader and grows on a stalled one), loanflow_cdc_changes_total,
+// healthy reader and grows on a stalled one), loanflow_cdc_changes_total
+// (labels table, op; created at 0 for every published table),
 // loanflow_cdc_changes_per_second, loanflow_cdc_committed_lsn,
 // loanflow_cdc_commit_latency_seconds, loanflow_cdc_snapshot_rows_total,
 // loanflow_cdc_snapshot_rows_expected, loanflow_cdc_snapshot_progress_ratio,
 // loanflow_cdc_kafka_commits_total, loanflow_cdc_dead_letters_total,
-// loanflow_cdc_heartbeats_total, loanflow_cdc_session_restarts_total.
+// loanflow_cdc_heartbeats_total, loanflow_cdc_heartbeat_waits_total,
+// loanflow_cdc_heartbeat_emit_seconds, loanflow_cdc_session_restarts_total;
+// from the slot watch: loanflow_cdc_slot_retained_wal_bytes,
+// loanflow_cdc_slot_safe_wal_bytes (+Inf without max_slot_wal_keep_size),
+// loanflow_cdc_slot_wal_status (label status), loanflow_cdc_slot_active,
+// loanflow_cdc_slot_last_poll_timestamp_seconds,
+// loanflow_cdc_slot_poll_errors_total, loanflow_cdc_wal_guard_trips_total;
+// loanflow_cdc_replication_lag_bytes is the slot watch's lag.
 package postgres

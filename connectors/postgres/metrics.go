@@ -10,7 +10,7 @@ import (
 type metrics struct {
 	lagBytes      prometheus.Gauge
 	lagSeconds    prometheus.Gauge
-	changes       prometheus.Counter
+	changes       *changeCounter
 	changesPerSec prometheus.Gauge
 	committedLSN  prometheus.Gauge
 	lastCommit    prometheus.Gauge
@@ -34,9 +34,9 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		return registerCollector(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: n, Help: help, ConstLabels: l})).(prometheus.Counter)
 	}
 	return &metrics{
-		lagBytes:      g("loanflow_cdc_replication_lag_bytes", "Server WAL end minus the LSN committed in Kafka."),
+		lagBytes:      g("loanflow_cdc_replication_lag_bytes", "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn (what the reader committed in Kafka and confirmed), read from a side connection every wal_guard.poll_interval."),
 		lagSeconds:    g("loanflow_cdc_replication_lag_seconds", "Time from PostgreSQL commit to Kafka commit of the newest committed transaction; 0 when idle."),
-		changes:       c("loanflow_cdc_changes_total", "Change records committed to Kafka."),
+		changes:       newChangeCounter(reg, name),
 		changesPerSec: g("loanflow_cdc_changes_per_second", "Change records committed per second over the last few seconds."),
 		committedLSN:  g("loanflow_cdc_committed_lsn", "Flush LSN of the position committed in Kafka (what the slot may confirm)."),
 		lastCommit:    g("loanflow_cdc_last_commit_timestamp_seconds", "Unix time of the last Kafka commit (changes or heartbeats); its age shows a stalled reader."),

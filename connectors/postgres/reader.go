@@ -21,6 +21,10 @@ type Reader struct {
 	cfg Config
 	reg Registry
 	m   *metrics
+	sm  *slotMetrics
+	// hbShift moves heartbeat times (tests: a heartbeat that claims a
+	// later time is the negative control of the exactness check).
+	hbShift time.Duration
 }
 
 // NewReader validates cfg (after defaults) and returns a reader. The
@@ -34,16 +38,16 @@ func NewReader(cfg Config) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{cfg: cfg, reg: reg, m: newMetrics(cfg.Registerer, cfg.Name)}, nil
+	m := newMetrics(cfg.Registerer, cfg.Name)
+	return &Reader{cfg: cfg, reg: reg, m: m, sm: newSlotMetrics(cfg.Registerer, cfg.Name, m.lagBytes)}, nil
 }
 
 // Config returns the reader's configuration with defaults applied.
 func (r *Reader) Config() Config { return r.cfg }
 
-// Run runs sessions until ctx ends (returning nil) or a fatal error (see
-// errors.go); retryable errors (lost connections, Kafka errors) start a new
-// session after a backoff, which resumes from the position in Kafka.
-func (r *Reader) Run(ctx context.Context) error {
+// runSessions runs sessions until ctx ends (returning nil) or a fatal
+// error; see Run (walguard.go).
+func (r *Reader) runSessions(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
@@ -202,6 +206,7 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 	if err := checkColumns(ctx, meta, &r.cfg, pub); err != nil {
 		return err
 	}
+	r.m.changes.sessionStart(pub)
 	repl, err := connectReplication(ctx, r.cfg.DatabaseURL)
 	if err != nil {
 		return err
@@ -375,38 +380,4 @@ func (r *Reader) snapshot(ctx context.Context, repl *pgconn.PgConn, queue chan<-
 	}
 	s := &snapshotter{cfg: &r.cfg, m: r.m, out: queue, tables: tables, db: db, lsn: lsn, at: time.Now(), batch: make([]item, 0, batchMaxItems)}
 	return s.run(ctx, conn, name, pub)
-}
-
-// heartbeats emits a non-transactional logical message every interval: it
-// is decoded even when no published table changes, so the slot moves and
-// every CDC partition receives a heartbeat record.
-func (r *Reader) heartbeats(ctx context.Context) error {
-	var conn *pgx.Conn
-	defer func() {
-		if conn != nil {
-			conn.Close(context.WithoutCancel(ctx))
-		}
-	}()
-	t := time.NewTicker(r.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		var err error
-		if conn == nil {
-			if conn, err = connect(ctx, r.cfg.DatabaseURL); err != nil {
-				r.cfg.Logger.Warn("cdc: heartbeat connection failed", "error", err)
-				continue
-			}
-		}
-		_, err = conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)`, heartbeatPrefix)
-		if err != nil && ctx.Err() == nil {
-			r.cfg.Logger.Warn("cdc: heartbeat failed", "error", err)
-			conn.Close(context.WithoutCancel(ctx))
-			conn = nil
-		}
-	}
 }

@@ -25,6 +25,7 @@ func TestIdleDatabaseSlotLagBounded(t *testing.T) {
 	cfg.Tables = []TableConfig{{Table: "idle"}}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
+	cfg.WALGuard.PollInterval = 200 * time.Millisecond // lag_bytes comes from the slot watch
 	e.runReader(cfg)
 	e.waitSnapshot(c, cfg.Name)
 

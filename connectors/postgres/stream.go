@@ -102,11 +102,6 @@ func (r *receiver) sendStatus(ctx context.Context, reply bool) error {
 		return fmt.Errorf("sending standby status to slot %s: %w", r.cfg.Slot, err)
 	}
 	r.lastStatus = time.Now()
-	if r.walEnd > lsn {
-		r.m.lagBytes.Set(float64(r.walEnd - lsn))
-	} else {
-		r.m.lagBytes.Set(0)
-	}
 	return nil
 }
 

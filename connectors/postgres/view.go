@@ -24,12 +24,17 @@ import (
 // key the query no longer returns gets a tombstone.
 //
 // The query reads the database's current state when the reader processes
-// the change (at most a commit interval later), so a row may already
-// include transactions committed just after the change that triggered it;
-// the next change rewrites it again, and the topic converges to the
-// current state. Fields of the value schema the query does not return are
-// filled from the triggering change: updated_at (its commit time) and
-// source_lsn (its commit LSN), else the field's default.
+// the change, which may include transactions committed after the change
+// that triggered it (always so when the reader works through a backlog).
+// Stamp says which time a row carries, as updated_at and as the record
+// timestamp (docs/design.md, customer_360 stamps): the triggering change's
+// commit time (commit, the default: exact while the reader keeps up, but a
+// row replayed from a backlog shows later state under an older time), or
+// the time its query ran (query: the key's state as of that time, never a
+// later one, but a version becomes valid only when the reader read it).
+// Fields of the value schema the query does not return are filled from
+// the triggering change: source_lsn (its commit LSN), else the field's
+// default.
 type ViewConfig struct {
 	// Topic is the compacted topic, e.g. customer_360. Required.
 	Topic string `yaml:"topic"`
@@ -46,7 +51,15 @@ type ViewConfig struct {
 	// Sources are the tables whose changes refresh the view, and the column
 	// of each holding the view's key.
 	Sources []ViewSource `yaml:"sources"`
+	// Stamp is commit (default) or query: see above.
+	Stamp string `yaml:"stamp"`
 }
+
+// View stamps (ViewConfig.Stamp).
+const (
+	StampCommit = "commit"
+	StampQuery  = "query"
+)
 
 // Customer360Query builds customer_360 rows (schemas.Customer360Schema)
 // from the tables of the API's migration: customers, credit_profiles and
@@ -95,6 +108,13 @@ func (v *ViewConfig) validate() error {
 			return fmt.Errorf("%w: views: %s: %v", ErrConfig, v.Topic, err)
 		}
 		v.ValueSchema = string(b)
+	}
+	switch v.Stamp {
+	case "":
+		v.Stamp = StampCommit
+	case StampCommit, StampQuery:
+	default:
+		return fmt.Errorf("%w: views: %s: stamp %q: use %s or %s", ErrConfig, v.Topic, v.Stamp, StampCommit, StampQuery)
 	}
 	if _, err := avro.Parse(v.ValueSchema); err != nil {
 		return fmt.Errorf("%w: views: %s: value schema: %v", ErrConfig, v.Topic, err)
@@ -169,11 +189,11 @@ func (w *writer) refreshView(ctx context.Context, vs *viewState) error {
 	for k := range vs.dirty {
 		keys = append(keys, k)
 	}
-	rows, err := w.viewConn.Query(ctx, vs.cfg.Query, pgx.QueryResultFormats{pgx.TextFormatCode}, keys)
+	rows, err := w.viewConn.Query(ctx, viewQuery(vs.cfg.Query), pgx.QueryResultFormats{pgx.TextFormatCode}, keys)
 	if err != nil {
 		return fmt.Errorf("view %s: query: %w", vs.cfg.Topic, err)
 	}
-	seen, err := w.viewRows(ctx, vs, rows)
+	seen, asOf, err := w.viewRows(ctx, vs, rows)
 	if err != nil {
 		return err
 	}
@@ -185,50 +205,83 @@ func (w *writer) refreshView(ctx context.Context, vs *viewState) error {
 		if err != nil {
 			return fmt.Errorf("%w: view %s key %q: %v", ErrValue, vs.cfg.Topic, k, err)
 		}
-		if err := w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Timestamp: vs.dirty[k].at}); err != nil {
+		if err := w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Timestamp: vs.stamp(k, asOf)}); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// viewRows encodes and produces the query's rows; it returns the keys seen.
-func (w *writer) viewRows(ctx context.Context, vs *viewState, rows pgx.Rows) (map[string]bool, error) {
+// stamp is the time a row (or tombstone) of key k carries.
+func (vs *viewState) stamp(k string, asOf time.Time) time.Time {
+	if vs.cfg.Stamp == StampQuery {
+		return asOf
+	}
+	return vs.dirty[k].at
+}
+
+// viewAsOfColumn is the column viewQuery adds: the time the query ran.
+const viewAsOfColumn = "__loanflow_as_of"
+
+// viewQuery wraps a view's query so that it also returns the time it ran,
+// read after its snapshot was taken (every transaction the rows reflect
+// committed before it), on one row even when the query returns none.
+func viewQuery(q string) string {
+	q = strings.TrimRight(strings.TrimSpace(q), ";")
+	return "SELECT v.*, s." + viewAsOfColumn + " FROM (SELECT clock_timestamp() AS " + viewAsOfColumn + ") s LEFT JOIN (" + q + ") v ON true"
+}
+
+// viewRows encodes and produces the query's rows; it returns the keys seen
+// and the time the query ran.
+func (w *writer) viewRows(ctx context.Context, vs *viewState, rows pgx.Rows) (map[string]bool, time.Time, error) {
 	defer rows.Close()
 	fds := rows.FieldDescriptions()
 	convs := make([]colType, len(fds))
-	keyIdx := -1
+	keyIdx, asOfIdx := -1, len(fds)-1
 	for i, fd := range fds {
 		ct, err := mapType(fd.DataTypeOID, fd.TypeModifier)
 		if err != nil {
-			return nil, fmt.Errorf("view %s column %s: %w", vs.cfg.Topic, fd.Name, err)
+			return nil, time.Time{}, fmt.Errorf("view %s column %s: %w", vs.cfg.Topic, fd.Name, err)
 		}
 		convs[i] = ct
 		if fd.Name == vs.cfg.KeyColumn {
 			keyIdx = i
 		}
 	}
-	if keyIdx < 0 {
-		return nil, fmt.Errorf("%w: view %s: query returns no column %s", ErrConfig, vs.cfg.Topic, vs.cfg.KeyColumn)
+	if keyIdx < 0 || keyIdx == asOfIdx {
+		return nil, time.Time{}, fmt.Errorf("%w: view %s: query returns no column %s", ErrConfig, vs.cfg.Topic, vs.cfg.KeyColumn)
 	}
 	seen := map[string]bool{}
+	var asOf time.Time
 	for rows.Next() {
 		raw := rows.RawValues()
+		v, err := convs[asOfIdx].conv(raw[asOfIdx])
+		if err != nil {
+			return nil, asOf, fmt.Errorf("view %s: the query's time: %w", vs.cfg.Topic, err)
+		}
+		us, ok := v.(int64)
+		if !ok {
+			return nil, asOf, fmt.Errorf("view %s: the query's time %q", vs.cfg.Topic, raw[asOfIdx])
+		}
+		asOf = time.UnixMicro(us)
+		if raw[keyIdx] == nil {
+			continue // the LEFT JOIN's row when the query returns none
+		}
 		k := string(raw[keyIdx])
 		seen[k] = true
-		if err := w.viewRow(ctx, vs, fds, convs, raw, k); err != nil {
-			return nil, err
+		if err := w.viewRow(ctx, vs, fds[:asOfIdx], convs, raw, k, asOf); err != nil {
+			return nil, asOf, err
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("view %s: %w", vs.cfg.Topic, err)
+		return nil, asOf, fmt.Errorf("view %s: %w", vs.cfg.Topic, err)
 	}
-	return seen, nil
+	return seen, asOf, nil
 }
 
-func (w *writer) viewRow(ctx context.Context, vs *viewState, fds []pgconn.FieldDescription, convs []colType, raw [][]byte, k string) error {
-	touch := vs.dirty[k]
-	m := map[string]any{"updated_at": touch.at, "source_lsn": int64(touch.lsn)}
+func (w *writer) viewRow(ctx context.Context, vs *viewState, fds []pgconn.FieldDescription, convs []colType, raw [][]byte, k string, asOf time.Time) error {
+	touch, stamp := vs.dirty[k], vs.stamp(k, asOf)
+	m := map[string]any{"updated_at": stamp, "source_lsn": int64(touch.lsn)}
 	for i, fd := range fds {
 		if raw[i] == nil {
 			m[fd.Name] = nil
@@ -248,7 +301,7 @@ func (w *writer) viewRow(ctx context.Context, vs *viewState, fds []pgconn.FieldD
 	if err != nil {
 		return w.viewDeadLetter(ctx, vs, k, fmt.Errorf("%w: %v", ErrValue, err))
 	}
-	return w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Value: val, Timestamp: touch.at})
+	return w.produce(ctx, &kgo.Record{Topic: vs.cfg.Topic, Key: key, Value: val, Timestamp: stamp})
 }
 
 func (w *writer) viewDeadLetter(ctx context.Context, vs *viewState, key string, cause error) error {

@@ -366,7 +366,7 @@ func (w *writer) afterCommit(pos Position) {
 	w.m.commits.Inc()
 	w.m.committedLSN.Set(float64(pos.FlushLSN))
 	w.m.lastCommit.Set(float64(now.UnixNano()) / 1e9)
-	w.m.changes.Add(float64(w.records))
+	w.m.changes.committed()
 	w.m.changesPerSec.Set(w.rate.add(now, w.records))
 	if n := len(w.commitTimes); n > 0 {
 		w.m.lagSeconds.Set(now.Sub(w.commitTimes[n-1]).Seconds())
@@ -441,8 +441,12 @@ func (w *writer) writeRow(ctx context.Context, c *codec, ev *event) error {
 			return err
 		}
 		w.txCount(ev)
+		w.m.changes.note(ev)
 	}
 	if ev.op == opDelete && key != nil {
+		if t.route.mode == ModeUpsert {
+			w.m.changes.note(ev)
+		}
 		return w.produce(ctx, &kgo.Record{Topic: t.route.topic, Key: key, Timestamp: ev.commitTime})
 	}
 	return nil

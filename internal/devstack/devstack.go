@@ -98,7 +98,7 @@ type Config struct {
 
 	// HeartbeatInterval of the CDC reader: how often event time moves on
 	// idle tables, which bounds the wait of a known customer's decision.
-	// Default 500ms.
+	// Default 50ms (heartbeats are exact and cheap: docs/design.md).
 	HeartbeatInterval time.Duration
 	// Partitions of the topics the stack creates. Default 6.
 	Partitions int
@@ -157,7 +157,7 @@ func (c *Config) setDefaults() {
 	def(&c.BureauAddr, "127.0.0.1:8090")
 	def(&c.CDCMetricsAddr, "127.0.0.1:9110")
 	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 500 * time.Millisecond
+		c.HeartbeatInterval = 50 * time.Millisecond
 	}
 	if c.Partitions == 0 {
 		c.Partitions = 6

@@ -75,7 +75,7 @@ func joinWorkload(ctx context.Context, cfg *Config, sides []side) (string, error
 
 // joinNote says how the sides differ in the work they do per probe.
 const joinNote = "Where the time goes: both topics are read from the start at once, so most probes arrive before the table rows of their time. " +
-	"Loanflow (like Flink) holds such a probe in state until the table side's watermark passes its time, then answers it: two state writes and two changelog records per waiting probe (waiting, answered), the broker CPU column shows them. " +
+	"Loanflow (like Flink) holds such a probe in state until the table side's watermark passes its time, then answers it: two state writes and two changelog records per waiting probe (waiting, answered). " +
 	"Kafka Streams instead picks the next record of a task by timestamp across its input partitions (max.task.idle.ms), so a probe is joined on arrival against a versioned store already holding the rows before its time, and never waits in state. " +
 	"Choosing the next input by timestamp within a task is the change that would remove Loanflow's waiting probes; it is not built yet. " +
 	"Loanflow answers a released backlog in slices of 1,024 keys so that checkpoints pass between them (before that, this workload failed: one transaction held the whole backlog's answers past its timeout)."

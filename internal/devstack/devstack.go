@@ -255,7 +255,9 @@ func Run(ctx context.Context, cfg Config, ready func(Info)) error {
 	} else if ready != nil {
 		ready(s.info)
 	}
-	if werr := g.Wait(); err == nil {
+	// A part that fails while the others start cancels them: their
+	// "context canceled" must not hide its error.
+	if werr := g.Wait(); err == nil || (errors.Is(err, context.Canceled) && werr != nil && !errors.Is(werr, context.Canceled)) {
 		err = werr
 	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {

@@ -803,6 +803,15 @@ func (w *Worker) groupOffsets(ctx context.Context) (map[string]map[int32]kgo.Epo
 	// the changelogs its transaction wrote are read. Every transaction
 	// that commits carries offsets (see endTxn), so once the group's
 	// offsets are stable no earlier owner's transaction can still commit.
+	// Loading the producer id (InitProducerId) aborts this worker's own
+	// transaction left open by its previous incarnation at once; without
+	// it, franz-go loads the id only at the first produce, after this wait,
+	// and the group stays unstable until that transaction times out (on an
+	// Apache node restarted meanwhile, past the deadline below: the
+	// worker exited with UNSTABLE_OFFSET_COMMIT).
+	if _, _, err := w.sess.Client().ProducerID(ctx); err != nil {
+		return nil, fmt.Errorf("initialising the producer of %s: %w", w.cfg.WorkerID, err)
+	}
 	deadline := time.Now().Add(w.cfg.TransactionTimeout + 30*time.Second)
 	var resp kadm.OffsetResponses
 	for {

@@ -23,7 +23,8 @@ import (
 //   - its own producer's earlier epochs: once InitProducerId has returned,
 //     the coordinator has aborted (or committed) every transaction of this
 //     transactional id; a transaction of an earlier epoch still open on a
-//     partition the job writes is hanging (nothing else will end it);
+//     partition the job writes, or on the group's offsets partition, is
+//     hanging (nothing else will end it);
 //   - any producer on a changelog the worker restores, once the stable
 //     offset has stayed put for longer than the transaction timeout and the
 //     coordinator reports no ongoing transaction of that producer and epoch
@@ -134,6 +135,11 @@ func (w *Worker) abortOwnHanging(ctx context.Context, pid int64, epoch int16) er
 	if err != nil {
 		w.log.Warn("could not look for hanging transactions of this worker's producer", "err", err)
 		return nil
+	}
+	// The transaction's offset commit: a hanging one there keeps the
+	// group's offsets unstable (UNSTABLE_OFFSET_COMMIT) for good.
+	if offs, err := openTxns(ctx, w.adm, kadm.TopicsSet{"__consumer_offsets": nil}); err == nil {
+		open = append(open, offs...)
 	}
 	for _, o := range open {
 		if o.producerID != pid || o.producerEpoch >= epoch {

@@ -77,6 +77,12 @@ type Config struct {
 	// RestoreWait bounds the wait for a crashed owner's open transaction
 	// on a changelog to end before restoring. Default 3 × TransactionTimeout.
 	RestoreWait time.Duration
+	// KeepHangingTransactions leaves hanging transactions (open on a
+	// partition the job writes, unknown to their coordinator; see
+	// docs/design.md) to the operator's `kafka-transactions.sh abort`
+	// instead of aborting them: a restore then fails after RestoreWait
+	// with the command to run.
+	KeepHangingTransactions bool
 	// PurgeInterval is how often consumed repartition records are deleted.
 	// Default 30s.
 	PurgeInterval time.Duration

@@ -25,6 +25,8 @@ var errStaleState = errors.New("kafka: local state does not match its changelog"
 // so restoring before would miss them.
 func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, end int64, err error) {
 	deadline := time.Now().Add(w.cfg.RestoreWait)
+	stuckAt, stuckSince := int64(-1), time.Now()
+	var lastHangCheck time.Time
 	for {
 		starts, err := w.adm.ListStartOffsets(ctx, topic)
 		if err != nil {
@@ -46,6 +48,17 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 		}
 		if l.Offset >= h.Offset {
 			return s.Offset, h.Offset, nil
+		}
+		if l.Offset != stuckAt {
+			stuckAt, stuckSince = l.Offset, time.Now()
+		}
+		if time.Since(lastHangCheck) >= time.Second {
+			lastHangCheck = time.Now()
+			if aborted, err := w.abortIfHanging(ctx, topic, p, l.Offset, time.Since(stuckSince)); err != nil {
+				return 0, 0, err
+			} else if aborted {
+				continue
+			}
 		}
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("kafka: %s/%d has had an open transaction for over %s (stable offset %d, end %d); a crashed worker's transaction must time out first (transaction timeout %s). "+

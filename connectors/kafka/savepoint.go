@@ -558,7 +558,17 @@ func (w *Worker) recreateTopics(ctx context.Context, topics []string, specs []to
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return createTopics(ctx, w.adm, w.cfg, dedupe(specs))
+	specs = dedupe(specs)
+	got := make(map[string]int32, len(specs))
+	if err := createTopics(ctx, w.adm, w.cfg, specs, got); err != nil {
+		return err
+	}
+	for _, t := range specs {
+		if got[t.name] != t.partitions {
+			return fmt.Errorf("%s topic %q was created again with %d partitions, the job needs %d", t.role, t.name, got[t.name], t.partitions)
+		}
+	}
+	return nil
 }
 
 // rewriteChangelogs writes a saved task state into its changelog

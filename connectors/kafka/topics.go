@@ -52,11 +52,10 @@ func ensureTopics(ctx context.Context, adm *kadm.Client, plan *pipeline.Plan, cf
 		for _, in := range s.Inputs {
 			if _, ok := existing[in.Topic]; !ok && !in.Repartition {
 				create = append(create, topicSpec{name: in.Topic, partitions: n, role: "source"})
-				existing[in.Topic] = n
 			}
 		}
 	}
-	if err := createTopics(ctx, adm, cfg, create); err != nil {
+	if err := createTopics(ctx, adm, cfg, create, existing); err != nil {
 		return nil, err
 	}
 	count := func(t string) (int32, bool) { c, ok := existing[t]; return c, ok }
@@ -89,7 +88,6 @@ func ensureTopics(ctx context.Context, adm *kadm.Client, plan *pipeline.Plan, cf
 		switch {
 		case !ok:
 			create = append(create, t)
-			existing[t.name] = t.partitions
 		case t.exact && c != t.partitions:
 			errs = append(errs, fmt.Errorf("%s topic %q has %d partitions, the job needs %d; delete it (its state is rebuilt) or run the job with matching inputs", t.role, t.name, c, t.partitions))
 		}
@@ -97,7 +95,16 @@ func ensureTopics(ctx context.Context, adm *kadm.Client, plan *pipeline.Plan, cf
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return existing, createTopics(ctx, adm, cfg, dedupe(create))
+	create = dedupe(create)
+	if err := createTopics(ctx, adm, cfg, create, existing); err != nil {
+		return nil, err
+	}
+	for _, t := range create {
+		if c := existing[t.name]; t.exact && c != t.partitions {
+			errs = append(errs, fmt.Errorf("%s topic %q has %d partitions, the job needs %d; delete it (its state is rebuilt) or run the job with matching inputs", t.role, t.name, c, t.partitions))
+		}
+	}
+	return existing, errors.Join(errs...)
 }
 
 func dedupe(ts []topicSpec) []topicSpec {
@@ -127,18 +134,54 @@ func topicPartitions(ctx context.Context, adm *kadm.Client) (map[string]int32, e
 	return out, nil
 }
 
-func createTopics(ctx context.Context, adm *kadm.Client, cfg Config, ts []topicSpec) error {
+// createTopics creates the topics and records their partition counts in
+// existing. A topic that already exists (created by someone else after
+// the worker listed the topics, or not yet in that broker's metadata) keeps
+// its own partition count, which the worker then uses: producing by the
+// count it meant to create failed every record beyond the real one.
+func createTopics(ctx context.Context, adm *kadm.Client, cfg Config, ts []topicSpec, existing map[string]int32) error {
 	for _, t := range ts {
 		resp, err := adm.CreateTopic(ctx, t.partitions, cfg.ReplicationFactor, t.configs, t.name)
 		if err == nil {
 			err = resp.Err
 		}
-		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		switch {
+		case err == nil:
+			cfg.Logger.Info("created topic", "topic", t.name, "partitions", t.partitions, "role", t.role)
+			existing[t.name] = t.partitions
+		case errors.Is(err, kerr.TopicAlreadyExists):
+			n, err := existingPartitions(ctx, adm, t.name)
+			if err != nil {
+				return fmt.Errorf("%s topic %q exists, but: %w", t.role, t.name, err)
+			}
+			existing[t.name] = n
+		default:
 			return fmt.Errorf("creating %s topic %q: %w", t.role, t.name, err)
 		}
-		cfg.Logger.Info("created topic", "topic", t.name, "partitions", t.partitions, "role", t.role)
 	}
 	return nil
+}
+
+// existingPartitions is the partition count of a topic that exists,
+// waiting for it to appear in the metadata.
+func existingPartitions(ctx context.Context, adm *kadm.Client, topic string) (int32, error) {
+	deadline := time.Now().Add(topicsVisibleTimeout)
+	for {
+		td, err := adm.ListTopics(ctx, topic)
+		if err == nil {
+			if d, ok := td[topic]; ok && d.Err == nil && len(d.Partitions) > 0 {
+				return int32(len(d.Partitions)), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("it did not appear in the metadata within %s", topicsVisibleTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // topicsVisibleTimeout bounds the wait for created topics to appear in

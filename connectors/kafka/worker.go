@@ -51,23 +51,24 @@ type Worker struct {
 	failures   map[taskID]int
 	lastErr    map[taskID]error
 
-	blocked       atomic.Bool
-	ending        atomic.Bool // a transaction is ending (endTxn)
-	needsCP       atomic.Bool
-	produced      atomic.Int64 // records produced in the open transaction
-	producedTotal atomic.Int64 // records produced since the start
-	lastPurge     time.Time
-	topicIDs      map[string][16]byte  // input topics, refreshed at each rebalance
-	ends          atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
-	checkpoints   atomic.Int64
-	lastCP        atomic.Int64 // unix ms of the last committed checkpoint
-	logBytes      atomic.Int64 // changelog bytes staged in the open checkpoint
-	stopReq       chan stopRequest
-	leaving       bool // stopped gracefully: leave the group on teardown
-	stopAsked     atomic.Bool
-	summary       summaryState // owned by Run's goroutine
-	ready         chan struct{}
-	readyOnce     sync.Once
+	blocked        atomic.Bool
+	ending         atomic.Bool // a transaction is ending (endTxn)
+	needsCP        atomic.Bool
+	produced       atomic.Int64 // records produced in the open transaction
+	producedTotal  atomic.Int64 // records produced since the start
+	hangingAborted atomic.Int64 // hanging transactions this worker closed (hanging.go)
+	lastPurge      time.Time
+	topicIDs       map[string][16]byte  // input topics, refreshed at each rebalance
+	ends           atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
+	checkpoints    atomic.Int64
+	lastCP         atomic.Int64 // unix ms of the last committed checkpoint
+	logBytes       atomic.Int64 // changelog bytes staged in the open checkpoint
+	stopReq        chan stopRequest
+	leaving        bool // stopped gracefully: leave the group on teardown
+	stopAsked      atomic.Bool
+	summary        summaryState // owned by Run's goroutine
+	ready          chan struct{}
+	readyOnce      sync.Once
 	// paused: the tasks whose input partitions are paused because an
 	// operator of theirs is full (Task.Backpressured); owned by Run's
 	// goroutine. pollWake cuts a poll short when one of them has room.
@@ -214,8 +215,15 @@ func (w *Worker) setup(ctx context.Context) error {
 		// task restores: otherwise a restart waits for that transaction to
 		// time out on every changelog it wrote to (with Apache Kafka after
 		// a broker restart, longer than the restore would wait).
-		if _, _, err := s.Client().ProducerID(ctx); err != nil {
+		pid, epoch, err := s.Client().ProducerID(ctx)
+		if err != nil {
 			return fmt.Errorf("initialising the transactional producer %s: %w", Group(w.cfg.JobID)+"-"+w.cfg.WorkerID, err)
+		}
+		// A transaction of an earlier incarnation that the coordinator
+		// has ended but a partition still holds open is hanging: close it
+		// (hanging.go).
+		if err := w.abortOwnHanging(ctx, pid, epoch); err != nil {
+			return err
 		}
 	} else {
 		cl, err := kgo.NewClient(opts...)
@@ -647,7 +655,13 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 		if len(failed) > 0 {
 			reason = "task-failed"
 		}
-		w.log.Warn("checkpoint aborted; tasks restart from the last checkpoint", "reason", reason, "failed_tasks", len(failed))
+		var first error
+		if len(failed) > 0 {
+			w.mu.Lock()
+			first = w.lastErr[failed[0]]
+			w.mu.Unlock()
+		}
+		w.log.Warn("checkpoint aborted; tasks restart from the last checkpoint", "reason", reason, "failed_tasks", len(failed), "err", first)
 		w.metrics.CheckpointFailures.WithLabelValues(w.plan.Job, reason).Inc()
 		return w.reopen(ctx, failed)
 	}

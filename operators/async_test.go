@@ -3,6 +3,7 @@ package operators_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -144,6 +145,92 @@ func TestAsyncCapacityWaits(t *testing.T) {
 	}
 	if s := started.Load(); s < n+capacity {
 		t.Errorf("%d calls started; want the %d cancelled by the restart and the %d after it", s, capacity, n)
+	}
+}
+
+// TestAsyncFeedWaitsAtMaxWaiting: an in-process driver feeding an async
+// operator at capacity faster than its calls complete (every call answers
+// at once, but nothing else runs completions between two records) blocks
+// once MaxWaitingRecords records wait, runs the completions, and goes on:
+// the records waiting never exceed the bound, and every record is answered
+// exactly once. Feed and FeedRaw both wait. Negative control: with the
+// default bound (16,384) nothing runs completions between records, so all
+// but Capacity of the 200 records wait (checked below), as in the async
+// benchmark, which stalled at one round of calls per window.
+func TestAsyncFeedWaitsAtMaxWaiting(t *testing.T) {
+	const n, capacity, maxWaiting = 200, 2, 3
+	job := func(got *pipeline.Collected[int64]) *pipeline.Builder {
+		b := pipeline.NewBuilder("maxwaiting")
+		src := pipeline.AddSource(b, "src", pipeline.SourceSpec[int64]{Decode: decodeInt})
+		out := operators.Async(src, "call", operators.AsyncSpec[int64, int64]{
+			Call:     func(_ context.Context, v int64) (int64, error) { return v, nil },
+			Capacity: capacity,
+			Timeout:  time.Minute,
+			InCodec:  pipeline.JSONCodec[int64](),
+		})
+		pipeline.CollectTo(out, "collect", got)
+		return b
+	}
+	feed := func(l *pipeline.Local, i int64) error {
+		if i%2 == 0 {
+			return pipeline.Feed(l, "src", 0, i, i)
+		}
+		return l.FeedRaw("src", pipeline.RawRecord{Offset: i, Value: []byte(strconv.FormatInt(i, 10)), Timestamp: i})
+	}
+
+	// Negative control: the default bound lets the records pile up.
+	l, err := pipeline.NewLocal(job(&pipeline.Collected[int64]{}), pipeline.LocalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := int64(0); i < n; i++ {
+		if err := feed(l, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := l.Task().Waiting(); w != n-capacity {
+		t.Fatalf("default bound: %d records waiting after %d fed, want %d (nothing runs completions between records)", w, n, n-capacity)
+	}
+	l.Close()
+
+	var got pipeline.Collected[int64]
+	l, err = pipeline.NewLocal(job(&got), pipeline.LocalOptions{MaxWaitingRecords: maxWaiting})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	maxSeen := 0
+	for i := int64(0); i < n; i++ {
+		if err := feed(l, i); err != nil {
+			t.Fatal(err)
+		}
+		maxSeen = max(maxSeen, l.Task().Waiting())
+		if f := l.Task().InFlight(); f > capacity {
+			t.Fatalf("%d calls in flight with capacity %d", f, capacity)
+		}
+	}
+	if maxSeen > maxWaiting {
+		t.Fatalf("%d records waited at once; MaxWaitingRecords is %d", maxSeen, maxWaiting)
+	}
+	if maxSeen < maxWaiting {
+		t.Fatalf("at most %d records waited, never the bound %d: the feeding did not outrun the calls, so the test shows nothing", maxSeen, maxWaiting)
+	}
+	for deadline := time.Now().Add(time.Minute); len(got.Records()) < n && time.Now().Before(deadline); {
+		if _, err := l.AwaitWork(100 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[int64]int{}
+	for _, r := range got.Records() {
+		seen[r.Value]++
+	}
+	for i := int64(0); i < n; i++ {
+		if seen[i] != 1 {
+			t.Errorf("record %d answered %d times", i, seen[i])
+		}
+	}
+	if l.Task().Backpressured() {
+		t.Error("still backpressured with every record answered")
 	}
 }
 

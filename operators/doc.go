@@ -39,7 +39,9 @@
 // whose slots the operators given it share. A record that finds Capacity
 // calls in flight waits in the async operator, which reports backpressure
 // (pipeline.Context.SetWaiting) instead of blocking the task: the runtime
-// stops feeding the task and goes on checkpointing. The async operator's
+// stops feeding the task and goes on checkpointing (an in-process driver,
+// pipeline.Local, blocks instead once pipeline.TaskConfig.MaxWaitingRecords
+// records wait, running completions meanwhile). The async operator's
 // queue of records and watermarks stays within a few times Capacity
 // entries (plus the records waiting) however long the stream runs.
 //

@@ -246,8 +246,14 @@ func (c *Context) SetInFlight(n int) { c.m.inFlight = int64(n) }
 // operator (an async operator at capacity). While any does, the task is
 // backpressured (Task.Backpressured): the runtime stops fetching its input
 // but keeps checkpointing, so a full operator never holds a transaction
-// open. The records waiting are part of the operator's snapshot.
-func (c *Context) SetWaiting(n int) { c.m.waiting = int64(n) }
+// open. The records waiting are part of the operator's snapshot. An
+// in-process driver feeding the task blocks while TaskConfig.
+// MaxWaitingRecords wait: the operator must Wake the task when room comes
+// (an async completion does).
+func (c *Context) SetWaiting(n int) {
+	c.task.waiting += int64(n) - c.m.waiting
+	c.m.waiting = int64(n)
+}
 
 // countOut counts the operator's output records.
 func countOut[T any](ctx *Context, out Collector[T]) Collector[T] {

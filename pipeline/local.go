@@ -28,6 +28,11 @@ type LocalOptions struct {
 	// FireSlice cuts the work a watermark releases into slices (see
 	// TaskConfig.FireSlice); Continue runs the next one. 0: unbounded.
 	FireSlice int
+	// MaxWaitingRecords bounds the records waiting for room in async
+	// operators at capacity: at the bound, Feed and FeedRaw block and run
+	// completions until one fewer waits (see TaskConfig.MaxWaitingRecords;
+	// default DefaultMaxWaitingRecords).
+	MaxWaitingRecords int
 }
 
 // Local runs a whole job fused into one task in this process, with a
@@ -109,7 +114,8 @@ func (l *Local) open() error {
 	if err != nil {
 		return err
 	}
-	t, err := NewTask(TaskConfig{Plan: l.plan, Subtopology: -1, Store: st, Output: &l.out, Now: l.now, Logger: l.opts.Logger, FireSlice: l.opts.FireSlice})
+	t, err := NewTask(TaskConfig{Plan: l.plan, Subtopology: -1, Store: st, Output: &l.out, Now: l.now, Logger: l.opts.Logger, FireSlice: l.opts.FireSlice,
+		MaxWaitingRecords: l.opts.MaxWaitingRecords})
 	if err != nil {
 		st.Close()
 		return err
@@ -125,7 +131,9 @@ func (l *Local) Task() *Task { return l.task }
 func (l *Local) Plan() *Plan { return l.plan }
 
 // Feed runs one typed record through the named source, as read from
-// partition p with event time ts (ms).
+// partition p with event time ts (ms). While LocalOptions.MaxWaitingRecords
+// records wait for room in async operators it first blocks, running their
+// completions (see Input.Push).
 func Feed[T any](l *Local, source string, p int32, v T, ts int64) error {
 	in, err := InputOf[T](l.task, source)
 	if err != nil {
@@ -135,10 +143,14 @@ func Feed[T any](l *Local, source string, p int32, v T, ts int64) error {
 }
 
 // FeedRaw runs one raw record through the named source (decoding it as the
-// Kafka runtime would).
+// Kafka runtime would). Like Feed, it first waits while
+// LocalOptions.MaxWaitingRecords records wait for room in async operators.
 func (l *Local) FeedRaw(source string, raw RawRecord) error {
 	for _, s := range l.task.sourceList {
 		if si, ok := s.(interface{ name() string }); ok && si.name() == source {
+			if err := l.task.admit(); err != nil {
+				return err
+			}
 			l.task.current = &raw
 			err := s.feedRaw(&raw)
 			l.task.current = nil

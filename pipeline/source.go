@@ -221,7 +221,13 @@ func InputOf[T any](t *Task, source string) (*Input[T], error) {
 }
 
 // Push runs one record through the chain as if read from partition p.
+// When TaskConfig.MaxWaitingRecords records wait for room in the task's
+// operators (async operators at capacity), it first blocks, running their
+// completions, until fewer do.
 func (in *Input[T]) Push(p int32, v T, ts int64) error {
+	if err := in.src.ctx.task.admit(); err != nil {
+		return err
+	}
 	return in.src.push(p, Record[T]{Value: v, Time: ts})
 }
 

@@ -64,7 +64,22 @@ type TaskConfig struct {
 	// have to hold a whole backlog's answers. 0: unbounded (the local
 	// runtime, which has no transactions).
 	FireSlice int
+	// MaxWaitingRecords bounds the records that may wait for room in the
+	// task's operators (async operators at capacity, Context.SetWaiting)
+	// when an in-process driver feeds it (Input.Push, Local.Feed,
+	// Local.FeedRaw): at the bound, feeding blocks and runs the operators'
+	// completions until one fewer waits. Default DefaultMaxWaitingRecords.
+	// Task.FeedRaw (the Kafka runtime) never blocks: its driver pauses the
+	// task's input while the task is Backpressured, and its own queue
+	// bounds what still arrives meanwhile.
+	MaxWaitingRecords int
 }
+
+// DefaultMaxWaitingRecords is TaskConfig.MaxWaitingRecords' default, the
+// Kafka runtime's default input queue (QueueRecords): about as many
+// records as can still reach a task's operators there once its input is
+// paused.
+const DefaultMaxWaitingRecords = 16384
 
 // Task is one instance of a job's operator chain. A runtime driver owns it
 // and calls it from one goroutine only.
@@ -89,6 +104,11 @@ type Task struct {
 	procTimerCtxs []*Context
 	notify        chan struct{}
 	fireSlice     int
+	// waiting: records waiting for room in the task's operators (the sum
+	// of their Context.SetWaiting); maxWaiting: the bound feeding by an
+	// in-process driver keeps it under (see admit).
+	waiting    int64
+	maxWaiting int64
 
 	current   *RawRecord
 	restoring bool
@@ -106,6 +126,10 @@ func NewTask(cfg TaskConfig) (*Task, error) {
 		plan: cfg.Plan, partition: cfg.Partition, store: cfg.Store, out: cfg.Output,
 		now: cfg.Now, log: cfg.Logger, metrics: cfg.Metrics, parts: cfg.Partitions, backlog: cfg.Backlog,
 		fireSlice: cfg.FireSlice, sources: make(map[string]sourceInstance), notify: make(chan struct{}, 1),
+		maxWaiting: int64(cfg.MaxWaitingRecords),
+	}
+	if t.maxWaiting <= 0 {
+		t.maxWaiting = DefaultMaxWaitingRecords
 	}
 	if t.now == nil {
 		t.now = time.Now
@@ -231,13 +255,30 @@ func (t *Task) InFlight() int {
 // Backpressured reports whether an operator of the task holds records
 // waiting for room (Context.SetWaiting): the driver should stop feeding it
 // until it is not, and keep checkpointing meanwhile.
-func (t *Task) Backpressured() bool {
-	for _, c := range t.contexts {
-		if c.m.waiting > 0 {
-			return true
+func (t *Task) Backpressured() bool { return t.waiting > 0 }
+
+// Waiting is the number of records waiting for room in the task's
+// operators (Context.SetWaiting).
+func (t *Task) Waiting() int { return int(t.waiting) }
+
+// admit runs before an in-process driver (Input.Push, Local.FeedRaw)
+// feeds a record: while MaxWaitingRecords records or more wait for room
+// in the task's operators, it waits for a wake-up and runs the completions
+// (Drain), which start the calls of waiting records. That driver has no
+// transaction to keep short and no input to pause, so it waits, as the
+// Kafka runtime's paused fetches do; without it, records fed faster than
+// calls complete would pile up in the operator without bound, and nothing
+// would run the completions between two records. Only an operator that
+// reports waiting records (Context.SetWaiting) wakes the task when room
+// comes, so the wait ends.
+func (t *Task) admit() error {
+	for t.waiting >= t.maxWaiting {
+		<-t.notify
+		if err := t.Drain(); err != nil {
+			return err
 		}
 	}
-	return false
+	return nil
 }
 
 // FeedRaw decodes a record read from a topic and runs it through the

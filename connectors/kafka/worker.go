@@ -432,7 +432,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // has room; paused partitions of tasks no longer here are resumed. The
 // loop goes on checkpointing meanwhile: backpressure never holds a
 // transaction open. Records already queued to a paused task are still fed
-// to it (at most QueueBatches batches wait in its operator).
+// to it (about QueueRecords records wait in its operator).
 func (w *Worker) applyBackpressure() {
 	var pause, resume map[string][]int32
 	add := func(m *map[string][]int32, id taskID) {

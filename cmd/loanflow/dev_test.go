@@ -22,6 +22,7 @@ import (
 	"github.com/loanflow/loanflow/api"
 	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/devstack"
+	"github.com/loanflow/loanflow/internal/devstack/devtest"
 	"github.com/loanflow/loanflow/internal/localsvc"
 	"github.com/loanflow/loanflow/internal/testenv"
 	"github.com/loanflow/loanflow/schemas"
@@ -41,57 +42,14 @@ func requireServers(t *testing.T) {
 	}
 }
 
-// startDev runs the local stack in dir on free ports until the test ends
-// or stop is called; stop waits for a clean shutdown.
+// startDev runs the local stack in dir (devtest.Start) with a bureau of
+// 20-200 ms.
 func startDev(t *testing.T, dir string) (devstack.Info, func()) {
 	t.Helper()
-	logf, err := os.OpenFile(filepath.Join(dir, "test.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan devstack.Info, 1)
-	errc := make(chan error, 1)
-	cfg := devstack.Config{Dir: dir, FreePorts: true, Logger: slog.New(slog.NewJSONHandler(logf, nil)),
-		Bureau: bureau.Config{LatencyMin: 20 * time.Millisecond, LatencyMax: 200 * time.Millisecond}}
-	go func() { errc <- devstack.Run(ctx, cfg, func(i devstack.Info) { ready <- i }) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Errorf("stack stopped with %v", err)
-			}
-		case <-time.After(2 * time.Minute):
-			t.Error("stack did not stop within 2m")
-		}
-		logf.Close()
-	}
-	t.Cleanup(stop)
-	select {
-	case info := <-ready:
-		return info, stop
-	case err := <-errc:
-		stopped = true
-		t.Fatalf("stack failed to start: %v\n%s", err, tail(filepath.Join(dir, "test.log")))
-	case <-time.After(4 * time.Minute):
-		t.Fatalf("stack not ready after 4m\n%s", tail(filepath.Join(dir, "test.log")))
-	}
-	return devstack.Info{}, stop
+	return devtest.Start(t, dir, bureau.Config{LatencyMin: 20 * time.Millisecond, LatencyMax: 200 * time.Millisecond})
 }
 
-func tail(path string) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
-}
+func tail(path string) string { return devtest.Tail(path) }
 
 // TestDevStackAndDemo runs `loanflow dev`'s stack, the demo against it,
 // stops it, and starts it again from the same directory.

@@ -7,11 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +18,7 @@ import (
 	"github.com/loanflow/loanflow/api"
 	"github.com/loanflow/loanflow/internal/bureau"
 	"github.com/loanflow/loanflow/internal/devstack"
+	"github.com/loanflow/loanflow/internal/devstack/devtest"
 	"github.com/loanflow/loanflow/internal/localsvc"
 	"github.com/loanflow/loanflow/internal/testenv"
 	. "github.com/loanflow/loanflow/internal/webtest"
@@ -354,49 +352,6 @@ func requireServers(t *testing.T) {
 // startDev runs the local stack on free ports until the test ends.
 func startDev(t *testing.T) devstack.Info {
 	t.Helper()
-	dir := testenv.Dir(t, "web")
-	logPath := filepath.Join(dir, "stack.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan devstack.Info, 1)
-	errc := make(chan error, 1)
-	cfg := devstack.Config{Dir: dir, FreePorts: true, Logger: slog.New(slog.NewJSONHandler(logf, nil)),
-		Bureau: bureau.Config{LatencyMin: 10 * time.Millisecond, LatencyMax: 50 * time.Millisecond}}
-	go func() { errc <- devstack.Run(ctx, cfg, func(i devstack.Info) { ready <- i }) }()
-	exited := false
-	t.Cleanup(func() {
-		cancel()
-		if !exited {
-			select {
-			case err := <-errc:
-				if err != nil {
-					t.Errorf("stack stopped with %v", err)
-				}
-			case <-time.After(2 * time.Minute):
-				t.Error("stack did not stop within 2m")
-			}
-		}
-		logf.Close()
-	})
-	select {
-	case info := <-ready:
-		return info
-	case err := <-errc:
-		exited = true
-		t.Fatalf("stack failed to start: %v\n%s", err, tail(logPath))
-	case <-time.After(4 * time.Minute):
-		t.Fatalf("stack not ready after 4m\n%s", tail(logPath))
-	}
-	return devstack.Info{}
-}
-
-func tail(path string) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
+	info, _ := devtest.Start(t, testenv.Dir(t, "web"), bureau.Config{LatencyMin: 10 * time.Millisecond, LatencyMax: 50 * time.Millisecond})
+	return info
 }

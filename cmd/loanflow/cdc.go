@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -186,34 +185,5 @@ func newCDCSkipCmd() *cobra.Command {
 	cmd.Flags().StringVar(&cfgPath, "config", "", "config file (YAML or JSON)")
 	cmd.Flags().StringVar(&lsnText, "lsn", "", "LSN of the change (X/Y)")
 	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the dead-letter record)")
-	return cmd
-}
-
-func newCDCSnapshotCmd() *cobra.Command {
-	var cfgPath string
-	var tables []string
-	cmd := &cobra.Command{
-		Use:   "snapshot --config FILE --table T [--table T2]",
-		Short: "Snapshot tables again while the reader streams (incremental, watermark-based)",
-		Long: "Writes a loanflow.signal logical message asking the running reader to read the tables again in chunks " +
-			"(op r, source.snapshot incremental), interleaved with the stream and exactly once. " +
-			"Progress: the reader's log and loanflow_cdc_incremental_snapshot_tables_remaining, loanflow_cdc_snapshot_rows_total.",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfgPath == "" || len(tables) == 0 {
-				return errors.New("cdc snapshot: --config FILE and at least one --table schema.table are required")
-			}
-			cfg, err := postgres.LoadConfig(cfgPath)
-			if err != nil {
-				return err
-			}
-			if err := postgres.SignalSnapshot(cmd.Context(), cfg.DatabaseURL, tables); err != nil {
-				return fmt.Errorf("cdc snapshot: %w", err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "snapshot of %s requested; the reader starts it when it reaches the request in the WAL\n", strings.Join(tables, ", "))
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&cfgPath, "config", "", "config file (YAML or JSON)")
-	cmd.Flags().StringArrayVar(&tables, "table", nil, "table to snapshot (schema.table; repeatable)")
 	return cmd
 }

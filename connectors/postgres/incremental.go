@@ -50,6 +50,9 @@ type chunk struct {
 	done    bool // fewer rows than asked: the table is complete
 	xid     uint32
 	err     error // the table cannot be read (gone, no access): skipped
+	// estimate is the table's row count as estimated before its first
+	// chunk (0 for later chunks).
+	estimate int64
 }
 
 // signalMsg is the content of a loanflow.signal message.
@@ -62,6 +65,14 @@ type signalMsg struct {
 // logical message, so the reader sees it in WAL order and records it in
 // its position exactly once.
 func SignalSnapshot(ctx context.Context, dsn string, tables []string) error {
+	_, err := RequestSnapshot(ctx, dsn, tables)
+	return err
+}
+
+// RequestSnapshot is SignalSnapshot returning the signal's LSN: the
+// reader's position names it in Completed (Request) once every table it
+// asked for is read (WatchPositions follows it).
+func RequestSnapshot(ctx context.Context, dsn string, tables []string) (pglogrepl.LSN, error) {
 	for i, t := range tables {
 		if !strings.Contains(t, ".") {
 			tables[i] = "public." + t
@@ -69,21 +80,22 @@ func SignalSnapshot(ctx context.Context, dsn string, tables []string) error {
 	}
 	conn, err := connect(ctx, dsn)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	for _, t := range tables {
 		s, n, _ := strings.Cut(t, ".")
 		var ok bool
 		if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgx.Identifier{s, n}.Sanitize()).Scan(&ok); err != nil || !ok {
-			return fmt.Errorf("%w: table %s does not exist (%v)", ErrConfig, t, err)
+			return 0, fmt.Errorf("%w: table %s does not exist (%v)", ErrConfig, t, err)
 		}
 	}
 	b, _ := json.Marshal(signalMsg{Snapshot: tables})
-	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2)", SignalPrefix, string(b)); err != nil {
-		return fmt.Errorf("writing the snapshot signal: %w", err)
+	var lsnText string
+	if err := conn.QueryRow(ctx, "SELECT pg_logical_emit_message(false, $1, $2)::text", SignalPrefix, string(b)).Scan(&lsnText); err != nil {
+		return 0, fmt.Errorf("writing the snapshot signal: %w", err)
 	}
-	return nil
+	return pglogrepl.ParseLSN(lsnText)
 }
 
 // chunker reads chunks on its own connection. One goroutine (run), owned
@@ -159,6 +171,9 @@ func (c *chunker) read(ctx context.Context, req chunkReq) *chunk {
 	}
 	c.tables[req.table] = t
 	ch.t = t
+	if req.after == nil {
+		ch.estimate = c.estimate(ctx, t)
+	}
 	sql, args := chunkQuery(t, req.after, c.cfg.SnapshotTxnMaxRows)
 	if ch.err = c.query(ctx, ch, sql, args); ch.err != nil {
 		ch.err = fmt.Errorf("reading a chunk of %s: %w", req.table, ch.err)
@@ -169,6 +184,26 @@ func (c *chunker) read(ctx context.Context, req chunkReq) *chunk {
 		ch.lastKey = keyText(t, ch.rows[len(ch.rows)-1])
 	}
 	return ch
+}
+
+// estimate is t's row count as pg_class.reltuples has it, or count(*)
+// when the table was never analyzed (reltuples -1 since PostgreSQL 14, 0
+// before); 0 when neither answers.
+func (c *chunker) estimate(ctx context.Context, t *table) int64 {
+	ident := pgx.Identifier{t.schema, t.name}.Sanitize()
+	var n float64
+	var pages int64
+	if err := c.conn.QueryRow(ctx, "SELECT reltuples::float8, relpages::int8 FROM pg_class WHERE oid = $1::regclass", ident).Scan(&n, &pages); err != nil {
+		return 0
+	}
+	if n > 0 || (n == 0 && pages > 0) {
+		return int64(n)
+	}
+	var count int64
+	if err := c.conn.QueryRow(ctx, "SELECT count(*) FROM "+ident).Scan(&count); err != nil {
+		return 0
+	}
+	return count
 }
 
 // query runs the chunk's query in a REPEATABLE READ transaction whose
@@ -301,6 +336,7 @@ func (w *writer) requestChunk() {
 	p := w.incPos
 	if p.Table == "" {
 		p.Table, p.Queue, p.LastKey, p.Rows = p.Queue[0], p.Queue[1:], nil, 0
+		p.Read, p.Chunks, p.Estimate, p.Started = 0, 0, 0, time.Now().UTC()
 		w.dirty = true
 	}
 	inc.nextID++
@@ -348,9 +384,12 @@ func (w *writer) writeChunk(ctx context.Context, ch *chunk, lsn pglogrepl.LSN) e
 	p := w.incPos
 	if ch.err != nil {
 		w.cfg.Logger.Error("cdc: incremental snapshot of a table failed; skipping it", "table", p.Table, "error", ch.err)
-		p.Table, p.LastKey, p.Rows = "", nil, 0
+		w.complete(CompletedSnapshot{LSN: lsn, Error: ch.err.Error()})
 		w.dirty = true
 		return nil
+	}
+	if ch.estimate > 0 || p.Chunks == 0 {
+		p.Estimate = ch.estimate
 	}
 	counter := w.m.snapRows.WithLabelValues(ch.t.qualified())
 	for i, row := range ch.rows {
@@ -367,18 +406,53 @@ func (w *writer) writeChunk(ctx context.Context, ch *chunk, lsn pglogrepl.LSN) e
 		counter.Inc()
 		p.Rows++
 	}
+	p.Read += int64(len(ch.rows))
+	p.Chunks++
 	if ch.done {
-		w.cfg.Logger.Info("cdc: incremental snapshot of a table done", "table", p.Table, "rows", p.Rows)
+		p.Estimate = p.Read // the count is known now
+	}
+	w.m.incProgress(p, w.cfg.SnapshotTxnMaxRows)
+	if ch.done {
+		w.cfg.Logger.Info("cdc: incremental snapshot of a table done", "table", p.Table, "rows", p.Rows, "read", p.Read, "chunks", p.Chunks)
 		if !slices.Contains(w.tables, p.Table) {
 			w.tables = append(w.tables, p.Table)
 		}
-		p.Table, p.LastKey, p.Rows = "", nil, 0
+		w.complete(CompletedSnapshot{LSN: lsn, Rows: p.Rows, Read: p.Read, Chunks: p.Chunks})
 	} else {
 		p.LastKey = ch.lastKey
 	}
 	w.m.incRemaining.Set(float64(len(p.Queue) + map[bool]int{true: 1, false: 0}[p.Table != ""]))
 	w.dirty = true
 	return nil
+}
+
+// complete records the outcome of the current table's snapshot (its
+// request from incPos.Requested) and clears the table.
+func (w *writer) complete(c CompletedSnapshot) {
+	p := w.incPos
+	c.Request = p.Requested[p.Table]
+	c.Started, c.Finished = p.Started, time.Now().UTC()
+	delete(p.Requested, p.Table)
+	w.recordCompleted(p.Table, c)
+	p.Table, p.LastKey, p.Rows, p.Read, p.Chunks, p.Estimate, p.Started = "", nil, 0, 0, 0, 0, time.Time{}
+}
+
+// recordCompleted sets w.completed[table], dropping the entry with the
+// oldest request past maxCompleted.
+func (w *writer) recordCompleted(table string, c CompletedSnapshot) {
+	if w.completed == nil {
+		w.completed = map[string]CompletedSnapshot{}
+	}
+	w.completed[table] = c
+	for len(w.completed) > maxCompleted {
+		oldest := ""
+		for t, o := range w.completed {
+			if oldest == "" || o.Request < w.completed[oldest].Request {
+				oldest = t
+			}
+		}
+		delete(w.completed, oldest)
+	}
 }
 
 // noteWindow records the key of a change of the chunk's table inside the
@@ -410,15 +484,34 @@ func (w *writer) handleSignal(it *item) {
 		w.cfg.Logger.Warn("cdc: ignoring a malformed signal", "lsn", it.lsn.String(), "content", it.text, "error", err)
 		return
 	}
-	w.queueSnapshots(w.publishedOnly(sig.Snapshot)) // filter.go
+	published := w.publishedOnly(sig.Snapshot) // filter.go
+	for _, t := range sig.Snapshot {
+		if !strings.Contains(t, ".") {
+			t = "public." + t
+		}
+		if !slices.Contains(published, t) {
+			w.recordCompleted(t, CompletedSnapshot{Request: it.lsn, LSN: it.lsn,
+				Error: fmt.Sprintf("not published by reader %s (publication %s)", w.cfg.Name, w.cfg.Publication)})
+			w.dirty = true
+		}
+	}
+	w.queueSnapshots(published, it.lsn)
 }
 
-// queueSnapshots adds tables to the incremental snapshot queue (once).
-func (w *writer) queueSnapshots(tables []string) {
+// queueSnapshots adds tables to the incremental snapshot queue (once),
+// noting the signal's LSN (0: not asked by a signal).
+func (w *writer) queueSnapshots(tables []string, request pglogrepl.LSN) {
 	p := w.incPos
 	for _, t := range tables {
 		if !strings.Contains(t, ".") {
 			t = "public." + t
+		}
+		if request > 0 {
+			if p.Requested == nil {
+				p.Requested = map[string]pglogrepl.LSN{}
+			}
+			p.Requested[t] = request
+			w.dirty = true
 		}
 		if t == p.Table || slices.Contains(p.Queue, t) {
 			continue

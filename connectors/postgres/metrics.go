@@ -22,6 +22,10 @@ type metrics struct {
 	snapExpected  *prometheus.GaugeVec
 	snapProgress  prometheus.Gauge
 	incRemaining  prometheus.Gauge
+	incRows       *prometheus.GaugeVec
+	incRowsEst    *prometheus.GaugeVec
+	incChunks     *prometheus.GaugeVec
+	incChunksEst  *prometheus.GaugeVec
 	restarts      prometheus.Counter
 }
 
@@ -32,6 +36,9 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 	}
 	c := func(n, help string) prometheus.Counter {
 		return registerCollector(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: n, Help: help, ConstLabels: l})).(prometheus.Counter)
+	}
+	gv := func(n, help string) *prometheus.GaugeVec {
+		return registerCollector(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: n, Help: help, ConstLabels: l}, []string{"table"})).(*prometheus.GaugeVec)
 	}
 	return &metrics{
 		lagBytes:      g("loanflow_cdc_replication_lag_bytes", "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn (what the reader committed in Kafka and confirmed), read from a side connection every wal_guard.poll_interval."),
@@ -55,7 +62,15 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		}, []string{"table"})).(*prometheus.GaugeVec),
 		snapProgress: g("loanflow_cdc_snapshot_progress_ratio", "Fraction of snapshot rows read (1 when done)."),
 		incRemaining: g("loanflow_cdc_incremental_snapshot_tables_remaining", "Tables an incremental snapshot is reading or has queued (0 when none runs)."),
-		restarts:     c("loanflow_cdc_session_restarts_total", "Sessions restarted after a retryable error."),
+		incRows: gv("loanflow_cdc_incremental_snapshot_rows",
+			"Rows read by the running (or last) incremental snapshot of each table, including rows dropped because the stream carried a newer image; reaches the table's row count when it ends."),
+		incRowsEst: gv("loanflow_cdc_incremental_snapshot_rows_estimated",
+			"Rows of each table an incremental snapshot reads, estimated when it started (pg_class.reltuples, or count(*) for a table never analyzed)."),
+		incChunks: gv("loanflow_cdc_incremental_snapshot_chunks",
+			"Chunks read by the running (or last) incremental snapshot of each table."),
+		incChunksEst: gv("loanflow_cdc_incremental_snapshot_chunks_estimated",
+			"Chunks of each table an incremental snapshot reads: ceil(rows estimated / snapshot_txn_max_rows), at least the chunks read."),
+		restarts: c("loanflow_cdc_session_restarts_total", "Sessions restarted after a retryable error."),
 	}
 }
 
@@ -72,4 +87,15 @@ func registerCollector(reg prometheus.Registerer, col prometheus.Collector) prom
 		}
 	}
 	return col
+}
+
+// incProgress exports the progress of p's table (chunks of up to
+// chunkRows rows).
+func (m *metrics) incProgress(p *IncrementalProgress, chunkRows int) {
+	est := max(p.Estimate, p.Read)
+	chunks := max(p.Chunks, (est+int64(chunkRows)-1)/int64(max(chunkRows, 1)))
+	m.incRows.WithLabelValues(p.Table).Set(float64(p.Read))
+	m.incRowsEst.WithLabelValues(p.Table).Set(float64(est))
+	m.incChunks.WithLabelValues(p.Table).Set(float64(p.Chunks))
+	m.incChunksEst.WithLabelValues(p.Table).Set(float64(chunks))
 }

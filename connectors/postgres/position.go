@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -56,6 +57,10 @@ type Position struct {
 	// Nil in positions written before it existed (then every published
 	// table counts as complete).
 	Tables []string `json:"tables"`
+	// Completed is the outcome of each table's last incremental snapshot
+	// (at most maxCompleted tables, the oldest requests dropped first):
+	// `loanflow cdc snapshot` waits for its request there.
+	Completed map[string]CompletedSnapshot `json:"completed,omitempty"`
 	// Txn is the transaction metadata of transaction LSN while it is split
 	// over Kafka transactions (ProvideTransactionMetadata; txmeta.go).
 	Txn *TxnProgress `json:"txn,omitempty"`
@@ -91,7 +96,43 @@ type IncrementalProgress struct {
 	LastKey []string `json:"last_key,omitempty"`
 	// Rows written so far by the current table's snapshot.
 	Rows int64 `json:"rows"`
+	// Read counts the rows the current table's chunks read (Rows plus the
+	// rows dropped because the stream carried a newer image), Chunks its
+	// chunks written, and Estimate its row count as the reader estimated it
+	// when the table started (pg_class.reltuples, or count(*) for a table
+	// never analyzed): the progress `loanflow cdc snapshot` shows.
+	Read     int64 `json:"read,omitempty"`
+	Chunks   int64 `json:"chunks,omitempty"`
+	Estimate int64 `json:"estimate,omitempty"`
+	// Started is when the current table's first chunk was asked for
+	// (writer clock).
+	Started time.Time `json:"started,omitzero"`
+	// Requested is the LSN of the newest loanflow.signal that asked for
+	// each queued (or running) table.
+	Requested map[string]pglogrepl.LSN `json:"requested,omitempty"`
 }
+
+// CompletedSnapshot is the outcome of a table's incremental snapshot.
+type CompletedSnapshot struct {
+	// Request is the LSN of the signal it answered (0: a table added to
+	// the config, or the rest of an interrupted initial snapshot).
+	Request pglogrepl.LSN `json:"request"`
+	// LSN is the high watermark of its last chunk.
+	LSN    pglogrepl.LSN `json:"lsn"`
+	Rows   int64         `json:"rows"`
+	Read   int64         `json:"read"`
+	Chunks int64         `json:"chunks"`
+	// Started and Finished are the writer's clock at the table's first
+	// chunk request and at its last chunk.
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	// Error says why the table was not (completely) read: not published
+	// by this reader, or unreadable (dropped, no access).
+	Error string `json:"error,omitempty"`
+}
+
+// maxCompleted bounds IncrementalProgress.Completed.
+const maxCompleted = 64
 
 // active reports whether a table is being read or queued.
 func (p *IncrementalProgress) active() bool { return p != nil && (p.Table != "" || len(p.Queue) > 0) }
@@ -102,12 +143,14 @@ func (p Position) clone() Position {
 		inc := *p.Incremental
 		inc.Queue = slices.Clone(inc.Queue)
 		inc.LastKey = slices.Clone(inc.LastKey)
+		inc.Requested = maps.Clone(inc.Requested)
 		p.Incremental = &inc
 	}
 	if p.Tables != nil {
 		p.Tables = append([]string{}, p.Tables...)
 	}
 	p.Txn = p.Txn.clone()
+	p.Completed = maps.Clone(p.Completed)
 	return p
 }
 

@@ -233,7 +233,7 @@ func (r *Reader) stream(ctx context.Context, prod *kgo.Client, adm *kadm.Client,
 		codecs: map[*table]*codec{}, codecErrs: map[*table]error{}, skipLSNs: skips, topics: map[string]int32{}, committed: pos, pending: pos, flushed: flushed,
 		lastCommit: time.Now(), verify: plan.verify,
 		ident:  Position{SystemID: id.systemID, Timeline: id.timeline, SlotNonce: plan.nonce},
-		incPos: &IncrementalProgress{}, tables: pos.clone().Tables,
+		incPos: &IncrementalProgress{}, tables: pos.clone().Tables, completed: pos.clone().Completed,
 	}
 	if pos.Incremental != nil {
 		w.incPos = pos.clone().Incremental
@@ -297,7 +297,7 @@ func (r *Reader) addedTables(w *writer, pos Position, pub []pubTable) []string {
 	}
 	if len(added) > 0 {
 		r.cfg.Logger.Info("cdc: tables added since the last start are snapshotted incrementally", "tables", strings.Join(added, ", "))
-		w.queueSnapshots(added)
+		w.queueSnapshots(added, 0)
 	}
 	return slices.Clone(pos.Tables)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -103,4 +104,53 @@ func peekPosition(ctx context.Context, cfg Config) (Position, bool, error) {
 		return Position{}, false, fmt.Errorf("reading positions topic %s: %w", cfg.PositionsTopic, err)
 	}
 	return scanPositions(ctx, cl, cfg.Name, sentinel, map[pglogrepl.LSN]string{})
+}
+
+// WatchPositions follows the positions the reader cfg names commits (read
+// committed, from the start of the positions topic, without writing to
+// it) and calls fn with each, oldest first, until fn returns true, ctx
+// ends or Kafka fails. `loanflow cdc snapshot` shows progress with it.
+func WatchPositions(ctx context.Context, cfg Config, fn func(Position) bool) error {
+	cfg = cfg.WithDefaults()
+	if len(cfg.Brokers) == 0 {
+		return fmt.Errorf("%w: brokers are required to follow the reader's position", ErrConfig)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{cfg.PositionsTopic: {0: kgo.NewOffset().AtStart()}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		return fmt.Errorf("%w: kafka client: %v", ErrConfig, err)
+	}
+	defer cl.Close()
+	for {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for _, e := range fs.Errors() {
+			if errors.Is(e.Err, kerr.UnknownTopicOrPartition) {
+				continue // the reader has not committed yet
+			}
+			return fmt.Errorf("reading positions topic %s: %w", e.Topic, e.Err)
+		}
+		stop := false
+		var bad error
+		fs.EachRecord(func(r *kgo.Record) {
+			if stop || bad != nil || string(r.Key) != cfg.Name || r.Value == nil {
+				return
+			}
+			var p Position
+			if err := json.Unmarshal(r.Value, &p); err != nil {
+				bad = fmt.Errorf("%w: position record at offset %d of %s: %v", ErrProtocol, r.Offset, r.Topic, err)
+				return
+			}
+			stop = fn(p)
+		})
+		if bad != nil {
+			return bad
+		}
+		if stop {
+			return nil
+		}
+	}
 }

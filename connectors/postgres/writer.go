@@ -61,8 +61,11 @@ type writer struct {
 	hbTables []*table
 	inc      incremental
 	incPos   *IncrementalProgress
-	tables   []string
-	hb       struct { // the heartbeat topic's schemas
+	// completed is the outcome of the last incremental snapshot per
+	// table (Position.Completed).
+	completed map[string]CompletedSnapshot
+	tables    []string
+	hb        struct { // the heartbeat topic's schemas
 		key, value     *avro.Schema
 		keyID, valueID int
 	}
@@ -328,6 +331,7 @@ func (w *writer) commit(ctx context.Context) error {
 	pos.CommittedAt = time.Now().UTC()
 	pos.SystemID, pos.Timeline, pos.SlotNonce = w.ident.SystemID, w.ident.Timeline, w.ident.SlotNonce
 	pos.Incremental, pos.Tables = nil, w.tables
+	pos.Completed = w.completed
 	if w.incPos.active() {
 		pos.Incremental = w.incPos
 	}

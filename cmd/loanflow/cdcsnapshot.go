@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +50,16 @@ func newCDCSnapshotCmd() *cobra.Command {
 				if !strings.Contains(t, ".") {
 					tables[i] = "public." + t
 				}
+			}
+			// A signal written before the slot exists is never read.
+			slotOnly := cfg
+			slotOnly.Brokers = nil
+			st, err := postgres.ReadStatus(cmd.Context(), slotOnly)
+			if err != nil {
+				return fmt.Errorf("cdc snapshot: %w", err)
+			}
+			if !st.SlotState.Exists {
+				return fmt.Errorf("cdc snapshot: reader %s has no replication slot %s yet: start it with `loanflow cdc run --config %s` (its first start snapshots every table anyway)", st.Reader, st.Slot, cfgPath)
 			}
 			lsn, err := postgres.RequestSnapshot(cmd.Context(), cfg.DatabaseURL, tables)
 			if err != nil {
@@ -164,7 +175,8 @@ type snapshotWatch struct {
 	tty      bool
 	last     map[string]snapTableProgress
 	printed  time.Time
-	line     string // last line written
+	line     string // last line written (terminal)
+	key      string // stateKey of the last line written (not a terminal)
 	barShown bool
 }
 
@@ -233,8 +245,12 @@ func (s *snapshotWatch) progressLine(now time.Time) string {
 				n := int(pct * width)
 				bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", width-n) + "] "
 			}
-			parts = append(parts, fmt.Sprintf("%s %s%3.0f%% rows %d/%d chunks %d rate %.0f rows/s ETA %s",
-				t, bar, pct*100, pr.read, est, pr.chunks, rate, eta))
+			estText := strconv.FormatInt(est, 10)
+			if est == 0 {
+				estText, eta = "?", "?"
+			}
+			parts = append(parts, fmt.Sprintf("%s %s%3.0f%% rows %d/%s chunks %d rate %.0f rows/s ETA %s",
+				t, bar, pct*100, pr.read, estText, pr.chunks, rate, eta))
 		case "done":
 			if pr.err != "" {
 				parts = append(parts, fmt.Sprintf("%s failed: %s", t, pr.err))
@@ -257,11 +273,13 @@ func (s *snapshotWatch) render(now time.Time, final bool) {
 		}
 		return
 	}
-	if line == s.line || (!final && now.Sub(s.printed) < s.interval) {
+	// A line per change of the figures (not of the rate alone).
+	key := s.stateKey()
+	if key == s.key || (!final && now.Sub(s.printed) < s.interval) {
 		return
 	}
 	fmt.Fprintln(s.w, line)
-	s.line, s.printed = line, now
+	s.key, s.printed = key, now
 }
 
 // note writes a message on its own line.
@@ -295,4 +313,14 @@ func (s *snapshotWatch) summary() SnapshotSummary {
 		sum.Tables = append(sum.Tables, d)
 	}
 	return sum
+}
+
+// stateKey is the figures of every table, without rate and ETA.
+func (s *snapshotWatch) stateKey() string {
+	var b strings.Builder
+	for _, t := range s.tables {
+		pr := s.last[t]
+		fmt.Fprintf(&b, "%s %s %d %d %d %s;", t, pr.state, pr.read, pr.chunks, pr.estimate, pr.err)
+	}
+	return b.String()
 }

@@ -100,7 +100,8 @@ func cdcStatusTable(tw *tabwriter.Writer, st postgres.Status) {
 	case p.Snapshot != nil:
 		row("SNAPSHOT", fmt.Sprintf("initial, in progress: %d rows committed, table %s, done: %s", p.Snapshot.Rows, p.Snapshot.Table, strings.Join(p.Snapshot.Done, ", ")))
 	case p.Incremental != nil && (p.Incremental.Table != "" || len(p.Incremental.Queue) > 0):
-		row("SNAPSHOT", fmt.Sprintf("incremental, in progress: table %s, queued: %s", p.Incremental.Table, strings.Join(p.Incremental.Queue, ", ")))
+		row("SNAPSHOT", fmt.Sprintf("incremental, in progress: table %s (%d of ~%d rows read, %d chunks), queued: %s",
+			p.Incremental.Table, p.Incremental.Read, max(p.Incremental.Estimate, p.Incremental.Read), p.Incremental.Chunks, strings.Join(p.Incremental.Queue, ", ")))
 	default:
 		row("SNAPSHOT", fmt.Sprintf("complete (%d tables)", len(p.Tables)))
 	}

@@ -156,7 +156,16 @@
 // `loanflow cdc snapshot --table T` (SignalSnapshot) writes a
 // 'loanflow.signal' message {"snapshot": ["schema.table"]} that the reader
 // queues when the stream reaches it, exactly once. A table removed from the
-// config is removed from the publication. Progress:
+// config is removed from the publication. Progress: the position carries
+// the running table's rows read, chunks and estimate (pg_class.reltuples,
+// or count(*) for a table never analyzed) and, per table, the outcome of
+// its last snapshot with the LSN of the signal it answered (Completed;
+// RequestSnapshot returns that LSN, WatchPositions follows the positions
+// so `loanflow cdc snapshot` shows a progress bar and ends when its
+// request is done; a signal for a table the reader does not publish
+// completes with an error). Metrics:
+// loanflow_cdc_incremental_snapshot_rows{,_estimated},
+// loanflow_cdc_incremental_snapshot_chunks{,_estimated} per table,
 // loanflow_cdc_incremental_snapshot_tables_remaining and
 // loanflow_cdc_snapshot_rows_total.
 //

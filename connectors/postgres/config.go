@@ -134,6 +134,28 @@ type Config struct {
 	// TxnMaxBytes bounds the encoded bytes of one Kafka transaction, in the
 	// same way. Default 16 MiB.
 	TxnMaxBytes int `yaml:"txn_max_bytes"`
+	// Streaming selects pgoutput protocol version 2 with streaming of
+	// in-progress transactions (PostgreSQL 14 and later): a transaction
+	// larger than the server's logical_decoding_work_mem is sent while it
+	// runs, in chunks, instead of being spilled to disk on the server until
+	// it commits. The reader keeps a streamed transaction's changes (in
+	// memory up to stream_buffer_bytes, then in a file under
+	// stream_spill_dir) and writes them to Kafka at its commit, exactly as
+	// an ordinary transaction; an aborted one, or a rolled-back savepoint
+	// inside one, leaves nothing. auto (default): on for PostgreSQL 14 and
+	// later, protocol version 1 before; on: an older server is an error;
+	// off: protocol version 1.
+	Streaming StreamingMode `yaml:"streaming"`
+	// StreamBufferBytes bounds the memory holding the changes of streamed
+	// transactions not yet committed (all of them together); past it the
+	// largest goes to a file. Default 64 MiB.
+	StreamBufferBytes int `yaml:"stream_buffer_bytes"`
+	// StreamSpillDir holds those files (deleted as soon as they are
+	// created, so a crash leaves none). Default: os.TempDir().
+	StreamSpillDir string `yaml:"stream_spill_dir"`
+	// ignoreStreamAbort makes the receiver ignore Stream Abort (the
+	// streaming test's negative control; never set otherwise).
+	ignoreStreamAbort bool
 	// CommitInterval is the longest a decoded change waits before its Kafka
 	// transaction commits. The reader commits as soon as it has nothing
 	// more to read, so this only matters under sustained load. Default 50ms.
@@ -285,6 +307,8 @@ func (c Config) WithDefaults() Config {
 	defInt(&c.TxnMaxBytes, 16<<20)
 	defInt(&c.MaxRecordBytes, 1000000)
 	defInt(&c.QueueMaxBatches, 64)
+	defInt(&c.StreamBufferBytes, 64<<20)
+	def((*string)(&c.Streaming), string(StreamingAuto))
 	defDur := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -322,6 +346,11 @@ func (c Config) Validate() error {
 	}
 	if c.DatabaseURL == "" {
 		bad("database_url is required (postgres://user@host:port/db)")
+	}
+	switch c.Streaming {
+	case StreamingAuto, StreamingOn, StreamingOff, "":
+	default:
+		bad("streaming %q: use auto, on or off", c.Streaming)
 	}
 	if len(c.Brokers) == 0 {
 		bad("brokers is required (host:port of the Kafka seed brokers)")

@@ -27,6 +27,8 @@ type metrics struct {
 	incChunks     *prometheus.GaugeVec
 	incChunksEst  *prometheus.GaugeVec
 	restarts      prometheus.Counter
+	// Streamed (protocol v2) transactions: begun, aborted, spilled to disk.
+	streamedTxns, streamedAborts, streamSpills prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, name string) *metrics {
@@ -70,7 +72,10 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 			"Chunks read by the running (or last) incremental snapshot of each table."),
 		incChunksEst: gv("loanflow_cdc_incremental_snapshot_chunks_estimated",
 			"Chunks of each table an incremental snapshot reads: ceil(rows estimated / snapshot_txn_max_rows), at least the chunks read."),
-		restarts: c("loanflow_cdc_session_restarts_total", "Sessions restarted after a retryable error."),
+		streamedTxns:   c("loanflow_cdc_streamed_transactions_total", "Transactions PostgreSQL streamed while in progress (larger than logical_decoding_work_mem; protocol v2), counted at their first block."),
+		streamedAborts: c("loanflow_cdc_streamed_aborts_total", "Streamed transactions that aborted: their buffered changes were dropped, none reached Kafka."),
+		streamSpills:   c("loanflow_cdc_stream_spills_total", "Streamed transactions whose buffered changes went to a file (stream_buffer_bytes exceeded)."),
+		restarts:       c("loanflow_cdc_session_restarts_total", "Sessions restarted after a retryable error."),
 	}
 }
 

@@ -344,7 +344,11 @@ func (r *Reader) produceItems(ctx context.Context, repl *pgconn.PgConn, queue ch
 			return err
 		}
 	}
-	if err := startReplication(ctx, repl, &r.cfg); err != nil {
+	streaming, err := streamingFor(r.cfg.Streaming, id.major)
+	if err != nil {
+		return err
+	}
+	if err := startReplication(ctx, repl, &r.cfg, streaming); err != nil {
 		return err
 	}
 	meta, err := connect(ctx, r.cfg.DatabaseURL)
@@ -353,7 +357,8 @@ func (r *Reader) produceItems(ctx context.Context, repl *pgconn.PgConn, queue ch
 	}
 	defer meta.Close(context.WithoutCancel(ctx))
 	rc := &receiver{cfg: &r.cfg, conn: repl, meta: meta, tables: tables, out: queue, flushed: flushed, m: r.m, db: db,
-		batch: make([]item, 0, batchMaxItems), walEnd: id.walEnd, skips: skips}
+		batch: make([]item, 0, batchMaxItems), walEnd: id.walEnd, skips: skips,
+		streams: streams{on: streaming, bufs: map[uint32]*streamBuf{}, maxBytes: r.cfg.StreamBufferBytes, dir: r.cfg.StreamSpillDir}}
 	return rc.run(ctx)
 }
 

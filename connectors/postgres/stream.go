@@ -43,11 +43,18 @@ type receiver struct {
 	lastStatus  time.Time
 	lastFlush   pglogrepl.LSN
 	lastFlushAt time.Time
+	streams     streams // streamed transactions (streaming.go)
 }
 
-// startReplication starts streaming the slot from its confirmed position.
-func startReplication(ctx context.Context, conn *pgconn.PgConn, cfg *Config) error {
+// startReplication starts streaming the slot from its confirmed position,
+// with pgoutput protocol version 2 and streaming of in-progress
+// transactions when streaming is set (streaming.go).
+func startReplication(ctx context.Context, conn *pgconn.PgConn, cfg *Config, streaming bool) error {
 	args := []string{"proto_version '1'", "publication_names '" + cfg.Publication + "'", "messages 'true'"}
+	if streaming {
+		args[0] = "proto_version '2'"
+		args = append(args, "streaming 'on'")
+	}
 	err := pglogrepl.StartReplication(ctx, conn, cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		return fmt.Errorf("starting replication from slot %s: %w", cfg.Slot, err)
@@ -56,6 +63,7 @@ func startReplication(ctx context.Context, conn *pgconn.PgConn, cfg *Config) err
 }
 
 func (r *receiver) run(ctx context.Context) error {
+	defer r.streams.close()
 	for {
 		if time.Since(r.lastStatus) >= r.cfg.StatusInterval {
 			if err := r.sendStatus(ctx, true); err != nil {
@@ -168,6 +176,15 @@ func (r *receiver) send(ctx context.Context) error {
 }
 
 func (r *receiver) message(ctx context.Context, xld pglogrepl.XLogData, buf []byte) error {
+	if took, err := r.streamMessage(ctx, xld, buf); took || err != nil {
+		return err // streaming.go
+	}
+	return r.decoded(ctx, xld, buf)
+}
+
+// decoded decodes and handles one message outside a stream block (or of
+// a streamed transaction replayed at its commit).
+func (r *receiver) decoded(ctx context.Context, xld pglogrepl.XLogData, buf []byte) error {
 	msg, err := decodeMessage(buf)
 	if err != nil {
 		if _, ok := r.skips[xld.WALStart]; ok {

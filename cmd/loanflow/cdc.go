@@ -41,6 +41,9 @@ tables:
 # ensure_replica_identity_full: true  # needed for tables with text/bytea/jsonb/numeric columns
 # heartbeat_interval: 50ms
 # commit_interval: 50ms
+# streaming: auto                   # protocol v2: large transactions arrive while they run (PostgreSQL 14+; on|off)
+# stream_buffer_bytes: 67108864      # memory for streamed transactions not yet committed; then files
+# stream_spill_dir: /var/tmp         # where those files go (unlinked at creation)
 # txn_max_records: 20000
 # metrics_addr: 127.0.0.1:9110
 # wal_guard:                         # watches pg_replication_slots from a side connection

@@ -391,7 +391,7 @@ func (c Config) Validate() error {
 	}
 	for name, v := range map[string]int{
 		"snapshot_txn_max_rows": c.SnapshotTxnMaxRows, "txn_max_records": c.TxnMaxRecords,
-		"txn_max_bytes": c.TxnMaxBytes, "max_record_bytes": c.MaxRecordBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions,
+		"txn_max_bytes": c.TxnMaxBytes, "max_record_bytes": c.MaxRecordBytes, "queue_max_batches": c.QueueMaxBatches, "topic_partitions": c.TopicPartitions, "stream_buffer_bytes": c.StreamBufferBytes,
 	} {
 		if v <= 0 {
 			bad("%s must be positive, got %d", name, v)

@@ -210,6 +210,31 @@
 // `loanflow cdc reset` deletes a position (the next start re-snapshots).
 // On PostgreSQL 17 and later slots are created with failover = true.
 //
+// # Large transactions: protocol v2 streaming
+//
+// With streaming auto (the default) or on, a session on PostgreSQL 14 or
+// later asks pgoutput for protocol version 2 with streaming 'on': a
+// transaction whose decoded changes exceed the server's
+// logical_decoding_work_mem arrives while it runs, in blocks between
+// Stream Start and Stream Stop that carry its xid, possibly interleaved
+// with other streamed transactions and with ordinary ones, and ends with
+// Stream Commit or Stream Abort. The receiver (streaming.go) keeps each
+// streamed transaction's messages by xid: in memory up to
+// stream_buffer_bytes over all of them, then the largest in an unlinked
+// file under stream_spill_dir. A Stream Abort of the transaction drops
+// it; one naming a subtransaction (ROLLBACK TO SAVEPOINT, with the
+// subtransactions nested in it) drops that subtransaction's changes. At
+// Stream Commit the kept messages are replayed to the writer as an
+// ordinary transaction (Begin at the commit LSN, changes in WAL order,
+// Commit), so nothing of an uncommitted transaction reaches Kafka and
+// positions, split transactions and resume by change count work as
+// above. A new session receives an unfinished transaction again from its
+// start (the slot's restart_lsn precedes it). Metrics:
+// loanflow_cdc_streamed_transactions_total, _streamed_aborts_total,
+// _stream_spills_total. PostgreSQL 13 and older, or streaming off: protocol
+// version 1 (the server spills large transactions on its side and sends
+// them at commit).
+//
 // # Heartbeats
 //
 // Every heartbeat_interval (default 50ms) the reader runs

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -145,7 +148,7 @@ func TestStreamingV2(t *testing.T) {
 	cfg := e.cfg
 	cfg.Tables = []TableConfig{{Table: "big"}}
 	cfg.Registerer = reg
-	cfg.TxnMaxRecords = 3000 // the largest transaction spans Kafka transactions
+	cfg.TxnMaxRecords = 3000         // the largest transaction spans Kafka transactions
 	cfg.StreamBufferBytes = 32 << 10 // the largest transactions go to files
 	e.runReader(cfg)
 	e.waitSnapshot(c, cfg.Name)
@@ -322,3 +325,124 @@ func TestStreamingV2Crash(t *testing.T) {
 	}
 	t.Logf("%d ids; positions inside split transactions: %d", len(want), plog.partialCount())
 }
+
+// TestStreamingFor: auto streams from PostgreSQL 14 (protocol v2) and
+// falls back to v1 before; on refuses an older server; off never streams.
+func TestStreamingFor(t *testing.T) {
+	for _, c := range []struct {
+		mode    StreamingMode
+		major   int
+		want    bool
+		wantErr bool
+	}{
+		{StreamingAuto, 13, false, false}, {StreamingAuto, 14, true, false}, {StreamingAuto, 17, true, false},
+		{"", 15, true, false}, {StreamingOn, 13, false, true}, {StreamingOn, 14, true, false},
+		{StreamingOff, 13, false, false}, {StreamingOff, 16, false, false},
+	} {
+		got, err := streamingFor(c.mode, c.major)
+		if got != c.want || (err != nil) != c.wantErr {
+			t.Errorf("streamingFor(%q, %d) = %v, %v; want %v, error %v", c.mode, c.major, got, err, c.want, c.wantErr)
+		}
+	}
+}
+
+// TestStreamingOff: with streaming: off the same large transactions come
+// as ordinary ones (PostgreSQL spills them on its side: no streamed
+// transactions in pg_stat_replication_slots) and the topic is the same.
+func TestStreamingOff(t *testing.T) {
+	e, c := streamEnv(t)
+	reg := prometheus.NewRegistry()
+	cfg := e.cfg
+	cfg.Tables = []TableConfig{{Table: "big"}}
+	cfg.Streaming = StreamingOff
+	cfg.Registerer = reg
+	e.runReader(cfg)
+	e.waitSnapshot(c, cfg.Name)
+	want := streamModel{}
+	abortScenarios(t, e, c, want)
+	e.waitFlushed(c, cfg.Name, e.currentLSN(c), 3*time.Minute)
+	got := topicOps(e.readAll(cfg.TopicPrefix + ".public.big"))
+	if d := diffModel(want, got); len(d) > 0 {
+		t.Errorf("topic differs from what was committed:\n%v", d)
+	}
+	if txns, _ := streamedStats(t, c, cfg.Name); txns != 0 {
+		t.Errorf("PostgreSQL streamed %d transactions with streaming off", txns)
+	}
+	if n := gaugeOrCounter(t, reg, "loanflow_cdc_streamed_transactions_total"); n != 0 {
+		t.Errorf("reader counted %v streamed transactions with streaming off", n)
+	}
+}
+
+// FuzzStreamMessages feeds arbitrary sequences of messages (each a length
+// byte and its bytes; Relation messages left out, they need a catalog) to
+// a receiver with protocol v2 streaming on, over a small memory bound so
+// buffers spill to files: errors are fine, panics are not, and nothing of
+// a transaction reaches the writer before its commit.
+func FuzzStreamMessages(f *testing.F) {
+	begin := func(xid byte, first byte) []byte { return []byte{'S', 0, 0, 0, xid, first} }
+	ins := func(xid byte) []byte {
+		return append([]byte{'I', 0, 0, 0, xid, 0, 0, 0, 1, 'N', 0, 1, 't', 0, 0, 0, 1}, '7')
+	}
+	commit := func(xid byte) []byte {
+		return append([]byte{'c', 0, 0, 0, xid, 0}, make([]byte, 24)...)
+	}
+	seq := func(msgs ...[]byte) []byte {
+		var out []byte
+		for _, m := range msgs {
+			out = append(append(out, byte(len(m))), m...)
+		}
+		return out
+	}
+	f.Add(seq(begin(5, 1), ins(5), ins(6), []byte{'E'}, begin(6, 1), ins(6), []byte{'E'}, []byte{'A', 0, 0, 0, 5, 0, 0, 0, 6}, commit(5), commit(6)))
+	f.Add(seq(begin(5, 0), ins(5), commit(5)))
+	f.Add(seq([]byte{'E'}, []byte{'c', 0}, []byte{'A', 0, 0}, []byte{'S'}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out := make(chan []item, 1)
+		done := make(chan struct{})
+		var items []item
+		go func() {
+			defer close(done)
+			for b := range out {
+				items = append(items, b...)
+			}
+		}()
+		cfg := &Config{Logger: slogDiscard()}
+		r := &receiver{cfg: cfg, out: out, m: newMetrics(nil, "fuzz"), tables: map[uint32]*table{1: fuzzTable(1)},
+			streams: streams{on: true, bufs: map[uint32]*streamBuf{}, maxBytes: 64, dir: t.TempDir()}}
+		ctx := context.Background()
+		for len(data) > 0 {
+			n := int(data[0])
+			data = data[1:]
+			if n > len(data) {
+				break
+			}
+			msg := data[:n:n]
+			data = data[n:]
+			if len(msg) > 0 && msg[0] == 'R' {
+				continue
+			}
+			if err := r.message(ctx, pglogrepl.XLogData{WALStart: pglogrepl.LSN(len(data))}, append([]byte(nil), msg...)); err != nil {
+				break
+			}
+		}
+		_ = r.send(ctx)
+		r.streams.close()
+		close(out)
+		<-done
+		open := false
+		for _, it := range items {
+			switch it.kind {
+			case itBegin:
+				open = true
+			case itCommit:
+				open = false
+			case itChange:
+				if !open {
+					t.Fatalf("a change outside Begin/Commit: %+v", it)
+				}
+			}
+		}
+	})
+}
+
+func slogDiscard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

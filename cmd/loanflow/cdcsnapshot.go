@@ -304,7 +304,7 @@ func (s *snapshotWatch) summary() SnapshotSummary {
 	for _, t := range s.tables {
 		pr := s.last[t]
 		d := SnapshotTableDone{Table: t, Rows: pr.read, Written: pr.written, Chunks: pr.chunks, Error: pr.err}
-		if !pr.ended.IsZero() {
+		if !pr.ended.IsZero() && !pr.started.IsZero() {
 			d.Seconds = pr.ended.Sub(pr.started).Seconds()
 			if d.Seconds > 0 {
 				d.RowsPerSecond = float64(pr.read) / d.Seconds

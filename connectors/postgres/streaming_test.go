@@ -287,6 +287,10 @@ func TestStreamingV2Crash(t *testing.T) {
 	abortScenarios(t, e, c, want)
 	_, before := streamedStats(t, c, cfg.Name)
 	e.exec(c, "BEGIN")
+	var xid int64
+	if err := c.QueryRow(ctx, "SELECT txid_current() % 4294967296").Scan(&xid); err != nil {
+		t.Fatal(err)
+	}
 	e.exec(c, "INSERT INTO big SELECT g, 1 FROM generate_series(200001, 204000) g")
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -304,7 +308,7 @@ func TestStreamingV2Crash(t *testing.T) {
 	kill() // mid-stream: the transaction is open
 	e.exec(c, "UPDATE big SET v = 2 WHERE id BETWEEN 200001 AND 204000")
 	e.exec(c, "INSERT INTO big SELECT g, 3 FROM generate_series(204001, 208000) g")
-	midTxn := plog.when(func(p Position) bool { return !p.Complete && p.Changes > 0 })
+	midTxn := plog.when(func(p Position) bool { return p.XID == uint32(xid) && !p.Complete && p.Changes > 0 })
 	e.exec(c, "COMMIT")
 	want.insert(200001, 204000, 1)
 	want.update(200001, 204000, func(int32) int { return 2 })
@@ -323,7 +327,15 @@ func TestStreamingV2Crash(t *testing.T) {
 		b, _ := os.ReadFile(logf.Name())
 		t.Errorf("topic differs from what was committed:\n%v\nreader log:\n%s", d, tail(b, 4000))
 	}
-	t.Logf("%d ids; positions inside split transactions: %d", len(want), plog.partialCount())
+	plog.mu.Lock()
+	inBig := 0
+	for _, p := range plog.history {
+		if p.XID == uint32(xid) && !p.Complete {
+			inBig++
+		}
+	}
+	plog.mu.Unlock()
+	t.Logf("%d ids; positions inside split transactions: %d, inside the large one (xid %d): %d", len(want), plog.partialCount(), xid, inBig)
 }
 
 // TestStreamingFor: auto streams from PostgreSQL 14 (protocol v2) and

@@ -89,6 +89,9 @@ func newCDCSnapshotCmd() *cobra.Command {
 				if errors.Is(err, context.DeadlineExceeded) && timeout > 0 {
 					return fmt.Errorf("cdc snapshot: not done after --timeout %s (the snapshot goes on; is `loanflow cdc run` running? follow it with `loanflow cdc status`)", timeout)
 				}
+				if errors.Is(err, context.Canceled) {
+					return errors.New("cdc snapshot: interrupted: stopped following; the snapshot goes on (follow it with `loanflow cdc status`)")
+				}
 				return fmt.Errorf("cdc snapshot: following the reader's position: %w", err)
 			}
 			sum := sw.summary()

@@ -17,12 +17,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 )
 
-// runUntil waits until cond holds, failing the test after timeout.
-func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+// runUntil waits until cond holds, failing the test after timeout; the
+// explain functions then log why cond does not hold (what the output
+// lacks against the model), so a CI log shows the cause, not just the
+// timeout.
+func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool, explain ...func()) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
+			for _, f := range explain {
+				f()
+			}
 			dumpWorkers()
 			// Workers in this process: their goroutines, into the log
 			// directory when there is one.
@@ -37,6 +43,9 @@ func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// explain logs what the output lacks (or has twice) against the model.
+func (r *run) explain() { r.verify("incomplete") }
 
 func (r *run) mustBeExact(label string) {
 	r.t.Helper()
@@ -77,7 +86,7 @@ func TestScaleOut(t *testing.T) {
 		runUntil(t, time.Minute, "progress", func() bool { return r.c.get(r.tp.Scored) > base+2000 })
 		ws[1].kill()
 		<-produced
-		runUntil(t, 4*time.Minute, "all output", r.complete)
+		runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 
 		g, err := adm.DescribeGroups(context.Background(), group)
 		if err != nil {
@@ -133,7 +142,7 @@ func TestZombieFencing(t *testing.T) {
 		runUntil(t, time.Minute, "the survivor to make progress", func() bool { return r.c.get(r.tp.Scored) > taken+1000 })
 		w1.signal(syscall.SIGCONT)
 		<-produced
-		runUntil(t, 4*time.Minute, "all output", r.complete)
+		runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 		for _, w := range []*workerProc{w1, w2} {
 			w.signal(syscall.SIGTERM)
 			<-w.done
@@ -181,7 +190,7 @@ func TestSavepointRoundTrip(t *testing.T) {
 			default:
 			}
 			return r.complete()
-		})
+		}, r.explain)
 		if err := w2.StopWithSavepoint(context.Background(), ""); err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +223,7 @@ func TestBrokerLeaderLoss(t *testing.T) {
 		t.Fatalf("restarting broker %d: %v", victim, err)
 	}
 	<-produced
-	runUntil(t, 4*time.Minute, "all output", r.complete)
+	runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 	if w.exited() {
 		t.Fatalf("the worker exited:\n%s", w.tail())
 	}
@@ -302,14 +311,22 @@ func TestOlderSavepointRestores(t *testing.T) {
 		}
 		// First run: part of the first half, then a savepoint.
 		w, done := start(r.tp, kafka.Config{WorkerID: "first"})
-		runUntil(t, 2*time.Minute, "part of the input processed", func() bool { return r.c.get(r.tp.Scored) >= half/2 })
+		status := func(ws ...*kafka.Worker) func() {
+			return func() {
+				for _, w := range ws {
+					t.Logf("worker status: %+v", w.Status())
+				}
+			}
+		}
+		runUntil(t, 2*time.Minute, "part of the input processed", func() bool { return r.c.get(r.tp.Scored) >= half/2 },
+			status(w), func() { t.Logf("%d scored records so far, want %d", r.c.get(r.tp.Scored), half/2) })
 		sp := filepath.Join(t.TempDir(), "savepoint")
 		stop(w, done, sp)
 		before := readOutputs(t, seeds, r.tp)
 		// Second run: from the savepoint to the end of the input.
 		produce(t, seeds, r.d.events[half:])
 		w, done = start(r.tp, kafka.Config{WorkerID: "second", FromSavepoint: sp})
-		runUntil(t, 3*time.Minute, "the second run's output", r.complete)
+		runUntil(t, 3*time.Minute, "the second run's output", r.complete, status(w), r.explain)
 		stop(w, done, "")
 		tpB := r.in.withOutputs(func(s string) string { return testenv.Name(t, "osp-b-"+s) }, r.job)
 		// The dead-letter topic is the job's own: leave out what the
@@ -341,6 +358,8 @@ func TestOlderSavepointRestores(t *testing.T) {
 			}
 			last = time.Now()
 			return check(r.want, combine(before, thirdRun())).lost == 0
+		}, status(w1, w2, w3), func() {
+			t.Logf("incomplete: before the savepoint plus the third run: %s", check(r.want, combine(before, thirdRun())))
 		})
 		stop(w1, d1, "")
 		stop(w2, d2, "")

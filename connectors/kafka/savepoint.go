@@ -13,6 +13,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/state"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -39,7 +40,8 @@ import (
 // partition, from its reader's committed offset up to the highest end
 // offset any writer task recorded when it stopped (a writer stopped later
 // than the reader wrote records the reader's copy lacks; they are read
-// from the live topic when it is still the same topic).
+// from the live topic when it is still the same topic). The writers' idle
+// markers among them are not restored (idleMarker).
 
 type savepointJob struct {
 	Job           string           `json:"job"`
@@ -488,11 +490,15 @@ func (w *Worker) rewriteRepartitions(ctx context.Context, prod *kgo.Client, infl
 	if err := w.recreateTopics(ctx, topics, specs); err != nil {
 		return err
 	}
-	n := 0
+	n, idle := 0, 0
 	for _, t := range topics {
 		for p, recs := range inflight[t] {
 			var batch []*kgo.Record
 			for _, sr := range recs {
+				if idleMarker(sr) {
+					idle++
+					continue
+				}
 				r := &kgo.Record{Topic: t, Partition: p, Key: sr.Key, Value: sr.Value, Timestamp: time.UnixMilli(sr.Timestamp)}
 				for _, h := range sr.Headers {
 					r.Headers = append(r.Headers, kgo.RecordHeader{Key: string(h[0]), Value: h[1]})
@@ -507,8 +513,24 @@ func (w *Worker) rewriteRepartitions(ctx context.Context, prod *kgo.Client, infl
 			n += len(batch)
 		}
 	}
-	w.log.Info("repartition topics recreated with the savepoint's in-flight records", "topics", len(topics), "records", n)
+	w.log.Info("repartition topics recreated with the savepoint's in-flight records", "topics", len(topics), "records", n, "idle_markers_dropped", idle)
 	return nil
+}
+
+// idleMarker reports whether a saved record is a watermark marker saying
+// its writer was idle. Restoring one would tell the readers that a writer
+// of the previous run, caught up with the input of then, is idle; the
+// restored writer starts active and says so only once it runs: until
+// then the readers would leave it out of their watermark, let the other
+// writers carry it past the records it has yet to write, and drop those
+// as late (pipeline.IdleMarker).
+func idleMarker(sr savedRecord) bool {
+	for _, h := range sr.Headers {
+		if string(h[0]) == pipeline.HeaderWatermark && pipeline.IdleMarker(h[1]) {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *Worker) recreateChangelogs(ctx context.Context) error {

@@ -42,6 +42,10 @@ type Worker struct {
 
 	parts    map[string]int32
 	topicSub map[string]int
+	repSet   map[string]bool // the repartition topics
+	// committedWrites is, per repartition partition, the offset after the
+	// last record this worker wrote there in a committed checkpoint.
+	committedWrites map[string]map[int32]int64
 	inputs   []string
 	tasks    map[taskID]*taskRunner
 
@@ -91,10 +95,14 @@ func NewWorker(b *pipeline.Builder, cfg Config) (*Worker, error) {
 	for _, reason := range []string{"commit", "aborted", "task-failed"} {
 		w.metrics.CheckpointFailures.WithLabelValues(plan.Job, reason) // at 0 from the start
 	}
+	w.repSet, w.committedWrites = make(map[string]bool), make(map[string]map[int32]int64)
 	for _, s := range plan.Subtopologies {
 		for _, in := range s.Inputs {
 			w.topicSub[in.Topic] = s.ID
 			w.inputs = append(w.inputs, in.Topic)
+			if in.Repartition {
+				w.repSet[in.Topic] = true
+			}
 		}
 	}
 	sort.Strings(w.inputs)
@@ -541,6 +549,22 @@ func (w *Worker) checkpoint(ctx context.Context) error {
 	var sources map[string]map[int32]kgo.EpochOffset
 	if committed {
 		sources = w.sess.Client().CommittedOffsets()
+	}
+	if committed && err == nil {
+		// The tasks wait for their outcome: nothing of the next
+		// transaction is written yet.
+		for _, p := range ps {
+			p.tr.mu.Lock()
+			for t, parts := range p.tr.repEnd {
+				if w.committedWrites[t] == nil {
+					w.committedWrites[t] = make(map[int32]int64)
+				}
+				for part, next := range parts {
+					w.committedWrites[t][part] = max(w.committedWrites[t][part], next)
+				}
+			}
+			p.tr.mu.Unlock()
+		}
 	}
 	var berr error
 	if ended {

@@ -371,7 +371,13 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 	if err := w.recreateChangelogs(ctx); err != nil {
 		return err
 	}
-	prod, err := kgo.NewClient(w.clientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	// The topics it writes were just recreated: a partition's leader may
+	// answer UNKNOWN_TOPIC_OR_PARTITION for a while (seen on a loaded
+	// Apache broker: the restore failed after franz-go's default 4 tries),
+	// so records wait for the topic instead, for as long as
+	// retryUnknownTopic would.
+	prod, err := kgo.NewClient(w.clientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.UnknownTopicRetries(-1), kgo.RecordDeliveryTimeout(unknownTopicPatience))...)
 	if err != nil {
 		return err
 	}

@@ -975,6 +975,19 @@ func (w *Worker) stop(req stopRequest) error {
 
 func (w *Worker) teardown() {
 	w.closeTasks()
+	if w.leaving && w.sess != nil {
+		// The tasks ran on after the final checkpoint (timers, async
+		// completions, idle markers) in a transaction that must not
+		// commit: abort it now rather than leave it open until the
+		// broker times it out, holding every read_committed reader of
+		// the outputs back for the transaction timeout (seen: 10s after
+		// each stop in the fault tests).
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := w.sess.End(ctx, false); err != nil {
+			w.log.Warn("aborting the transaction opened after the final checkpoint", "err", err)
+		}
+		cancel()
+	}
 	w.pcancel()
 	if w.sess != nil {
 		w.sess.Close()

@@ -46,8 +46,8 @@ type Worker struct {
 	// committedWrites is, per repartition partition, the offset after the
 	// last record this worker wrote there in a committed checkpoint.
 	committedWrites map[string]map[int32]int64
-	inputs   []string
-	tasks    map[taskID]*taskRunner
+	inputs          []string
+	tasks           map[taskID]*taskRunner
 
 	mu         sync.Mutex
 	assignment map[string]map[int32]bool

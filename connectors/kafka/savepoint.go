@@ -374,10 +374,11 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 	// The topics it writes were just recreated: a partition's leader may
 	// answer UNKNOWN_TOPIC_OR_PARTITION for a while (seen on a loaded
 	// Apache broker: the restore failed after franz-go's default 4 tries),
-	// so records wait for the topic instead, for as long as
-	// retryUnknownTopic would.
+	// so records wait for the topic instead, each write for as long as
+	// retryUnknownTopic would (produceRestored; not RecordDeliveryTimeout,
+	// which counts from the records' timestamps: the saved ones are old).
 	prod, err := kgo.NewClient(w.clientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.UnknownTopicRetries(-1), kgo.RecordDeliveryTimeout(unknownTopicPatience))...)
+		kgo.UnknownTopicRetries(-1))...)
 	if err != nil {
 		return err
 	}
@@ -560,7 +561,7 @@ func (w *Worker) rewriteRepartitions(ctx context.Context, prod *kgo.Client, infl
 				batch = append(batch, r)
 			}
 			if len(batch) > 0 {
-				if err := prod.ProduceSync(ctx, batch...).FirstErr(); err != nil {
+				if err := produceRestored(ctx, prod, batch); err != nil {
 					return fmt.Errorf("rewriting in-flight records of %s/%d: %w", t, p, err)
 				}
 			}
@@ -637,6 +638,14 @@ func (w *Worker) recreateTopics(ctx context.Context, topics []string, specs []to
 	return createTopics(ctx, w.adm, w.cfg, dedupe(specs))
 }
 
+// produceRestored writes records of a savepoint restore into topics just
+// recreated, giving up after unknownTopicPatience.
+func produceRestored(ctx context.Context, prod *kgo.Client, recs []*kgo.Record) error {
+	ctx, cancel := context.WithTimeout(ctx, unknownTopicPatience)
+	defer cancel()
+	return prod.ProduceSync(ctx, recs...).FirstErr()
+}
+
 // rewriteChangelogs writes a saved task state into its changelog
 // partitions (prod must partition manually).
 func rewriteChangelogs(ctx context.Context, prod *kgo.Client, stateDir string, id taskID) error {
@@ -650,7 +659,7 @@ func rewriteChangelogs(ctx context.Context, prod *kgo.Client, stateDir string, i
 		if len(recs) == 0 {
 			return nil
 		}
-		err := prod.ProduceSync(ctx, recs...).FirstErr()
+		err := produceRestored(ctx, prod, recs)
 		recs = recs[:0]
 		return err
 	}

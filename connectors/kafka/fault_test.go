@@ -319,7 +319,14 @@ func TestOlderSavepointRestores(t *testing.T) {
 				}
 			}
 		}
-		runUntil(t, 2*time.Minute, "part of the input processed", func() bool { return r.c.get(r.tp.Scored) >= half/2 },
+		runUntil(t, 2*time.Minute, "part of the input processed", func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("the first run ended: %v", err)
+			default:
+			}
+			return r.c.get(r.tp.Scored) >= half/2
+		},
 			status(w), func() { t.Logf("%d scored records so far, want %d", r.c.get(r.tp.Scored), half/2) })
 		sp := filepath.Join(t.TempDir(), "savepoint")
 		stop(w, done, sp)
@@ -327,7 +334,19 @@ func TestOlderSavepointRestores(t *testing.T) {
 		// Second run: from the savepoint to the end of the input.
 		produce(t, seeds, r.d.events[half:])
 		w, done = start(r.tp, kafka.Config{WorkerID: "second", FromSavepoint: sp})
-		runUntil(t, 3*time.Minute, "the second run's output", r.complete, status(w), r.explain)
+		// A worker that ended says why (its error is otherwise only read
+		// by stop).
+		running := func(name string, done chan error) {
+			select {
+			case err := <-done:
+				t.Fatalf("%s ended: %v", name, err)
+			default:
+			}
+		}
+		runUntil(t, 3*time.Minute, "the second run's output", func() bool {
+			running("the second run", done)
+			return r.complete()
+		}, status(w), r.explain)
 		stop(w, done, "")
 		tpB := r.in.withOutputs(func(s string) string { return testenv.Name(t, "osp-b-"+s) }, r.job)
 		// The dead-letter topic is the job's own: leave out what the
@@ -358,6 +377,9 @@ func TestOlderSavepointRestores(t *testing.T) {
 				return false
 			}
 			last = time.Now()
+			running("third-1", d1)
+			running("third-2", d2)
+			running("third-3", d3)
 			return check(r.want, combine(before, thirdRun(readOutputs))).lost == 0
 		}, status(w1, w2, w3), func() {
 			t.Logf("incomplete: before the savepoint plus the third run: %s", check(r.want, combine(before, thirdRun(readOutputs))))

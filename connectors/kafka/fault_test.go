@@ -17,12 +17,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 )
 
-// runUntil waits until cond holds, failing the test after timeout.
-func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+// runUntil waits until cond holds, failing the test after timeout; the
+// explain functions then log why cond does not hold (what the output
+// lacks against the model), so a CI log shows the cause, not just the
+// timeout.
+func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool, explain ...func()) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
+			for _, f := range explain {
+				f()
+			}
 			dumpWorkers()
 			// Workers in this process: their goroutines, into the log
 			// directory when there is one.
@@ -38,8 +44,12 @@ func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool
 	}
 }
 
+// explain logs what the output lacks (or has twice) against the model.
+func (r *run) explain() { r.verify("incomplete") }
+
 func (r *run) mustBeExact(label string) {
 	r.t.Helper()
+	readSettled(r.t, r.seeds(), r.tp) // the workers stopped: their last transactions count
 	if v := r.verify(label); !v.ok() {
 		r.t.Fatalf("%s: exactly-once violated: %s", label, v)
 	}
@@ -77,7 +87,7 @@ func TestScaleOut(t *testing.T) {
 		runUntil(t, time.Minute, "progress", func() bool { return r.c.get(r.tp.Scored) > base+2000 })
 		ws[1].kill()
 		<-produced
-		runUntil(t, 4*time.Minute, "all output", r.complete)
+		runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 
 		g, err := adm.DescribeGroups(context.Background(), group)
 		if err != nil {
@@ -133,7 +143,7 @@ func TestZombieFencing(t *testing.T) {
 		runUntil(t, time.Minute, "the survivor to make progress", func() bool { return r.c.get(r.tp.Scored) > taken+1000 })
 		w1.signal(syscall.SIGCONT)
 		<-produced
-		runUntil(t, 4*time.Minute, "all output", r.complete)
+		runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 		for _, w := range []*workerProc{w1, w2} {
 			w.signal(syscall.SIGTERM)
 			<-w.done
@@ -181,7 +191,7 @@ func TestSavepointRoundTrip(t *testing.T) {
 			default:
 			}
 			return r.complete()
-		})
+		}, r.explain)
 		if err := w2.StopWithSavepoint(context.Background(), ""); err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +224,7 @@ func TestBrokerLeaderLoss(t *testing.T) {
 		t.Fatalf("restarting broker %d: %v", victim, err)
 	}
 	<-produced
-	runUntil(t, 4*time.Minute, "all output", r.complete)
+	runUntil(t, 4*time.Minute, "all output", r.complete, r.explain)
 	if w.exited() {
 		t.Fatalf("the worker exited:\n%s", w.tail())
 	}
@@ -302,21 +312,48 @@ func TestOlderSavepointRestores(t *testing.T) {
 		}
 		// First run: part of the first half, then a savepoint.
 		w, done := start(r.tp, kafka.Config{WorkerID: "first"})
-		runUntil(t, 2*time.Minute, "part of the input processed", func() bool { return r.c.get(r.tp.Scored) >= half/2 })
+		status := func(ws ...*kafka.Worker) func() {
+			return func() {
+				for _, w := range ws {
+					t.Logf("worker status: %+v", w.Status())
+				}
+			}
+		}
+		runUntil(t, 2*time.Minute, "part of the input processed", func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("the first run ended: %v", err)
+			default:
+			}
+			return r.c.get(r.tp.Scored) >= half/2
+		},
+			status(w), func() { t.Logf("%d scored records so far, want %d", r.c.get(r.tp.Scored), half/2) })
 		sp := filepath.Join(t.TempDir(), "savepoint")
 		stop(w, done, sp)
-		before := readOutputs(t, seeds, r.tp)
+		before := readSettled(t, seeds, r.tp)
 		// Second run: from the savepoint to the end of the input.
 		produce(t, seeds, r.d.events[half:])
 		w, done = start(r.tp, kafka.Config{WorkerID: "second", FromSavepoint: sp})
-		runUntil(t, 3*time.Minute, "the second run's output", r.complete)
+		// A worker that ended says why (its error is otherwise only read
+		// by stop).
+		running := func(name string, done chan error) {
+			select {
+			case err := <-done:
+				t.Fatalf("%s ended: %v", name, err)
+			default:
+			}
+		}
+		runUntil(t, 3*time.Minute, "the second run's output", func() bool {
+			running("the second run", done)
+			return r.complete()
+		}, status(w), r.explain)
 		stop(w, done, "")
 		tpB := r.in.withOutputs(func(s string) string { return testenv.Name(t, "osp-b-"+s) }, r.job)
 		// The dead-letter topic is the job's own: leave out what the
 		// second run wrote to it.
-		deadBefore := readOutputs(t, seeds, r.tp).dead
-		thirdRun := func() outputs {
-			o := readOutputs(t, seeds, tpB)
+		deadBefore := readSettled(t, seeds, r.tp).dead
+		thirdRun := func(read func(testing.TB, []string, jobTopics) outputs) outputs {
+			o := read(t, seeds, tpB)
 			for id, n := range deadBefore {
 				if o.dead[id] -= n; o.dead[id] == 0 {
 					delete(o.dead, id)
@@ -340,12 +377,17 @@ func TestOlderSavepointRestores(t *testing.T) {
 				return false
 			}
 			last = time.Now()
-			return check(r.want, combine(before, thirdRun())).lost == 0
+			running("third-1", d1)
+			running("third-2", d2)
+			running("third-3", d3)
+			return check(r.want, combine(before, thirdRun(readOutputs))).lost == 0
+		}, status(w1, w2, w3), func() {
+			t.Logf("incomplete: before the savepoint plus the third run: %s", check(r.want, combine(before, thirdRun(readOutputs))))
 		})
 		stop(w1, d1, "")
 		stop(w2, d2, "")
 		stop(w3, d3, "")
-		v := check(r.want, combine(before, thirdRun()))
+		v := check(r.want, combine(before, thirdRun(readSettled)))
 		t.Logf("older savepoint into three workers: %s", v)
 		if !v.ok() {
 			t.Fatalf("restoring an older savepoint: %s", v)

@@ -231,6 +231,15 @@ func (s *repartSink[T, K]) mark() error {
 	return nil
 }
 
+// IdleMarker reports whether a record's HeaderWatermark value is a marker
+// announcing its writer task idle. A savepoint restore drops such markers
+// from the in-flight records it rewrites: idleness belongs to the run that
+// wrote it (see repartSource).
+func IdleMarker(header []byte) bool {
+	_, _, idle, err := decodeMarker(header)
+	return err == nil && idle
+}
+
 func decodeMarker(b []byte) (writer int32, wm int64, idle bool, err error) {
 	w, n := binary.Uvarint(b)
 	if n <= 0 {
@@ -245,7 +254,18 @@ func decodeMarker(b []byte) (writer int32, wm int64, idle bool, err error) {
 }
 
 // repartSource reads a repartition topic: records keep their key; the
-// watermark is the minimum over the writer tasks' markers.
+// watermark is the minimum over the writer tasks' markers, leaving out the
+// writers whose last marker says idle. Idleness is a fact about a running
+// writer, never restored: a restored channel starts active (wmGen.load),
+// and a restored writer announces its watermark again when it starts
+// (repartSink marks at its first watermark). A savepoint's in-flight
+// records therefore go back without their idle markers: the previous
+// run's writers were idle (caught up with the input then), the restored
+// ones are not (the input grew while the job was stopped), and a reader
+// that believed the stale marker left a restored writer out of its
+// minimum until that writer's first marker came, long enough under load
+// for the other writers to carry the watermark to the end of the input
+// and turn every record of the late writer late.
 type repartSource[T any] struct {
 	*sourceInst[T]
 	info *keyByInfo

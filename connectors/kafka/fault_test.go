@@ -17,13 +17,16 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 )
 
-// runUntil waits until cond holds, failing the test after timeout.
-func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool, onTimeout ...func()) {
+// runUntil waits until cond holds, failing the test after timeout; the
+// explain functions then log why cond does not hold (what the output
+// lacks against the model), so a CI log shows the cause, not just the
+// timeout.
+func runUntil(t testing.TB, timeout time.Duration, what string, cond func() bool, explain ...func()) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			for _, f := range onTimeout {
+			for _, f := range explain {
 				f()
 			}
 			dumpWorkers()
@@ -46,6 +49,7 @@ func (r *run) explain() { r.verify("incomplete") }
 
 func (r *run) mustBeExact(label string) {
 	r.t.Helper()
+	readSettled(r.t, r.seeds(), r.tp) // the workers stopped: their last transactions count
 	if v := r.verify(label); !v.ok() {
 		r.t.Fatalf("%s: exactly-once violated: %s", label, v)
 	}
@@ -308,21 +312,48 @@ func TestOlderSavepointRestores(t *testing.T) {
 		}
 		// First run: part of the first half, then a savepoint.
 		w, done := start(r.tp, kafka.Config{WorkerID: "first"})
-		runUntil(t, 2*time.Minute, "part of the input processed", func() bool { return r.c.get(r.tp.Scored) >= half/2 })
+		status := func(ws ...*kafka.Worker) func() {
+			return func() {
+				for _, w := range ws {
+					t.Logf("worker status: %+v", w.Status())
+				}
+			}
+		}
+		runUntil(t, 2*time.Minute, "part of the input processed", func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("the first run ended: %v", err)
+			default:
+			}
+			return r.c.get(r.tp.Scored) >= half/2
+		},
+			status(w), func() { t.Logf("%d scored records so far, want %d", r.c.get(r.tp.Scored), half/2) })
 		sp := filepath.Join(t.TempDir(), "savepoint")
 		stop(w, done, sp)
-		before := readOutputs(t, seeds, r.tp)
+		before := readSettled(t, seeds, r.tp)
 		// Second run: from the savepoint to the end of the input.
 		produce(t, seeds, r.d.events[half:])
 		w, done = start(r.tp, kafka.Config{WorkerID: "second", FromSavepoint: sp})
-		runUntil(t, 3*time.Minute, "the second run's output", r.complete)
+		// A worker that ended says why (its error is otherwise only read
+		// by stop).
+		running := func(name string, done chan error) {
+			select {
+			case err := <-done:
+				t.Fatalf("%s ended: %v", name, err)
+			default:
+			}
+		}
+		runUntil(t, 3*time.Minute, "the second run's output", func() bool {
+			running("the second run", done)
+			return r.complete()
+		}, status(w), r.explain)
 		stop(w, done, "")
 		tpB := r.in.withOutputs(func(s string) string { return testenv.Name(t, "osp-b-"+s) }, r.job)
 		// The dead-letter topic is the job's own: leave out what the
 		// second run wrote to it.
-		deadBefore := readOutputs(t, seeds, r.tp).dead
-		thirdRun := func() outputs {
-			o := readOutputs(t, seeds, tpB)
+		deadBefore := readSettled(t, seeds, r.tp).dead
+		thirdRun := func(read func(testing.TB, []string, jobTopics) outputs) outputs {
+			o := read(t, seeds, tpB)
 			for id, n := range deadBefore {
 				if o.dead[id] -= n; o.dead[id] == 0 {
 					delete(o.dead, id)
@@ -346,12 +377,17 @@ func TestOlderSavepointRestores(t *testing.T) {
 				return false
 			}
 			last = time.Now()
-			return check(r.want, combine(before, thirdRun())).lost == 0
+			running("third-1", d1)
+			running("third-2", d2)
+			running("third-3", d3)
+			return check(r.want, combine(before, thirdRun(readOutputs))).lost == 0
+		}, status(w1, w2, w3), func() {
+			t.Logf("incomplete: before the savepoint plus the third run: %s", check(r.want, combine(before, thirdRun(readOutputs))))
 		})
 		stop(w1, d1, "")
 		stop(w2, d2, "")
 		stop(w3, d3, "")
-		v := check(r.want, combine(before, thirdRun()))
+		v := check(r.want, combine(before, thirdRun(readSettled)))
 		t.Logf("older savepoint into three workers: %s", v)
 		if !v.ok() {
 			t.Fatalf("restoring an older savepoint: %s", v)

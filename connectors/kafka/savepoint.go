@@ -13,6 +13,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/loanflow/loanflow/pipeline"
 	"github.com/loanflow/loanflow/state"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -39,7 +40,8 @@ import (
 // partition, from its reader's committed offset up to the highest end
 // offset any writer task recorded when it stopped (a writer stopped later
 // than the reader wrote records the reader's copy lacks; they are read
-// from the live topic when it is still the same topic).
+// from the live topic when it is still the same topic). The writers' idle
+// markers among them are not restored (idleMarker).
 
 type savepointJob struct {
 	Job           string           `json:"job"`
@@ -130,6 +132,9 @@ func (w *Worker) writeSavepoint(ctx context.Context, dir string) error {
 	if err := writeJSON(filepath.Join(dir, "job.json"), job); err != nil {
 		return err
 	}
+	if err := w.awaitStableWrites(ctx, reps); err != nil {
+		return err
+	}
 	var ends, starts kadm.ListedOffsets
 	if len(reps) > 0 {
 		if ends, err = w.adm.ListCommittedOffsets(ctx, reps...); err == nil {
@@ -193,6 +198,51 @@ func (w *Worker) writeSavepoint(ctx context.Context, dir string) error {
 	}
 	w.log.Info("savepoint written", "dir", dir, "tasks", len(w.tasks))
 	return nil
+}
+
+// awaitStableWrites waits until every repartition record this worker
+// wrote in a committed checkpoint is below its partition's last stable
+// offset. Apache Kafka answers EndTxn once the commit is prepared and
+// writes the commit markers after: listed right after the final
+// checkpoint, a last stable offset may stop short of that checkpoint's
+// records, and the in-flight copy (and the writers' recorded ends) would
+// leave them out of the savepoint (the same lag made a test read the
+// outputs of a stopped job without its last transaction's records).
+func (w *Worker) awaitStableWrites(ctx context.Context, reps []string) error {
+	if len(reps) == 0 || len(w.committedWrites) == 0 {
+		return nil
+	}
+	start := time.Now()
+	deadline := start.Add(w.cfg.TransactionTimeout + 30*time.Second)
+	for {
+		lsos, err := w.adm.ListCommittedOffsets(ctx, reps...)
+		if err != nil {
+			return fmt.Errorf("listing repartition offsets: %w", err)
+		}
+		var behind []string
+		for t, parts := range w.committedWrites {
+			for p, next := range parts {
+				if l, ok := lsos.Lookup(t, p); !ok || l.Err != nil || l.Offset < next {
+					behind = append(behind, fmt.Sprintf("%s/%d", t, p))
+				}
+			}
+		}
+		if len(behind) == 0 {
+			if d := time.Since(start); d > 100*time.Millisecond {
+				w.log.Info("savepoint waited for its last checkpoint's repartition records to be stable", "took", d.Round(time.Millisecond))
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			sort.Strings(behind)
+			return fmt.Errorf("savepoint: the last checkpoint's records in %v are not readable (read_committed) %s after it committed", behind, time.Since(start).Round(time.Second))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // repartitionTopics lists the job's repartition topics.
@@ -321,7 +371,14 @@ func (w *Worker) restoreSavepoint(ctx context.Context, dir string) error {
 	if err := w.recreateChangelogs(ctx); err != nil {
 		return err
 	}
-	prod, err := kgo.NewClient(w.clientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	// The topics it writes were just recreated: a partition's leader may
+	// answer UNKNOWN_TOPIC_OR_PARTITION for a while (seen on a loaded
+	// Apache broker: the restore failed after franz-go's default 4 tries),
+	// so records wait for the topic instead, each write for as long as
+	// retryUnknownTopic would (produceRestored; not RecordDeliveryTimeout,
+	// which counts from the records' timestamps: the saved ones are old).
+	prod, err := kgo.NewClient(w.clientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.UnknownTopicRetries(-1))...)
 	if err != nil {
 		return err
 	}
@@ -488,11 +545,15 @@ func (w *Worker) rewriteRepartitions(ctx context.Context, prod *kgo.Client, infl
 	if err := w.recreateTopics(ctx, topics, specs); err != nil {
 		return err
 	}
-	n := 0
+	n, idle := 0, 0
 	for _, t := range topics {
 		for p, recs := range inflight[t] {
 			var batch []*kgo.Record
 			for _, sr := range recs {
+				if idleMarker(sr) {
+					idle++
+					continue
+				}
 				r := &kgo.Record{Topic: t, Partition: p, Key: sr.Key, Value: sr.Value, Timestamp: time.UnixMilli(sr.Timestamp)}
 				for _, h := range sr.Headers {
 					r.Headers = append(r.Headers, kgo.RecordHeader{Key: string(h[0]), Value: h[1]})
@@ -500,15 +561,31 @@ func (w *Worker) rewriteRepartitions(ctx context.Context, prod *kgo.Client, infl
 				batch = append(batch, r)
 			}
 			if len(batch) > 0 {
-				if err := prod.ProduceSync(ctx, batch...).FirstErr(); err != nil {
+				if err := produceRestored(ctx, prod, batch); err != nil {
 					return fmt.Errorf("rewriting in-flight records of %s/%d: %w", t, p, err)
 				}
 			}
 			n += len(batch)
 		}
 	}
-	w.log.Info("repartition topics recreated with the savepoint's in-flight records", "topics", len(topics), "records", n)
+	w.log.Info("repartition topics recreated with the savepoint's in-flight records", "topics", len(topics), "records", n, "idle_markers_dropped", idle)
 	return nil
+}
+
+// idleMarker reports whether a saved record is a watermark marker saying
+// its writer was idle. Restoring one would tell the readers that a writer
+// of the previous run, caught up with the input of then, is idle; the
+// restored writer starts active and says so only once it runs: until
+// then the readers would leave it out of their watermark, let the other
+// writers carry it past the records it has yet to write, and drop those
+// as late (pipeline.IdleMarker).
+func idleMarker(sr savedRecord) bool {
+	for _, h := range sr.Headers {
+		if string(h[0]) == pipeline.HeaderWatermark && pipeline.IdleMarker(h[1]) {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *Worker) recreateChangelogs(ctx context.Context) error {
@@ -571,6 +648,14 @@ func (w *Worker) recreateTopics(ctx context.Context, topics []string, specs []to
 	return nil
 }
 
+// produceRestored writes records of a savepoint restore into topics just
+// recreated, giving up after unknownTopicPatience.
+func produceRestored(ctx context.Context, prod *kgo.Client, recs []*kgo.Record) error {
+	ctx, cancel := context.WithTimeout(ctx, unknownTopicPatience)
+	defer cancel()
+	return prod.ProduceSync(ctx, recs...).FirstErr()
+}
+
 // rewriteChangelogs writes a saved task state into its changelog
 // partitions (prod must partition manually).
 func rewriteChangelogs(ctx context.Context, prod *kgo.Client, stateDir string, id taskID) error {
@@ -584,7 +669,7 @@ func rewriteChangelogs(ctx context.Context, prod *kgo.Client, stateDir string, i
 		if len(recs) == 0 {
 			return nil
 		}
-		err := prod.ProduceSync(ctx, recs...).FirstErr()
+		err := produceRestored(ctx, prod, recs)
 		recs = recs[:0]
 		return err
 	}

@@ -74,8 +74,11 @@ type taskRunner struct {
 	promise    func(*kgo.Record, error)
 	logPromise func(*kgo.Record, error)
 
-	mu      sync.Mutex
-	logEnd  map[string]int64 // changelog topic → next offset after this checkpoint
+	mu     sync.Mutex
+	logEnd map[string]int64 // changelog topic → next offset after this checkpoint
+	// repEnd is, per repartition topic and partition, the offset after
+	// the last record the task wrote there (savepoints wait for it).
+	repEnd  map[string]map[int32]int64
 	prodErr error
 	failed  error // task goroutine only
 
@@ -97,13 +100,30 @@ func (tr *taskRunner) init() {
 	tr.logPromise = tr.onLogProduced
 }
 
-func (tr *taskRunner) onProduced(_ *kgo.Record, err error) {
+func (tr *taskRunner) onProduced(r *kgo.Record, err error) {
 	if err != nil {
 		tr.mu.Lock()
 		if tr.prodErr == nil {
 			tr.prodErr = err
 		}
 		tr.mu.Unlock()
+		return
+	}
+	if !tr.w.repSet[r.Topic] {
+		return
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.repEnd == nil {
+		tr.repEnd = make(map[string]map[int32]int64)
+	}
+	ps := tr.repEnd[r.Topic]
+	if ps == nil {
+		ps = make(map[int32]int64)
+		tr.repEnd[r.Topic] = ps
+	}
+	if next := r.Offset + 1; next > ps[r.Partition] {
+		ps[r.Partition] = next
 	}
 }
 

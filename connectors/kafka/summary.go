@@ -60,7 +60,7 @@ func (w *Worker) maybeSummarize() {
 		age = ageD.String()
 	}
 	w.log.Info("job summary", "records_in_per_sec", round1(float64(s.records)/secs), "records_out_per_sec", round1(float64(produced-s.produced)/secs),
-		"lag", lag, "tasks", len(w.tasks), "checkpoints", w.Checkpoints(), "checkpoint_age", age)
+		"lag", lag, "tasks", len(w.tasks), "paused_tasks", len(w.paused), "checkpoints", w.Checkpoints(), "checkpoint_age", age)
 	if stale := 10*w.cfg.CommitInterval + 10*time.Second; ageD > stale {
 		w.log.Warn("degraded: no checkpoint committed recently; outputs are held back", "checkpoint_age", age, "commit_interval", w.cfg.CommitInterval.String())
 	}

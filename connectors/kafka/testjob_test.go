@@ -342,6 +342,9 @@ func TestHelperWorker(t *testing.T) {
 		Brokers: env.Seeds, StateDir: env.StateDir, WorkerID: env.WorkerID, Delivery: kafka.Delivery(env.Delivery),
 		TransactionTimeout: cmp.Or(env.TransactionTimeout, 10*time.Second), SessionTimeout: 3 * time.Second, FromSavepoint: env.FromSavepoint,
 		MaxCachedEntries: env.CacheEntries,
+		// A summary line every 10 s: a stalled incarnation's log tail
+		// says what it was doing (lag, paused tasks, checkpoints).
+		SummaryInterval: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

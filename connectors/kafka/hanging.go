@@ -3,10 +3,8 @@ package kafka
 import (
 	"context"
 	"fmt"
-	"sort"
 	"time"
 
-	"github.com/loanflow/loanflow/pipeline"
 	"github.com/twmb/franz-go/pkg/kadm"
 )
 
@@ -18,41 +16,19 @@ import (
 // (`kafka-transactions.sh find-hanging` / `abort`) finds such a transaction
 // with DescribeProducers, checks it against the coordinator and closes it
 // with an abort marker (WriteTxnMarkers, KIP-664). The worker does the
-// same, in two cases where the answer is certain:
-//
-//   - its own producer's earlier epochs: once InitProducerId has returned,
-//     the coordinator has aborted (or committed) every transaction of this
-//     transactional id; a transaction of an earlier epoch still open on a
-//     partition the job writes, or on the group's offsets partition, is
-//     hanging (nothing else will end it);
-//   - any producer on a changelog the worker restores, once the stable
-//     offset has stayed put for longer than the transaction timeout and the
-//     coordinator reports no ongoing transaction of that producer and epoch
-//     on that partition.
+// same for the changelogs it restores: a transaction at the stable
+// offset, once that offset has stayed put for longer than the transaction
+// timeout and the coordinator reports no transaction of that producer id
+// that it has not ended. (An earlier version also aborted, right after
+// InitProducerId, any open transaction of its own producer's earlier
+// epochs: on Apache Kafka 4.4 InitProducerId returns while the markers of
+// the transaction it ends are still being written, so that aborted
+// transactions being committed, and the engine crash test saw records lost
+// and duplicated.)
 //
 // An abort marker only closes the producer's open transaction on that
 // partition: records a coordinator has not committed are never made
 // visible, so aborting loses nothing a reader was promised.
-
-// writtenTopics lists the topics a job's transactions write: changelogs,
-// repartition and sink topics, and its dead-letter topic.
-func writtenTopics(plan *pipeline.Plan) []string {
-	seen := map[string]bool{pipeline.DeadLetterTopic(plan.Job): true}
-	for _, s := range plan.Subtopologies {
-		for _, c := range s.Changelogs {
-			seen[c] = true
-		}
-		for _, o := range s.Outputs {
-			seen[o] = true
-		}
-	}
-	out := make([]string, 0, len(seen))
-	for t := range seen {
-		out = append(out, t)
-	}
-	sort.Strings(out)
-	return out
-}
 
 // openTxn is a producer's open transaction on one partition.
 type openTxn struct {
@@ -119,42 +95,6 @@ func abortTxn(ctx context.Context, adm *kadm.Client, o openTxn) error {
 	return perr
 }
 
-// abortOwnHanging closes the transactions of this worker's producer left
-// open by earlier epochs on the topics the job writes. It runs right after
-// InitProducerId returned (pid, epoch). A broker that cannot describe
-// producers (an old version) leaves them to the restore's wait.
-func (w *Worker) abortOwnHanging(ctx context.Context, pid int64, epoch int16) error {
-	if w.cfg.KeepHangingTransactions {
-		return nil
-	}
-	s := make(kadm.TopicsSet)
-	for _, t := range writtenTopics(w.plan) {
-		s[t] = nil
-	}
-	open, err := openTxns(ctx, w.adm, s)
-	if err != nil {
-		w.log.Warn("could not look for hanging transactions of this worker's producer", "err", err)
-		return nil
-	}
-	// The transaction's offset commit: a hanging one there keeps the
-	// group's offsets unstable (UNSTABLE_OFFSET_COMMIT) for good.
-	if offs, err := openTxns(ctx, w.adm, kadm.TopicsSet{"__consumer_offsets": nil}); err == nil {
-		open = append(open, offs...)
-	}
-	for _, o := range open {
-		if o.producerID != pid || o.producerEpoch >= epoch {
-			continue
-		}
-		if err := abortTxn(ctx, w.adm, o); err != nil {
-			return err
-		}
-		w.hangingAborted.Add(1)
-		w.log.Warn("aborted a hanging transaction left by this worker's previous incarnation (its coordinator had already ended it)",
-			"txn", o.String(), "current_epoch", epoch)
-	}
-	return nil
-}
-
 // abortIfHanging closes the open transaction at a changelog partition's
 // stable offset when its coordinator no longer knows it. stuckFor is how
 // long the stable offset has stayed at lso; below the transaction timeout
@@ -214,16 +154,18 @@ func (w *Worker) coordinatorHas(ctx context.Context, o openTxn) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	// Conservative: any transaction of that producer id that the
+	// coordinator has not ended counts, whatever its epoch (with
+	// transactions v2 the coordinator bumps the epoch when it prepares
+	// the end, so the partition's records carry an older one) and
+	// whatever partitions it lists (a prepared transaction lists only the
+	// partitions still without markers).
 	for _, d := range described {
-		if d.ProducerID != o.producerID || d.ProducerEpoch != o.producerEpoch {
+		if d.ProducerID != o.producerID {
 			continue
 		}
 		switch d.State {
 		case "Ongoing", "PrepareCommit", "PrepareAbort", "PrepareEpochFence":
-		default:
-			continue
-		}
-		if _, ok := d.Topics[o.topic][o.partition]; ok {
 			return true, nil
 		}
 	}

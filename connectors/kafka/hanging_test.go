@@ -104,12 +104,11 @@ func stableGap(t *testing.T, adm *kadm.Client, topic string) int64 {
 
 // TestHangingTransactionsAborted: a hanging transaction on a changelog
 // stops every read_committed reader at its start for good; a worker
-// restoring that changelog closes it, whether it was left by the worker's
-// own earlier incarnation (aborted at start, once InitProducerId has
-// returned) or by another producer (aborted once the stable offset has
-// stayed put for longer than the transaction timeout and the coordinator
-// does not know the transaction). The negative control: with
-// KeepHangingTransactions the restore fails.
+// restoring that changelog closes it once the stable offset has stayed put
+// for longer than the transaction timeout and the coordinator has no
+// transaction of that producer id it has not ended, whether it was left by
+// the worker's own earlier incarnation or by another producer. The negative
+// control: with KeepHangingTransactions the restore fails.
 //
 // Apache Kafka only: kfake checks every transactional write against its
 // coordinator, so a hanging transaction cannot be made there.
@@ -191,9 +190,7 @@ func TestHangingTransactionsAborted(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "kafka-transactions.sh") {
 		t.Fatalf("negative control: with KeepHangingTransactions the restore should fail on the hanging transaction, got %v", err)
 	}
-	// A transaction timeout longer than the restore's wait: only the
-	// abort at start can clear it in time.
-	w, err := run(kafka.Config{TransactionTimeout: time.Minute, RestoreWait: 20 * time.Second}, 4)
+	w, err := run(kafka.Config{RestoreWait: 2 * time.Minute}, 4)
 	if err != nil {
 		t.Fatalf("a worker did not clear its own hanging transaction: %v", err)
 	}

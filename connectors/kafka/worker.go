@@ -223,15 +223,8 @@ func (w *Worker) setup(ctx context.Context) error {
 		// task restores: otherwise a restart waits for that transaction to
 		// time out on every changelog it wrote to (with Apache Kafka after
 		// a broker restart, longer than the restore would wait).
-		pid, epoch, err := s.Client().ProducerID(ctx)
-		if err != nil {
+		if _, _, err := s.Client().ProducerID(ctx); err != nil {
 			return fmt.Errorf("initialising the transactional producer %s: %w", Group(w.cfg.JobID)+"-"+w.cfg.WorkerID, err)
-		}
-		// A transaction of an earlier incarnation that the coordinator
-		// has ended but a partition still holds open is hanging: close it
-		// (hanging.go).
-		if err := w.abortOwnHanging(ctx, pid, epoch); err != nil {
-			return err
 		}
 	} else {
 		cl, err := kgo.NewClient(opts...)

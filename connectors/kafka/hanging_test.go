@@ -12,7 +12,6 @@ import (
 	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/internal/localsvc"
 	"github.com/loanflow/loanflow/internal/testenv"
-	"github.com/loanflow/loanflow/operators"
 	"github.com/loanflow/loanflow/pipeline"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -122,14 +121,7 @@ func TestHangingTransactionsAborted(t *testing.T) {
 	createTopic(t, adm, in, 1, nil)
 	createTopic(t, adm, out, 1, nil)
 	job := testenv.Name(t, "hang")
-	build := func() *pipeline.Builder {
-		b := pipeline.NewBuilder(job)
-		src := kafka.Source(b, "src", kafka.SourceConfig[int64]{Topic: in, Codec: intCodec{}})
-		keyed := pipeline.KeyBy(src, "key", func(int64) string { return "k" }, pipeline.NoRepartition())
-		sums := operators.Process(keyed, "sum", func() operators.ProcessFunc[string, int64, int64] { return &summer{} })
-		kafka.Sink(sums, "out", kafka.SinkConfig[int64]{Topic: out, Codec: intCodec{}})
-		return b
-	}
+	build := func() *pipeline.Builder { return sumJob(job, in, out) }
 	dir := t.TempDir()
 	const worker = "w"
 	// run starts a worker, feeds it values and waits for their sums; it

@@ -15,6 +15,17 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
+// sumJob builds a job that keeps the running sum of in's values under one
+// key and writes each sum to out.
+func sumJob(job, in, out string) *pipeline.Builder {
+	b := pipeline.NewBuilder(job)
+	src := kafka.Source(b, "src", kafka.SourceConfig[int64]{Topic: in, Codec: intCodec{}})
+	keyed := pipeline.KeyBy(src, "key", func(int64) string { return "k" }, pipeline.NoRepartition())
+	sums := operators.Process(keyed, "sum", func() operators.ProcessFunc[string, int64, int64] { return &summer{} })
+	kafka.Sink(sums, "out", kafka.SinkConfig[int64]{Topic: out, Codec: intCodec{}})
+	return b
+}
+
 // summer emits the running sum of each key's values.
 type summer struct{ sum *state.ValueState[int64] }
 
@@ -52,14 +63,7 @@ func TestStaleLocalStateRejected(t *testing.T) {
 	createTopic(t, adm, in, 1, nil)
 	createTopic(t, adm, out, 1, nil)
 	job := testenv.Name(t, "stale")
-	build := func() *pipeline.Builder {
-		b := pipeline.NewBuilder(job)
-		src := kafka.Source(b, "src", kafka.SourceConfig[int64]{Topic: in, Codec: intCodec{}})
-		keyed := pipeline.KeyBy(src, "key", func(int64) string { return "k" }, pipeline.NoRepartition())
-		sums := operators.Process(keyed, "sum", func() operators.ProcessFunc[string, int64, int64] { return &summer{} })
-		kafka.Sink(sums, "out", kafka.SinkConfig[int64]{Topic: out, Codec: intCodec{}})
-		return b
-	}
+	build := func() *pipeline.Builder { return sumJob(job, in, out) }
 	dir := t.TempDir()
 	run := func(values ...int64) {
 		t.Helper()

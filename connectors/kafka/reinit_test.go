@@ -8,8 +8,6 @@ import (
 
 	"github.com/loanflow/loanflow/connectors/kafka"
 	"github.com/loanflow/loanflow/internal/testenv"
-	"github.com/loanflow/loanflow/operators"
-	"github.com/loanflow/loanflow/pipeline"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -34,11 +32,7 @@ func TestRestartAbortsOwnOpenTransaction(t *testing.T) {
 		createTopic(t, adm, in, 1, nil)
 		createTopic(t, adm, out, 1, nil)
 		job := testenv.Name(t, "reinit")
-		b := pipeline.NewBuilder(job)
-		src := kafka.Source(b, "src", kafka.SourceConfig[int64]{Topic: in, Codec: intCodec{}})
-		keyed := pipeline.KeyBy(src, "key", func(int64) string { return "k" }, pipeline.NoRepartition())
-		sums := operators.Process(keyed, "sum", func() operators.ProcessFunc[string, int64, int64] { return &summer{} })
-		kafka.Sink(sums, "out", kafka.SinkConfig[int64]{Topic: out, Codec: intCodec{}})
+		b := sumJob(job, in, out)
 		produce(t, seeds, []*kgo.Record{{Topic: in, Value: []byte("1")}, {Topic: in, Value: []byte("2")}})
 
 		// The previous incarnation: its transaction wrote an output and

@@ -394,14 +394,7 @@ func startWorker(t testing.TB, env helperEnv, logDir string, n int) *workerProc 
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
-			keep := 6000
-			if os.Getenv("LOANFLOW_TEST_LOGS") != "" {
-				keep = 0 // kept in full on disk
-			}
-			if keep > 0 && len(b) > keep {
-				b = b[len(b)-keep:]
-			}
-			t.Logf("log tail of worker %s (%s):\n%s", env.WorkerID, logPath, b)
+			t.Logf("log tail of worker %s (%s):\n%s", env.WorkerID, logPath, logTail(b, os.Getenv("LOANFLOW_TEST_LOGS") != ""))
 		}
 	})
 	go func() {
@@ -411,6 +404,38 @@ func startWorker(t testing.TB, env helperEnv, logDir string, n int) *workerProc 
 		close(p.done)
 	}()
 	return p
+}
+
+// logTail is what a failed test shows of a worker's log: the last 6,000
+// bytes of what it logged and, when it was made to dump its goroutines
+// (dumpWorkers), the goroutines running Loanflow code, which say where a
+// stalled worker waits (the whole dump is mostly the runtime's and the
+// libraries' idle goroutines, and a plain tail cut it off: CI could not
+// tell where TestScaleOut's survivors stalled). full: all of it (the log
+// is kept on disk).
+func logTail(b []byte, full bool) string {
+	if full {
+		return string(b)
+	}
+	const keep = 6000
+	logPart, dump, dumped := strings.Cut(string(b), "SIGQUIT: quit")
+	if len(logPart) > keep {
+		logPart = logPart[len(logPart)-keep:]
+	}
+	if !dumped {
+		return logPart
+	}
+	var ours []string
+	for _, g := range strings.Split(dump, "\n\n") {
+		if strings.Contains(g, "loanflow/loanflow/") {
+			ours = append(ours, g)
+		}
+	}
+	out := logPart + "\nSIGQUIT: the worker's goroutines in Loanflow code:\n" + strings.Join(ours, "\n\n")
+	if len(out) > 60000 {
+		out = out[:60000] + "\n… (cut)"
+	}
+	return out
 }
 
 // liveWorkers are the worker processes running now.

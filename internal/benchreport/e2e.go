@@ -20,7 +20,9 @@ import (
 	"time"
 
 	"github.com/loanflow/loanflow/connectors/bureau"
+	"github.com/loanflow/loanflow/internal/devstack"
 	"github.com/loanflow/loanflow/internal/localsvc"
+	"github.com/loanflow/loanflow/jobs"
 )
 
 // The end-to-end section runs the real `loanflow dev` (this binary, in a
@@ -84,7 +86,7 @@ func newDevProcess(bin, dir string) (*devProcess, error) {
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 	d := &devProcess{bin: bin, dir: dir, api: "http://" + addr(ports[0]), registry: "http://" + addr(ports[1]),
 		bureau: "http://" + addr(ports[2]), admin: addr(admin), brokers: []string{addr(ports[3])},
-		commitInterval: 100 * time.Millisecond, heartbeatInterval: 500 * time.Millisecond}
+		commitInterval: jobs.CommitIntervalOf("decisions"), heartbeatInterval: devstack.DefaultHeartbeatInterval}
 	d.args = []string{"dev", "--dir", dir, "--api-addr", addr(ports[0]), "--registry-addr", addr(ports[1]),
 		"--bureau-addr", addr(ports[2]), "--broker-port", strconv.Itoa(ports[3]), "--cdc-metrics-addr", addr(ports[4]),
 		"--postgres-port", strconv.Itoa(ports[5]), "--redis-port", strconv.Itoa(ports[6]), "--worker-admin-port", strconv.Itoa(admin),

@@ -39,6 +39,10 @@ import (
 // Jobs are the jobs the stack runs, one worker each, in start order.
 var Jobs = []string{"cache-invalidation", "portfolio", "decisions"}
 
+// DefaultHeartbeatInterval is the CDC heartbeat interval unless
+// Config.HeartbeatInterval says otherwise.
+const DefaultHeartbeatInterval = 50 * time.Millisecond
+
 // DefaultCommitIntervals are the jobs' checkpoint intervals unless
 // Config.CommitIntervals says otherwise: each job's own
 // (jobs.CommitIntervalOf): the decisions job commits every 100ms, since a
@@ -157,7 +161,7 @@ func (c *Config) setDefaults() {
 	def(&c.BureauAddr, "127.0.0.1:8090")
 	def(&c.CDCMetricsAddr, "127.0.0.1:9110")
 	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 50 * time.Millisecond
+		c.HeartbeatInterval = DefaultHeartbeatInterval
 	}
 	if c.Partitions == 0 {
 		c.Partitions = 6

@@ -360,16 +360,24 @@ func (w *windowOp[K, In, Acc, Out]) addTo(r pipeline.Record[In], win Window) err
 		// Already due, still within the allowed lateness: emit an update.
 		return w.fire(r.Key, win, acc)
 	}
-	// Not due by the watermark this operator has seen. Right after a
-	// restore that is none at all until the restored watermark comes
-	// through (records re-issued by an async stage come first), and a
-	// window that fired before the restart has no fire timer left: the
-	// record's update would never be emitted. So while the watermark is
-	// unknown the fire timer is set again (idempotent, as Flink's
-	// EventTimeTrigger does on every record); once it is known, a window
-	// that exists and is not due still holds the timer registerTimers set.
+	// Not due by the watermark this operator has seen, yet the window may
+	// have fired already: right after a restore the watermark is unknown
+	// until the restored one comes through (records re-issued by an async
+	// stage come first), and the restored watermark can be behind the one
+	// that fired the window (an input channel idle at the checkpoint comes
+	// back active with its old watermark). A window that fired has no fire
+	// timer left, so the record's update would never be emitted: its timer
+	// is set again (idempotent, as Flink's EventTimeTrigger does on every
+	// record). A window that exists and never fired still holds the timer
+	// registerTimers set.
 	if ok && w.ctx.CurrentWatermark() != pipeline.MinTime {
-		return nil
+		if w.lateness == 0 {
+			return nil // a fired window's state is gone: ok means it never fired
+		}
+		n, _, err := w.fired.Get(r.Key, winKey(win))
+		if err != nil || n == 0 {
+			return err
+		}
 	}
 	return w.timers.Register(win.MaxTimestamp(), w.timerKey(r.Key, win, timerFire))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // KeyCodec turns keys into the strings state and topics are keyed by. The
@@ -145,6 +146,15 @@ const HeaderWatermark = "lf-wm"
 // markerIntervalMs is the event-time step between watermark markers.
 const markerIntervalMs = 200
 
+// IdleRemark is how often an idle writer says again that it is idle (at
+// its next checkpoint after this much processing time): a reader restored
+// from a checkpoint starts every writer active (repartSource), and an idle
+// writer that did not restart would otherwise never write again, holding
+// that reader's watermark for good (the fault tests on Apache Kafka: a
+// task moved by a rebalance at the end of the input never fired its last
+// windows).
+const IdleRemark = time.Second
+
 // repartSink writes records to the repartition topic, partitioned by key
 // as Kafka's default partitioner would, and watermark markers to every
 // partition.
@@ -157,8 +167,10 @@ type repartSink[T any, K comparable] struct {
 	wm      Watermark
 	marked  Watermark
 	hasMark bool
-	nparts  int32
-	markHdr []byte
+	// markedAt: processing time of the last marker.
+	markedAt time.Time
+	nparts   int32
+	markHdr  []byte
 }
 
 func newRepartSink[T any, K comparable](ctx *Context, info *keyByInfo, fn func(T) K, keys KeyCodec[K], vc Codec[T]) *repartSink[T, K] {
@@ -201,6 +213,9 @@ func (s *repartSink[T, K]) Watermark(w Watermark) error {
 // Snapshot writes the latest watermark before the checkpoint commits.
 func (s *repartSink[T, K]) Snapshot() error {
 	if s.hasMark && s.wm == s.marked {
+		if s.wm.Idle && s.ctx.task.now().Sub(s.markedAt) >= IdleRemark {
+			return s.mark() // see IdleRemark
+		}
 		return nil
 	}
 	if s.wm.Time == MinTime && !s.wm.Idle {
@@ -213,7 +228,7 @@ func (s *repartSink[T, K]) mark() error {
 	if s.ctx.task.restoring {
 		return nil
 	}
-	s.marked, s.hasMark = s.wm, true
+	s.marked, s.hasMark, s.markedAt = s.wm, true, s.ctx.task.now()
 	hdr := binary.AppendUvarint(s.markHdr[:0], uint64(s.ctx.task.partition))
 	hdr = binary.AppendVarint(hdr, s.wm.Time)
 	if s.wm.Idle {

@@ -13,6 +13,9 @@ type summaryState struct {
 	lags     map[topicPartition]int64
 	lastLag  int64
 	produced int64 // w.producedTotal at the last summary
+	// behind: input partitions found behind their stable offset at the
+	// last summary, with the position and stable offset then.
+	behind map[topicPartition][2]int64
 }
 
 type topicPartition struct {
@@ -70,7 +73,38 @@ func (w *Worker) maybeSummarize() {
 	if lag > s.lastLag && s.lastLag > 0 && s.records > 0 {
 		w.log.Warn("degraded: lag is growing: the job reads slower than its inputs grow", "lag", lag, "previous_lag", s.lastLag)
 	}
+	w.warnStuckInputs()
 	s.since, s.records, s.full, s.lastLag, s.produced = now, 0, 0, lag, produced
+}
+
+// warnStuckInputs warns about input partitions that stay behind their
+// last stable offset with everything handed over fed, without moving
+// between two summaries: such a partition is never idle, so it holds its
+// task's watermark (windows stop firing) although the task has nothing to
+// do. Its position, the stable offset and whether the task is paused say
+// which side stalled (fetching, or the listing of offsets).
+func (w *Worker) warnStuckInputs() {
+	s := &w.summary
+	e := w.ends.Load()
+	now := map[topicPartition][2]int64{}
+	if e != nil {
+		for id, tr := range w.tasks {
+			for topic, pos := range tr.positions {
+				handed, processed := pos.handed.Load(), pos.processed.Load()
+				lso, ok := e.lso[topic][id.part]
+				if !ok || processed < handed || lso <= max(handed, e.start[topic][id.part]) {
+					continue
+				}
+				tp := topicPartition{topic, id.part}
+				now[tp] = [2]int64{handed, lso}
+				if prev, ok := s.behind[tp]; ok && prev == now[tp] {
+					w.log.Warn("input behind its stable offset without progress: the partition is never idle and holds the task's watermark",
+						"topic", topic, "partition", id.part, "position", handed, "stable_offset", lso, "task", id.String(), "paused", w.paused[id])
+				}
+			}
+		}
+	}
+	s.behind = now
 }
 
 func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }

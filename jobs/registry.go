@@ -55,6 +55,10 @@ type Job struct {
 	// read_committed readers only once its transaction commits, so a job
 	// whose output someone waits for (decisions) commits more often.
 	CommitInterval time.Duration
+	// MinCommitInterval lets the job's workers commit early when their
+	// input runs dry (kafka.Config.MinCommitInterval): a decision then
+	// waits for its commit about this long at low rates. 0: never early.
+	MinCommitInterval time.Duration
 }
 
 // DefaultCommitInterval is the checkpoint interval of a job that names
@@ -68,6 +72,15 @@ func CommitIntervalOf(name string) time.Duration {
 		return j.CommitInterval
 	}
 	return DefaultCommitInterval
+}
+
+// MinCommitIntervalOf is the registered job's MinCommitInterval, never
+// more than commitInterval (the interval the job runs with).
+func MinCommitIntervalOf(name string, commitInterval time.Duration) time.Duration {
+	if j, ok := Get(name); ok {
+		return min(j.MinCommitInterval, commitInterval)
+	}
+	return 0
 }
 
 // FirstAdminPort is the lowest port of the admin port map: decisions 9100,

@@ -220,7 +220,8 @@ func runJob(ctx context.Context, name string, f runFlags, logw io.Writer) error 
 	}
 	w, err := kafka.NewWorker(b, kafka.Config{
 		Brokers: splitList(f.env.brokers), StateDir: f.stateDir, WorkerID: f.workerID, Delivery: kafka.Delivery(f.delivery),
-		CommitInterval: cmp.Or(f.commitInterval, jobs.CommitIntervalOf(name)), SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
+		CommitInterval:    cmp.Or(f.commitInterval, jobs.CommitIntervalOf(name)),
+		MinCommitInterval: jobs.MinCommitIntervalOf(name, cmp.Or(f.commitInterval, jobs.CommitIntervalOf(name))), SessionTimeout: f.sessionTimeout, TransactionTimeout: f.transactionTimeout,
 		DefaultPartitions: f.defaultPartitions, FromSavepoint: f.fromSavepoint, AdminAddr: advertised, SummaryInterval: f.summary, Registerer: reg, Logger: wlog,
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -47,6 +48,15 @@ type Config struct {
 	Delivery Delivery
 	// CommitInterval is the time between checkpoints. Default 200ms.
 	CommitInterval time.Duration
+	// MinCommitInterval, when set, lets the worker checkpoint earlier: as
+	// soon as its tasks have produced output and have no input queued, once
+	// MinCommitInterval has passed since the last checkpoint. Output is
+	// visible to read_committed readers only once its transaction commits,
+	// so with sparse input it then waits about MinCommitInterval instead of
+	// up to CommitInterval; under load the tasks rarely run dry and
+	// checkpoints keep coming every CommitInterval, batching as before.
+	// 0 (default): every CommitInterval only.
+	MinCommitInterval time.Duration
 	// TransactionTimeout bounds how long a crashed worker's open
 	// transaction can hold back readers. Default 10s.
 	TransactionTimeout time.Duration
@@ -204,6 +214,9 @@ func (c Config) Validate() error {
 	case "", ExactlyOnce, AtLeastOnce:
 	default:
 		errs = append(errs, fmt.Errorf("kafka: Config.Delivery %q is not %q or %q", c.Delivery, ExactlyOnce, AtLeastOnce))
+	}
+	if ci := cmp.Or(max(c.CommitInterval, 0), 200*time.Millisecond); c.MinCommitInterval < 0 || c.MinCommitInterval > ci {
+		errs = append(errs, fmt.Errorf("kafka: Config.MinCommitInterval %s must be between 0 and the commit interval %s", c.MinCommitInterval, ci))
 	}
 	if c.CommitInterval < 0 || c.TransactionTimeout < 0 {
 		errs = append(errs, errors.New("kafka: durations must not be negative"))

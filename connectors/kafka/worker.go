@@ -383,6 +383,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		if wait > w.cfg.TickInterval {
 			wait = w.cfg.TickInterval
 		}
+		if m := w.cfg.MinCommitInterval; m > 0 && wait > m {
+			wait = m // output may be ready to commit early (idleCommitDue)
+		}
 		if wait < time.Millisecond {
 			wait = time.Millisecond
 		}
@@ -415,7 +418,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.dispatch(fs)
 		w.maybeSummarize()
-		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() {
+		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() || w.idleCommitDue(nextCommit) {
 			err := graceful(ctx, w.checkpoint)
 			if err != nil {
 				return err
@@ -425,6 +428,23 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.sess.AllowRebalance()
 		}
 	}
+}
+
+// idleCommitDue reports whether an early checkpoint is due
+// (Config.MinCommitInterval): output produced since the last checkpoint,
+// no input queued to any task, and MinCommitInterval passed since the last
+// checkpoint (nextCommit is CommitInterval after it).
+func (w *Worker) idleCommitDue(nextCommit time.Time) bool {
+	m := w.cfg.MinCommitInterval
+	if m <= 0 || w.produced.Load() == 0 || time.Until(nextCommit) > w.cfg.CommitInterval-m {
+		return false
+	}
+	for _, tr := range w.tasks {
+		if tr.queued.Load() > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // applyBackpressure pauses fetching the input partitions of every task

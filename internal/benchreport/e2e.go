@@ -67,6 +67,7 @@ type devProcess struct {
 	cmd               *exec.Cmd
 	exited            chan struct{}
 	commitInterval    time.Duration
+	minCommitInterval time.Duration // early commits when the decisions job's input runs dry
 	heartbeatInterval time.Duration
 }
 
@@ -86,7 +87,8 @@ func newDevProcess(bin, dir string) (*devProcess, error) {
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 	d := &devProcess{bin: bin, dir: dir, api: "http://" + addr(ports[0]), registry: "http://" + addr(ports[1]),
 		bureau: "http://" + addr(ports[2]), admin: addr(admin), brokers: []string{addr(ports[3])},
-		commitInterval: jobs.CommitIntervalOf("decisions"), heartbeatInterval: devstack.DefaultHeartbeatInterval}
+		commitInterval: jobs.CommitIntervalOf("decisions"), heartbeatInterval: devstack.DefaultHeartbeatInterval,
+		minCommitInterval: jobs.MinCommitIntervalOf("decisions", jobs.CommitIntervalOf("decisions"))}
 	d.args = []string{"dev", "--dir", dir, "--api-addr", addr(ports[0]), "--registry-addr", addr(ports[1]),
 		"--bureau-addr", addr(ports[2]), "--broker-port", strconv.Itoa(ports[3]), "--cdc-metrics-addr", addr(ports[4]),
 		"--postgres-port", strconv.Itoa(ports[5]), "--redis-port", strconv.Itoa(ports[6]), "--worker-admin-port", strconv.Itoa(admin),

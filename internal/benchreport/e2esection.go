@@ -1,6 +1,7 @@
 package benchreport
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -194,16 +195,18 @@ func (r *e2eRun) markdown() string {
 	sb.WriteString("## End to end (loanflow dev)\n\n")
 	fmt.Fprintf(&sb, "The real `loanflow dev` (this binary, one process plus its broker child, PostgreSQL and redis-server) in a temporary directory; "+
 		"`loanflow load` in another process submits through `POST /v1/loan-applications` (4 lenders, 100 customers each) and reads `loan_decisions` "+
-		"read_committed. Latency is submission to the decision read. Decisions commit every %s; the CDC heartbeat runs every %s; "+
-		"the bureau simulator answers in %s without errors.\n\n", d.commitInterval, d.heartbeatInterval, r.s.bureauLatency)
+		"read_committed. Latency is submission to the decision read. Decisions commit every %s, and as soon as %s after the last commit "+
+		"when the job's input runs dry; the CDC heartbeat runs every %s; the bureau simulator answers in %s without errors.\n\n",
+		d.commitInterval, d.minCommitInterval, d.heartbeatInterval, r.s.bureauLatency)
 	sb.WriteString("| measure | figure | baseline (same run) | goal | met |\n|---|---|---|---|---|\n")
-	asOfFloor := float64((d.commitInterval + d.heartbeatInterval).Milliseconds())
+	commitWait := cmp.Or(d.minCommitInterval, d.commitInterval) // at rest the input runs dry after each application
+	asOfFloor := float64((commitWait + d.heartbeatInterval).Milliseconds())
 	fig, p99 := basis(r.rest, "CUSTOMER_360")
-	fmt.Fprintf(&sb, "| known customer at %.0f/s, as-of join: p50 / p99 (decisions) | %s | floor: commit interval + heartbeat = %s | p99 < 150 ms | %s |\n",
+	fmt.Fprintf(&sb, "| known customer at %.0f/s, as-of join: p50 / p99 (decisions) | %s | floor: commit wait + heartbeat = %s | p99 < 150 ms | %s |\n",
 		r.s.restRate, fig, ms(asOfFloor), yesNo(p99 >= 0 && p99 < 150))
 	fig, p99 = basis(r.restLookup, "CUSTOMER_360")
-	fmt.Fprintf(&sb, "| known customer at %.0f/s, lookup join: p50 / p99 | %s | floor: commit interval = %s | p99 < 50 ms | %s |\n",
-		r.s.restRate, fig, dur(d.commitInterval), yesNo(p99 >= 0 && p99 < 50))
+	fmt.Fprintf(&sb, "| known customer at %.0f/s, lookup join: p50 / p99 | %s | floor: commit wait = %s | p99 < 50 ms | %s |\n",
+		r.s.restRate, fig, dur(commitWait), yesNo(p99 >= 0 && p99 < 50))
 	fmt.Fprintf(&sb, "| bureau simulator alone: p50 / p99 (%d calls, 20 at a time) | %s / %s | — | — | — |\n",
 		len(r.floor), dur(pct(r.floor, 0.5)), dur(pct(r.floor, 0.99)))
 	goal := float64((r.s.bureauLatency + 100*time.Millisecond).Milliseconds())

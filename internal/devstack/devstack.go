@@ -655,6 +655,7 @@ func (s *stack) startWorkers(ctx context.Context, g *errgroup.Group, lns map[str
 			var w *kafka.Worker
 			w, err = kafka.NewWorker(b, kafka.Config{Brokers: s.info.Brokers, WorkerID: "dev-" + name,
 				StateDir: filepath.Join(s.cfg.Dir, "state", name), Delivery: kafka.ExactlyOnce, CommitInterval: s.cfg.CommitIntervals[name],
+				MinCommitInterval: jobs.MinCommitIntervalOf(name, s.cfg.CommitIntervals[name]),
 				DefaultPartitions: int32(s.cfg.Partitions), AdminAddr: s.info.Workers[name], Registerer: reg, Logger: wlog})
 			if err == nil {
 				serveHTTP(ctx, g, lns[name], kafka.AdminHandler(w, reg))

@@ -236,6 +236,7 @@ func (s *repartSink[T, K]) mark() error {
 	} else {
 		hdr = append(hdr, 0)
 	}
+	hdr = binary.AppendVarint(hdr, s.markedAt.UnixMilli()) // see repartSource.startedAt
 	s.markHdr = hdr
 	for p := int32(0); p < s.nparts; p++ {
 		h := []Header{{Key: HeaderWatermark, Value: append([]byte(nil), hdr...)}}
@@ -256,16 +257,31 @@ func IdleMarker(header []byte) bool {
 }
 
 func decodeMarker(b []byte) (writer int32, wm int64, idle bool, err error) {
+	writer, wm, idle, _, err = decodeStampedMarker(b)
+	return writer, wm, idle, err
+}
+
+// decodeStampedMarker decodes a marker: writer task, watermark, idle, and
+// the processing time (Unix ms) the writer wrote it at; 0 for markers of
+// the format before the stamp.
+func decodeStampedMarker(b []byte) (writer int32, wm int64, idle bool, stamp int64, err error) {
+	bad := errors.New("bad watermark marker")
 	w, n := binary.Uvarint(b)
 	if n <= 0 {
-		return 0, 0, false, errors.New("bad watermark marker")
+		return 0, 0, false, 0, bad
 	}
 	b = b[n:]
 	t, n := binary.Varint(b)
-	if n <= 0 || len(b) != n+1 {
-		return 0, 0, false, errors.New("bad watermark marker")
+	if n <= 0 || len(b) < n+1 {
+		return 0, 0, false, 0, bad
 	}
-	return int32(w), t, b[n] == 1, nil
+	idle, b = b[n] == 1, b[n+1:]
+	if len(b) > 0 {
+		if stamp, n = binary.Varint(b); n <= 0 || len(b) != n {
+			return 0, 0, false, 0, bad
+		}
+	}
+	return int32(w), t, idle, stamp, nil
 }
 
 // repartSource reads a repartition topic: records keep their key; the
@@ -284,6 +300,12 @@ func decodeMarker(b []byte) (writer int32, wm int64, idle bool, err error) {
 type repartSource[T any] struct {
 	*sourceInst[T]
 	info *keyByInfo
+	// startedAt is when this reader opened (processing time, Unix ms). An
+	// idle marker written before it is ignored: it was in flight at the
+	// checkpoint the reader restored (a crash) and its writer may have
+	// restarted since with input to catch up on; a writer still idle says
+	// so again within pipeline.IdleRemark, after the reader started.
+	startedAt int64
 }
 
 func newRepartSource[T any](ctx *Context, info *keyByInfo, vc Codec[T], out Collector[T]) (*repartSource[T], error) {
@@ -296,7 +318,7 @@ func newRepartSource[T any](ctx *Context, info *keyByInfo, vc Codec[T], out Coll
 	if err := src.open(chans); err != nil {
 		return nil, err
 	}
-	return &repartSource[T]{sourceInst: src, info: info}, nil
+	return &repartSource[T]{sourceInst: src, info: info, startedAt: ctx.task.now().UnixMilli()}, nil
 }
 
 func (s *repartSource[T]) feedRaw(raw *RawRecord) error {
@@ -304,9 +326,12 @@ func (s *repartSource[T]) feedRaw(raw *RawRecord) error {
 		if s.ctx.task.restoring {
 			return nil
 		}
-		writer, wm, idle, err := decodeMarker(hdr)
+		writer, wm, idle, stamp, err := decodeStampedMarker(hdr)
 		if err != nil {
 			return s.ctx.HandleError(err)
+		}
+		if idle && stamp <= s.startedAt {
+			return nil // stale: see startedAt
 		}
 		s.gen.mark(writer, wm, idle, s.ctx.task.now().UnixMilli())
 		return s.emitWatermark()

@@ -179,8 +179,20 @@ func (s *sourceInst[T]) push(ch int32, r Record[T]) error {
 }
 
 // start re-emits the restored watermark before any record, so operators
-// judge lateness after a restore exactly as before it.
-func (s *sourceInst[T]) start() error { return s.emitWatermark() }
+// judge lateness after a restore exactly as before it: the channels'
+// combined watermark, or the floor saved with them (wmGen.load) when that
+// is ahead.
+func (s *sourceInst[T]) start() error {
+	if w, ok := s.gen.current(); ok {
+		s.ctx.wm = w.Time
+		return s.out.Watermark(w)
+	}
+	if t := s.gen.emitted; t != MinTime {
+		s.ctx.wm = t
+		return s.out.Watermark(Watermark{Time: t})
+	}
+	return nil
+}
 
 func (s *sourceInst[T]) emitWatermark() error {
 	if w, ok := s.gen.current(); ok {
@@ -273,7 +285,14 @@ type wmGen struct {
 	last    *chanRT
 	emitted int64
 	idleOut bool
+	// savedEmitted is the emitted watermark last saved (emittedKey).
+	savedEmitted int64
 }
+
+// emittedKey holds, beside the channels' states, the watermark the source
+// had sent downstream at the checkpoint: restored, it is a floor (see
+// load).
+const emittedKey = "emitted"
 
 type chanRT struct {
 	chanState
@@ -403,6 +422,12 @@ func (g *wmGen) current() (Watermark, bool) {
 
 // save writes the channels whose state changed since the last save.
 func (g *wmGen) save(st *state.ValueState[chanState]) error {
+	if g.emitted != g.savedEmitted && g.emitted != MinTime {
+		if err := st.Set(emittedKey, chanState{WM: g.emitted}); err != nil {
+			return err
+		}
+		g.savedEmitted = g.emitted
+	}
 	for _, c := range g.chans {
 		if c.chanState == c.saved {
 			continue
@@ -416,9 +441,19 @@ func (g *wmGen) save(st *state.ValueState[chanState]) error {
 }
 
 // load restores the channels' watermarks saved at the last checkpoint;
-// a restored channel starts active.
+// a restored channel starts active. The watermark sent downstream at the
+// checkpoint is restored too, as a floor: a channel idle then comes back
+// active with its old watermark, which would otherwise move the source's
+// watermark back behind windows that fired (a record late before the
+// restart would re-create a window that fired and was cleaned up, and emit
+// its first result twice). The restored channels hold the watermark until
+// they pass the floor; they never move it back.
 func (g *wmGen) load(st *state.ValueState[chanState], now int64) error {
 	return st.Scan(func(key string, cs chanState) error {
+		if key == emittedKey {
+			g.emitted, g.savedEmitted = cs.WM, cs.WM
+			return nil
+		}
 		id, err := strconv.Atoi(key)
 		if err != nil {
 			return fmt.Errorf("bad watermark channel %q", key)

@@ -383,7 +383,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if wait > w.cfg.TickInterval {
 			wait = w.cfg.TickInterval
 		}
-		if m := w.cfg.MinCommitInterval; m > 0 && wait > m {
+		if m := w.cfg.MinCommitInterval; m > 0 && wait > m && (w.produced.Load() > 0 || w.anyQueued()) {
 			wait = m // output may be ready to commit early (idleCommitDue)
 		}
 		if wait < time.Millisecond {
@@ -418,7 +418,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.dispatch(fs)
 		w.maybeSummarize()
-		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() || w.idleCommitDue(nextCommit) {
+		if time.Now().After(nextCommit) || w.blocked.Load() || w.needsCP.Load() || w.idleCommitDue(nextCommit, fs.NumRecords()) {
 			err := graceful(ctx, w.checkpoint)
 			if err != nil {
 				return err
@@ -432,19 +432,26 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // idleCommitDue reports whether an early checkpoint is due
 // (Config.MinCommitInterval): output produced since the last checkpoint,
-// no input queued to any task, and MinCommitInterval passed since the last
-// checkpoint (nextCommit is CommitInterval after it).
-func (w *Worker) idleCommitDue(nextCommit time.Time) bool {
+// input run dry (the last poll fetched nothing, no task has records
+// queued, none is paused by a full operator: under load the checkpoints
+// keep their interval's batching), and MinCommitInterval passed since the
+// last checkpoint (nextCommit is CommitInterval after it).
+func (w *Worker) idleCommitDue(nextCommit time.Time, fetched int) bool {
 	m := w.cfg.MinCommitInterval
-	if m <= 0 || w.produced.Load() == 0 || time.Until(nextCommit) > w.cfg.CommitInterval-m {
+	if m <= 0 || fetched > 0 || w.produced.Load() == 0 || len(w.paused) > 0 || time.Until(nextCommit) > w.cfg.CommitInterval-m {
 		return false
 	}
+	return !w.anyQueued()
+}
+
+// anyQueued reports whether a task has records queued or is full.
+func (w *Worker) anyQueued() bool {
 	for _, tr := range w.tasks {
-		if tr.queued.Load() > 0 {
-			return false
+		if tr.queued.Load() > 0 || tr.full.Load() {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // applyBackpressure pauses fetching the input partitions of every task

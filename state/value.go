@@ -57,6 +57,11 @@ type ValueState[V any] struct {
 	h     *handle
 	codec Codec[V]
 	cache map[string]*valueEntry[V]
+	// dirty lists the keys of the dirty entries (in cache), so a checkpoint
+	// visits those only: walking the whole cache for them took 7.5% of the
+	// decisions job's CPU at 3,000 applications/s (a cache of every
+	// application id seen, a checkpoint every 10-100ms).
+	dirty []string
 }
 
 type valueEntry[V any] struct {
@@ -122,7 +127,7 @@ func (vs *ValueState[V]) Get(key string) (V, bool, error) {
 		return zero, false, err
 	}
 	if e.expireAt > 0 && e.expireAt <= vs.h.s.now() {
-		vs.markDeleted(e)
+		vs.markDeleted(key, e)
 		return zero, false, nil
 	}
 	return e.v, true, nil
@@ -143,7 +148,7 @@ func (vs *ValueState[V]) Set(key string, v V) error {
 	if ttl := vs.h.spec.TTL; ttl > 0 {
 		e.expireAt = vs.h.s.now() + ttl.Milliseconds()
 	}
-	vs.markDirty(e)
+	vs.markDirty(key, e)
 	return nil
 }
 
@@ -158,26 +163,28 @@ func (vs *ValueState[V]) Delete(key string) error {
 		vs.h.s.admit()
 		vs.cache[key] = e
 	}
-	vs.markDeleted(e)
+	vs.markDeleted(key, e)
 	return nil
 }
 
-func (vs *ValueState[V]) markDeleted(e *valueEntry[V]) {
+func (vs *ValueState[V]) markDeleted(key string, e *valueEntry[V]) {
 	var zero V
 	e.v, e.present, e.expireAt = zero, false, 0
-	vs.markDirty(e)
+	vs.markDirty(key, e)
 }
 
-func (vs *ValueState[V]) markDirty(e *valueEntry[V]) {
+func (vs *ValueState[V]) markDirty(key string, e *valueEntry[V]) {
 	if !e.dirty {
 		e.dirty = true
 		vs.h.s.dirty++
+		vs.dirty = append(vs.dirty, key)
 	}
 }
 
 func (vs *ValueState[V]) flush(b *pebble.Batch, emit func(Mutation) error) error {
-	for key, e := range vs.cache {
-		if !e.dirty {
+	for _, key := range vs.dirty {
+		e, ok := vs.cache[key]
+		if !ok || !e.dirty {
 			continue
 		}
 		pk := append(append([]byte(nil), vs.h.prefix...), key...)
@@ -204,6 +211,8 @@ func (vs *ValueState[V]) flush(b *pebble.Batch, emit func(Mutation) error) error
 			vs.h.s.cached--
 		}
 	}
+	clear(vs.dirty)
+	vs.dirty = vs.dirty[:0]
 	return nil
 }
 
@@ -221,7 +230,11 @@ func (vs *ValueState[V]) evict(n int) int {
 	return d
 }
 
-func (vs *ValueState[V]) reset() { clear(vs.cache) }
+func (vs *ValueState[V]) reset() {
+	clear(vs.cache)
+	clear(vs.dirty)
+	vs.dirty = vs.dirty[:0]
+}
 
 // Scan calls fn for every persisted (committed) entry of the handle, in key
 // order, skipping expired ones. Only valid while nothing is cached dirty,
@@ -335,7 +348,7 @@ func (vs *ValueState[V]) expire(pk []byte) bool {
 	case e.dirty || !e.present:
 		return false
 	}
-	vs.markDeleted(e)
+	vs.markDeleted(string(pk[len(vs.h.prefix):]), e)
 	e.swept = true
 	return true
 }

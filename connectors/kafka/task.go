@@ -156,10 +156,12 @@ func (tr *taskRunner) run() {
 		case m := <-tr.in:
 			switch m.kind {
 			case msgBatch:
-				tr.queued.Add(-int64(len(m.recs)))
 				if tr.failed == nil {
 					err = tr.feed(m.recs)
 				}
+				// Counted until fed: a batch being fed is not "no input
+				// queued" (Worker.idleCommitDue, the poll's wait).
+				tr.queued.Add(-int64(len(m.recs)))
 			case msgBarrier:
 				err = tr.checkpoint(m)
 			case msgClose:

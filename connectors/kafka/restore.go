@@ -29,23 +29,19 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 	stuckAt, stuckSince := int64(-1), time.Now()
 	var lastHangCheck time.Time
 	for {
-		starts, err := w.adm.ListStartOffsets(ctx, topic)
+		s, h, l, err := w.listBounds(ctx, topic, p)
 		if err != nil {
-			return 0, 0, fmt.Errorf("listing start offsets of %s: %w", topic, err)
-		}
-		hwms, err := w.adm.ListEndOffsets(ctx, topic)
-		if err != nil {
-			return 0, 0, fmt.Errorf("listing end offsets of %s: %w", topic, err)
-		}
-		lsos, err := w.adm.ListCommittedOffsets(ctx, topic)
-		if err != nil {
-			return 0, 0, fmt.Errorf("listing stable offsets of %s: %w", topic, err)
-		}
-		s, ok1 := starts.Lookup(topic, p)
-		h, ok2 := hwms.Lookup(topic, p)
-		l, ok3 := lsos.Lookup(topic, p)
-		if !ok1 || !ok2 || !ok3 || s.Err != nil || h.Err != nil || l.Err != nil {
-			return 0, 0, fmt.Errorf("kafka: no offsets for %s/%d: %v %v %v", topic, p, s.Err, h.Err, l.Err)
+			// A partition whose leader just died has none until one is
+			// elected: retried until the restore's deadline.
+			if !offsetsRetriable(err) || time.Now().After(deadline) {
+				return 0, 0, err
+			}
+			select {
+			case <-ctx.Done():
+				return 0, 0, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		if l.Offset >= h.Offset {
 			return s.Offset, h.Offset, nil
@@ -73,6 +69,34 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// listBounds lists one partition's start, end and last stable offsets.
+func (w *Worker) listBounds(ctx context.Context, topic string, p int32) (s, h, l kadm.ListedOffset, err error) {
+	starts, err := w.adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return s, h, l, fmt.Errorf("listing start offsets of %s: %w", topic, err)
+	}
+	hwms, err := w.adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return s, h, l, fmt.Errorf("listing end offsets of %s: %w", topic, err)
+	}
+	lsos, err := w.adm.ListCommittedOffsets(ctx, topic)
+	if err != nil {
+		return s, h, l, fmt.Errorf("listing stable offsets of %s: %w", topic, err)
+	}
+	s, ok1 := starts.Lookup(topic, p)
+	h, ok2 := hwms.Lookup(topic, p)
+	l, ok3 := lsos.Lookup(topic, p)
+	if !ok1 || !ok2 || !ok3 {
+		return s, h, l, fmt.Errorf("kafka: no offsets for %s/%d", topic, p)
+	}
+	for _, e := range []error{s.Err, h.Err, l.Err} {
+		if e != nil {
+			return s, h, l, fmt.Errorf("kafka: no offsets for %s/%d: %w", topic, p, e)
+		}
+	}
+	return s, h, l, nil
 }
 
 // restoreLog brings one changelog partition's state up to date: from the

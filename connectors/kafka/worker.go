@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/loanflow/loanflow/pipeline"
@@ -963,7 +966,7 @@ func (w *Worker) groupOffsets(ctx context.Context) (map[string]map[int32]kgo.Epo
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, kerr.UnstableOffsetCommit) || time.Now().After(deadline) {
+		if !offsetsRetriable(err) || time.Now().After(deadline) {
 			return nil, fmt.Errorf("fetching the committed offsets of %s: %w", Group(w.cfg.JobID), err)
 		}
 		select {
@@ -983,6 +986,18 @@ func (w *Worker) groupOffsets(ctx context.Context) (map[string]map[int32]kgo.Epo
 		out[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: o.LeaderEpoch, Offset: o.At}
 	})
 	return out, nil
+}
+
+// offsetsRetriable reports whether fetching the group's offsets may succeed
+// if tried again: they are not stable yet, or the group coordinator is
+// moving (its broker died: the fetch cannot dial it until the group has a
+// new coordinator). CI saw a worker exit on "unable to dial ... connection
+// refused" right after the broker holding the coordinator was killed
+// (TestBrokerLeaderLoss).
+func offsetsRetriable(err error) bool {
+	var ne net.Error
+	return errors.Is(err, kerr.UnstableOffsetCommit) || kerr.IsRetriable(err) || errors.As(err, &ne) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, io.EOF)
 }
 
 // refreshTopicIDs learns the input topics' ids (offset commits name topics

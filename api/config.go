@@ -95,6 +95,17 @@ type Config struct {
 	// CacheTTL and CacheTTLJitter for profile:{id}. Defaults 5m and 1m.
 	CacheTTL       time.Duration
 	CacheTTLJitter time.Duration
+	// NearCacheSize bounds the credit profiles the API keeps in process
+	// in front of Redis, kept coherent by Redis client tracking (see
+	// nearCache). Default 100000; negative: no near cache.
+	NearCacheSize int
+	// NearCacheTTL bounds how long a near-cache entry is served without
+	// an invalidation. Default 1m.
+	NearCacheTTL time.Duration
+	// AuditCommitDelay is the audit journal's commit delay: under load,
+	// audited reads share a commit per this long (audit.JournalConfig).
+	// Default 500µs; negative: a commit per round trip.
+	AuditCommitDelay time.Duration
 	// RedisTimeout bounds one Redis command. Default 50ms.
 	RedisTimeout time.Duration
 	// BreakerFailures consecutive Redis failures open the breaker; it
@@ -206,6 +217,10 @@ func (c *Config) SetDefaults() {
 	def(&c.CacheTTL, 5*time.Minute)
 	def(&c.CacheTTLJitter, time.Minute)
 	def(&c.RedisTimeout, 50*time.Millisecond)
+	def(&c.NearCacheTTL, time.Minute)
+	if c.NearCacheSize == 0 {
+		c.NearCacheSize = 100000
+	}
 	def(&c.BreakerOpenTimeout, 2*time.Second)
 	def(&c.LongPollMax, 30*time.Second)
 	def(&c.EventTimeSkew, time.Hour)

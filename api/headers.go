@@ -16,15 +16,42 @@ import (
 const apiCSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 // securityHeaders are set on every response (instrument).
+// The values are shared by every response (net/http never modifies a
+// header's slice; Set replaces it, Add copies it, since each is full):
+// setting them with Header.Set allocated a fifth of the API's garbage per
+// credit lookup.
 func securityHeaders(h http.Header) {
-	h.Set("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", apiCSP)
-	h.Set("Cross-Origin-Opener-Policy", "same-origin")
-	h.Set("Cross-Origin-Resource-Policy", "same-origin")
+	for _, kv := range securityHeaderValues {
+		h[kv.key] = kv.value
+	}
 }
+
+var securityHeaderValues = func() []struct {
+	key   string
+	value []string
+} {
+	var out []struct {
+		key   string
+		value []string
+	}
+	for _, kv := range [][2]string{
+		{"Strict-Transport-Security", "max-age=63072000; includeSubDomains"},
+		{"X-Content-Type-Options", "nosniff"},
+		{"Referrer-Policy", "no-referrer"},
+		{"X-Frame-Options", "DENY"},
+		{"Content-Security-Policy", apiCSP},
+		{"Cross-Origin-Opener-Policy", "same-origin"},
+		{"Cross-Origin-Resource-Policy", "same-origin"},
+	} {
+		v := make([]string, 1, 1) // full: an Add copies
+		v[0] = kv[1]
+		out = append(out, struct {
+			key   string
+			value []string
+		}{http.CanonicalHeaderKey(kv[0]), v})
+	}
+	return out
+}()
 
 var inlineBlock = regexp.MustCompile(`(?s)<(script|style)>(.*?)</(?:script|style)>`)
 

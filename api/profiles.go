@@ -91,10 +91,21 @@ type profileLookup struct {
 }
 
 func (s *Server) lookupProfile(ctx context.Context, id string) (profileLookup, error) {
+	var tok nearToken
+	if s.near != nil {
+		if cp, ok := s.near.get(id); ok {
+			s.metrics.cache.WithLabelValues("hit").Inc()
+			return profileLookup{cp, "cache"}, nil
+		}
+		tok = s.near.token(id)
+	}
 	if b, err := s.cacheGet(ctx, id); err == nil {
 		var cp CreditProfile
 		if json.Unmarshal(b, &cp) == nil && cp.CustomerID == id {
 			s.metrics.cache.WithLabelValues("hit").Inc()
+			if s.near != nil {
+				s.near.put(id, cp, tok)
+			}
 			return profileLookup{cp, "cache"}, nil
 		}
 		s.metrics.cache.WithLabelValues("error").Inc() // unreadable entry: reload it
@@ -188,7 +199,8 @@ func (s *Server) loadProfile(ctx context.Context, id string) (CreditProfile, err
 func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 	p, _ := principalOf(r.Context())
 	id := r.PathValue("id")
-	purpose := r.URL.Query().Get("purpose")
+	query := r.URL.Query()
+	purpose := query.Get("purpose")
 	if purpose == "" {
 		purpose = r.Header.Get("X-Permissible-Purpose")
 	}
@@ -247,7 +259,7 @@ func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := profileResponse{CreditProfile: cp, Source: source}
 	entries := []audit.Entry{s.auditEntry(r.Context(), p, "credit_profile.read", "customer/"+id, purpose, audit.ResultOK)}
-	if r.URL.Query().Get("include") == "pii" {
+	if query.Get("include") == "pii" {
 		// Full PII needs pii:read granted explicitly (admin never implies
 		// it); anyone else who may read the profile gets the SSN's last
 		// four digits only, enough to confirm an applicant's identity.

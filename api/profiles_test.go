@@ -130,6 +130,9 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatalf("before outage: %s", p.Source)
 	}
 	rd.Stop()
+	// The near cache notices the lost connection and is bypassed (its
+	// entries cannot be kept coherent without Redis).
+	waitFor(t, "the near cache bypassed", func() bool { return !nearLive(t, e) })
 	for i := 0; i < 50; i++ {
 		p, r := e.profile(tok, "r-"+string(rune('1'+i%2)))
 		if r.status != 200 || p.Source != "database" {

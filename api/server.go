@@ -40,6 +40,7 @@ type Server struct {
 	pool      *pgxpool.Pool
 	store     *store
 	redis     *redis.Client
+	near      *nearCache // nil: no near cache
 	breaker   *gobreaker.CircuitBreaker[[]byte]
 	flight    singleflight.Group
 	keys      *pii.Keyring
@@ -94,6 +95,9 @@ func New(ctx context.Context, cfg Config, codecs Codecs) (*Server, error) {
 	s.start(bg, s.rotateSigningKeys)
 	s.start(bg, s.anchorLoop)
 	s.start(bg, s.expireIdempotencyKeys)
+	if s.near != nil {
+		s.start(bg, s.near.run)
+	}
 	return s, nil
 }
 
@@ -143,7 +147,40 @@ func (s *Server) connect(ctx context.Context) error {
 	s.hub = newHub(s.cfg.DecisionCacheSize, s.cfg.MaxLenders)
 	s.streams = semaphore.NewWeighted(int64(s.cfg.MaxStreams))
 	s.lenderStreams.max, s.lenderPolls.max = s.cfg.MaxStreamsPerLender, s.cfg.MaxLongPollsPerLender
-	s.audit = audit.NewJournal(s.pool, s.keys, audit.JournalConfig{OnError: func(err error) { s.log.Error("audit journal", "err", err) }})
+	commits := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "loanflow_api_audit_commit_seconds",
+		Help:    "Time of the audit journal's append statement and commit for a batch of audited reads (what each read waits for, after the commit delay).",
+		Buckets: []float64{.0001, .00025, .0005, .00075, .001, .0015, .002, .003, .005, .0075, .01, .025, .05, .1, .5, 1}})
+	s.registry.MustRegister(commits)
+	s.audit = audit.NewJournal(s.pool, s.keys, audit.JournalConfig{CommitDelay: s.cfg.AuditCommitDelay,
+		OnCommit: func(_ int, took time.Duration) { commits.Observe(took.Seconds()) },
+		OnError:  func(err error) { s.log.Error("audit journal", "err", err) }})
+	if s.near != nil {
+		s.registry.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_profile_near_cache_hits_total",
+				Help: "Credit-profile cache hits answered from the in-process near cache without a Redis round trip (part of loanflow_api_profile_cache_total{result=\"hit\"})."},
+				func() float64 { return float64(s.near.hits.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "loanflow_api_profile_near_cache_live",
+				Help: "1 while the near cache receives Redis invalidations and serves; 0 while it is bypassed (connection lost)."},
+				func() float64 {
+					if s.near.live.Load() {
+						return 1
+					}
+					return 0
+				}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "loanflow_api_profile_near_cache_entries",
+				Help: "Credit profiles in the near cache."},
+				func() float64 { return float64(s.near.size()) }))
+	}
+	s.registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_audit_batches_total",
+			Help: "Transactions the audit journal committed to the keyed chain (a group commit each)."},
+			func() float64 { b, _ := s.audit.Stats(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "loanflow_api_audit_queued",
+			Help: "Audited requests waiting for the audit journal to take them into a batch."},
+			func() float64 { return float64(s.audit.Queued()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_audit_rows_total",
+			Help: "Rows the audit journal appended to the keyed chain (rows ÷ batches: the group commit's batch size)."},
+			func() float64 { _, r := s.audit.Stats(); return float64(r) }))
 	return s.connectKafka(ctx)
 }
 
@@ -158,6 +195,9 @@ func (s *Server) connectRedis() error {
 	opts.MaxRetries = -1 // the breaker, not retries, handles an outage
 	opts.PoolSize = 64
 	s.redis = redis.NewClient(opts)
+	if s.cfg.NearCacheSize > 0 {
+		s.near = newNearCache(s.redis.Options(), s.cfg.NearCacheSize, s.cfg.NearCacheTTL, s.log)
+	}
 	return nil
 }
 

@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	Register(Job{AdminPort: 9100, Name: "decisions", CommitInterval: 100 * time.Millisecond, MinCommitInterval: 10 * time.Millisecond, Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
+	Register(Job{AdminPort: 9100, Name: "decisions", CommitInterval: 100 * time.Millisecond, MinCommitInterval: 3 * time.Millisecond, Summary: "loan_applications → temporal join customer_360 / bureau → loan_decisions + loans",
 		Build: func(b *pipeline.Builder, env Env) error { return BuildDecisions(b, env, env.Decisions) }})
 }
 

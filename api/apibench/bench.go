@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,6 +50,9 @@ type Config struct {
 	// StartedLine and then a LoadResult as JSON on stdout (`loanflow
 	// bench-api-load`). Empty: from this process.
 	LoadCommand []string
+	// ProfileDir, when set, receives a CPU profile of this process (the
+	// server) over each open-loop phase: api-<op>-cpu.pprof.
+	ProfileDir string
 }
 
 func (c *Config) setDefaults() {
@@ -113,6 +118,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return rep, err
 	}
 	phase := func(name, op string, rate int, d, goal time.Duration, fn func(context.Context) error) Latency {
+		if cfg.ProfileDir != "" && name != "warm-up" {
+			defer profilePhase(cfg.ProfileDir, op)()
+		}
 		if len(cfg.LoadCommand) > 0 {
 			return b.remote(ctx, name, op, rate, d, goal, op == "miss")
 		}
@@ -139,6 +147,41 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	rep.Results = []Latency{floor, hits, misses, rget, psel, upd}
 	rep.PgBenchTPS, rep.PgBenchNote = pgbench(ctx, cfg)
 	return rep, nil
+}
+
+// profilePhase starts a CPU profile of this process into
+// dir/api-<op>-cpu.pprof and returns its stop; a profile that cannot start
+// (another one runs) is skipped, since the figures do not depend on it.
+func profilePhase(dir, op string) func() {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, "api-"+op+"-cpu.pprof"))
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}
+	}
+	// Allocations over the phase: the heap profile's cumulative counts at
+	// its start and end (go tool pprof -sample_index=alloc_space
+	// -diff_base api-<op>-allocs-start.pprof api-<op>-allocs.pprof).
+	writeAllocs(filepath.Join(dir, "api-"+op+"-allocs-start.pprof"))
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		writeAllocs(filepath.Join(dir, "api-"+op+"-allocs.pprof"))
+	}
+}
+
+func writeAllocs(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_ = pprof.Lookup("allocs").WriteTo(f, 0)
 }
 
 type bench struct {
@@ -327,16 +370,23 @@ func (b *bench) deleteRange(ctx context.Context, from, to int) {
 }
 
 // cacheCounters are the server's lookup counters.
-type cacheCounters struct{ hits, misses, errors, bypass, dbLoads float64 }
+type cacheCounters struct {
+	hits, misses, errors, bypass, dbLoads float64
+	auditBatches, auditRows               float64
+}
 
 func (c cacheCounters) sub(o cacheCounters) cacheCounters {
-	return cacheCounters{c.hits - o.hits, c.misses - o.misses, c.errors - o.errors, c.bypass - o.bypass, c.dbLoads - o.dbLoads}
+	return cacheCounters{c.hits - o.hits, c.misses - o.misses, c.errors - o.errors, c.bypass - o.bypass, c.dbLoads - o.dbLoads,
+		c.auditBatches - o.auditBatches, c.auditRows - o.auditRows}
 }
 
 func (c cacheCounters) String() string {
 	s := fmt.Sprintf("server: %.0f cache hits, %.0f misses, %.0f PostgreSQL loads", c.hits, c.misses, c.dbLoads)
 	if c.errors+c.bypass > 0 {
 		s += fmt.Sprintf(" (%.0f Redis errors/timeouts, %.0f lookups bypassed Redis while its breaker was open)", c.errors, c.bypass)
+	}
+	if c.auditBatches > 0 {
+		s += fmt.Sprintf("; audit journal: %.0f rows in %.0f commits (%.1f per commit)", c.auditRows, c.auditBatches, c.auditRows/c.auditBatches)
 	}
 	return s
 }
@@ -352,6 +402,10 @@ func (b *bench) counters() cacheCounters {
 			switch mf.GetName() {
 			case "loanflow_api_profile_db_loads_total":
 				c.dbLoads += m.GetCounter().GetValue()
+			case "loanflow_api_audit_batches_total":
+				c.auditBatches += m.GetCounter().GetValue()
+			case "loanflow_api_audit_rows_total":
+				c.auditRows += m.GetCounter().GetValue()
 			case "loanflow_api_profile_cache_total":
 				for _, l := range m.GetLabel() {
 					if l.GetName() != "result" {
@@ -418,13 +472,16 @@ var errNoLoan = errors.New("apibench: every loan has an update in flight")
 // openLoop sends rate req/s for d, each on its schedule, and measures
 // latency from the scheduled send time.
 func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Duration, goal time.Duration, op func(context.Context) error) Latency {
-	h0 := b.serverHist()
+	h0, a0 := b.serverHist(), b.histOf("loanflow_api_audit_commit_seconds")
 	cpu0 := b.cpu.sample()
 	res, lat := b.drive(ctx, rate, d, op, nil)
 	res.Name, res.Goal = name, goal
 	used := b.cpu.sample().sub(cpu0)
 	res.CPU, res.Machine = used.perRequest(res.Sent), used.machine()
 	res.Server = b.serverHist().sub(h0).p99()
+	if a := b.histOf("loanflow_api_audit_commit_seconds").sub(a0); a.total > 0 {
+		res.Server += "; " + a.quantile("audit commit", 50) + ", " + a.quantile("audit commit", 99)
+	}
 	summarize(&res, lat)
 	return res
 }
@@ -579,33 +636,39 @@ func (h hist) sub(o hist) hist {
 }
 
 // p99 names the bucket holding the 99th percentile.
-func (h hist) p99() string {
+func (h hist) p99() string { return h.quantile("server-measured", 99) }
+
+// quantile names the bucket holding the q-th percentile: "what pQ in (a, b]".
+func (h hist) quantile(what string, q uint64) string {
 	if h.total == 0 {
 		return ""
 	}
-	want := (h.total*99 + 99) / 100
+	want := (h.total*q + 99) / 100
 	lower := 0.0
 	for i, c := range h.counts {
 		if c >= want {
-			return fmt.Sprintf("server-measured p99 in (%v, %v]", secs(lower), secs(h.bounds[i]))
+			return fmt.Sprintf("%s p%d in (%v, %v]", what, q, secs(lower), secs(h.bounds[i]))
 		}
 		lower = h.bounds[i]
 	}
-	return fmt.Sprintf("server-measured p99 > %v", secs(lower))
+	return fmt.Sprintf("%s p%d > %v", what, q, secs(lower))
 }
 
 func secs(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
 // serverHist reads loanflow_api_request_duration_seconds (all routes: a
 // phase sends one kind of request; the seeding and warm-up are over).
-func (b *bench) serverHist() hist {
+func (b *bench) serverHist() hist { return b.histOf("loanflow_api_request_duration_seconds") }
+
+// histOf sums the histogram name over its label sets.
+func (b *bench) histOf(name string) hist {
 	var h hist
 	mfs, err := b.cfg.Server.Registry().Gather()
 	if err != nil {
 		return h
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "loanflow_api_request_duration_seconds" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {

@@ -105,7 +105,7 @@ func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal t
 		res.Errors, res.FirstError = 1, err.Error()
 		return res
 	}
-	h0 := b.serverHist()
+	h0, a0 := b.serverHist(), b.histOf("loanflow_api_audit_commit_seconds")
 	cpu0 := b.cpu.sample()
 	if err := cmd.Start(); err != nil {
 		res.Errors, res.FirstError = 1, err.Error()
@@ -152,6 +152,9 @@ func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal t
 	res.Name, res.Goal = name, goal
 	res.CPU, res.Machine = used.perRequest(res.Sent), used.machine()
 	res.Server = b.serverHist().sub(h0).p99()
+	if a := b.histOf("loanflow_api_audit_commit_seconds").sub(a0); a.total > 0 {
+		res.Server += "; " + a.quantile("audit commit", 50) + ", " + a.quantile("audit commit", 99)
+	}
 	res.GoalMet = res.Goal == 0 || (res.P99 < res.Goal && res.Errors == 0 && res.Dropped == 0)
 	return res
 }

@@ -152,7 +152,7 @@ func (l *loadRun) readDecisions(ctx context.Context, cl *kgo.Client) error {
 			if err != nil {
 				return nil // ctx ended
 			}
-			l.tracker.decided(d.ApplicationID, d.Basis)
+			l.tracker.decided(d.ApplicationID, string(d.Basis), d.DecidedAt)
 		}
 	}
 }

@@ -22,6 +22,8 @@ type loadApp struct {
 	decisions int
 	basis     string
 	latency   time.Duration // submission to the first decision read
+	answer    time.Duration // submission to its answer (202)
+	inEngine  time.Duration // submission to the decision's decided_at (the engine's clock); -1: unknown
 }
 
 // loadTracker holds the submissions and decisions of a run. The submit
@@ -67,6 +69,7 @@ func (t *loadTracker) answered(id string, accepted bool, reason string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	a := t.mu.apps[id]
+	a.answer = time.Since(a.sent)
 	if !accepted {
 		t.mu.rejected[reason]++
 		return
@@ -79,7 +82,7 @@ func (t *loadTracker) answered(id string, accepted bool, reason string) {
 }
 
 // decided records a decision read for one of this run's applications.
-func (t *loadTracker) decided(id, basis string) {
+func (t *loadTracker) decided(id, basis string, decidedAt time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	a, ok := t.mu.apps[id]
@@ -91,6 +94,10 @@ func (t *loadTracker) decided(id, basis string) {
 		return
 	}
 	a.basis, a.latency = basis, time.Since(a.sent)
+	a.inEngine = -1
+	if !decidedAt.IsZero() {
+		a.inEngine = decidedAt.Sub(a.sent)
+	}
 	now := a.sent.Add(a.latency)
 	if t.mu.firstDec.IsZero() {
 		t.mu.firstDec = now
@@ -166,7 +173,13 @@ type loadSummary struct {
 	Duplicated   int            `json:"duplicated"`
 	Unconfirmed  int            `json:"decided_without_acceptance"` // decided, but the submission got no 202
 	// LatencyMs is submission to decision, per decision basis and ALL.
-	LatencyMs     map[string]latencyStats `json:"latency_ms"`
+	LatencyMs map[string]latencyStats `json:"latency_ms"`
+	// StagesMs splits the latency of every decided application:
+	// "answered" is submission to its 202, "decided" submission to the
+	// decision's decided_at (stamped by the decisions job; the same
+	// clock on one machine), "visible" decided_at to the decision read
+	// (the job's commit and the delivery to a read_committed consumer).
+	StagesMs      map[string]latencyStats `json:"stages_ms,omitempty"`
 	MissingIDs    []string                `json:"missing_ids,omitempty"`    // the first 20
 	DuplicatedIDs []string                `json:"duplicated_ids,omitempty"` // the first 20
 }
@@ -192,12 +205,19 @@ func (t *loadTracker) summary(mode, run string) loadSummary {
 		s.RejectedBy[r] = n
 		s.Rejected += n
 	}
-	lat := map[string][]time.Duration{}
+	lat, stages := map[string][]time.Duration{}, map[string][]time.Duration{}
 	for id, a := range t.mu.apps {
 		s.count(id, a)
 		if a.decisions > 0 {
 			lat[a.basis] = append(lat[a.basis], a.latency)
 			lat["ALL"] = append(lat["ALL"], a.latency)
+			if a.accepted {
+				stages["answered"] = append(stages["answered"], a.answer)
+			}
+			if a.inEngine >= 0 {
+				stages["decided"] = append(stages["decided"], a.inEngine)
+				stages["visible"] = append(stages["visible"], max(a.latency-a.inEngine, 0))
+			}
 		}
 	}
 	sort.Strings(s.MissingIDs)
@@ -205,12 +225,22 @@ func (t *loadTracker) summary(mode, run string) loadSummary {
 	s.MissingIDs = s.MissingIDs[:min(len(s.MissingIDs), 20)]
 	s.DuplicatedIDs = s.DuplicatedIDs[:min(len(s.DuplicatedIDs), 20)]
 	for basis, ds := range lat {
-		slices.Sort(ds)
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		s.LatencyMs[basis] = latencyStats{Count: len(ds), P50: ms(percentile(ds, 0.5)), P90: ms(percentile(ds, 0.9)),
-			P99: ms(percentile(ds, 0.99)), Max: ms(ds[len(ds)-1])}
+		s.LatencyMs[basis] = statsOf(ds)
+	}
+	if len(stages) > 0 {
+		s.StagesMs = map[string]latencyStats{}
+		for st, ds := range stages {
+			s.StagesMs[st] = statsOf(ds)
+		}
 	}
 	return s
+}
+
+func statsOf(ds []time.Duration) latencyStats {
+	slices.Sort(ds)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return latencyStats{Count: len(ds), P50: ms(percentile(ds, 0.5)), P90: ms(percentile(ds, 0.9)),
+		P99: ms(percentile(ds, 0.99)), Max: ms(ds[len(ds)-1])}
 }
 
 func (s *loadSummary) count(id string, a *loadApp) {
@@ -276,6 +306,15 @@ func (s loadSummary) write(w io.Writer, format string) error {
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%.0fms\t%.0fms\t%.0fms\t%.0fms\t%s\n", b[0], l.Count, l.P50, l.P90, l.P99, l.Max, b[1])
+	}
+	if len(s.StagesMs) > 0 {
+		fmt.Fprintln(tw, "\nSTAGE\tAPPLICATIONS\tP50\tP90\tP99\tMAX\t(every decided application)")
+		for _, st := range [][2]string{{"answered", "submission to the API's 202"}, {"decided", "submission to the decision's decided_at"},
+			{"visible", "decided_at to the decision read (commit, delivery)"}} {
+			if l, ok := s.StagesMs[st[0]]; ok {
+				fmt.Fprintf(tw, "%s\t%d\t%.0fms\t%.0fms\t%.0fms\t%.0fms\t%s\n", st[0], l.Count, l.P50, l.P90, l.P99, l.Max, st[1])
+			}
+		}
 	}
 	if len(s.MissingIDs)+len(s.DuplicatedIDs) > 0 {
 		fmt.Fprintf(tw, "\nmissing: %s\nduplicated: %s\n", strings.Join(s.MissingIDs, " "), strings.Join(s.DuplicatedIDs, " "))

@@ -14,18 +14,18 @@ func TestLoadTrackerCounts(t *testing.T) {
 	for _, id := range []string{"ok", "early", "missing", "twice", "refused", "lost-202"} {
 		tr.sending(id, id != "refused")
 	}
-	tr.decided("early", "CUSTOMER_360") // read before its 202 was handled
+	tr.decided("early", "CUSTOMER_360", time.Time{}) // read before its 202 was handled
 	tr.answered("early", true, "")
 	tr.answered("ok", true, "")
-	tr.decided("ok", "CREDIT_BUREAU")
+	tr.decided("ok", "CREDIT_BUREAU", time.Time{})
 	tr.answered("missing", true, "")
 	tr.answered("twice", true, "")
-	tr.decided("twice", "FALLBACK")
-	tr.decided("twice", "FALLBACK")
+	tr.decided("twice", "FALLBACK", time.Time{})
+	tr.decided("twice", "FALLBACK", time.Time{})
 	tr.answered("refused", false, "HTTP 429 rate-limited")
 	tr.answered("lost-202", false, "no response: EOF")
-	tr.decided("lost-202", "CUSTOMER_360")
-	tr.decided("other-run", "CUSTOMER_360")
+	tr.decided("lost-202", "CUSTOMER_360", time.Time{})
+	tr.decided("other-run", "CUSTOMER_360", time.Time{})
 	if got := tr.pending(); got != 1 {
 		t.Errorf("pending %d, want 1 (missing)", got)
 	}

@@ -386,8 +386,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		if wait > w.cfg.TickInterval {
 			wait = w.cfg.TickInterval
 		}
-		if m := w.cfg.MinCommitInterval; m > 0 && wait > m && (w.produced.Load() > 0 || w.anyQueued()) {
-			wait = m // output may be ready to commit early (idleCommitDue)
+		if m := w.cfg.MinCommitInterval; m > 0 && (w.produced.Load() > 0 || w.anyQueued()) {
+			// Output may be ready to commit early (idleCommitDue): poll
+			// only until MinCommitInterval after the last checkpoint (at
+			// least a millisecond), so a decision at rest waits for one
+			// short empty poll, not for a whole MinCommitInterval.
+			if early := time.Until(nextCommit.Add(m - w.cfg.CommitInterval)); early < wait {
+				wait = early
+			}
 		}
 		if wait < time.Millisecond {
 			wait = time.Millisecond

@@ -316,7 +316,8 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 	served := make(chan struct{})
 	go func() { _ = srv.Serve(sctx, ln); close(served) }()
 	defer func() { stop(); <-served }()
-	bc := apibench.Config{Server: srv, URL: "http://" + ln.Addr().String(), RedisAddr: e.redis.Addr(), PgBenchDir: pg.BinDir(), PgBenchDSN: pgbench}
+	bc := apibench.Config{Server: srv, URL: "http://" + ln.Addr().String(), RedisAddr: e.redis.Addr(), PgBenchDir: pg.BinDir(), PgBenchDSN: pgbench,
+		ProfileDir: cfg.profileDir()}
 	if cfg.Quick {
 		bc.LookupDuration, bc.UpdateDuration = 3*time.Second, 3*time.Second
 	}

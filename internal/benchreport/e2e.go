@@ -188,22 +188,27 @@ func (d *devProcess) pid() int { return d.cmd.Process.Pid }
 
 // loadResult is the part of `loanflow load --output json` the report uses.
 type loadResult struct {
-	Seconds      float64        `json:"seconds"`
-	Rate         float64        `json:"rate"`
-	DecisionRate float64        `json:"decision_rate"`
-	Submitted    int            `json:"submitted"`
-	Accepted     int            `json:"accepted"`
-	Rejected     int            `json:"rejected"`
-	RejectedBy   map[string]int `json:"rejected_by"`
-	Decided      int            `json:"decided"`
-	Missing      int            `json:"missing"`
-	Duplicated   int            `json:"duplicated"`
-	LatencyMs    map[string]struct {
-		Count int     `json:"count"`
-		P50   float64 `json:"p50"`
-		P99   float64 `json:"p99"`
-		Max   float64 `json:"max"`
-	} `json:"latency_ms"`
+	Seconds      float64                 `json:"seconds"`
+	Rate         float64                 `json:"rate"`
+	DecisionRate float64                 `json:"decision_rate"`
+	Submitted    int                     `json:"submitted"`
+	Accepted     int                     `json:"accepted"`
+	Rejected     int                     `json:"rejected"`
+	RejectedBy   map[string]int          `json:"rejected_by"`
+	Decided      int                     `json:"decided"`
+	Missing      int                     `json:"missing"`
+	Duplicated   int                     `json:"duplicated"`
+	LatencyMs    map[string]latencyStats `json:"latency_ms"`
+	// StagesMs: answered (submission to 202), decided (to decided_at),
+	// visible (decided_at to the read).
+	StagesMs map[string]latencyStats `json:"stages_ms"`
+}
+
+type latencyStats struct {
+	Count int     `json:"count"`
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
 }
 
 // load runs `loanflow load` against d for secs seconds at rate.

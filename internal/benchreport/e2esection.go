@@ -119,8 +119,9 @@ func (r *e2eRun) asOf(ctx context.Context, cfg Config) error {
 // terminals ÷ answer time: with 256, a stall of the stack of a few hundred
 // milliseconds held every terminal and the generator fell behind its
 // schedule for good (3,000/s offered, 2,990/s achieved over 5 minutes). A
-// holiday peak has thousands of terminals; 1,024 keep the load open.
-const stepTerminals = 1024
+// holiday peak has thousands of terminals; 1,000 (the most `loanflow load`
+// takes) keep the load open.
+const stepTerminals = 1000
 
 // step runs one sustained rate, measuring CPU of loanflow dev's process
 // tree around it; the last step also takes the CPU profile.

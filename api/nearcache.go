@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -174,6 +175,7 @@ func (n *nearCache) size() int {
 // reconnecting with backoff; the cache is bypassed while it is down.
 func (n *nearCache) run(ctx context.Context) {
 	backoff := 50 * time.Millisecond
+	var refused string // the last refusal logged as a warning
 	for ctx.Err() == nil {
 		started := time.Now()
 		err := n.session(ctx)
@@ -183,16 +185,28 @@ func (n *nearCache) run(ctx context.Context) {
 			return
 		}
 		var re respError
-		if errors.As(err, &re) && strings.Contains(string(re), "TRACKING") {
+		isRefusal := errors.As(err, &re)
+		if isRefusal && strings.Contains(string(re), "TRACKING") {
 			// A Redis without client tracking (before 6.0): no near
 			// cache, every lookup goes to Redis.
 			n.log.Warn("near cache disabled: Redis refused client tracking", "err", err)
 			return
 		}
 		if time.Since(started) > 10*time.Second {
-			backoff = 50 * time.Millisecond
+			backoff, refused = 50*time.Millisecond, ""
 		}
-		n.log.Debug("near cache: invalidation connection lost; bypassed until it is back", "err", err, "retry_in", backoff)
+		if isRefusal && string(re) != refused {
+			// Redis answered a command of the setup with an error (a
+			// wrong password, an ACL user without the commands or the
+			// channel): a configuration to fix, not a blip, so it is said
+			// once as a warning; the connection is retried meanwhile.
+			refused = string(re)
+			n.log.Warn("near cache bypassed: Redis refused its invalidation connection; "+
+				"its user needs CLIENT ID, CLIENT TRACKING, SUBSCRIBE, PING and the channel __redis__:invalidate (ACL &__redis__:invalidate)",
+				"err", err, "retry_in", backoff)
+		} else {
+			n.log.Debug("near cache: invalidation connection lost; bypassed until it is back", "err", err, "retry_in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -332,13 +346,29 @@ func (rc *respConn) call(args ...string) (any, error) {
 	return v, nil
 }
 
+// respMaxDepth bounds the nesting of a reply: an invalidation is an
+// array of key names inside a message array (2).
+const respMaxDepth = 4
+
 // read returns a simple or bulk string as string, an integer as int64,
 // an array as []any, a null as nil and an error reply as respError.
-func (rc *respConn) read() (any, error) {
-	line, err := rc.r.ReadString('\n')
+// What it allocates grows with the bytes received, not with the lengths a
+// reply announces, and a reply nested deeper than respMaxDepth is an
+// error: a bad or hostile peer can neither make it allocate a length's
+// worth of memory for a few bytes nor recurse without bound.
+func (rc *respConn) read() (any, error) { return rc.readDepth(0) }
+
+func (rc *respConn) readDepth(depth int) (any, error) {
+	// A line longer than the reader's buffer (4 KiB) is no Redis reply
+	// to the commands sent here.
+	raw, err := rc.r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return nil, fmt.Errorf("near cache: reply line longer than %d bytes", rc.r.Size())
+	}
 	if err != nil {
 		return nil, err
 	}
+	line := string(raw)
 	if len(line) < 3 || line[len(line)-2] != '\r' {
 		return nil, fmt.Errorf("near cache: malformed reply %q", line)
 	}
@@ -358,11 +388,18 @@ func (rc *respConn) read() (any, error) {
 		if l == -1 {
 			return nil, nil
 		}
-		b := make([]byte, l+2)
-		if _, err := io.ReadFull(rc.r, b); err != nil {
+		if l <= 64<<10 {
+			b := make([]byte, l+2)
+			if _, err := io.ReadFull(rc.r, b); err != nil {
+				return nil, err
+			}
+			return string(b[:l]), nil
+		}
+		var b bytes.Buffer // grows as the bytes arrive
+		if _, err := io.CopyN(&b, rc.r, int64(l)+2); err != nil {
 			return nil, err
 		}
-		return string(b[:l]), nil
+		return string(b.Bytes()[:l]), nil
 	case '*':
 		l, err := strconv.Atoi(body)
 		if err != nil || l < -1 || l > 1<<20 {
@@ -371,11 +408,16 @@ func (rc *respConn) read() (any, error) {
 		if l == -1 {
 			return nil, nil
 		}
-		out := make([]any, l)
-		for i := range out {
-			if out[i], err = rc.read(); err != nil {
+		if depth >= respMaxDepth {
+			return nil, fmt.Errorf("near cache: reply nested deeper than %d", respMaxDepth)
+		}
+		out := make([]any, 0, min(l, 1024)) // grows as the elements arrive
+		for range l {
+			v, err := rc.readDepth(depth + 1)
+			if err != nil {
 				return nil, err
 			}
+			out = append(out, v)
 		}
 		return out, nil
 	}

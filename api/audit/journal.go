@@ -17,7 +17,10 @@ import (
 type JournalConfig struct {
 	// QueueLen bounds entries waiting for a batch. Default 8192.
 	QueueLen int
-	// MaxBatch bounds rows per batch transaction. Default 1024.
+	// MaxBatch bounds the entries a batch takes from Append's queue, and
+	// the queued write entries (audit_pending) it chains: a batch
+	// transaction holds at most 2×MaxBatch rows (and the cut-over row
+	// once). Default 1024.
 	MaxBatch int
 	// CommitTimeout bounds one batch's statement and commit. Default 5s.
 	CommitTimeout time.Duration
@@ -38,8 +41,11 @@ type JournalConfig struct {
 	CommitDelay time.Duration
 	// Actor names the journal in the cut-over row. Default "loanflow-api".
 	Actor string
-	// OnCommit, when set, is told of every batch the journal's goroutine
-	// appended: its rows and how long its statement and commit took.
+	// OnCommit, when set, is told of every batch of Append's entries the
+	// journal's goroutine appended (with the queued write entries chained
+	// along, if any): its rows and how long its statements and commit
+	// took, which is what each of those Appends waited for after the
+	// commit delay. Batches of queued write entries alone are not told.
 	OnCommit func(rows int, took time.Duration)
 	// OnError receives errors of batches that had no waiting caller (write
 	// entries chained in the background; they are retried). Default: ignored.
@@ -289,18 +295,21 @@ func (j *Journal) commit(f *flusher, ws []waiter, pending bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), j.cfg.CommitTimeout)
 	defer cancel()
 	var err error
+	var n int // queued write entries chained along
+	start := time.Now()
 	if pending {
-		var n int
 		n, err = f.batch(ctx, ws)
 		if err == nil && n >= j.cfg.MaxBatch {
 			j.Kick() // more queued than one batch holds
 		}
 	} else {
-		start := time.Now()
 		_, err = f.appendBatch(ctx, nil, ws)
-		if err == nil && j.cfg.OnCommit != nil {
-			j.cfg.OnCommit(len(ws), time.Since(start))
-		}
+	}
+	// Every batch a caller waits for is told, whether or not queued
+	// write entries rode along (those batches are the larger, slower
+	// ones: leaving them out would understate the tail).
+	if err == nil && len(ws) > 0 && j.cfg.OnCommit != nil {
+		j.cfg.OnCommit(n+len(ws), time.Since(start))
 	}
 	for _, w := range ws {
 		w.done <- err

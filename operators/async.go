@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -133,13 +134,27 @@ type asyncEntry[In, Out any] struct {
 	started bool // its call was issued (else it waits for room)
 	isWM    bool
 	wm      pipeline.Watermark
+	seq     uint64 // its key in the in-flight state
+	stored  bool   // its input is in the in-flight state (a snapshot wrote it)
 }
 
 type asyncOp[In, Out any] struct {
 	spec AsyncSpec[In, Out]
 	ctx  *pipeline.Context
 	out  pipeline.Collector[Out]
-	st   *state.ValueState[[]pipeline.Record[In]]
+	// st holds one entry per input not yet emitted, keyed by its sequence
+	// number (inFlightKey): a snapshot writes the inputs that arrived
+	// since the last one and deletes those emitted since, so its cost
+	// and the size of each changelog record do not grow with the number
+	// in flight. (The whole list was once one value: a backlog of
+	// unknown applicants made a changelog record of megabytes, refused by
+	// the broker as MESSAGE_TOO_LARGE, and the task failed at every
+	// checkpoint.)
+	st      *state.ValueState[pipeline.Record[In]]
+	legacy  *state.ValueState[[]pipeline.Record[In]] // the one-value list of older checkpoints
+	nextSeq uint64
+	unsaved []*asyncEntry[In, Out] // arrived since the last snapshot
+	unstore []uint64               // stored entries emitted since the last snapshot
 
 	queue    []*asyncEntry[In, Out] // input order; head at queue[head]; see compact
 	head     int
@@ -147,8 +162,6 @@ type asyncOp[In, Out any] struct {
 	waiting  []*asyncEntry[In, Out] // accepted at capacity, in arrival order; head at waiting[whead]
 	whead    int
 	done     chan *asyncEntry[In, Out]
-
-	saved bool // the last snapshot stored in-flight inputs
 
 	callCtx context.Context
 	cancel  context.CancelFunc
@@ -170,15 +183,42 @@ func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Ou
 	a.callCtx, a.cancel = context.WithCancel(context.Background())
 	ctx.RegisterDrainer(a)
 	var err error
-	if a.st, err = state.Value[[]pipeline.Record[In]](ctx.Store(), ctx.StateSpec("in-flight", 0), state.ListCodec[pipeline.Record[In]](recordCodec[In]{a.spec.InCodec})); err != nil {
+	spec := ctx.StateSpec("in-flight-inputs", 0)
+	spec.WriteOnly = true // read back only here, by Scan
+	if a.st, err = state.Value[pipeline.Record[In]](ctx.Store(), spec, recordCodec[In]{a.spec.InCodec}); err != nil {
 		return err
 	}
-	inflight, ok, err := a.st.Get("")
+	if a.legacy, err = state.Value[[]pipeline.Record[In]](ctx.Store(), ctx.StateSpec("in-flight", 0), state.ListCodec[pipeline.Record[In]](recordCodec[In]{a.spec.InCodec})); err != nil {
+		return err
+	}
+	// The inputs a checkpoint held, in arrival order (keys sort as their
+	// sequence numbers), are issued again under the same keys.
+	var restored []*asyncEntry[In, Out]
+	err = a.st.Scan(func(key string, r pipeline.Record[In]) error {
+		seq, err := strconv.ParseUint(key, 16, 64)
+		if err != nil {
+			return fmt.Errorf("async %q: in-flight state key %q: %w", ctx.Name(), key, err)
+		}
+		restored = append(restored, &asyncEntry[In, Out]{rec: r, seq: seq, stored: true})
+		a.nextSeq = max(a.nextSeq, seq+1)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	a.saved = ok
-	for _, r := range inflight {
+	old, ok, err := a.legacy.Get("")
+	if err != nil {
+		return err
+	}
+	if ok {
+		if err := a.legacy.Delete(""); err != nil { // its inputs are stored anew at the next snapshot
+			return err
+		}
+	}
+	for _, e := range restored {
+		a.enqueue(e)
+	}
+	for _, r := range old {
 		if err := a.Process(r); err != nil {
 			// The task never gets this operator to close: stop the calls
 			// already re-issued here.
@@ -189,20 +229,31 @@ func (a *asyncOp[In, Out]) Open(ctx *pipeline.Context, out pipeline.Collector[Ou
 	return nil
 }
 
+// inFlightKey is the state key of the input with sequence number seq:
+// fixed-width hex, so keys sort as the numbers do.
+func inFlightKey(seq uint64) string { return fmt.Sprintf("%016x", seq) }
+
 // Process starts a call for r, or, when Capacity calls are in flight,
 // keeps r waiting for room and reports backpressure. It never blocks the
 // task: a task blocked here would hold its transaction open until a call
 // ends, past the transaction timeout when calls are slow and many wait.
 func (a *asyncOp[In, Out]) Process(r pipeline.Record[In]) error {
-	e := &asyncEntry[In, Out]{rec: r}
+	e := &asyncEntry[In, Out]{rec: r, seq: a.nextSeq}
+	a.nextSeq++
+	a.unsaved = append(a.unsaved, e)
+	a.enqueue(e)
+	return nil
+}
+
+// enqueue issues e's call, or keeps it waiting for room.
+func (a *asyncOp[In, Out]) enqueue(e *asyncEntry[In, Out]) {
 	a.queue = append(a.queue, e)
 	if a.inFlight < a.spec.Capacity {
 		a.start(e)
-		return nil
+		return
 	}
 	a.waiting = append(a.waiting, e)
 	a.ctx.SetWaiting(len(a.waiting) - a.whead)
-	return nil
 }
 
 // start issues e's call.
@@ -307,6 +358,9 @@ func (a *asyncOp[In, Out]) complete(e *asyncEntry[In, Out]) error {
 // being fed, which is another one or none).
 func (a *asyncOp[In, Out]) emit(e *asyncEntry[In, Out]) error {
 	e.emitted = true
+	if e.stored {
+		a.unstore = append(a.unstore, e.seq)
+	}
 	if e.err == nil {
 		return a.out.Collect(pipeline.Record[Out]{Value: e.out, Time: e.rec.Time, Key: e.rec.Key})
 	}
@@ -382,24 +436,28 @@ func (a *asyncOp[In, Out]) OnWatermark(w pipeline.Watermark) (bool, error) {
 	return false, a.flush()
 }
 
-// Snapshot stores the inputs of everything not yet emitted: calls in
-// flight and records waiting for room.
+// Snapshot stores the inputs of everything not yet emitted, calls in
+// flight and records waiting for room: it writes those that arrived since
+// the last snapshot and deletes those emitted since (O(change), not O(in
+// flight)).
 func (a *asyncOp[In, Out]) Snapshot() error {
-	var pending []pipeline.Record[In]
-	for _, e := range a.queue[a.head:] {
-		if !e.isWM && !e.emitted {
-			pending = append(pending, e.rec)
+	for _, seq := range a.unstore {
+		if err := a.st.Delete(inFlightKey(seq)); err != nil {
+			return err
 		}
 	}
-	if len(pending) == 0 {
-		if !a.saved {
-			return nil
+	a.unstore = a.unstore[:0]
+	for i, e := range a.unsaved {
+		if !e.emitted {
+			if err := a.st.Set(inFlightKey(e.seq), e.rec); err != nil {
+				return err
+			}
+			e.stored = true
 		}
-		a.saved = false
-		return a.st.Delete("")
+		a.unsaved[i] = nil
 	}
-	a.saved = true
-	return a.st.Set("", pending)
+	a.unsaved = a.unsaved[:0]
+	return nil
 }
 
 func (a *asyncOp[In, Out]) Close() error {

@@ -425,3 +425,118 @@ func TestAsyncLimiterBoundsCalls(t *testing.T) {
 		t.Fatalf("%d calls at once with a limiter of 2", m)
 	}
 }
+
+// TestAsyncCheckpointWritesOnlyChanges: a checkpoint of an async operator
+// writes one changelog record per input that arrived since the last one
+// and deletes those emitted since: its records stay one input large
+// however many calls are in flight (they were once one list of every
+// input in flight: a backlog of unknown applicants made a record of
+// megabytes, refused by the broker, and the task failed at every
+// checkpoint). After a restart exactly the inputs not yet emitted are
+// called again. The expectations are counts of the test's own inputs.
+func TestAsyncCheckpointWritesOnlyChanges(t *testing.T) {
+	const n, release = 3000, 1000
+	fs := vfs.NewMem()
+	var mu sync.Mutex
+	gates := map[int64]chan struct{}{}
+	gate := func(v int64) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if gates[v] == nil {
+			gates[v] = make(chan struct{})
+		}
+		return gates[v]
+	}
+	called := make(chan int64, 2*n)
+	job := func() *pipeline.Builder {
+		b := pipeline.NewBuilder("inflight")
+		src := pipeline.AddSource(b, "src", pipeline.SourceSpec[int64]{Decode: decodeInt})
+		pipeline.Discard(operators.Async(src, "call", operators.AsyncSpec[int64, int64]{
+			Call: func(ctx context.Context, v int64) (int64, error) {
+				called <- v
+				select {
+				case <-gate(v):
+					return v, nil
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			},
+			Capacity: 2 * n, Timeout: time.Hour, Retry: operators.RetryPolicy{MaxAttempts: 1}, InCodec: pipeline.JSONCodec[int64](),
+		}))
+		return b
+	}
+	l, err := pipeline.NewLocal(job(), pipeline.LocalOptions{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := pipeline.ChangelogTopic("inflight", "call")
+	changes := func(from int) (sets, deletes, largest int) {
+		for _, m := range l.Changelog(log)[from:] {
+			if m.Value == nil {
+				deletes++
+				continue
+			}
+			sets++
+			largest = max(largest, len(m.Value))
+		}
+		return
+	}
+	for i := int64(0); i < n; i++ {
+		if err := pipeline.Feed(l, "src", 0, i, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	sets, deletes, largest := changes(0)
+	if sets != n || deletes != 0 || largest > 64 {
+		t.Fatalf("first checkpoint: %d records written (largest %d bytes), %d deleted; want %d of one input each, none deleted", sets, largest, deletes, n)
+	}
+	for range n {
+		<-called
+	}
+	// The first 1,000 calls return; their outputs leave.
+	for v := int64(0); v < release; v++ {
+		close(gate(v))
+	}
+	for emitted := 0; emitted < release; {
+		if _, err := l.AwaitWork(time.Second); err != nil {
+			t.Fatal(err)
+		}
+		emitted = n - l.Task().InFlight()
+	}
+	mark := len(l.Changelog(log))
+	for i := int64(n); i < n+10; i++ { // and ten more arrive
+		if err := pipeline.Feed(l, "src", 0, i, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if sets, deletes, _ := changes(mark); sets != 10 || deletes != release {
+		t.Fatalf("second checkpoint: %d written, %d deleted; want the 10 new inputs written and the %d emitted deleted", sets, deletes, release)
+	}
+	for range 10 {
+		<-called
+	}
+	// A crash: the inputs not yet emitted, and only those, are called
+	// again.
+	if err := l.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	again := map[int64]bool{}
+	for len(again) < n-release+10 {
+		select {
+		case v := <-called:
+			if v < release || again[v] {
+				t.Fatalf("input %d called again after the restart (emitted before the checkpoint, or twice)", v)
+			}
+			again[v] = true
+		case <-time.After(time.Minute):
+			t.Fatalf("%d inputs called again after the restart, want %d", len(again), n-release+10)
+		}
+	}
+}

@@ -386,11 +386,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		if wait > w.cfg.TickInterval {
 			wait = w.cfg.TickInterval
 		}
-		if m := w.cfg.MinCommitInterval; m > 0 && (w.produced.Load() > 0 || w.anyQueued()) {
+		if m := w.cfg.MinCommitInterval; m > 0 && len(w.paused) == 0 && (w.produced.Load() > 0 || w.anyQueued()) {
 			// Output may be ready to commit early (idleCommitDue): poll
 			// only until MinCommitInterval after the last checkpoint (at
 			// least a millisecond), so a decision at rest waits for one
-			// short empty poll, not for a whole MinCommitInterval.
+			// short empty poll, not for a whole MinCommitInterval. (Not
+			// while a task is paused: no early commit then, and a task
+			// that gets room wakes the poll.)
 			if early := time.Until(nextCommit.Add(m - w.cfg.CommitInterval)); early < wait {
 				wait = early
 			}
@@ -448,6 +450,13 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) idleCommitDue(nextCommit time.Time, fetched int) bool {
 	m := w.cfg.MinCommitInterval
 	if m <= 0 || fetched > 0 || w.produced.Load() == 0 || len(w.paused) > 0 || time.Until(nextCommit) > w.cfg.CommitInterval-m {
+		return false
+	}
+	// Sparse output only: more than a record per MinCommitInterval since
+	// the last checkpoint is load, which keeps the interval's batching (an
+	// empty poll of a millisecond is no sign that the input ran dry; the
+	// input is no measure either, since CDC heartbeats arrive at rest).
+	if since := w.cfg.CommitInterval - time.Until(nextCommit); time.Duration(w.produced.Load())*m > since {
 		return false
 	}
 	return !w.anyQueued()

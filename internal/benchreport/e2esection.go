@@ -231,7 +231,7 @@ func (r *e2eRun) markdown() string {
 	fmt.Fprintf(&sb, "| unknown applicants offered at %.0f/s for %.0f s, bureau capacity %d in flight: bureau decisions/s (fallbacks, lost) | %.0f (%d, %d) | capacity ÷ latency = %.0f/s | ≥ 0.9 × %.0f/s | %s |\n",
 		r.capacityRate, r.capacity.Seconds, r.s.bureauCapacity, thr, r.capacity.LatencyMs["FALLBACK"].Count, r.capacity.Missing, r.capacityPerSec(), r.capacityPerSec(),
 		yesNo(thr >= 0.9*r.capacityPerSec()))
-	sb.WriteString("\nWhere the time of the known customers at rest goes (`loanflow load`'s stages, p50 / p99 of every decided application): " +
+	sb.WriteString("\nWhere the time of the known customers at rest goes (`loanflow load`'s stages, p50 / p99 of every decision of the run, the few applications of a customer not yet in customer_360 decided by the bureau included): " +
 		stages("as-of", r.rest) + "; " + stages("lookup", r.restLookup) + ".\n")
 	sb.WriteString("\n" + r.stepsTable() + "\n" + r.cpuTable() + "\n" + r.profileText())
 	return sb.String()

@@ -104,7 +104,7 @@ type Config struct {
 	NearCacheTTL time.Duration
 	// AuditCommitDelay is the audit journal's commit delay: under load,
 	// audited reads share a commit per this long (audit.JournalConfig).
-	// Default 500µs; negative: a commit per round trip.
+	// Default 200µs; negative: a commit per round trip.
 	AuditCommitDelay time.Duration
 	// RedisTimeout bounds one Redis command. Default 50ms.
 	RedisTimeout time.Duration

@@ -37,7 +37,7 @@ type JournalConfig struct {
 	// for the rest of it, so that under load every commit takes the
 	// entries of CommitDelay rather than of one commit's round trip. An
 	// entry arriving after a quiet CommitDelay is committed at once.
-	// Default 500µs; negative: no delay.
+	// Default 200µs; negative: no delay.
 	CommitDelay time.Duration
 	// Actor names the journal in the cut-over row. Default "loanflow-api".
 	Actor string
@@ -69,7 +69,7 @@ func (c *JournalConfig) setDefaults() {
 		c.PendingGap = 5 * time.Millisecond
 	}
 	if c.CommitDelay == 0 {
-		c.CommitDelay = 500 * time.Microsecond
+		c.CommitDelay = 200 * time.Microsecond
 	}
 	if c.Actor == "" {
 		c.Actor = "loanflow-api"

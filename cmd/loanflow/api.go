@@ -109,7 +109,7 @@ the API refuses to start), and shuts down gracefully on SIGINT/SIGTERM.`,
 	f.DurationVar(&cfg.CacheTTLJitter, "cache-ttl-jitter", time.Minute, "random extra TTL per entry")
 	f.IntVar(&cfg.NearCacheSize, "near-cache-size", 100000, "credit profiles kept in process in front of Redis, invalidated by Redis client tracking (negative: none)")
 	f.DurationVar(&cfg.NearCacheTTL, "near-cache-ttl", time.Minute, "longest a near-cache entry is served without an invalidation")
-	f.DurationVar(&cfg.AuditCommitDelay, "audit-commit-delay", 500*time.Microsecond, "under load, audited requests share one audit commit per this long (adds at most this to a read; negative: one commit per round trip)")
+	f.DurationVar(&cfg.AuditCommitDelay, "audit-commit-delay", 200*time.Microsecond, "under load, audited requests share one audit commit per this long (adds at most this to a read; negative: one commit per round trip)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "grace period for in-flight requests")
 	f.StringVar(&metricsURLs, "pipeline-metrics-urls", os.Getenv("LOANFLOW_PIPELINE_METRICS_URLS"), "Prometheus endpoints of workers and CDC for the operator page, comma separated")
 	f.StringVar(&bootstrap, "bootstrap-admin", "", "create this admin client if missing and print its secret once")

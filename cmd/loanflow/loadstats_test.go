@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"time"
 )
@@ -68,5 +69,37 @@ func TestErrorKind(t *testing.T) {
 		if got := errorKind(errors.New(in)); got != want {
 			t.Errorf("errorKind(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestLoadStages: the stage split of a decided application is submission
+// to its 202, submission to the decision's decided_at, and decided_at to
+// the read; the last two add up to its latency. A decision without
+// decided_at (zero) is left out of those two stages. The expected values
+// are the times the test sets.
+func TestLoadStages(t *testing.T) {
+	tr := newLoadTracker()
+	tr.sending("a", true)
+	tr.sending("b", true)
+	base := time.Now().Add(-100 * time.Millisecond)
+	tr.mu.apps["a"].sent, tr.mu.apps["b"].sent = base, base
+	tr.answered("a", true, "")
+	tr.answered("b", true, "")
+	tr.decided("a", "CUSTOMER_360", base.Add(40*time.Millisecond))
+	tr.decided("b", "CUSTOMER_360", time.Time{})
+	s := tr.summary("api", "run")
+	if got := s.StagesMs["answered"].Count; got != 2 {
+		t.Fatalf("answered stage counts %d applications, want 2", got)
+	}
+	if d := s.StagesMs["decided"]; d.Count != 1 || d.P50 != 40 {
+		t.Fatalf("decided stage %+v, want one application at 40 ms", d)
+	}
+	v, all := s.StagesMs["visible"], s.LatencyMs["ALL"]
+	if v.Count != 1 || v.P50 < 60 {
+		t.Fatalf("visible stage %+v, want one application at 60 ms or more", v)
+	}
+	// a's latency is decided + visible (b's latency, read later, is at least a's).
+	if lat := tr.mu.apps["a"].latency; math.Abs(float64(lat.Microseconds())/1000-(40+v.P50)) > 0.0015 || all.Count != 2 {
+		t.Fatalf("latency %v is not decided 40 ms + visible %v ms (ALL %+v)", lat, v.P50, all)
 	}
 }

@@ -88,10 +88,10 @@ type Config struct {
 	// on a changelog to end before restoring. Default 3 × TransactionTimeout.
 	RestoreWait time.Duration
 	// KeepHangingTransactions leaves hanging transactions (open on a
-	// partition the job writes, unknown to their coordinator; see
-	// docs/design.md) to the operator's `kafka-transactions.sh abort`
-	// instead of aborting them: a restore then fails after RestoreWait
-	// with the command to run.
+	// changelog, ended by their coordinator without a marker there; see
+	// docs/design.md) to the operator instead of closing them the way the
+	// coordinator's log says they ended: a restore then fails after
+	// RestoreWait with the `kafka-transactions.sh abort` command.
 	KeepHangingTransactions bool
 	// PurgeInterval is how often consumed repartition records are deleted.
 	// Default 30s.

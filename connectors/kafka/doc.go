@@ -25,6 +25,12 @@
 // before it is revoked. See docs/design.md for the protocol and its lock
 // order.
 //
+// A transaction its coordinator ended without a marker on some partition
+// (a single Kafka node restarted after a crash leaves them) is closed the
+// way the coordinator's own log, __transaction_state, says it ended
+// (hanging.go, txnlog.go): by a starting worker for its own earlier
+// incarnations, and by a restore whose changelog stays blocked.
+//
 // # Goroutines
 //
 // Worker.Run owns everything: the polling goroutine (which is the caller's)

@@ -51,7 +51,7 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 		}
 		if time.Since(lastHangCheck) >= time.Second {
 			lastHangCheck = time.Now()
-			if aborted, err := w.abortIfHanging(ctx, topic, p, l.Offset, time.Since(stuckSince)); err != nil {
+			if aborted, err := w.resolveIfHanging(ctx, topic, p, l.Offset, time.Since(stuckSince)); err != nil {
 				return 0, 0, err
 			} else if aborted {
 				continue
@@ -59,8 +59,8 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 		}
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("kafka: %s/%d has had an open transaction for over %s (stable offset %d, end %d); a crashed worker's transaction must time out first (transaction timeout %s). "+
-				"If it never ends, the transaction is hanging (a single-node Kafka that crashed while it timed out can leave one; docs/design.md): "+
-				"abort it with `kafka-transactions.sh --bootstrap-server BROKER abort --topic %s --partition %d --start-offset %d`",
+				"If it never ends, the transaction is hanging (a single-node Kafka restarted after a crash can leave one; docs/design.md) and the worker could not tell from the coordinator's log how it ended (the log says why). "+
+				"If its coordinator aborted it, or you accept losing its records, abort it with `kafka-transactions.sh --bootstrap-server BROKER abort --topic %s --partition %d --start-offset %d`",
 				topic, p, w.cfg.RestoreWait, l.Offset, h.Offset, w.cfg.TransactionTimeout, topic, p, l.Offset)
 		}
 		select {

@@ -58,24 +58,29 @@ type Worker struct {
 	failures   map[taskID]int
 	lastErr    map[taskID]error
 
-	blocked        atomic.Bool
-	ending         atomic.Bool // a transaction is ending (endTxn)
-	needsCP        atomic.Bool
-	produced       atomic.Int64 // records produced in the open transaction
-	producedTotal  atomic.Int64 // records produced since the start
-	hangingAborted atomic.Int64 // hanging transactions this worker closed (hanging.go)
-	lastPurge      time.Time
-	topicIDs       map[string][16]byte  // input topics, refreshed at each rebalance
-	ends           atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
-	checkpoints    atomic.Int64
-	lastCP         atomic.Int64 // unix ms of the last committed checkpoint
-	logBytes       atomic.Int64 // changelog bytes staged in the open checkpoint
-	stopReq        chan stopRequest
-	leaving        bool // stopped gracefully: leave the group on teardown
-	stopAsked      atomic.Bool
-	summary        summaryState // owned by Run's goroutine
-	ready          chan struct{}
-	readyOnce      sync.Once
+	blocked          atomic.Bool
+	ending           atomic.Bool // a transaction is ending (endTxn)
+	needsCP          atomic.Bool
+	produced         atomic.Int64 // records produced in the open transaction
+	producedTotal    atomic.Int64 // records produced since the start
+	hangingAborted   atomic.Int64 // hanging transactions this worker closed (hanging.go)
+	hangingCommitted atomic.Int64
+	hangMu           sync.Mutex
+	hangNoted        map[string]time.Time // partition → when its wait was last logged
+	ownTxnID         string               // this worker's transactional id
+	ownTxnLog        []txnLogRecord       // its coordinator records, read before InitProducerId
+	lastPurge        time.Time
+	topicIDs         map[string][16]byte  // input topics, refreshed at each rebalance
+	ends             atomic.Pointer[ends] // the inputs' offsets, listed every endsRefresh
+	checkpoints      atomic.Int64
+	lastCP           atomic.Int64 // unix ms of the last committed checkpoint
+	logBytes         atomic.Int64 // changelog bytes staged in the open checkpoint
+	stopReq          chan stopRequest
+	leaving          bool // stopped gracefully: leave the group on teardown
+	stopAsked        atomic.Bool
+	summary          summaryState // owned by Run's goroutine
+	ready            chan struct{}
+	readyOnce        sync.Once
 	// paused: the tasks whose input partitions are paused because an
 	// operator of theirs is full (Task.Backpressured); owned by Run's
 	// goroutine. pollWake cuts a poll short when one of them has room.
@@ -226,8 +231,23 @@ func (w *Worker) setup(ctx context.Context) error {
 		// task restores: otherwise a restart waits for that transaction to
 		// time out on every changelog it wrote to (with Apache Kafka after
 		// a broker restart, longer than the restore would wait).
-		if _, _, err := s.Client().ProducerID(ctx); err != nil {
+		// The coordinator's log as it stands before this incarnation
+		// ends the last one's transaction: its latest record says how
+		// that transaction ended even once the log compacts the rest
+		// away (hanging.go).
+		txnID := Group(w.cfg.JobID) + "-" + w.cfg.WorkerID
+		if !w.cfg.KeepHangingTransactions {
+			if w.ownTxnLog, err = w.readTxnLog(ctx, txnID); err != nil {
+				w.log.Warn("cannot read the transaction coordinator's log: hanging transactions of an earlier incarnation will be left to an operator", "err", err)
+			}
+			w.ownTxnID = txnID
+		}
+		pid, epoch, err := s.Client().ProducerID(ctx)
+		if err != nil {
 			return fmt.Errorf("initialising the transactional producer %s: %w", Group(w.cfg.JobID)+"-"+w.cfg.WorkerID, err)
+		}
+		if !w.cfg.KeepHangingTransactions {
+			w.closeOwnHanging(ctx, txnID, pid, epoch, w.writtenTopics(), Group(w.cfg.JobID))
 		}
 	} else {
 		cl, err := kgo.NewClient(opts...)
@@ -237,6 +257,35 @@ func (w *Worker) setup(ctx context.Context) error {
 		w.sess = &alosSession{cl: cl}
 	}
 	return nil
+}
+
+// writtenTopics lists the topics the job writes: changelogs, repartition
+// topics, sinks and its dead-letter topic.
+func (w *Worker) writtenTopics() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(t string) {
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	for _, s := range w.plan.Subtopologies {
+		for _, in := range s.Inputs {
+			if in.Repartition {
+				add(in.Topic)
+			}
+		}
+		for _, c := range s.Changelogs {
+			add(c)
+		}
+		for _, o := range s.Outputs {
+			add(o)
+		}
+	}
+	add(pipeline.DeadLetterTopic(w.plan.Job))
+	sort.Strings(out)
+	return out
 }
 
 func (w *Worker) partitions(topic string) int32 {

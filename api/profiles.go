@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
@@ -124,7 +123,7 @@ func (s *Server) cacheGet(ctx context.Context, id string) ([]byte, error) {
 	b, err := s.breaker.Execute(func() ([]byte, error) {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 		defer cancel()
-		return s.redis.Get(cctx, cacheKey(id)).Bytes()
+		return s.gets.do(cctx, id)
 	})
 	switch {
 	case err == nil:
@@ -150,7 +149,65 @@ func (s *Server) cacheSet(ctx context.Context, cp CreditProfile) {
 	_, _ = s.breaker.Execute(func() ([]byte, error) {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 		defer cancel()
-		return nil, s.redis.Set(cctx, cacheKey(cp.CustomerID), b, ttl).Err()
+		_, err := s.sets.do(cctx, cacheEntry{key: cacheKey(cp.CustomerID), value: b, ttl: ttl})
+		return nil, err
+	})
+}
+
+// cacheEntry is one SET of the cache.
+type cacheEntry struct {
+	key   string
+	value []byte
+	ttl   time.Duration
+}
+
+// Batch sizes and workers of the profile path's round trips: under load
+// the misses queued behind a busy worker share its next round trip.
+const (
+	batchWorkers = 4
+	batchMax     = 64
+)
+
+// startBatchers starts the batched round trips of the profile path: a
+// cache miss's PostgreSQL load, and Redis GETs and SETs.
+func (s *Server) startBatchers() {
+	s.loads = newBatcher(batchWorkers, batchMax, s.cfg.RequestTimeout, s.loadProfiles)
+	s.gets = newBatcher(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batchCall[string, []byte]) {
+		keys := make([]string, len(calls))
+		for i, c := range calls {
+			keys[i] = cacheKey(c.req)
+		}
+		vals, err := s.redis.MGet(ctx, keys...).Result()
+		for i, c := range calls {
+			switch {
+			case err != nil:
+				c.err = err
+			case i >= len(vals) || vals[i] == nil:
+				c.err = redis.Nil
+			default:
+				if v, ok := vals[i].(string); ok {
+					c.resp = []byte(v)
+				} else {
+					c.err = redis.Nil
+				}
+			}
+		}
+	})
+	s.sets = newBatcher(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batchCall[cacheEntry, struct{}]) {
+		cmds, err := s.redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, c := range calls {
+				p.Set(ctx, c.req.key, c.req.value, c.req.ttl)
+			}
+			return nil
+		})
+		for i, c := range calls {
+			switch {
+			case i < len(cmds) && cmds[i].Err() != nil:
+				c.err = cmds[i].Err()
+			case err != nil:
+				c.err = err
+			}
+		}
 	})
 }
 
@@ -169,31 +226,59 @@ func newBreaker(cfg *Config, m *metrics) *gobreaker.CircuitBreaker[[]byte] {
 
 func (s *Server) loadProfile(ctx context.Context, id string) (CreditProfile, error) {
 	s.metrics.dbLoads.Inc()
-	var cp CreditProfile
-	var hist []byte
-	err := s.pool.QueryRow(ctx, `SELECT c.customer_id, p.current_score, p.score_history, c.credit_limit::text,
+	return s.loads.do(ctx, id)
+}
+
+// loadProfiles loads a batch of cache misses in one query.
+func (s *Server) loadProfiles(ctx context.Context, calls []*batchCall[string, CreditProfile]) {
+	ids := make([]string, len(calls))
+	for i, c := range calls {
+		ids[i] = c.req
+	}
+	rows, err := s.pool.Query(ctx, `SELECT c.customer_id, p.current_score, p.score_history, c.credit_limit::text,
 		c.current_balance::text, c.risk_tier, c.status, c.version, GREATEST(p.updated_at, c.updated_at)
-		FROM customers c JOIN credit_profiles p USING (customer_id) WHERE c.customer_id = $1`, id).
-		Scan(&cp.CustomerID, &cp.Score, &hist, &cp.CreditLimit, &cp.CurrentBalance, &cp.RiskTier, &cp.Status, &cp.Version, &cp.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return cp, errNoProfile
+		FROM customers c JOIN credit_profiles p USING (customer_id) WHERE c.customer_id = ANY($1)`, ids)
+	found := make(map[string]CreditProfile, len(calls))
+	bad := make(map[string]error)
+	if err == nil {
+		for rows.Next() {
+			var cp CreditProfile
+			var hist []byte
+			if err = rows.Scan(&cp.CustomerID, &cp.Score, &hist, &cp.CreditLimit, &cp.CurrentBalance, &cp.RiskTier, &cp.Status, &cp.Version, &cp.UpdatedAt); err != nil {
+				break
+			}
+			cp.ScoreHistory = append(json.RawMessage(nil), hist...) // the row buffer is reused by Next
+			lim, err1 := money.Parse(cp.CreditLimit)
+			bal, err2 := money.Parse(cp.CurrentBalance)
+			if err := errors.Join(err1, err2); err != nil {
+				bad[cp.CustomerID] = fmt.Errorf("api: stored money: %w", err)
+				continue
+			}
+			cp.CreditLimit, cp.CurrentBalance = lim.String(), bal.String()
+			avail := lim - bal
+			if avail < 0 {
+				avail = 0
+			}
+			cp.AvailableCredit = avail.String()
+			found[cp.CustomerID] = cp
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
 	}
-	if err != nil {
-		return cp, fmt.Errorf("api: loading profile: %w", err)
+	for _, c := range calls {
+		switch cp, ok := found[c.req]; {
+		case err != nil:
+			c.err = fmt.Errorf("api: loading profile: %w", err)
+		case bad[c.req] != nil:
+			c.err = bad[c.req]
+		case !ok:
+			c.err = errNoProfile
+		default:
+			c.resp = cp
+		}
 	}
-	cp.ScoreHistory = hist
-	lim, err1 := money.Parse(cp.CreditLimit)
-	bal, err2 := money.Parse(cp.CurrentBalance)
-	if err := errors.Join(err1, err2); err != nil {
-		return cp, fmt.Errorf("api: stored money: %w", err)
-	}
-	cp.CreditLimit, cp.CurrentBalance = lim.String(), bal.String()
-	avail := lim - bal
-	if avail < 0 {
-		avail = 0
-	}
-	cp.AvailableCredit = avail.String()
-	return cp, nil
 }
 
 func (s *Server) getCreditProfile(w http.ResponseWriter, r *http.Request) {

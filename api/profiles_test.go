@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -155,4 +156,50 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal("profile:r-2 not cached after recovery")
 	}
 	_ = time.Second
+}
+
+// TestConcurrentMissesEachGetTheirOwnProfile: cache misses of many
+// customers at once (loaded from PostgreSQL and read from Redis in shared
+// round trips) each answer that customer's own profile, which the test
+// set (a score and a credit limit per customer), and an unknown id among
+// them answers 404; read again, each comes from the cache with the same
+// values.
+func TestConcurrentMissesEachGetTheirOwnProfile(t *testing.T) {
+	e := newEnv(t)
+	tok := e.lender("bank-batch")
+	const n = 40
+	for i := 0; i < n; i++ {
+		e.customerWith(NewCustomer{CustomerID: fmt.Sprintf("c-batch-%d", i), Name: "Ada Lovelace", SSN: fmt.Sprintf("123-45-%04d", 1000+i),
+			Address: "1 Main St", DateOfBirth: "1980-01-02", CreditLimit: fmt.Sprintf("%d.00", 1000+i), RiskTier: "MEDIUM", Score: 500 + i}, "bank-batch")
+	}
+	for round, source := range []string{"database", "cache"} {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make(chan string, n+1)
+		for i := 0; i <= n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				id := fmt.Sprintf("c-batch-%d", i)
+				p, r := e.profile(tok, id)
+				switch {
+				case i == n:
+					if r.status != 404 {
+						errs <- fmt.Sprintf("unknown id %s: %d", id, r.status)
+					}
+				case r.status != 200:
+					errs <- fmt.Sprintf("%s: %d %s", id, r.status, r.body)
+				case p.CustomerID != id || p.Score != 500+i || p.CreditLimit != fmt.Sprintf("%d.00", 1000+i) || p.Source != source:
+					errs <- fmt.Sprintf("round %d, %s: got customer %s score %d limit %s source %s", round, id, p.CustomerID, p.Score, p.CreditLimit, p.Source)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for msg := range errs {
+			t.Error(msg)
+		}
+	}
 }

@@ -43,6 +43,9 @@ type Server struct {
 	near      *nearCache // nil: no near cache
 	breaker   *gobreaker.CircuitBreaker[[]byte]
 	flight    singleflight.Group
+	loads     *batcher[string, CreditProfile] // PostgreSQL loads of cache misses, many per query
+	gets      *batcher[string, []byte]        // Redis GETs, many per MGET
+	sets      *batcher[cacheEntry, struct{}]  // Redis SETs, many per pipeline
 	keys      *pii.Keyring
 	issuer    *auth.Issuer
 	validator *auth.Validator
@@ -132,6 +135,7 @@ func (s *Server) connect(ctx context.Context) error {
 	if err := s.connectRedis(); err != nil {
 		return err
 	}
+	s.startBatchers()
 	if s.keys, err = pii.Open(ctx, s.cfg.PII); err != nil {
 		return err
 	}
@@ -170,6 +174,21 @@ func (s *Server) connect(ctx context.Context) error {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "loanflow_api_profile_near_cache_entries",
 				Help: "Credit profiles in the near cache."},
 				func() float64 { return float64(s.near.size()) }))
+	}
+	for _, b := range []struct {
+		path  string
+		stats func() (int64, int64)
+	}{{"postgres_load", s.loads.stats}, {"redis_get", s.gets.stats}, {"redis_set", s.sets.stats}} {
+		stats := b.stats
+		s.registry.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_profile_batches_total",
+				Help:        "Round trips of the credit-profile path (calls ÷ batches: how many lookups shared one).",
+				ConstLabels: prometheus.Labels{"path": b.path}},
+				func() float64 { n, _ := stats(); return float64(n) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_profile_batched_calls_total",
+				Help:        "Calls carried by the credit-profile path's round trips.",
+				ConstLabels: prometheus.Labels{"path": b.path}},
+				func() float64 { _, n := stats(); return float64(n) }))
 	}
 	s.registry.MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_audit_batches_total",
@@ -441,6 +460,13 @@ func (s *Server) Close() {
 		if c != nil {
 			c.Close()
 		}
+	}
+	if s.loads != nil {
+		s.loads.close()
+	}
+	if s.gets != nil {
+		s.gets.close()
+		s.sets.close()
 	}
 	if s.redis != nil {
 		_ = s.redis.Close()

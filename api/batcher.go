@@ -1,0 +1,100 @@
+package api
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
+
+// batcher runs calls in batches, the way the audit journal group-commits:
+// a few workers each take the first queued call and every call queued
+// behind it (up to max) and run them in one round trip. Alone, a call runs
+// at once; under load, the calls that queued while the workers were busy
+// share a round trip (one PostgreSQL query for many cache misses, one
+// Redis pipeline for many GETs or SETs). There is no waiting for a batch
+// to fill.
+type batcher[Req, Resp any] struct {
+	queue   chan *batchCall[Req, Resp]
+	max     int
+	timeout time.Duration
+	exec    func(ctx context.Context, calls []*batchCall[Req, Resp])
+	stop    chan struct{}
+	batches atomic.Int64
+	calls   atomic.Int64
+}
+
+// batchCall is one call of a batch: exec sets resp or err for each.
+type batchCall[Req, Resp any] struct {
+	req  Req
+	resp Resp
+	err  error
+	done chan struct{}
+}
+
+func newBatcher[Req, Resp any](workers, max int, timeout time.Duration, exec func(ctx context.Context, calls []*batchCall[Req, Resp])) *batcher[Req, Resp] {
+	b := &batcher[Req, Resp]{
+		queue: make(chan *batchCall[Req, Resp], 4*max), max: max, timeout: timeout,
+		exec: exec, stop: make(chan struct{}),
+	}
+	for range workers {
+		go b.work()
+	}
+	return b
+}
+
+func (b *batcher[Req, Resp]) work() {
+	batch := make([]*batchCall[Req, Resp], 0, b.max)
+	for {
+		select {
+		case <-b.stop:
+			return
+		case c := <-b.queue:
+			batch = append(batch[:0], c)
+		}
+	drain:
+		for len(batch) < b.max {
+			select {
+			case c := <-b.queue:
+				batch = append(batch, c)
+			default:
+				break drain
+			}
+		}
+		b.batches.Add(1)
+		b.calls.Add(int64(len(batch)))
+		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+		b.exec(ctx, batch)
+		cancel()
+		for _, c := range batch {
+			close(c.done)
+		}
+		clear(batch)
+	}
+}
+
+// do queues req and waits for its batch. A caller whose context ends
+// stops waiting; its call still runs with its batch.
+func (b *batcher[Req, Resp]) do(ctx context.Context, req Req) (Resp, error) {
+	c := &batchCall[Req, Resp]{req: req, done: make(chan struct{})}
+	var zero Resp
+	select {
+	case b.queue <- c:
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-b.stop:
+		return zero, context.Canceled
+	}
+	select {
+	case <-c.done:
+		return c.resp, c.err
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// close stops the workers; calls queued and not taken wait for their
+// callers' contexts.
+func (b *batcher[Req, Resp]) close() { close(b.stop) }
+
+// stats reports the batches run and the calls they carried.
+func (b *batcher[Req, Resp]) stats() (batches, calls int64) { return b.batches.Load(), b.calls.Load() }

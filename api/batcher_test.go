@@ -1,0 +1,116 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestBatcherGroupsQueuedCalls: with one worker busy on a first call, the
+// calls queued meanwhile run together in its next round trip, each with
+// its own answer; a call alone runs alone. The expected answers are the
+// requests' own squares (a plain model), not the batcher's output.
+func TestBatcherGroupsQueuedCalls(t *testing.T) {
+	gate := make(chan struct{})
+	var mu sync.Mutex
+	var sizes []int
+	b := newBatcher(1, 64, time.Minute, func(_ context.Context, calls []*batchCall[int, string]) {
+		mu.Lock()
+		sizes = append(sizes, len(calls))
+		first := len(sizes) == 1
+		mu.Unlock()
+		if first {
+			<-gate // the worker is busy until the test has queued the rest
+		}
+		for _, c := range calls {
+			if c.req < 0 {
+				c.err = fmt.Errorf("negative %d", c.req)
+				continue
+			}
+			c.resp = strconv.Itoa(c.req * c.req)
+		}
+	})
+	defer b.close()
+	ctx := context.Background()
+	results := make([]string, 11)
+	errs := make([]error, 11)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); results[0], errs[0] = b.do(ctx, 0) }()
+	for { // the first call is taken by the worker
+		mu.Lock()
+		n := len(sizes)
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 1; i <= 10; i++ {
+		wg.Add(1)
+		req := i
+		if i == 7 {
+			req = -7
+		}
+		go func() { defer wg.Done(); results[i], errs[i] = b.do(ctx, req) }()
+	}
+	for len(b.queue) < 10 { // all ten queued behind the busy worker
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	wg.Wait()
+	if fmt.Sprint(sizes) != "[1 10]" {
+		t.Fatalf("batch sizes %v, want [1 10]: the ten queued calls should share one round trip", sizes)
+	}
+	for i := 0; i <= 10; i++ {
+		if i == 7 {
+			if errs[i] == nil {
+				t.Errorf("call -7: no error")
+			}
+			continue
+		}
+		if want := strconv.Itoa(i * i); results[i] != want || errs[i] != nil {
+			t.Errorf("call %d: %q, %v; want %q", i, results[i], errs[i], want)
+		}
+	}
+	if batches, calls := b.stats(); batches != 2 || calls != 11 {
+		t.Fatalf("stats: %d batches, %d calls; want 2, 11", batches, calls)
+	}
+	// Alone, a call is its own batch.
+	if r, err := b.do(ctx, 12); r != "144" || err != nil {
+		t.Fatalf("a lone call: %q, %v", r, err)
+	}
+	if fmt.Sprint(sizes) != "[1 10 1]" {
+		t.Fatalf("batch sizes %v, want [1 10 1]", sizes)
+	}
+}
+
+// TestBatcherCallerGivesUp: a caller whose context ends stops waiting; the
+// worker goes on with the next batch.
+func TestBatcherCallerGivesUp(t *testing.T) {
+	gate := make(chan struct{})
+	b := newBatcher(1, 8, time.Minute, func(_ context.Context, calls []*batchCall[int, int]) {
+		if calls[0].req == 1 {
+			<-gate
+		}
+		for _, c := range calls {
+			c.resp = c.req
+		}
+	})
+	defer b.close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := b.do(ctx, 1); done <- err }()
+	time.Sleep(10 * time.Millisecond)
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("the caller that gave up got %v, want context.Canceled", err)
+	}
+	close(gate)
+	if r, err := b.do(context.Background(), 2); r != 2 || err != nil {
+		t.Fatalf("the next call: %d, %v", r, err)
+	}
+}

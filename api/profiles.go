@@ -66,6 +66,13 @@ func cacheKey(id string) string { return "profile:" + id }
 // one GET, and a request arriving after a flight finished finds the entry
 // that flight cached.
 func (s *Server) cachedProfile(ctx context.Context, id string) (CreditProfile, string, error) {
+	if s.near != nil {
+		// A near-cache hit needs no flight (DoChan starts a goroutine).
+		if cp, ok := s.near.get(id); ok {
+			s.metrics.cache.WithLabelValues("hit").Inc()
+			return cp, "cache", nil
+		}
+	}
 	ch := s.flight.DoChan(id, func() (any, error) {
 		// Detached from the first caller's cancellation; bounded.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)

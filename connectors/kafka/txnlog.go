@@ -101,12 +101,15 @@ func judgeTxn(recs []txnLogRecord, pid int64, epoch int16, topic string, p int32
 			// the last record of a key before its cleaning point: the
 			// records of an id that follow one that survives are all
 			// there. A record from before the transaction's Ongoing
-			// records (InitProducerId's Empty, an Ongoing one, or with
-			// v2 the end of the previous transaction, which carries this
-			// epoch) therefore proves any Ongoing record listing the
-			// partition would still be in the log.
+			// records (InitProducerId's Empty, or with v2, where an
+			// epoch has one transaction, any record of the epoch: the
+			// end of the previous transaction carries it) therefore
+			// proves any Ongoing record listing the partition would
+			// still be in the log. With v1 an Ongoing record proves
+			// nothing: many transactions share an epoch, and a later
+			// one's may be all the cleaner kept.
 			switch {
-			case r.state == kmsg.TransactionStateEmpty, r.state == kmsg.TransactionStateOngoing:
+			case r.state == kmsg.TransactionStateEmpty:
 				known = true
 			case r.txnVersion >= 2:
 				known = true

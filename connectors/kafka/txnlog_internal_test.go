@@ -95,6 +95,12 @@ func TestJudgeTxn(t *testing.T) {
 			[]txnLogRecord{v2(rec(cc, 5, nil)), v2(rec(empty, 6, nil))}, 5, outcomeNotInTxn},
 		{"compacted (v1): a Complete record of the next epoch is not this transaction's end",
 			[]txnLogRecord{rec(cc, 6, nil)}, 5, outcomeUnknown},
+		{"transactions v1: an Ongoing record of a later transaction of the epoch does not prove the partition's was compacted away",
+			// T1 (epoch 5) listed log/3 and committed, its marker there
+			// skipped; the cleaner kept only T2's records (T2, epoch 5
+			// too, never listed log/3). T1's records on log/3 are
+			// committed: an abort marker would drop them.
+			[]txnLogRecord{rec(ongoing, 5, Y), rec(pc, 5, Y), rec(cc, 5, nil)}, 5, outcomeUnknown},
 		{"another producer id",
 			[]txnLogRecord{{state: ongoing, producerID: pid + 1, epoch: 5, partitions: X}, {state: pc, producerID: pid + 1, epoch: 6, partitions: X}, {state: cc, producerID: pid + 1, epoch: 6}}, 5, outcomeUnknown},
 	} {

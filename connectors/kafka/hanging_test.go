@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"hash/crc32"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -539,4 +541,77 @@ func partitionGap(t *testing.T, adm *kadm.Client, topic string, p int32) int64 {
 	e, _ := ends.Lookup(topic, p)
 	l, _ := lsos.Lookup(topic, p)
 	return e.Offset - l.Offset
+}
+
+// warnRecorder keeps the messages of the warnings logged through it.
+type warnRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *warnRecorder) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (r *warnRecorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	msg := rec.Message
+	rec.Attrs(func(a slog.Attr) bool { msg += " " + a.String(); return true })
+	r.msgs = append(r.msgs, msg)
+	return nil
+}
+func (r *warnRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *warnRecorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *warnRecorder) matching(sub string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, m := range r.msgs {
+		if strings.Contains(m, sub) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestTxnLogAbsentIsNotAWarning: a broker without a transaction
+// coordinator's log (kfake, which loanflow dev runs on; an Apache cluster
+// before its first transactional producer) has no record of any
+// transaction, so a starting worker has nothing to warn about. A warning
+// there ("hanging transactions ... will be left to an operator") at every
+// start teaches operators to ignore the one that matters. Negative
+// control: the recorder sees such a warning when one is logged (and the
+// unfixed worker's warning failed this test).
+func TestTxnLogAbsentIsNotAWarning(t *testing.T) {
+	seeds := testenv.Broker(t).Addrs()
+	adm := newAdmin(t, seeds)
+	in, out := testenv.Name(t, "in"), testenv.Name(t, "out")
+	createTopic(t, adm, in, 1, nil)
+	createTopic(t, adm, out, 1, nil)
+	rec := &warnRecorder{}
+	w, err := kafka.NewWorker(sumJob(testenv.Name(t, "job"), in, out),
+		kafka.Config{Brokers: seeds, StateDir: t.TempDir(), Logger: slog.New(rec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("the worker stopped: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the worker never became ready")
+	}
+	cancel()
+	<-done
+	if got := rec.matching("coordinator's log"); len(got) > 0 {
+		t.Fatalf("a worker starting on a broker without __transaction_state warned: %q", got)
+	}
+	// The checker can fail: a warning about the log is matched.
+	slog.New(rec).Warn("cannot read the transaction coordinator's log", "err", "x")
+	if len(rec.matching("coordinator's log")) != 1 {
+		t.Fatal("the recorder does not see warnings")
+	}
 }

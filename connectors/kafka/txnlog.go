@@ -89,9 +89,11 @@ func judgeTxn(recs []txnLogRecord, pid int64, epoch int16, topic string, p int32
 	if len(recs) == 0 {
 		return outcomeUnknown, txnLogRecord{}
 	}
-	switch recs[len(recs)-1].state {
-	case kmsg.TransactionStateOngoing, kmsg.TransactionStatePrepareCommit, kmsg.TransactionStatePrepareAbort, kmsg.TransactionStatePrepareEpochFence:
-		return outcomeRunning, recs[len(recs)-1]
+	// The coordinator's latest record: an unfinished transaction, unless
+	// its epoch shows it is a later one of the same producer id.
+	if lr := recs[len(recs)-1]; mayBeRunning(lr.state.String(), lr.epoch, epoch) ||
+		(lr.producerID != pid && mayBeRunning(lr.state.String(), lr.epoch, lr.epoch)) {
+		return outcomeRunning, lr
 	}
 	last, known := -1, false
 	for i, r := range recs {
@@ -165,6 +167,24 @@ func judgeTxn(recs []txnLogRecord, pid int64, epoch int16, topic string, p int32
 		}
 	}
 	return outcomeRunning, recs[len(recs)-1]
+}
+
+// mayBeRunning reports whether a transactional id whose coordinator is in
+// state (TransactionState's name) at epoch cur may still be ending, or
+// adding partitions to, the transaction of epoch epoch: a transaction
+// being ended carries its own epoch (v1) or the next one (v2), an ongoing
+// one its own; a coordinator past those (a later transaction of a live
+// producer, which every epoch bump makes) has finished with it. A later
+// write of that producer to the partition carries the later epoch, and
+// the partition then refuses a marker of the older one.
+func mayBeRunning(state string, cur, epoch int16) bool {
+	switch state {
+	case "Ongoing":
+		return int32(cur) <= int32(epoch)
+	case "PrepareCommit", "PrepareAbort", "PrepareEpochFence":
+		return int32(cur) <= int32(epoch)+1
+	}
+	return false
 }
 
 // mergeTxnLog appends to an earlier read of a transactional id's records

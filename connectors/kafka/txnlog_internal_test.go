@@ -26,6 +26,7 @@ func TestTxnLogPartition(t *testing.T) {
 		{"hellohellohello", 50, 38},                        // -1353814638
 		{"crash_testcrashexactlyonce_apache_13-w1", 50, 7}, // -1114502557
 		{"loanflow-decisions-worker-1", 50, 41},            // 273191591
+		{"caf\u00e9-\u4e16\u754c", 50, 8},                  // 547412258: two- and three-byte UTF-8
 	} {
 		if got := txnLogPartition(c.id, c.parts); got != c.want {
 			t.Errorf("txnLogPartition(%q, %d) = %d, want %d", c.id, c.parts, got, c.want)

@@ -346,17 +346,19 @@ func (w *Worker) coordinatorHas(ctx context.Context, o openTxn) ([]string, bool,
 		return ids, false, err
 	}
 	// Conservative: any transaction of that producer id that the
-	// coordinator has not ended counts, whatever its epoch (with
-	// transactions v2 the coordinator bumps the epoch when it prepares
-	// the end, so the partition's records carry an older one) and
-	// whatever partitions it lists (a prepared transaction lists only the
-	// partitions still without markers).
+	// coordinator has not ended counts, whatever partitions it lists (a
+	// prepared transaction lists only the partitions still without
+	// markers), unless its epoch shows it is a later one (mayBeRunning;
+	// with transactions v2 the coordinator bumps the epoch when it
+	// prepares the end, so the partition's records carry an older one).
+	// A live producer is in a transaction most of the time: counting its
+	// later ones would leave its hanging transaction open until the
+	// restore gives up.
 	for _, d := range described {
 		if d.ProducerID != o.producerID {
 			continue
 		}
-		switch d.State {
-		case "Ongoing", "PrepareCommit", "PrepareAbort", "PrepareEpochFence":
+		if mayBeRunning(d.State, d.ProducerEpoch, o.producerEpoch) {
 			return ids, true, nil
 		}
 	}

@@ -186,6 +186,8 @@ func (w *Worker) closeTxn(ctx context.Context, o openTxn, txnID string, verdict 
 	}
 	still, err := openTxns(ctx, w.adm, targets)
 	if err != nil {
+		w.log.Warn("cannot look at a hanging transaction's partitions to close it; looked at again on the next check",
+			"txn", o.String(), "coordinator_verdict", verdict.String(), "err", err)
 		return nil
 	}
 	var closed []openTxn
@@ -237,15 +239,22 @@ func (w *Worker) closeOwnHanging(ctx context.Context, txnID string, pid int64, e
 			targets.Add(t, q)
 		}
 	}
-	if td, err := w.adm.ListTopicsWithInternal(ctx, "__consumer_offsets"); err == nil {
-		if d, ok := td["__consumer_offsets"]; ok && d.Err == nil && len(d.Partitions) > 0 {
-			targets.Add("__consumer_offsets", txnLogPartition(group, int32(len(d.Partitions))))
-		}
-	}
 	open, err := openTxns(ctx, w.adm, targets)
 	if err != nil {
 		w.log.Warn("cannot look for transactions of an earlier incarnation left open", "err", err)
 		return
+	}
+	// The group's offsets partition, looked at on its own: a principal
+	// without access to __consumer_offsets still has the job's topics
+	// swept.
+	if td, err := w.adm.ListTopicsWithInternal(ctx, "__consumer_offsets"); err == nil {
+		if d, ok := td["__consumer_offsets"]; ok && d.Err == nil && len(d.Partitions) > 0 {
+			more, err := openTxns(ctx, w.adm, kadm.TopicsSet{"__consumer_offsets": {txnLogPartition(group, int32(len(d.Partitions))): {}}})
+			if err != nil {
+				w.log.Info("cannot look at the group's offsets partition for transactions of an earlier incarnation", "err", err)
+			}
+			open = append(open, more...)
+		}
 	}
 	// One transaction of an earlier epoch may be open on many partitions.
 	type txnKey struct {

@@ -186,6 +186,8 @@ func (w *Worker) closeTxn(ctx context.Context, o openTxn, txnID string, verdict 
 	}
 	still, err := openTxns(ctx, w.adm, targets)
 	if err != nil {
+		w.log.Warn("cannot look at a hanging transaction's partitions to close it; looked at again on the next check",
+			"txn", o.String(), "coordinator_verdict", verdict.String(), "err", err)
 		return nil
 	}
 	var closed []openTxn
@@ -237,15 +239,22 @@ func (w *Worker) closeOwnHanging(ctx context.Context, txnID string, pid int64, e
 			targets.Add(t, q)
 		}
 	}
-	if td, err := w.adm.ListTopicsWithInternal(ctx, "__consumer_offsets"); err == nil {
-		if d, ok := td["__consumer_offsets"]; ok && d.Err == nil && len(d.Partitions) > 0 {
-			targets.Add("__consumer_offsets", txnLogPartition(group, int32(len(d.Partitions))))
-		}
-	}
 	open, err := openTxns(ctx, w.adm, targets)
 	if err != nil {
 		w.log.Warn("cannot look for transactions of an earlier incarnation left open", "err", err)
 		return
+	}
+	// The group's offsets partition, looked at on its own: a principal
+	// without access to __consumer_offsets still has the job's topics
+	// swept.
+	if td, err := w.adm.ListTopicsWithInternal(ctx, "__consumer_offsets"); err == nil {
+		if d, ok := td["__consumer_offsets"]; ok && d.Err == nil && len(d.Partitions) > 0 {
+			more, err := openTxns(ctx, w.adm, kadm.TopicsSet{"__consumer_offsets": {txnLogPartition(group, int32(len(d.Partitions))): {}}})
+			if err != nil {
+				w.log.Info("cannot look at the group's offsets partition for transactions of an earlier incarnation", "err", err)
+			}
+			open = append(open, more...)
+		}
 	}
 	// One transaction of an earlier epoch may be open on many partitions.
 	type txnKey struct {
@@ -346,17 +355,19 @@ func (w *Worker) coordinatorHas(ctx context.Context, o openTxn) ([]string, bool,
 		return ids, false, err
 	}
 	// Conservative: any transaction of that producer id that the
-	// coordinator has not ended counts, whatever its epoch (with
-	// transactions v2 the coordinator bumps the epoch when it prepares
-	// the end, so the partition's records carry an older one) and
-	// whatever partitions it lists (a prepared transaction lists only the
-	// partitions still without markers).
+	// coordinator has not ended counts, whatever partitions it lists (a
+	// prepared transaction lists only the partitions still without
+	// markers), unless its epoch shows it is a later one (mayBeRunning;
+	// with transactions v2 the coordinator bumps the epoch when it
+	// prepares the end, so the partition's records carry an older one).
+	// A live producer is in a transaction most of the time: counting its
+	// later ones would leave its hanging transaction open until the
+	// restore gives up.
 	for _, d := range described {
 		if d.ProducerID != o.producerID {
 			continue
 		}
-		switch d.State {
-		case "Ongoing", "PrepareCommit", "PrepareAbort", "PrepareEpochFence":
+		if mayBeRunning(d.State, d.ProducerEpoch, o.producerEpoch) {
 			return ids, true, nil
 		}
 	}

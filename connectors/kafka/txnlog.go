@@ -89,9 +89,11 @@ func judgeTxn(recs []txnLogRecord, pid int64, epoch int16, topic string, p int32
 	if len(recs) == 0 {
 		return outcomeUnknown, txnLogRecord{}
 	}
-	switch recs[len(recs)-1].state {
-	case kmsg.TransactionStateOngoing, kmsg.TransactionStatePrepareCommit, kmsg.TransactionStatePrepareAbort, kmsg.TransactionStatePrepareEpochFence:
-		return outcomeRunning, recs[len(recs)-1]
+	// The coordinator's latest record: an unfinished transaction, unless
+	// its epoch shows it is a later one of the same producer id.
+	if lr := recs[len(recs)-1]; mayBeRunning(lr.state.String(), lr.epoch, epoch) ||
+		(lr.producerID != pid && mayBeRunning(lr.state.String(), lr.epoch, lr.epoch)) {
+		return outcomeRunning, lr
 	}
 	last, known := -1, false
 	for i, r := range recs {
@@ -103,12 +105,15 @@ func judgeTxn(recs []txnLogRecord, pid int64, epoch int16, topic string, p int32
 			// the last record of a key before its cleaning point: the
 			// records of an id that follow one that survives are all
 			// there. A record from before the transaction's Ongoing
-			// records (InitProducerId's Empty, an Ongoing one, or with
-			// v2 the end of the previous transaction, which carries this
-			// epoch) therefore proves any Ongoing record listing the
-			// partition would still be in the log.
+			// records (InitProducerId's Empty, or with v2, where an
+			// epoch has one transaction, any record of the epoch: the
+			// end of the previous transaction carries it) therefore
+			// proves any Ongoing record listing the partition would
+			// still be in the log. With v1 an Ongoing record proves
+			// nothing: many transactions share an epoch, and a later
+			// one's may be all the cleaner kept.
 			switch {
-			case r.state == kmsg.TransactionStateEmpty, r.state == kmsg.TransactionStateOngoing:
+			case r.state == kmsg.TransactionStateEmpty:
 				known = true
 			case r.txnVersion >= 2:
 				known = true
@@ -162,6 +167,24 @@ func judgeTxn(recs []txnLogRecord, pid int64, epoch int16, topic string, p int32
 		}
 	}
 	return outcomeRunning, recs[len(recs)-1]
+}
+
+// mayBeRunning reports whether a transactional id whose coordinator is in
+// state (TransactionState's name) at epoch cur may still be ending, or
+// adding partitions to, the transaction of epoch epoch: a transaction
+// being ended carries its own epoch (v1) or the next one (v2), an ongoing
+// one its own; a coordinator past those (a later transaction of a live
+// producer, which every epoch bump makes) has finished with it. A later
+// write of that producer to the partition carries the later epoch, and
+// the partition then refuses a marker of the older one.
+func mayBeRunning(state string, cur, epoch int16) bool {
+	switch state {
+	case "Ongoing":
+		return int32(cur) <= int32(epoch)
+	case "PrepareCommit", "PrepareAbort", "PrepareEpochFence":
+		return int32(cur) <= int32(epoch)+1
+	}
+	return false
 }
 
 // mergeTxnLog appends to an earlier read of a transactional id's records
@@ -227,8 +250,9 @@ func (w *Worker) readTxnLog(ctx context.Context, txnID string) ([]txnLogRecord, 
 	}
 	d, ok := td[txnLogTopic]
 	if !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
-		// No transaction log: a broker without one (kfake), or a
-		// cluster where no transactional id was ever initialised.
+		// No log: no transaction was ever recorded (an Apache cluster
+		// before its first transactional producer; kfake, whose
+		// coordinator keeps no log). Nothing to judge, nothing to warn.
 		return nil, nil
 	}
 	if d.Err != nil || len(d.Partitions) == 0 {

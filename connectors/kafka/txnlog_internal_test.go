@@ -26,6 +26,7 @@ func TestTxnLogPartition(t *testing.T) {
 		{"hellohellohello", 50, 38},                        // -1353814638
 		{"crash_testcrashexactlyonce_apache_13-w1", 50, 7}, // -1114502557
 		{"loanflow-decisions-worker-1", 50, 41},            // 273191591
+		{"caf\u00e9-\u4e16\u754c", 50, 8},                  // 547412258: two- and three-byte UTF-8
 	} {
 		if got := txnLogPartition(c.id, c.parts); got != c.want {
 			t.Errorf("txnLogPartition(%q, %d) = %d, want %d", c.id, c.parts, got, c.want)
@@ -71,8 +72,16 @@ func TestJudgeTxn(t *testing.T) {
 			[]txnLogRecord{rec(ongoing, 5, X), rec(pa, 5, X), rec(ca, 5, nil), rec(ongoing, 5, Y), rec(pc, 5, Y), rec(cc, 5, nil)}, 5, outcomeAborted},
 		{"prepared, markers still being written",
 			[]txnLogRecord{rec(ongoing, 5, XY), rec(pc, 6, XY)}, 5, outcomeRunning},
-		{"the coordinator's last record is Ongoing",
-			[]txnLogRecord{rec(ongoing, 5, XY), rec(pc, 6, XY), rec(cc, 6, nil), rec(ongoing, 6, Y)}, 5, outcomeRunning},
+		{"transactions v1: the coordinator's last record is Ongoing at the epoch (a transaction that may yet write the partition)",
+			[]txnLogRecord{rec(ongoing, 5, XY), rec(pc, 5, XY), rec(cc, 5, nil), rec(ongoing, 5, Y)}, 5, outcomeRunning},
+		{"a live producer's later transaction (epoch 6) is running: the one of epoch 5 is over",
+			[]txnLogRecord{rec(ongoing, 5, XY), rec(pc, 6, XY), rec(cc, 6, nil), rec(ongoing, 6, Y)}, 5, outcomeCommitted},
+		{"a live producer's later transaction is being ended (its Prepare at epoch 7)",
+			[]txnLogRecord{rec(ongoing, 5, XY), rec(pa, 6, XY), rec(ca, 6, nil), rec(ongoing, 6, Y), rec(pc, 7, Y)}, 5, outcomeAborted},
+		{"the epoch's own transaction being ended by a fence (v1 Prepare at the next epoch)",
+			[]txnLogRecord{rec(ongoing, 5, XY), rec(pc, 5, XY), rec(cc, 5, nil), rec(ongoing, 5, Y), rec(pa, 6, Y)}, 5, outcomeRunning},
+		{"another producer id's transaction running (the id's producer id rotated)",
+			[]txnLogRecord{rec(ongoing, 5, XY), rec(pc, 6, XY), rec(cc, 6, nil), {state: ongoing, producerID: pid + 1, epoch: 0, partitions: Y}}, 5, outcomeRunning},
 		{"the epoch is known but the partition was never added",
 			[]txnLogRecord{rec(empty, 5, nil), rec(ongoing, 5, Y), rec(pc, 6, Y), rec(cc, 6, nil)}, 5, outcomeNotInTxn},
 		{"known only from InitProducerId (a write without AddPartitionsToTxn)",
@@ -95,6 +104,12 @@ func TestJudgeTxn(t *testing.T) {
 			[]txnLogRecord{v2(rec(cc, 5, nil)), v2(rec(empty, 6, nil))}, 5, outcomeNotInTxn},
 		{"compacted (v1): a Complete record of the next epoch is not this transaction's end",
 			[]txnLogRecord{rec(cc, 6, nil)}, 5, outcomeUnknown},
+		{"transactions v1: an Ongoing record of a later transaction of the epoch does not prove the partition's was compacted away",
+			// T1 (epoch 5) listed log/3 and committed, its marker there
+			// skipped; the cleaner kept only T2's records (T2, epoch 5
+			// too, never listed log/3). T1's records on log/3 are
+			// committed: an abort marker would drop them.
+			[]txnLogRecord{rec(ongoing, 5, Y), rec(pc, 5, Y), rec(cc, 5, nil)}, 5, outcomeUnknown},
 		{"another producer id",
 			[]txnLogRecord{{state: ongoing, producerID: pid + 1, epoch: 5, partitions: X}, {state: pc, producerID: pid + 1, epoch: 6, partitions: X}, {state: cc, producerID: pid + 1, epoch: 6}}, 5, outcomeUnknown},
 	} {
@@ -120,5 +135,34 @@ func TestMergeTxnLog(t *testing.T) {
 	}
 	if got := mergeTxnLog(nil, []txnLogRecord{r(1)}); len(got) != 1 {
 		t.Fatalf("merging into nothing: %d records, want 1", len(got))
+	}
+}
+
+// TestMayBeRunning: which coordinator states may still end (or add a
+// partition to) the transaction of epoch 5, by the epochs transactions
+// v1 and v2 write (v1: Ongoing and Prepare carry the transaction's epoch,
+// a timeout or fence's Prepare the next; v2: Prepare carries the next),
+// and at the top of the epoch range, where epoch+1 must not wrap.
+func TestMayBeRunning(t *testing.T) {
+	for _, c := range []struct {
+		state      string
+		cur, epoch int16
+		want       bool
+	}{
+		{"Ongoing", 5, 5, true},
+		{"Ongoing", 6, 5, false},
+		{"PrepareCommit", 5, 5, true},
+		{"PrepareAbort", 6, 5, true},
+		{"PrepareEpochFence", 6, 5, true},
+		{"PrepareCommit", 7, 5, false},
+		{"CompleteCommit", 5, 5, false},
+		{"Empty", 5, 5, false},
+		{"PrepareCommit", 32767, 32766, true},
+		{"PrepareCommit", 32767, 32767, true},
+		{"Ongoing", 32767, 32767, true},
+	} {
+		if got := mayBeRunning(c.state, c.cur, c.epoch); got != c.want {
+			t.Errorf("mayBeRunning(%s, %d, %d) = %v, want %v", c.state, c.cur, c.epoch, got, c.want)
+		}
 	}
 }

@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"errors"
+
+	"github.com/jackc/pglogrepl"
 	"math/big"
 	"strings"
 	"testing"
@@ -112,5 +114,40 @@ func TestCheckServerTimeline(t *testing.T) {
 	pos = Position{FlushLSN: 2000} // written before identities: WAL end still checked
 	if err := checkServer(id, pos, "s", false); !errors.Is(err, ErrSlotMismatch) {
 		t.Errorf("position past the WAL end: %v", err)
+	}
+}
+
+// TestVerifiedHeartbeatAtTheCommitLSN: pgoutput gives a non-transactional
+// message (a heartbeat) the end LSN of its WAL record, and the next record
+// may be another session's commit, whose commit LSN is the same. Resuming
+// at that transaction's position, the heartbeat comes first and must not
+// be taken for another history; the transaction itself then clears the
+// check, and a heartbeat past the position with no transaction at it does
+// not (found by TestDevStackOnApacheKafka in CI: "restarted before the
+// committed position (transaction 753 committed at 0/1999D00) but replays
+// a heartbeat at 0/1999D00 (xid 0)").
+func TestVerifiedHeartbeatAtTheCommitLSN(t *testing.T) {
+	const at = pglogrepl.LSN(0x1999D00)
+	w := &writer{verify: at, resume: Position{LSN: at, XID: 753}, cfg: &Config{Slot: "s"}}
+	if err := w.verified(at-8, 0, "heartbeat"); err != nil {
+		t.Fatalf("a heartbeat before the position: %v", err)
+	}
+	if err := w.verified(at, 0, "heartbeat"); err != nil {
+		t.Fatalf("a heartbeat at the commit LSN of the position's transaction: %v", err)
+	}
+	if err := w.verified(at, 753, "transaction"); err != nil || w.verify != 0 {
+		t.Fatalf("the position's transaction: %v (verify %s)", err, w.verify)
+	}
+	// The negative control: without the transaction at the position.
+	w = &writer{verify: at, resume: Position{LSN: at, XID: 753}, cfg: &Config{Slot: "s"}}
+	if err := w.verified(at, 0, "heartbeat"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.verified(at+64, 0, "heartbeat"); !errors.Is(err, ErrSlotMismatch) {
+		t.Fatalf("a heartbeat past the position with no transaction at it: %v, want ErrSlotMismatch", err)
+	}
+	w = &writer{verify: at, resume: Position{LSN: at, XID: 753}, cfg: &Config{Slot: "s"}}
+	if err := w.verified(at, 754, "transaction"); !errors.Is(err, ErrSlotMismatch) {
+		t.Fatalf("another transaction at the position: %v, want ErrSlotMismatch", err)
 	}
 }

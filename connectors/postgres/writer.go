@@ -238,6 +238,13 @@ func (w *writer) verified(lsn pglogrepl.LSN, xid uint32, what string) error {
 	case lsn == w.verify && xid != 0 && (w.resume.XID == 0 || xid == w.resume.XID):
 		w.verify = 0
 		return nil
+	case lsn == w.verify && xid == 0:
+		// A non-transactional message (a heartbeat) carries the end of
+		// its WAL record as its LSN, which is where the next record
+		// starts: another session's commit record there has the same
+		// LSN, and its transaction is decoded after the message. Not
+		// decisive; the transaction itself (or anything past it) is.
+		return nil
 	}
 	return fmt.Errorf("%w: slot %s restarted before the committed position (transaction %d committed at %s) but replays a %s at %s (xid %d) instead: this server's WAL is not the history the position was read from (a restored backup, a copied data directory or another cluster); resuming would skip its changes below the position. Start over with a new snapshot (a new reader name, or `loanflow cdc reset` to delete the position) after checking what happened",
 		ErrSlotMismatch, w.cfg.Slot, w.resume.XID, w.verify, what, lsn, xid)

@@ -161,6 +161,13 @@ func (w *Worker) resolveIfHanging(ctx context.Context, topic string, p int32, ls
 			w.noteHanging(o, verdict, stuckFor, 1)
 			return false, nil
 		}
+		if len(prep.partitions) == 0 && verdict != outcomeNotInTxn {
+			// The log kept only the Complete record (compacted): it says
+			// how the transaction ended, not where it wrote. Look for it
+			// on every partition of the job's topics (without a job, of
+			// this partition's topic).
+			prep = w.hangScope(ctx, o.topic)
+		}
 		closed := w.closeTxn(ctx, o, ids[0], verdict, prep, stuckFor)
 		for _, c := range closed {
 			if c.topic == topic && c.partition == p {
@@ -170,6 +177,26 @@ func (w *Worker) resolveIfHanging(ctx context.Context, topic string, p int32, ls
 		return false, nil
 	}
 	return false, nil
+}
+
+// hangScope lists every partition of the topics the job writes (or, for
+// a worker without a job, of topic), as a Prepare record would.
+func (w *Worker) hangScope(ctx context.Context, topic string) txnLogRecord {
+	scope := []string{topic}
+	if w.plan != nil {
+		scope = w.writtenTopics()
+	}
+	out := txnLogRecord{partitions: map[string][]int32{}}
+	td, err := w.adm.ListTopics(ctx, scope...)
+	if err != nil {
+		return out
+	}
+	for _, t := range scope {
+		for q := range td[t].Partitions {
+			out.partitions[t] = append(out.partitions[t], q)
+		}
+	}
+	return out
 }
 
 // closeTxn writes the marker the coordinator's verdict calls for on

@@ -150,7 +150,9 @@ func (w *Worker) resolveIfHanging(ctx context.Context, topic string, p int32, ls
 		}
 		recs, err := w.readTxnLog(ctx, ids[0])
 		if err != nil {
-			w.log.Warn("cannot read the transaction coordinator's log to close a hanging transaction", "txn", o.String(), "err", err)
+			if w.firstInAMinute("log " + o.topic + "/" + fmt.Sprint(o.partition)) {
+				w.log.Warn("cannot read the transaction coordinator's log to close a hanging transaction", "txn", o.String(), "err", err)
+			}
 			return false, nil
 		}
 		if ids[0] == w.ownTxnID {
@@ -349,20 +351,26 @@ func (w *Worker) closeOwnHanging(ctx context.Context, txnID string, pid int64, e
 // noteHanging logs, at most once a minute per partition, why a stable
 // offset that has not moved for long is left alone.
 func (w *Worker) noteHanging(o openTxn, verdict txnOutcome, stuckFor time.Duration, ids int) {
-	key := fmt.Sprintf("%s/%d", o.topic, o.partition)
-	w.hangMu.Lock()
-	last := w.hangNoted[key]
-	if time.Since(last) < time.Minute {
-		w.hangMu.Unlock()
+	if !w.firstInAMinute(fmt.Sprintf("%s/%d", o.topic, o.partition)) {
 		return
+	}
+	w.log.Info("a changelog's stable offset is held by an open transaction; waiting for its coordinator",
+		"txn", o.String(), "coordinator_verdict", verdict.String(), "transactional_ids", ids, "stuck_for", stuckFor.Round(time.Second))
+}
+
+// firstInAMinute reports whether nothing was logged under key in the last
+// minute, and notes that something is now.
+func (w *Worker) firstInAMinute(key string) bool {
+	w.hangMu.Lock()
+	defer w.hangMu.Unlock()
+	if time.Since(w.hangNoted[key]) < time.Minute {
+		return false
 	}
 	if w.hangNoted == nil {
 		w.hangNoted = map[string]time.Time{}
 	}
 	w.hangNoted[key] = time.Now()
-	w.hangMu.Unlock()
-	w.log.Info("a changelog's stable offset is held by an open transaction; waiting for its coordinator",
-		"txn", o.String(), "coordinator_verdict", verdict.String(), "transactional_ids", ids, "stuck_for", stuckFor.Round(time.Second))
+	return true
 }
 
 // coordinatorHas reports the transactional ids that hold o's producer id,

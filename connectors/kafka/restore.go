@@ -49,7 +49,9 @@ func (w *Worker) logBounds(ctx context.Context, topic string, p int32) (start, e
 		if l.Offset != stuckAt {
 			stuckAt, stuckSince = l.Offset, time.Now()
 		}
-		if time.Since(lastHangCheck) >= time.Second {
+		// A look for a hanging transaction reads the coordinator's log:
+		// once the offset has stayed put long enough, every 5 s.
+		if time.Since(stuckSince) >= w.hangCheckAfter() && time.Since(lastHangCheck) >= 5*time.Second {
 			lastHangCheck = time.Now()
 			if aborted, err := w.resolveIfHanging(ctx, topic, p, l.Offset, time.Since(stuckSince)); err != nil {
 				return 0, 0, err

@@ -16,6 +16,7 @@ import (
 	"github.com/loanflow/loanflow/api/audit"
 	"github.com/loanflow/loanflow/api/internal/money"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/internal/batch"
 )
 
 type applicantReq struct {
@@ -343,16 +344,14 @@ func writeEvent(w http.ResponseWriter, ev event) {
 // customer (a different applicant is then REFERred by the decisions job,
 // which compares the blind indexes too).
 func (s *Server) applicantMayName(ctx context.Context, lender, customer, ssn, currency string) (bool, error) {
-	var idx []byte
-	var cur string
-	err := s.pool.QueryRow(ctx, "SELECT ssn_index, credit_currency FROM customers WHERE customer_id = $1", customer).Scan(&idx, &cur)
+	c, err := s.named.Do(ctx, customer)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	if cur != currency {
+	if c.currency != currency {
 		return false, nil
 	}
 	idxs, err := s.keys.BlindIndexes(ssn)
@@ -361,17 +360,64 @@ func (s *Server) applicantMayName(ctx context.Context, lender, customer, ssn, cu
 	}
 	match := false
 	for _, x := range idxs {
-		match = match || pii.EqualIndex(x, idx)
+		match = match || pii.EqualIndex(x, c.ssnIndex)
 	}
 	if !match {
 		rel, err := s.relationship(ctx, lender, customer, relCustomer|relApplication|relLoan)
 		return rel != 0, err
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return relate(ctx, tx, lender, customer, basisApplication) })
-	if err == nil {
-		s.rels.add(lender, customer, relApplication)
+	// Relationships are never removed: one this API recorded (or read)
+	// needs no second insert.
+	if s.rels.get(lender, customer)&relApplication != 0 {
+		return true, nil
 	}
-	return err == nil, err
+	if err := relate(ctx, s.pool, lender, customer, basisApplication); err != nil {
+		return false, err
+	}
+	s.rels.add(lender, customer, relApplication)
+	return true, nil
+}
+
+// namedCustomer is what an application's check needs of the customer it
+// names.
+type namedCustomer struct {
+	ssnIndex []byte
+	currency string
+}
+
+// loadNamedCustomers reads a batch of named customers in one query (a
+// customer not found gets pgx.ErrNoRows).
+func (s *Server) loadNamedCustomers(ctx context.Context, calls []*batch.Call[string, namedCustomer]) {
+	ids := make([]string, len(calls))
+	for i, c := range calls {
+		ids[i] = c.Req
+	}
+	found := make(map[string]namedCustomer, len(calls))
+	rows, err := s.pool.Query(ctx, "SELECT customer_id, ssn_index, credit_currency FROM customers WHERE customer_id = ANY($1)", ids)
+	if err == nil {
+		for rows.Next() {
+			var id string
+			var c namedCustomer
+			if err = rows.Scan(&id, &c.ssnIndex, &c.currency); err != nil {
+				break
+			}
+			found[id] = c
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	for _, c := range calls {
+		switch nc, ok := found[c.Req]; {
+		case err != nil:
+			c.Err = fmt.Errorf("api: reading the named customer: %w", err)
+		case !ok:
+			c.Err = pgx.ErrNoRows
+		default:
+			c.Resp = nc
+		}
+	}
 }
 
 // resume replays the lender's decisions between a reconnecting client's

@@ -16,6 +16,7 @@ import (
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/internal/money"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/internal/batch"
 )
 
 // Permissible-purpose codes (FCRA §604 style) a credit pull must carry.
@@ -130,7 +131,7 @@ func (s *Server) cacheGet(ctx context.Context, id string) ([]byte, error) {
 	b, err := s.breaker.Execute(func() ([]byte, error) {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 		defer cancel()
-		return s.gets.do(cctx, id)
+		return s.gets.Do(cctx, id)
 	})
 	switch {
 	case err == nil:
@@ -156,7 +157,7 @@ func (s *Server) cacheSet(ctx context.Context, cp CreditProfile) {
 	_, _ = s.breaker.Execute(func() ([]byte, error) {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 		defer cancel()
-		_, err := s.sets.do(cctx, cacheEntry{key: cacheKey(cp.CustomerID), value: b, ttl: ttl})
+		_, err := s.sets.Do(cctx, cacheEntry{key: cacheKey(cp.CustomerID), value: b, ttl: ttl})
 		return nil, err
 	})
 }
@@ -181,41 +182,42 @@ const (
 // startBatchers starts the batched round trips of the profile path: a
 // cache miss's PostgreSQL load, and Redis GETs and SETs.
 func (s *Server) startBatchers() {
-	s.loads = newBatcher(batchWorkers, batchMax, s.cfg.RequestTimeout, s.loadProfiles)
-	s.gets = newBatcher(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batchCall[string, []byte]) {
+	s.loads = batch.New(batchWorkers, batchMax, s.cfg.RequestTimeout, s.loadProfiles)
+	s.named = batch.New(batchWorkers, batchMax, s.cfg.RequestTimeout, s.loadNamedCustomers)
+	s.gets = batch.New(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batch.Call[string, []byte]) {
 		keys := make([]string, len(calls))
 		for i, c := range calls {
-			keys[i] = cacheKey(c.req)
+			keys[i] = cacheKey(c.Req)
 		}
 		vals, err := s.redis.MGet(ctx, keys...).Result()
 		for i, c := range calls {
 			switch {
 			case err != nil:
-				c.err = err
+				c.Err = err
 			case i >= len(vals) || vals[i] == nil:
-				c.err = redis.Nil
+				c.Err = redis.Nil
 			default:
 				if v, ok := vals[i].(string); ok {
-					c.resp = []byte(v)
+					c.Resp = []byte(v)
 				} else {
-					c.err = redis.Nil
+					c.Err = redis.Nil
 				}
 			}
 		}
 	})
-	s.sets = newBatcher(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batchCall[cacheEntry, struct{}]) {
+	s.sets = batch.New(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batch.Call[cacheEntry, struct{}]) {
 		cmds, err := s.redis.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, c := range calls {
-				p.Set(ctx, c.req.key, c.req.value, c.req.ttl)
+				p.Set(ctx, c.Req.key, c.Req.value, c.Req.ttl)
 			}
 			return nil
 		})
 		for i, c := range calls {
 			switch {
 			case i < len(cmds) && cmds[i].Err() != nil:
-				c.err = cmds[i].Err()
+				c.Err = cmds[i].Err()
 			case err != nil:
-				c.err = err
+				c.Err = err
 			}
 		}
 	})
@@ -236,14 +238,14 @@ func newBreaker(cfg *Config, m *metrics) *gobreaker.CircuitBreaker[[]byte] {
 
 func (s *Server) loadProfile(ctx context.Context, id string) (CreditProfile, error) {
 	s.metrics.dbLoads.Inc()
-	return s.loads.do(ctx, id)
+	return s.loads.Do(ctx, id)
 }
 
 // loadProfiles loads a batch of cache misses in one query.
-func (s *Server) loadProfiles(ctx context.Context, calls []*batchCall[string, CreditProfile]) {
+func (s *Server) loadProfiles(ctx context.Context, calls []*batch.Call[string, CreditProfile]) {
 	ids := make([]string, len(calls))
 	for i, c := range calls {
-		ids[i] = c.req
+		ids[i] = c.Req
 	}
 	rows, err := s.pool.Query(ctx, `SELECT c.customer_id, p.current_score, p.score_history, c.credit_limit::text,
 		c.current_balance::text, c.risk_tier, c.status, c.version, GREATEST(p.updated_at, c.updated_at)
@@ -278,15 +280,15 @@ func (s *Server) loadProfiles(ctx context.Context, calls []*batchCall[string, Cr
 		}
 	}
 	for _, c := range calls {
-		switch cp, ok := found[c.req]; {
+		switch cp, ok := found[c.Req]; {
 		case err != nil:
-			c.err = fmt.Errorf("api: loading profile: %w", err)
-		case bad[c.req] != nil:
-			c.err = bad[c.req]
+			c.Err = fmt.Errorf("api: loading profile: %w", err)
+		case bad[c.Req] != nil:
+			c.Err = bad[c.Req]
 		case !ok:
-			c.err = errNoProfile
+			c.Err = errNoProfile
 		default:
-			c.resp = cp
+			c.Resp = cp
 		}
 	}
 }

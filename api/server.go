@@ -26,6 +26,7 @@ import (
 	"github.com/loanflow/loanflow/api/auth"
 	"github.com/loanflow/loanflow/api/migrations"
 	"github.com/loanflow/loanflow/api/pii"
+	"github.com/loanflow/loanflow/internal/batch"
 	"github.com/loanflow/loanflow/internal/buildinfo"
 )
 
@@ -43,9 +44,10 @@ type Server struct {
 	near      *nearCache // nil: no near cache
 	breaker   *gobreaker.CircuitBreaker[[]byte]
 	flight    singleflight.Group
-	loads     *batcher[string, CreditProfile] // PostgreSQL loads of cache misses, many per query
-	gets      *batcher[string, []byte]        // Redis GETs, many per MGET
-	sets      *batcher[cacheEntry, struct{}]  // Redis SETs, many per pipeline
+	loads     *batch.Batcher[string, CreditProfile] // PostgreSQL loads of cache misses, many per query
+	gets      *batch.Batcher[string, []byte]        // Redis GETs, many per MGET
+	sets      *batch.Batcher[cacheEntry, struct{}]  // Redis SETs, many per pipeline
+	named     *batch.Batcher[string, namedCustomer] // the customers applications name, many per query
 	keys      *pii.Keyring
 	issuer    *auth.Issuer
 	validator *auth.Validator
@@ -178,15 +180,15 @@ func (s *Server) connect(ctx context.Context) error {
 	for _, b := range []struct {
 		path  string
 		stats func() (int64, int64)
-	}{{"postgres_load", s.loads.stats}, {"redis_get", s.gets.stats}, {"redis_set", s.sets.stats}} {
+	}{{"postgres_load", s.loads.Stats}, {"redis_get", s.gets.Stats}, {"redis_set", s.sets.Stats}, {"postgres_named_customer", s.named.Stats}} {
 		stats := b.stats
 		s.registry.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_profile_batches_total",
-				Help:        "Round trips of the credit-profile path (calls ÷ batches: how many lookups shared one).",
+				Help:        "Batched round trips of the credit-profile path and of applications' named-customer check (calls ÷ batches: how many lookups shared one).",
 				ConstLabels: prometheus.Labels{"path": b.path}},
 				func() float64 { n, _ := stats(); return float64(n) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "loanflow_api_profile_batched_calls_total",
-				Help:        "Calls carried by the credit-profile path's round trips.",
+				Help:        "Calls carried by the batched round trips (credit profiles; applications' named customers).",
 				ConstLabels: prometheus.Labels{"path": b.path}},
 				func() float64 { _, n := stats(); return float64(n) }))
 	}
@@ -462,11 +464,12 @@ func (s *Server) Close() {
 		}
 	}
 	if s.loads != nil {
-		s.loads.close()
+		s.loads.Close()
+		s.named.Close()
 	}
 	if s.gets != nil {
-		s.gets.close()
-		s.sets.close()
+		s.gets.Close()
+		s.sets.Close()
 	}
 	if s.redis != nil {
 		_ = s.redis.Close()

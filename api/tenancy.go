@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/text/currency"
 )
 
@@ -107,8 +108,10 @@ func (s *Server) relationship(ctx context.Context, lender, customer string, need
 	return b, nil
 }
 
-// relate records a relationship inside tx (idempotent).
-func relate(ctx context.Context, tx pgx.Tx, lender, customer, basis string) error {
+// relate records a relationship (idempotent), in tx or on its own.
+func relate(ctx context.Context, tx interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, lender, customer, basis string) error {
 	_, err := tx.Exec(ctx, `INSERT INTO lender_customers (lender_id, customer_id, basis) VALUES ($1, $2, $3)
 		ON CONFLICT DO NOTHING`, lender, customer, basis)
 	if err != nil {

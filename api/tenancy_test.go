@@ -3,8 +3,12 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -326,4 +330,77 @@ func applicationKeys(t *testing.T, e *env, n int) map[string]bool {
 		fs.EachRecord(func(r *kgo.Record) { keys[string(r.Key)] = true; count++ })
 	}
 	return keys
+}
+
+// TestConcurrentApplicationsEachCheckTheirOwnCustomer: applications that
+// name customers at the same time share the named-customer query's round
+// trips (the batcher); each is still judged on its own customer: the
+// applicant's SSN must be that customer's and the currency its credit's.
+// The relationships recorded are read back from lender_customers and
+// compared with the ones the test expects; a second round (relationships
+// cached) answers the same and records nothing more.
+func TestConcurrentApplicationsEachCheckTheirOwnCustomer(t *testing.T) {
+	e := newEnv(t)
+	e.lender("bank-own")
+	tok := e.lender("bank-names")
+	const n = 30
+	ssn := func(i int) string { return fmt.Sprintf("321-54-%04d", 2000+i) }
+	want := map[string]bool{} // customers bank-names should relate to
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("c-named-%d", i)
+		e.customerWith(NewCustomer{CustomerID: id, Name: "Named " + id, SSN: ssn(i), CreditLimit: "1000.00", Currency: "USD", RiskTier: "LOW", Score: 700}, "bank-own")
+		if i%3 == 0 {
+			want[id] = true
+		}
+	}
+	for round := 0; round < 2; round++ {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make(chan string, n+1)
+		for i := 0; i <= n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				id, s, cur, status := fmt.Sprintf("c-named-%d", i), ssn(i), "USD", 202
+				switch {
+				case i == n: // no such customer
+					status = 422
+				case i%3 == 1: // another customer's SSN
+					s, status = ssn(i+1), 422
+				case i%3 == 2: // the customer's SSN, another currency
+					cur, status = "EUR", 422
+				}
+				if r := e.apply(tok, fmt.Sprintf("app-named-%d-%d", round, i), id, s, cur); r.status != status {
+					errs <- fmt.Sprintf("round %d, %s (ssn %s, %s): %d, want %d: %s", round, id, s, cur, r.status, status, r.body)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for msg := range errs {
+			t.Error(msg)
+		}
+		rows, err := e.srv.Pool().Query(context.Background(),
+			"SELECT customer_id, basis FROM lender_customers WHERE lender_id = 'bank-names'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for rows.Next() {
+			var id, basis string
+			if err := rows.Scan(&id, &basis); err != nil {
+				t.Fatal(err)
+			}
+			if basis != "application" || got[id] {
+				t.Errorf("round %d: relationship %s %s", round, id, basis)
+			}
+			got[id] = true
+		}
+		rows.Close()
+		if !maps.Equal(got, want) {
+			t.Errorf("round %d: bank-names relates to %v, want %v", round, slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+		}
+	}
 }

@@ -8,9 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/loanflow/loanflow/internal/batch"
 	"github.com/loanflow/loanflow/operators"
 	"github.com/loanflow/loanflow/pipeline"
 )
@@ -19,11 +19,14 @@ import (
 // blind index never travels through customer_360: the CDC allow-list
 // keeps it out of Kafka). The pool is made on first use and shared by the
 // job's tasks in this process; idle connections close after a second.
+// Concurrent look-ups share queries: the applications in flight when a
+// query is sent go together in the next (batch.Batcher).
 type customerIndexes struct {
-	dsn  string
-	once sync.Once
-	pool *pgxpool.Pool
-	err  error
+	dsn   string
+	once  sync.Once
+	pool  *pgxpool.Pool
+	reads *batch.Batcher[string, []byte]
+	err   error
 }
 
 func (c *customerIndexes) open() (*pgxpool.Pool, error) {
@@ -36,9 +39,45 @@ func (c *customerIndexes) open() (*pgxpool.Pool, error) {
 		cfg.MaxConns = 4
 		cfg.MaxConnIdleTime = time.Second
 		cfg.HealthCheckPeriod = time.Second
-		c.pool, c.err = pgxpool.NewWithConfig(context.Background(), cfg) // connects lazily
+		if c.pool, c.err = pgxpool.NewWithConfig(context.Background(), cfg); c.err == nil { // connects lazily
+			c.reads = batch.New(2, 64, 5*time.Second, c.readIndexes)
+		}
 	})
 	return c.pool, c.err
+}
+
+// readIndexes reads a batch of customers' blind indexes in one query.
+func (c *customerIndexes) readIndexes(ctx context.Context, calls []*batch.Call[string, []byte]) {
+	ids := make([]string, len(calls))
+	for i, call := range calls {
+		ids[i] = call.Req
+	}
+	found := make(map[string][]byte, len(calls))
+	rows, err := c.pool.Query(ctx, "SELECT customer_id, ssn_index FROM customers WHERE customer_id = ANY($1)", ids)
+	if err == nil {
+		for rows.Next() {
+			var id string
+			var idx []byte
+			if err = rows.Scan(&id, &idx); err != nil {
+				break
+			}
+			found[id] = idx
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	for _, call := range calls {
+		switch idx, ok := found[call.Req]; {
+		case err != nil:
+			call.Err = fmt.Errorf("applicant check: reading the blind index: %w", err)
+		case !ok:
+			call.Err = errNoSuchCustomer
+		default:
+			call.Resp = idx
+		}
+	}
 }
 
 var errNoSuchCustomer = errors.New("jobs: no such customer")
@@ -46,16 +85,10 @@ var errNoSuchCustomer = errors.New("jobs: no such customer")
 // index returns the customer's blind index (errNoSuchCustomer when there
 // is no such row).
 func (c *customerIndexes) index(ctx context.Context, customer string) ([]byte, error) {
-	pool, err := c.open()
-	if err != nil {
+	if _, err := c.open(); err != nil {
 		return nil, err
 	}
-	var idx []byte
-	err = pool.QueryRow(ctx, "SELECT ssn_index FROM customers WHERE customer_id = $1", customer).Scan(&idx)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, errNoSuchCustomer
-	}
-	return idx, err
+	return c.reads.Do(ctx, customer)
 }
 
 // applicantCheck compares the SSN blind index of each application found

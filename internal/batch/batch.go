@@ -1,4 +1,4 @@
-package api
+package batch
 
 import (
 	"context"
@@ -6,34 +6,34 @@ import (
 	"time"
 )
 
-// batcher runs calls in batches, the way the audit journal group-commits:
+// Batcher runs calls in batches, the way the audit journal group-commits:
 // a few workers each take the first queued call and every call queued
 // behind it (up to max) and run them in one round trip. Alone, a call runs
 // at once; under load, the calls that queued while the workers were busy
 // share a round trip (one PostgreSQL query for many cache misses, one
 // Redis pipeline for many GETs or SETs). There is no waiting for a batch
 // to fill.
-type batcher[Req, Resp any] struct {
-	queue   chan *batchCall[Req, Resp]
+type Batcher[Req, Resp any] struct {
+	queue   chan *Call[Req, Resp]
 	max     int
 	timeout time.Duration
-	exec    func(ctx context.Context, calls []*batchCall[Req, Resp])
+	exec    func(ctx context.Context, calls []*Call[Req, Resp])
 	stop    chan struct{}
 	batches atomic.Int64
 	calls   atomic.Int64
 }
 
-// batchCall is one call of a batch: exec sets resp or err for each.
-type batchCall[Req, Resp any] struct {
-	req  Req
-	resp Resp
-	err  error
+// Call is one call of a batch: exec sets Resp or Err for each.
+type Call[Req, Resp any] struct {
+	Req  Req
+	Resp Resp
+	Err  error
 	done chan struct{}
 }
 
-func newBatcher[Req, Resp any](workers, max int, timeout time.Duration, exec func(ctx context.Context, calls []*batchCall[Req, Resp])) *batcher[Req, Resp] {
-	b := &batcher[Req, Resp]{
-		queue: make(chan *batchCall[Req, Resp], 4*max), max: max, timeout: timeout,
+func New[Req, Resp any](workers, max int, timeout time.Duration, exec func(ctx context.Context, calls []*Call[Req, Resp])) *Batcher[Req, Resp] {
+	b := &Batcher[Req, Resp]{
+		queue: make(chan *Call[Req, Resp], 4*max), max: max, timeout: timeout,
 		exec: exec, stop: make(chan struct{}),
 	}
 	for range workers {
@@ -42,8 +42,8 @@ func newBatcher[Req, Resp any](workers, max int, timeout time.Duration, exec fun
 	return b
 }
 
-func (b *batcher[Req, Resp]) work() {
-	batch := make([]*batchCall[Req, Resp], 0, b.max)
+func (b *Batcher[Req, Resp]) work() {
+	batch := make([]*Call[Req, Resp], 0, b.max)
 	for {
 		select {
 		case <-b.stop:
@@ -72,10 +72,10 @@ func (b *batcher[Req, Resp]) work() {
 	}
 }
 
-// do queues req and waits for its batch. A caller whose context ends
+// Do queues req and waits for its batch. A caller whose context ends
 // stops waiting; its call still runs with its batch.
-func (b *batcher[Req, Resp]) do(ctx context.Context, req Req) (Resp, error) {
-	c := &batchCall[Req, Resp]{req: req, done: make(chan struct{})}
+func (b *Batcher[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
+	c := &Call[Req, Resp]{Req: req, done: make(chan struct{})}
 	var zero Resp
 	select {
 	case b.queue <- c:
@@ -86,15 +86,15 @@ func (b *batcher[Req, Resp]) do(ctx context.Context, req Req) (Resp, error) {
 	}
 	select {
 	case <-c.done:
-		return c.resp, c.err
+		return c.Resp, c.Err
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
 }
 
-// close stops the workers; calls queued and not taken wait for their
+// Close stops the workers; calls queued and not taken wait for their
 // callers' contexts.
-func (b *batcher[Req, Resp]) close() { close(b.stop) }
+func (b *Batcher[Req, Resp]) Close() { close(b.stop) }
 
-// stats reports the batches run and the calls they carried.
-func (b *batcher[Req, Resp]) stats() (batches, calls int64) { return b.batches.Load(), b.calls.Load() }
+// Stats reports the batches run and the calls they carried.
+func (b *Batcher[Req, Resp]) Stats() (batches, calls int64) { return b.batches.Load(), b.calls.Load() }

@@ -1,4 +1,4 @@
-package api
+package batch
 
 import (
 	"context"
@@ -17,7 +17,7 @@ func TestBatcherGroupsQueuedCalls(t *testing.T) {
 	gate := make(chan struct{})
 	var mu sync.Mutex
 	var sizes []int
-	b := newBatcher(1, 64, time.Minute, func(_ context.Context, calls []*batchCall[int, string]) {
+	b := New(1, 64, time.Minute, func(_ context.Context, calls []*Call[int, string]) {
 		mu.Lock()
 		sizes = append(sizes, len(calls))
 		first := len(sizes) == 1
@@ -26,20 +26,20 @@ func TestBatcherGroupsQueuedCalls(t *testing.T) {
 			<-gate // the worker is busy until the test has queued the rest
 		}
 		for _, c := range calls {
-			if c.req < 0 {
-				c.err = fmt.Errorf("negative %d", c.req)
+			if c.Req < 0 {
+				c.Err = fmt.Errorf("negative %d", c.Req)
 				continue
 			}
-			c.resp = strconv.Itoa(c.req * c.req)
+			c.Resp = strconv.Itoa(c.Req * c.Req)
 		}
 	})
-	defer b.close()
+	defer b.Close()
 	ctx := context.Background()
 	results := make([]string, 11)
 	errs := make([]error, 11)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); results[0], errs[0] = b.do(ctx, 0) }()
+	go func() { defer wg.Done(); results[0], errs[0] = b.Do(ctx, 0) }()
 	for { // the first call is taken by the worker
 		mu.Lock()
 		n := len(sizes)
@@ -55,7 +55,7 @@ func TestBatcherGroupsQueuedCalls(t *testing.T) {
 		if i == 7 {
 			req = -7
 		}
-		go func() { defer wg.Done(); results[i], errs[i] = b.do(ctx, req) }()
+		go func() { defer wg.Done(); results[i], errs[i] = b.Do(ctx, req) }()
 	}
 	for len(b.queue) < 10 { // all ten queued behind the busy worker
 		time.Sleep(time.Millisecond)
@@ -76,11 +76,11 @@ func TestBatcherGroupsQueuedCalls(t *testing.T) {
 			t.Errorf("call %d: %q, %v; want %q", i, results[i], errs[i], want)
 		}
 	}
-	if batches, calls := b.stats(); batches != 2 || calls != 11 {
+	if batches, calls := b.Stats(); batches != 2 || calls != 11 {
 		t.Fatalf("stats: %d batches, %d calls; want 2, 11", batches, calls)
 	}
 	// Alone, a call is its own batch.
-	if r, err := b.do(ctx, 12); r != "144" || err != nil {
+	if r, err := b.Do(ctx, 12); r != "144" || err != nil {
 		t.Fatalf("a lone call: %q, %v", r, err)
 	}
 	if fmt.Sprint(sizes) != "[1 10 1]" {
@@ -92,25 +92,25 @@ func TestBatcherGroupsQueuedCalls(t *testing.T) {
 // worker goes on with the next batch.
 func TestBatcherCallerGivesUp(t *testing.T) {
 	gate := make(chan struct{})
-	b := newBatcher(1, 8, time.Minute, func(_ context.Context, calls []*batchCall[int, int]) {
-		if calls[0].req == 1 {
+	b := New(1, 8, time.Minute, func(_ context.Context, calls []*Call[int, int]) {
+		if calls[0].Req == 1 {
 			<-gate
 		}
 		for _, c := range calls {
-			c.resp = c.req
+			c.Resp = c.Req
 		}
 	})
-	defer b.close()
+	defer b.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { _, err := b.do(ctx, 1); done <- err }()
+	go func() { _, err := b.Do(ctx, 1); done <- err }()
 	time.Sleep(10 * time.Millisecond)
 	cancel()
 	if err := <-done; err != context.Canceled {
 		t.Fatalf("the caller that gave up got %v, want context.Canceled", err)
 	}
 	close(gate)
-	if r, err := b.do(context.Background(), 2); r != 2 || err != nil {
+	if r, err := b.Do(context.Background(), 2); r != 2 || err != nil {
 		t.Fatalf("the next call: %d, %v", r, err)
 	}
 }

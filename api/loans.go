@@ -389,7 +389,10 @@ func (s *Server) auditEntry(ctx context.Context, p auth.Principal, action, resou
 
 // auditRead appends a read's audit row before its response is sent.
 func (s *Server) auditRead(w http.ResponseWriter, r *http.Request, e audit.Entry) bool {
-	if err := s.audit.Append(r.Context(), e); err != nil {
+	start := time.Now()
+	err := s.audit.Append(r.Context(), e)
+	s.metrics.auditWait.Observe(time.Since(start).Seconds())
+	if err != nil {
 		s.log.Error("audit append", "request_id", requestID(r.Context()), "err", err)
 		w.Header().Set("Retry-After", "1")
 		writeProblem(w, r, http.StatusServiceUnavailable, "audit-unavailable", "the audit log could not be written; retry")

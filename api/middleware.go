@@ -78,6 +78,9 @@ type metrics struct {
 	breaker  prometheus.Gauge
 	limited  prometheus.Counter
 	dbLoads  prometheus.Counter
+	// auditWait is what an audited request waits for its audit row: the
+	// journal's queue, its commit delay and the commit.
+	auditWait prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -87,7 +90,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"route", "method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "loanflow_api_request_duration_seconds", Help: "HTTP request latency by route.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+			Buckets: []float64{.0005, .001, .002, .003, .004, .005, .0075, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
 		}, []string{"route", "method"}),
 		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loanflow_api_profile_cache_total", Help: "Credit-profile cache lookups by result (hit, miss, bypass, error).",
@@ -101,8 +104,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		dbLoads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loanflow_api_profile_db_loads_total", Help: "Credit profiles loaded from PostgreSQL (coalesced misses).",
 		}),
+		auditWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "loanflow_api_audit_wait_seconds",
+			Help:    "Time an audited request waited for its durable audit row (the journal's queue, commit delay and commit).",
+			Buckets: []float64{.00025, .0005, .00075, .001, .0015, .002, .003, .004, .005, .0075, .01, .025, .05, .1, .5, 1},
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.cache, m.breaker, m.limited, m.dbLoads)
+	reg.MustRegister(m.requests, m.duration, m.cache, m.breaker, m.limited, m.dbLoads, m.auditWait)
 	return m
 }
 

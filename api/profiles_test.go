@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -201,5 +202,41 @@ func TestConcurrentMissesEachGetTheirOwnProfile(t *testing.T) {
 		for msg := range errs {
 			t.Error(msg)
 		}
+	}
+}
+
+// TestAuditWaitObservedPerAuditedRead: every audited read observes its
+// wait for the audit row once (loanflow_api_audit_wait_seconds), and a
+// request that audits nothing (/healthz) observes none.
+func TestAuditWaitObservedPerAuditedRead(t *testing.T) {
+	e := newEnv(t)
+	tok := e.lender("bank-wait")
+	e.customerWith(NewCustomer{CustomerID: "c-wait", Name: "Ada Lovelace", SSN: "123-45-9999", CreditLimit: "100.00", RiskTier: "LOW", Score: 700}, "bank-wait")
+	count := func() int {
+		t.Helper()
+		m := e.do("GET", "/metrics", "", nil)
+		for _, line := range strings.Split(string(m.body), "\n") {
+			if v, ok := strings.CutPrefix(line, "loanflow_api_audit_wait_seconds_count "); ok {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					t.Fatalf("%q: %v", line, err)
+				}
+				return n
+			}
+		}
+		t.Fatalf("no loanflow_api_audit_wait_seconds_count in /metrics (%d)", m.status)
+		return 0
+	}
+	before := count()
+	for range 3 {
+		if _, r := e.profile(tok, "c-wait"); r.status != 200 {
+			t.Fatalf("lookup: %d %s", r.status, r.body)
+		}
+	}
+	if r := e.do("GET", "/healthz", "", nil); r.status != 200 {
+		t.Fatalf("healthz: %d", r.status)
+	}
+	if got := count() - before; got != 3 {
+		t.Fatalf("audit waits observed: %d, want 3 (three audited lookups and an unaudited /healthz)", got)
 	}
 }

@@ -472,7 +472,7 @@ var errNoLoan = errors.New("apibench: every loan has an update in flight")
 // openLoop sends rate req/s for d, each on its schedule, and measures
 // latency from the scheduled send time.
 func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Duration, goal time.Duration, op func(context.Context) error) Latency {
-	h0, a0 := b.serverHist(), b.histOf("loanflow_api_audit_commit_seconds")
+	h0, a0, w0 := b.serverHist(), b.histOf("loanflow_api_audit_commit_seconds"), b.histOf("loanflow_api_audit_wait_seconds")
 	cpu0 := b.cpu.sample()
 	res, lat := b.drive(ctx, rate, d, op, nil)
 	res.Name, res.Goal = name, goal
@@ -481,6 +481,9 @@ func (b *bench) openLoop(ctx context.Context, name string, rate int, d time.Dura
 	res.Server = b.serverHist().sub(h0).p99()
 	if a := b.histOf("loanflow_api_audit_commit_seconds").sub(a0); a.total > 0 {
 		res.Server += "; " + a.quantile("audit commit", 50) + ", " + a.quantile("audit commit", 99)
+	}
+	if a := b.histOf("loanflow_api_audit_wait_seconds").sub(w0); a.total > 0 {
+		res.Server += "; " + a.quantile("audit wait", 50) + ", " + a.quantile("audit wait", 99)
 	}
 	summarize(&res, lat)
 	return res

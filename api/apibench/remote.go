@@ -105,7 +105,7 @@ func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal t
 		res.Errors, res.FirstError = 1, err.Error()
 		return res
 	}
-	h0, a0 := b.serverHist(), b.histOf("loanflow_api_audit_commit_seconds")
+	h0, a0, w0 := b.serverHist(), b.histOf("loanflow_api_audit_commit_seconds"), b.histOf("loanflow_api_audit_wait_seconds")
 	cpu0 := b.cpu.sample()
 	if err := cmd.Start(); err != nil {
 		res.Errors, res.FirstError = 1, err.Error()
@@ -154,6 +154,9 @@ func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal t
 	res.Server = b.serverHist().sub(h0).p99()
 	if a := b.histOf("loanflow_api_audit_commit_seconds").sub(a0); a.total > 0 {
 		res.Server += "; " + a.quantile("audit commit", 50) + ", " + a.quantile("audit commit", 99)
+	}
+	if a := b.histOf("loanflow_api_audit_wait_seconds").sub(w0); a.total > 0 {
+		res.Server += "; " + a.quantile("audit wait", 50) + ", " + a.quantile("audit wait", 99)
 	}
 	res.GoalMet = res.Goal == 0 || (res.P99 < res.Goal && res.Errors == 0 && res.Dropped == 0)
 	return res

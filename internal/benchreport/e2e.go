@@ -145,7 +145,7 @@ func (d *devProcess) start(ctx context.Context, extra ...string) error {
 		}
 		select {
 		case <-d.exited:
-			return fmt.Errorf("loanflow dev exited while starting: %s", tail(b))
+			return fmt.Errorf("loanflow dev exited while starting: %s", d.logTail())
 		case <-ctx.Done():
 			d.stop()
 			return ctx.Err()

@@ -388,12 +388,8 @@ type namedCustomer struct {
 // loadNamedCustomers reads a batch of named customers in one query (a
 // customer not found gets pgx.ErrNoRows).
 func (s *Server) loadNamedCustomers(ctx context.Context, calls []*batch.Call[string, namedCustomer]) {
-	ids := make([]string, len(calls))
-	for i, c := range calls {
-		ids[i] = c.Req
-	}
 	found := make(map[string]namedCustomer, len(calls))
-	rows, err := s.pool.Query(ctx, "SELECT customer_id, ssn_index, credit_currency FROM customers WHERE customer_id = ANY($1)", ids)
+	rows, err := s.pool.Query(ctx, "SELECT customer_id, ssn_index, credit_currency FROM customers WHERE customer_id = ANY($1)", batch.Keys(calls))
 	if err == nil {
 		for rows.Next() {
 			var id string
@@ -408,16 +404,10 @@ func (s *Server) loadNamedCustomers(ctx context.Context, calls []*batch.Call[str
 			err = rows.Err()
 		}
 	}
-	for _, c := range calls {
-		switch nc, ok := found[c.Req]; {
-		case err != nil:
-			c.Err = fmt.Errorf("api: reading the named customer: %w", err)
-		case !ok:
-			c.Err = pgx.ErrNoRows
-		default:
-			c.Resp = nc
-		}
+	if err != nil {
+		err = fmt.Errorf("api: reading the named customer: %w", err)
 	}
+	batch.Answer(calls, found, err, pgx.ErrNoRows)
 }
 
 // resume replays the lender's decisions between a reconnecting client's

@@ -185,9 +185,9 @@ func (s *Server) startBatchers() {
 	s.loads = batch.New(batchWorkers, batchMax, s.cfg.RequestTimeout, s.loadProfiles)
 	s.named = batch.New(batchWorkers, batchMax, s.cfg.RequestTimeout, s.loadNamedCustomers)
 	s.gets = batch.New(batchWorkers, batchMax, s.cfg.RedisTimeout, func(ctx context.Context, calls []*batch.Call[string, []byte]) {
-		keys := make([]string, len(calls))
-		for i, c := range calls {
-			keys[i] = cacheKey(c.Req)
+		keys := batch.Keys(calls)
+		for i, k := range keys {
+			keys[i] = cacheKey(k)
 		}
 		vals, err := s.redis.MGet(ctx, keys...).Result()
 		for i, c := range calls {
@@ -243,13 +243,9 @@ func (s *Server) loadProfile(ctx context.Context, id string) (CreditProfile, err
 
 // loadProfiles loads a batch of cache misses in one query.
 func (s *Server) loadProfiles(ctx context.Context, calls []*batch.Call[string, CreditProfile]) {
-	ids := make([]string, len(calls))
-	for i, c := range calls {
-		ids[i] = c.Req
-	}
 	rows, err := s.pool.Query(ctx, `SELECT c.customer_id, p.current_score, p.score_history, c.credit_limit::text,
 		c.current_balance::text, c.risk_tier, c.status, c.version, GREATEST(p.updated_at, c.updated_at)
-		FROM customers c JOIN credit_profiles p USING (customer_id) WHERE c.customer_id = ANY($1)`, ids)
+		FROM customers c JOIN credit_profiles p USING (customer_id) WHERE c.customer_id = ANY($1)`, batch.Keys(calls))
 	found := make(map[string]CreditProfile, len(calls))
 	bad := make(map[string]error)
 	if err == nil {
@@ -279,16 +275,13 @@ func (s *Server) loadProfiles(ctx context.Context, calls []*batch.Call[string, C
 			err = rows.Err()
 		}
 	}
+	if err != nil {
+		err = fmt.Errorf("api: loading profile: %w", err)
+	}
+	batch.Answer(calls, found, err, errNoProfile)
 	for _, c := range calls {
-		switch cp, ok := found[c.Req]; {
-		case err != nil:
-			c.Err = fmt.Errorf("api: loading profile: %w", err)
-		case bad[c.Req] != nil:
-			c.Err = bad[c.Req]
-		case !ok:
-			c.Err = errNoProfile
-		default:
-			c.Resp = cp
+		if e := bad[c.Req]; e != nil && err == nil {
+			c.Err = e
 		}
 	}
 }

@@ -240,3 +240,47 @@ func TestAuditWaitObservedPerAuditedRead(t *testing.T) {
 		t.Fatalf("audit waits observed: %d, want 3 (three audited lookups and an unaudited /healthz)", got)
 	}
 }
+
+// TestUnreadableStoredMoneyFailsOnlyItsOwnLookup: a customers row whose
+// credit limit cannot be read as money (NaN, which PostgreSQL's numeric
+// accepts) answers its lookup with a problem (500 internal, no profile),
+// and the customers looked up beside it, possibly in the same batched
+// query, still get their own profiles.
+func TestUnreadableStoredMoneyFailsOnlyItsOwnLookup(t *testing.T) {
+	e := newEnv(t)
+	tok := e.lender("bank-nan")
+	const n = 10
+	for i := 0; i < n; i++ {
+		e.customerWith(NewCustomer{CustomerID: fmt.Sprintf("c-nan-%d", i), Name: "Ada Lovelace", SSN: fmt.Sprintf("123-45-%04d", 5000+i),
+			CreditLimit: fmt.Sprintf("%d.00", 100+i), RiskTier: "LOW", Score: 600 + i}, "bank-nan")
+	}
+	if _, err := e.srv.Pool().Exec(context.Background(), "UPDATE customers SET credit_limit = 'NaN' WHERE customer_id = 'c-nan-0'"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan string, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			id := fmt.Sprintf("c-nan-%d", i)
+			p, r := e.profile(tok, id)
+			switch {
+			case i == 0:
+				if r.status != 500 || strings.Contains(string(r.body), "credit_limit") {
+					errs <- fmt.Sprintf("%s (NaN limit): %d %s", id, r.status, r.body)
+				}
+			case r.status != 200 || p.CustomerID != id || p.CreditLimit != fmt.Sprintf("%d.00", 100+i) || p.Score != 600+i:
+				errs <- fmt.Sprintf("%s: %d %s", id, r.status, r.body)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for msg := range errs {
+		t.Error(msg)
+	}
+}

@@ -48,12 +48,8 @@ func (c *customerIndexes) open() (*pgxpool.Pool, error) {
 
 // readIndexes reads a batch of customers' blind indexes in one query.
 func (c *customerIndexes) readIndexes(ctx context.Context, calls []*batch.Call[string, []byte]) {
-	ids := make([]string, len(calls))
-	for i, call := range calls {
-		ids[i] = call.Req
-	}
 	found := make(map[string][]byte, len(calls))
-	rows, err := c.pool.Query(ctx, "SELECT customer_id, ssn_index FROM customers WHERE customer_id = ANY($1)", ids)
+	rows, err := c.pool.Query(ctx, "SELECT customer_id, ssn_index FROM customers WHERE customer_id = ANY($1)", batch.Keys(calls))
 	if err == nil {
 		for rows.Next() {
 			var id string
@@ -68,16 +64,10 @@ func (c *customerIndexes) readIndexes(ctx context.Context, calls []*batch.Call[s
 			err = rows.Err()
 		}
 	}
-	for _, call := range calls {
-		switch idx, ok := found[call.Req]; {
-		case err != nil:
-			call.Err = fmt.Errorf("applicant check: reading the blind index: %w", err)
-		case !ok:
-			call.Err = errNoSuchCustomer
-		default:
-			call.Resp = idx
-		}
+	if err != nil {
+		err = fmt.Errorf("applicant check: reading the blind index: %w", err)
 	}
+	batch.Answer(calls, found, err, errNoSuchCustomer)
 }
 
 var errNoSuchCustomer = errors.New("jobs: no such customer")

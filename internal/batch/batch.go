@@ -98,3 +98,29 @@ func (b *Batcher[Req, Resp]) Close() { close(b.stop) }
 
 // Stats reports the batches run and the calls they carried.
 func (b *Batcher[Req, Resp]) Stats() (batches, calls int64) { return b.batches.Load(), b.calls.Load() }
+
+// Keys returns the calls' requests in order: the arguments of one query
+// over the whole batch (`WHERE id = ANY($1)`, an `MGET`).
+func Keys[Req, Resp any](calls []*Call[Req, Resp]) []Req {
+	out := make([]Req, len(calls))
+	for i, c := range calls {
+		out[i] = c.Req
+	}
+	return out
+}
+
+// Answer sets each call's outcome from one round trip over the batch: err
+// when the round trip failed, else found[Req], or missing when found has
+// nothing for that request.
+func Answer[Req comparable, Resp any](calls []*Call[Req, Resp], found map[Req]Resp, err, missing error) {
+	for _, c := range calls {
+		switch r, ok := found[c.Req]; {
+		case err != nil:
+			c.Err = err
+		case !ok:
+			c.Err = missing
+		default:
+			c.Resp = r
+		}
+	}
+}

@@ -2,6 +2,7 @@ package batch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -112,5 +113,39 @@ func TestBatcherCallerGivesUp(t *testing.T) {
 	close(gate)
 	if r, err := b.Do(context.Background(), 2); r != 2 || err != nil {
 		t.Fatalf("the next call: %d, %v", r, err)
+	}
+}
+
+// TestAnswer: each call gets its own request's answer, the missing error
+// when there is none, and the round trip's error when it failed; a
+// request asked twice in one batch gets the answer twice.
+func TestAnswer(t *testing.T) {
+	mk := func(reqs ...string) []*Call[string, int] {
+		var out []*Call[string, int]
+		for _, r := range reqs {
+			out = append(out, &Call[string, int]{Req: r})
+		}
+		return out
+	}
+	missing, failed := errors.New("missing"), errors.New("failed")
+	calls := mk("a", "b", "a", "z")
+	if got := Keys(calls); fmt.Sprint(got) != "[a b a z]" {
+		t.Fatalf("Keys: %v", got)
+	}
+	Answer(calls, map[string]int{"a": 1, "b": 2}, nil, missing)
+	for i, want := range []struct {
+		resp int
+		err  error
+	}{{1, nil}, {2, nil}, {1, nil}, {0, missing}} {
+		if calls[i].Resp != want.resp || calls[i].Err != want.err {
+			t.Errorf("call %d (%s): %d, %v; want %d, %v", i, calls[i].Req, calls[i].Resp, calls[i].Err, want.resp, want.err)
+		}
+	}
+	calls = mk("a", "z")
+	Answer(calls, map[string]int{"a": 1}, failed, missing)
+	for _, c := range calls {
+		if c.Err != failed || c.Resp != 0 {
+			t.Errorf("a failed round trip, call %s: %d, %v", c.Req, c.Resp, c.Err)
+		}
 	}
 }

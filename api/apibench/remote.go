@@ -57,6 +57,11 @@ func Generate(ctx context.Context, spec LoadSpec, started func(time.Time)) (Load
 	tr := &http.Transport{MaxIdleConns: spec.MaxInFlight, MaxIdleConnsPerHost: spec.MaxInFlight}
 	b := &bench{cfg: Config{URL: spec.URL, MaxInFlight: spec.MaxInFlight}, client: &http.Client{Transport: tr, Timeout: 10 * time.Second},
 		token: spec.Token, ids: spec.IDs, next: spec.Next, loans: make(chan loanState, len(spec.Loans))}
+	raw, err := newRawClient(spec.URL, spec.MaxInFlight, 10*time.Second)
+	if err != nil {
+		return LoadResult{}, err
+	}
+	b.raw = raw
 	b.hitSeq.Store(int64(spec.Next))
 	for _, l := range spec.Loans {
 		b.loans <- loanState{id: l.ID, version: l.Version, cents: l.Cents}
@@ -153,10 +158,10 @@ func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal t
 	res.CPU, res.Machine = used.perRequest(res.Sent), used.machine()
 	res.Server = b.serverHist().sub(h0).p99()
 	if a := b.histOf("loanflow_api_audit_commit_seconds").sub(a0); a.total > 0 {
-		res.Server += "; " + a.quantile("audit commit", 50) + ", " + a.quantile("audit commit", 99)
+		res.Server += "; " + a.quantile("audit commit", 50) + ", " + a.quantile("audit commit", 99) + ", " + a.quantile("audit commit", 99.9)
 	}
 	if a := b.histOf("loanflow_api_audit_wait_seconds").sub(w0); a.total > 0 {
-		res.Server += "; " + a.quantile("audit wait", 50) + ", " + a.quantile("audit wait", 99)
+		res.Server += "; " + a.quantile("audit wait", 50) + ", " + a.quantile("audit wait", 99) + ", " + a.quantile("audit wait", 99.9)
 	}
 	res.GoalMet = res.Goal == 0 || (res.P99 < res.Goal && res.Errors == 0 && res.Dropped == 0)
 	return res

@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -28,6 +31,7 @@ type rawClient struct {
 	host    string // the Host header
 	timeout time.Duration
 	idle    chan *rawConn
+	resent  atomic.Int64 // GETs sent again after the server closed an idle connection
 }
 
 type rawConn struct {
@@ -36,7 +40,8 @@ type rawConn struct {
 	bw *bufio.Writer
 }
 
-// newRawClient keeps up to maxIdle connections to base's host (http only).
+// newRawClient keeps up to maxIdle connections to base's host (http only,
+// no path) and bounds every call by timeout.
 func newRawClient(base string, maxIdle int, timeout time.Duration) (*rawClient, error) {
 	u, err := url.Parse(base)
 	if err != nil {
@@ -45,6 +50,9 @@ func newRawClient(base string, maxIdle int, timeout time.Duration) (*rawClient, 
 	if u.Scheme != "http" {
 		return nil, fmt.Errorf("apibench: the load generator speaks plain HTTP/1.1, not %q", u.Scheme)
 	}
+	if strings.Trim(u.Path, "/") != "" {
+		return nil, fmt.Errorf("apibench: the load generator's base URL %q has a path; give scheme://host:port", base)
+	}
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
@@ -52,12 +60,29 @@ func newRawClient(base string, maxIdle int, timeout time.Duration) (*rawClient, 
 	return &rawClient{addr: addr, host: u.Host, timeout: timeout, idle: make(chan *rawConn, max(maxIdle, 1))}, nil
 }
 
-// do sends one request and returns the response's status and body. A
-// connection is reused only after a response read to its end that did not
-// ask to close it. A GET that fails on a reused connection before any of
-// its response arrived (the server closed the idle connection) is sent
-// once more on a new one, as net/http does.
+// close closes the idle connections.
+func (rc *rawClient) close() {
+	for {
+		select {
+		case c := <-rc.idle:
+			c.c.Close()
+		default:
+			return
+		}
+	}
+}
+
+// do sends one request and returns the response's status and body, within
+// the client's timeout for the whole call (dial, write, read, resend) and
+// ctx. A connection is reused only after a response read to its end, with
+// nothing after it, that did not ask to close the connection. A GET whose
+// reused connection turns out closed by the server (EOF, reset or broken
+// pipe before any of the response) is sent once more on a new connection,
+// as net/http does; a timeout is never resent.
 func (rc *rawClient) do(ctx context.Context, method, path string, hdr []string, body string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, rc.timeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
 	for attempt := 0; ; attempt++ {
 		var c *rawConn
 		reused := false
@@ -69,23 +94,26 @@ func (rc *rawClient) do(ctx context.Context, method, path string, hdr []string, 
 			}
 		}
 		if c == nil {
-			d := net.Dialer{Timeout: rc.timeout}
+			var d net.Dialer
 			nc, err := d.DialContext(ctx, "tcp", rc.addr)
 			if err != nil {
 				return 0, nil, err
 			}
 			c = &rawConn{c: nc, br: bufio.NewReaderSize(nc, 8<<10), bw: bufio.NewWriterSize(nc, 4<<10)}
 		}
-		deadline := time.Now().Add(rc.timeout)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
-		}
 		_ = c.c.SetDeadline(deadline)
+		// A cancelled ctx ends the wait at once, not at the deadline.
+		stop := context.AfterFunc(ctx, func() { _ = c.c.SetDeadline(time.Now()) })
 		status, out, keep, started, err := c.roundTrip(rc.host, method, path, hdr, body)
-		if err != nil || !keep {
+		stopped := stop()
+		if err != nil || !keep || !stopped || c.br.Buffered() > 0 {
 			c.c.Close()
-			if err != nil && reused && !started && method == http.MethodGet && ctx.Err() == nil {
+			if err != nil && reused && !started && method == http.MethodGet && ctx.Err() == nil && closedByPeer(err) {
+				rc.resent.Add(1)
 				continue
+			}
+			if err == nil && ctx.Err() != nil {
+				err = ctx.Err()
 			}
 			return status, out, err
 		}
@@ -98,8 +126,12 @@ func (rc *rawClient) do(ctx context.Context, method, path string, hdr []string, 
 	}
 }
 
-// roundTrip writes the request and reads the response; started tells
-// whether any of the response arrived.
+// closedByPeer tells a connection the server had closed (what a resend
+// on a new connection mends) from a timeout or any other failure.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 func (c *rawConn) roundTrip(host, method, path string, hdr []string, body string) (status int, out []byte, keep, started bool, err error) {
 	w := c.bw
 	w.WriteString(method)
@@ -136,8 +168,10 @@ func (c *rawConn) roundTrip(host, method, path string, hdr []string, body string
 	if err != nil {
 		return resp.StatusCode, out, false, true, err
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return resp.StatusCode, out, false, true, errors.New("apibench: unexpected protocol switch")
+	if resp.StatusCode < 200 {
+		// An interim answer (100 Continue, 103 Early Hints, 101): the
+		// final one would still be unread on the connection.
+		return resp.StatusCode, out, false, true, fmt.Errorf("apibench: unexpected interim response %d", resp.StatusCode)
 	}
 	return resp.StatusCode, out, !resp.Close, true, nil
 }

@@ -1,8 +1,10 @@
 package apibench
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -99,12 +101,18 @@ func TestRawClient(t *testing.T) {
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("after Connection: close, %d connections in all, want 2", n)
 	}
+	if n := rc.resent.Load(); n != 0 {
+		t.Fatalf("%d requests resent; a closed connection must not go back to the pool", n)
+	}
 
 	// The server closes the idle connection: a GET is sent again on a
 	// new one; a PATCH is not (it may have been applied).
 	srv.CloseClientConnections()
 	if status, out, err = rc.do(ctx, "GET", "/", nil, ""); err != nil || status != 200 {
 		t.Fatalf("GET after the server closed the idle connection: %d %q %v", status, out, err)
+	}
+	if n := rc.resent.Load(); n != 1 {
+		t.Fatalf("%d requests resent, want 1 (the GET whose idle connection was closed)", n)
 	}
 	if _, _, err = rc.do(ctx, "GET", "/", nil, ""); err != nil { // back in the idle list
 		t.Fatal(err)
@@ -139,6 +147,156 @@ func TestRawClient(t *testing.T) {
 	if len(rc.idle) > 4 {
 		t.Fatalf("%d idle connections kept, want at most 4", len(rc.idle))
 	}
+	if n := rc.resent.Load(); n != 1 {
+		t.Fatalf("%d requests resent in all, want 1", n)
+	}
+}
+
+// TestRawClientConcurrentRequestsOwnTheirConnections: requests in flight
+// together each have a connection of their own (no pipelining, which
+// would hide a request's wait behind the one before it).
+func TestRawClientConcurrentRequestsOwnTheirConnections(t *testing.T) {
+	release := make(chan struct{})
+	var inHandler, conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inHandler.Add(1)
+		<-release
+		w.Write([]byte(r.URL.Path))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	rc, err := newRawClient(srv.URL, 8, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := "/r" + strings.Repeat("x", i)
+			if _, out, err := rc.do(context.Background(), "GET", p, nil, ""); err != nil || string(out) != p {
+				errs <- fmt.Errorf("%s: %q %v", p, out, err)
+			}
+		}()
+	}
+	for inHandler.Load() < 8 { // every request reached the server before any answer
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := conns.Load(); n != 8 {
+		t.Fatalf("8 requests in flight together used %d connections, want 8", n)
+	}
+}
+
+// TestRawClientRefusesWhatWouldDesynchronize: answers that would leave
+// bytes of another answer on a kept connection (an interim 1xx answer,
+// bytes after the body) fail or close the connection, so no later
+// request reads an earlier request's answer as its own.
+func TestRawClientRefusesWhatWouldDesynchronize(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// Each connection answers its first request with script[i] (i counts
+	// connections), then every later request with "fresh".
+	script := []string{
+		"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirststale",
+	}
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			i := int(n.Add(1)) - 1
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for k := 0; ; k++ {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					answer := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+					if k == 0 && i < len(script) {
+						answer = script[i]
+					}
+					if _, err := c.Write([]byte(answer)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	rc, err := newRawClient("http://"+ln.Addr().String(), 4, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if status, out, err := rc.do(ctx, "GET", "/", nil, ""); err == nil {
+		t.Fatalf("an interim 103 answer was taken as final: %d %q", status, out)
+	}
+	if len(rc.idle) != 0 {
+		t.Fatal("the connection with the final answer still unread went back to the pool")
+	}
+	if _, out, err := rc.do(ctx, "GET", "/", nil, ""); err != nil || string(out) != "first" {
+		t.Fatalf("second connection: %q %v", out, err)
+	}
+	if _, out, err := rc.do(ctx, "GET", "/", nil, ""); err != nil || string(out) != "fresh" {
+		t.Fatalf("after an answer followed by stray bytes, the next request got %q %v, want its own answer (a new connection)", out, err)
+	}
+}
+
+// TestRawClientStopsOnCancel: cancelling the request's context ends its
+// wait at once, not at the timeout.
+func TestRawClientStopsOnCancel(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // never answers
+		}
+	}()
+	rc, err := newRawClient("http://"+ln.Addr().String(), 1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := rc.do(ctx, "GET", "/", nil, "")
+		done <- err
+	}()
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a cancelled request succeeded")
+		}
+	case <-time.After(time.Minute): // an outer bound only: the timeout is an hour
+		t.Fatal("a cancelled request still waits")
+	}
 }
 
 // TestRawClientTimesOut: a server that never answers fails the request
@@ -163,8 +321,45 @@ func TestRawClientTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = rc.do(context.Background(), "GET", "/", nil, "")
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() {
+	if !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
 		t.Fatalf("want a timeout, got %v", err)
 	}
+	if n := rc.resent.Load(); n != 0 {
+		t.Fatalf("a request that timed out was resent %d times", n)
+	}
+}
+
+// TestRawClientNoResendAfterTimeoutOnReusedConnection: a GET on a kept
+// connection whose answer does not come in time fails; it is not sent
+// again (it may be under way in the server).
+func TestRawClientNoResendAfterTimeoutOnReusedConnection(t *testing.T) {
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 2 {
+			time.Sleep(500 * time.Millisecond) // past the client's timeout
+		}
+		w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	rc, err := newRawClient(srv.URL, 1, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := rc.do(context.Background(), "GET", "/", nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := rc.do(context.Background(), "GET", "/", nil, ""); err == nil {
+		t.Fatal("a GET answered after the timeout succeeded")
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("the server got %d requests, want 2 (no resend after a timeout)", n)
+	}
+	if n := rc.resent.Load(); n != 0 {
+		t.Fatalf("resent %d", n)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os/exec"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ type LoadSpec struct {
 	IDs         []string    // customers (hit, miss)
 	Next        int         // the position in IDs the phase starts at
 	Loans       []LoanState // (update)
+	Client      string      // ClientRaw (default) or ClientNetHTTP
 }
 
 // LoanState is a loan the update phase patches: its id, version and
@@ -42,6 +42,9 @@ type LoanState struct {
 type LoadResult struct {
 	Latency Latency
 	Loans   []LoanState
+	// Resent counts GETs sent a second time because the server had closed
+	// their idle connection (rawClient).
+	Resent int64
 }
 
 // StartedLine is the first line a load generator writes on stdout: the
@@ -54,14 +57,12 @@ const StartedLine = "started "
 // bench-api-load` runs it). started is called with the first request's
 // scheduled time.
 func Generate(ctx context.Context, spec LoadSpec, started func(time.Time)) (LoadResult, error) {
-	tr := &http.Transport{MaxIdleConns: spec.MaxInFlight, MaxIdleConnsPerHost: spec.MaxInFlight}
-	b := &bench{cfg: Config{URL: spec.URL, MaxInFlight: spec.MaxInFlight}, client: &http.Client{Transport: tr, Timeout: 10 * time.Second},
-		token: spec.Token, ids: spec.IDs, next: spec.Next, loans: make(chan loanState, len(spec.Loans))}
-	raw, err := newRawClient(spec.URL, spec.MaxInFlight, 10*time.Second)
-	if err != nil {
+	b := &bench{cfg: Config{URL: spec.URL, MaxInFlight: spec.MaxInFlight}, token: spec.Token, ids: spec.IDs, next: spec.Next,
+		loans: make(chan loanState, len(spec.Loans))}
+	if err := b.useClient(spec.Client); err != nil {
 		return LoadResult{}, err
 	}
-	b.raw = raw
+	defer b.closeClients()
 	b.hitSeq.Store(int64(spec.Next))
 	for _, l := range spec.Loans {
 		b.loans <- loanState{id: l.ID, version: l.Version, cents: l.Cents}
@@ -74,6 +75,9 @@ func Generate(ctx context.Context, spec LoadSpec, started func(time.Time)) (Load
 	res, lat := b.drive(ctx, spec.Rate, spec.Duration, op, started)
 	summarize(&res, lat)
 	out := LoadResult{Latency: res}
+	if b.raw != nil {
+		out.Resent = b.raw.resent.Load()
+	}
 	close(b.loans)
 	for l := range b.loans {
 		out.Loans = append(out.Loans, LoanState{ID: l.id, Version: l.version, Cents: l.cents})
@@ -87,7 +91,7 @@ func Generate(ctx context.Context, spec LoadSpec, started func(time.Time)) (Load
 // processes.
 func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal time.Duration, janitor bool) Latency {
 	res := Latency{Name: name, Rate: rate, Goal: goal}
-	spec := LoadSpec{URL: b.cfg.URL, Token: b.token, Op: op, Rate: rate, Duration: d, MaxInFlight: b.cfg.MaxInFlight, IDs: b.ids}
+	spec := LoadSpec{URL: b.cfg.URL, Token: b.token, Op: op, Rate: rate, Duration: d, MaxInFlight: b.cfg.MaxInFlight, IDs: b.ids, Client: b.cfg.Client}
 	b.missMu.Lock()
 	spec.Next = b.next
 	b.missMu.Unlock()
@@ -155,6 +159,9 @@ func (b *bench) remote(ctx context.Context, name, op string, rate int, d, goal t
 	}
 	res = out.Latency
 	res.Name, res.Goal = name, goal
+	if out.Resent > 0 {
+		res.Note = joinNonEmpty("; ", res.Note, fmt.Sprintf("%d GETs resent after the server closed an idle connection", out.Resent))
+	}
 	res.CPU, res.Machine = used.perRequest(res.Sent), used.machine()
 	res.Server = b.serverHist().sub(h0).p99()
 	if a := b.histOf("loanflow_api_audit_commit_seconds").sub(a0); a.total > 0 {

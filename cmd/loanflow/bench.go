@@ -23,6 +23,7 @@ func newBenchCmd() *cobra.Command {
 	var out, only, steps, peerWorkloads, peerNames string
 	var quick, peers bool
 	var apiDuration time.Duration
+	var apiClient string
 	var peerScale float64
 	var peerRuns int
 	cmd := &cobra.Command{
@@ -44,6 +45,9 @@ bench/peers with Maven and run as its own process against one Apache Kafka
 (--peer-scale 0.1 for a quick look).`,
 		Example: "  loanflow bench --peers --out BENCHMARKS.md\n  loanflow bench --only engine --quick\n  loanflow bench --only peers --peer-scale 0.1 --peer-runs 1 --peer-workloads window",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if apiClient != apibench.ClientRaw && apiClient != apibench.ClientNetHTTP {
+				return fmt.Errorf("--api-client %q: use %s or %s", apiClient, apibench.ClientRaw, apibench.ClientNetHTTP)
+			}
 			exe, err := os.Executable()
 			if err != nil {
 				return err
@@ -52,7 +56,7 @@ bench/peers with Maven and run as its own process against one Apache Kafka
 			if out != "" && out != "-" {
 				profiles = filepath.Join(filepath.Dir(out), "bench-profiles")
 			}
-			cfg := benchreport.Config{Quick: quick, APIDuration: apiDuration, Progress: cmd.ErrOrStderr(), Loanflow: exe, ProfileDir: profiles,
+			cfg := benchreport.Config{Quick: quick, APIDuration: apiDuration, APIClient: apiClient, Progress: cmd.ErrOrStderr(), Loanflow: exe, ProfileDir: profiles,
 				WorkerCommand: func(spec string) *exec.Cmd { return exec.Command(exe, "bench-worker", spec) },
 				PeerCommand:   func(spec string) *exec.Cmd { return exec.Command(exe, "bench-peer-worker", spec) },
 				CLI:           func(args ...string) *exec.Cmd { return exec.Command(exe, args...) },
@@ -107,6 +111,7 @@ bench/peers with Maven and run as its own process against one Apache Kafka
 	}
 	cmd.Flags().StringVar(&out, "out", "-", "file to write the Markdown report to (- for stdout)")
 	cmd.Flags().DurationVar(&apiDuration, "api-duration", 0, "length of each API phase (cache hits, misses, loan updates; default 60s, 3s with --quick)")
+	cmd.Flags().StringVar(&apiClient, "api-client", apibench.ClientRaw, "the API load generator's HTTP client: raw (plain HTTP/1.1, the default) or net/http (to compare)")
 	cmd.Flags().StringVar(&only, "only", "", "comma-separated sections to run: engine, avro, cdc, api, e2e, peers (default all; peers only with --peers)")
 	cmd.Flags().StringVar(&steps, "e2e-steps", "", "sustained steps of the e2e section, RATE:DURATION,... (default 1000:1m,3000:5m; with --quick 200:5s,500:5s)")
 	cmd.Flags().BoolVar(&peers, "peers", false, "also run Loanflow beside its peers (Kafka Streams, Flink, Debezium; needs java and mvn, builds bench/peers)")

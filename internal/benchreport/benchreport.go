@@ -50,6 +50,9 @@ type Config struct {
 	// APIDuration is each API phase's length (hits, misses, updates).
 	// Default 60s; 3s with Quick.
 	APIDuration time.Duration
+	// APIClient is the API load generator's HTTP client:
+	// apibench.ClientRaw (default) or apibench.ClientNetHTTP.
+	APIClient string
 	// WorkerCommand starts a process running enginebench.WorkerMain with
 	// the spec as its last argument (the recovery benchmark).
 	WorkerCommand func(spec string) *exec.Cmd
@@ -317,12 +320,16 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 	go func() { _ = srv.Serve(sctx, ln); close(served) }()
 	defer func() { stop(); <-served }()
 	bc := apibench.Config{Server: srv, URL: "http://" + ln.Addr().String(), RedisAddr: e.redis.Addr(), PgBenchDir: pg.BinDir(), PgBenchDSN: pgbench,
-		ProfileDir: cfg.profileDir()}
+		ProfileDir: cfg.profileDir(), Client: cfg.APIClient}
 	if cfg.Quick {
 		bc.LookupDuration, bc.UpdateDuration = 3*time.Second, 3*time.Second
 	}
 	if cfg.APIDuration > 0 {
 		bc.LookupDuration, bc.UpdateDuration = cfg.APIDuration, cfg.APIDuration
+	}
+	client := "a plain HTTP/1.1 client on keep-alive connections"
+	if cfg.APIClient == apibench.ClientNetHTTP {
+		client = "net/http's client"
 	}
 	where := "this process"
 	if cfg.Loanflow != "" {
@@ -336,7 +343,7 @@ func apiSection(ctx context.Context, cfg Config, e *env) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return "## HTTP API\n\nOpen-loop load from " + where + " against the API on loopback (latency from each request's scheduled time; the server-measured p99 beside it); PostgreSQL with fsync and synchronous_commit on.\n\n" + rep.Markdown(), nil
+	return "## HTTP API\n\nOpen-loop load from " + where + ", with " + client + ", against the API on loopback (latency from each request's scheduled time; the server-measured p99 beside it); PostgreSQL with fsync and synchronous_commit on.\n\n" + rep.Markdown(), nil
 }
 
 // peers runs Loanflow beside Kafka Streams, Flink and Debezium against a

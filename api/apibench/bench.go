@@ -422,11 +422,21 @@ func (b *bench) deleteRange(ctx context.Context, from, to int) {
 type cacheCounters struct {
 	hits, misses, errors, bypass, dbLoads float64
 	auditBatches, auditRows               float64
+	// round trips and the calls they carried, by batched path
+	// (loanflow_api_profile_batches_total, _batched_calls_total)
+	batches, batched map[string]float64
 }
 
 func (c cacheCounters) sub(o cacheCounters) cacheCounters {
-	return cacheCounters{c.hits - o.hits, c.misses - o.misses, c.errors - o.errors, c.bypass - o.bypass, c.dbLoads - o.dbLoads,
-		c.auditBatches - o.auditBatches, c.auditRows - o.auditRows}
+	d := cacheCounters{c.hits - o.hits, c.misses - o.misses, c.errors - o.errors, c.bypass - o.bypass, c.dbLoads - o.dbLoads,
+		c.auditBatches - o.auditBatches, c.auditRows - o.auditRows, map[string]float64{}, map[string]float64{}}
+	for k, v := range c.batches {
+		d.batches[k] = v - o.batches[k]
+	}
+	for k, v := range c.batched {
+		d.batched[k] = v - o.batched[k]
+	}
+	return d
 }
 
 func (c cacheCounters) String() string {
@@ -437,11 +447,26 @@ func (c cacheCounters) String() string {
 	if c.auditBatches > 0 {
 		s += fmt.Sprintf("; audit journal: %.0f rows in %.0f commits (%.1f per commit)", c.auditRows, c.auditBatches, c.auditRows/c.auditBatches)
 	}
+	var paths []string
+	for k, v := range c.batches {
+		if v > 0 {
+			paths = append(paths, k)
+		}
+	}
+	slices.Sort(paths)
+	for i, k := range paths {
+		if i == 0 {
+			s += "; calls per round trip:"
+		} else {
+			s += ","
+		}
+		s += fmt.Sprintf(" %s %.1f", k, c.batched[k]/c.batches[k])
+	}
 	return s
 }
 
 func (b *bench) counters() cacheCounters {
-	var c cacheCounters
+	c := cacheCounters{batches: map[string]float64{}, batched: map[string]float64{}}
 	mfs, err := b.cfg.Server.Registry().Gather()
 	if err != nil {
 		return c
@@ -451,6 +476,16 @@ func (b *bench) counters() cacheCounters {
 			switch mf.GetName() {
 			case "loanflow_api_profile_db_loads_total":
 				c.dbLoads += m.GetCounter().GetValue()
+			case "loanflow_api_profile_batches_total", "loanflow_api_profile_batched_calls_total":
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "path" {
+						if mf.GetName() == "loanflow_api_profile_batches_total" {
+							c.batches[l.GetValue()] += m.GetCounter().GetValue()
+						} else {
+							c.batched[l.GetValue()] += m.GetCounter().GetValue()
+						}
+					}
+				}
 			case "loanflow_api_audit_batches_total":
 				c.auditBatches += m.GetCounter().GetValue()
 			case "loanflow_api_audit_rows_total":

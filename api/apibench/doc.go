@@ -11,13 +11,13 @@
 // benchmark's: the figures of a shared or saturated machine say so.
 //
 // With Config.LoadCommand the open-loop phases run in a load-generator
-// process of their own (`loanflow bench-api-load`, Generate), whose client
-// is lean on purpose: a plain HTTP/1.1 client (rawClient) whose request's
-// goroutine writes and reads its own keep-alive connection, as wrk's event
-// loop does, instead of net/http's Transport and its two goroutines per
-// connection. With net/http the generator took 0.36 of the machine's 2
-// cores at 5,000 lookups/s and its /healthz floor was p99 1.9 ms; with
-// rawClient 0.07 cores and 1.4 ms (docs/design.md).
+// process of their own (`loanflow bench-api-load`, Generate). Either way
+// the requests go through a lean client (rawClient): a plain HTTP/1.1
+// client whose request goroutine writes and reads its own kept-alive
+// connection, as wrk's event loop does, instead of net/http's Transport
+// and its two goroutines per connection; Config.Client = ClientNetHTTP
+// (`loanflow bench --api-client net/http`) measures with net/http's for
+// comparison (docs/design.md, "The load generator is lean").
 //
 // Run seeds its own lender, customers and loans through a running
 // api.Server, so the project's `loanflow bench` command and `go test

